@@ -1,0 +1,290 @@
+//! The one message the host hands a guest per invocation.
+
+use crate::seq::Seq;
+use serde::{Deserialize, Serialize};
+
+/// What `event_read` copies into the guest: who is being invoked and why.
+///
+/// Field order is the wire order (postcard encodes a struct as its fields in
+/// sequence); new fields only ever come with a new [`crate::ABI_VERSION`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope<'a> {
+    #[serde(borrow)]
+    pub context: Context<'a>,
+    #[serde(borrow)]
+    pub event: Event<'a>,
+}
+
+impl<'a> Envelope<'a> {
+    /// Decodes an envelope, borrowing strings and payloads from `bytes`.
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
+
+    /// Encodes into `buf`, returning the used prefix; for guests and tests
+    /// without an allocator.
+    pub fn encode_into<'b>(&self, buf: &'b mut [u8]) -> Result<&'b mut [u8], postcard::Error> {
+        postcard::to_slice(self, buf)
+    }
+
+    #[cfg(feature = "alloc")]
+    pub fn encode(&self) -> Result<alloc::vec::Vec<u8>, postcard::Error> {
+        postcard::to_allocvec(self)
+    }
+}
+
+/// The invocation's context, like a Lambda context object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Context<'a> {
+    /// Unique per event (stable across retries of the same event).
+    pub request_id: u64,
+    /// The function's name as deployed.
+    pub function: &'a str,
+    /// The version being run: a prefix of the module's content hash.
+    pub version: &'a str,
+    /// 1 on the first try, 2 on the first retry, and so on.
+    pub attempt: u32,
+    /// Wall-clock deadline in Unix milliseconds; the host stops the function after it.
+    pub deadline_ms: u64,
+}
+
+/// Why the function runs. One variant per trigger kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event<'a> {
+    #[serde(borrow)]
+    Mqtt(MqttMessage<'a>),
+    #[serde(borrow)]
+    Schedule(ScheduleTick<'a>),
+    #[serde(borrow)]
+    Http(HttpRequest<'a>),
+    #[serde(borrow)]
+    File(FileArrival<'a>),
+    #[serde(borrow)]
+    KvChange(KvChange<'a>),
+    /// Sent by another function's `invoke`.
+    #[serde(borrow)]
+    Invoke(InvokeRequest<'a>),
+    /// Several events delivered at once (a batching window); never nested.
+    #[serde(borrow)]
+    Batch(Seq<'a, Event<'a>>),
+}
+
+impl Event<'_> {
+    /// A short name for logs and errors.
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            Event::Mqtt(_) => "mqtt",
+            Event::Schedule(_) => "schedule",
+            Event::Http(_) => "http",
+            Event::File(_) => "file",
+            Event::KvChange(_) => "kv_change",
+            Event::Invoke(_) => "invoke",
+            Event::Batch(_) => "batch",
+        }
+    }
+}
+
+/// A name/value pair: MQTT 5 user properties, HTTP headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pair<'a> {
+    pub name: &'a str,
+    pub value: &'a str,
+}
+
+/// A message from the local broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MqttMessage<'a> {
+    pub topic: &'a str,
+    pub payload: &'a [u8],
+    pub qos: u8,
+    pub retain: bool,
+    /// MQTT 5 user properties; empty for MQTT 3.1.1.
+    #[serde(borrow)]
+    pub user_properties: Seq<'a, Pair<'a>>,
+}
+
+/// A tick of a cron or interval schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleTick<'a> {
+    /// The schedule's name from the config.
+    pub schedule: &'a str,
+    /// When the tick was due, Unix milliseconds (it may run late after downtime).
+    pub scheduled_ms: u64,
+}
+
+/// An HTTP request to the gateway's function endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpRequest<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    /// Without the leading `?`; empty when there is none.
+    pub query: &'a str,
+    #[serde(borrow)]
+    pub headers: Seq<'a, Pair<'a>>,
+    pub body: &'a [u8],
+}
+
+/// A file that appeared in a watched directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileArrival<'a> {
+    pub path: &'a str,
+    pub size: u64,
+    pub modified_ms: u64,
+    /// The file's bytes, up to the trigger's size limit (`size` tells if cut).
+    pub contents: &'a [u8],
+}
+
+/// What happened to a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvOp {
+    Put,
+    Delete,
+}
+
+/// A committed change to a watched KV namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvChange<'a> {
+    pub namespace: &'a str,
+    pub key: &'a str,
+    pub op: KvOp,
+    /// The new value for `Put`; `None` for `Delete`.
+    pub value: Option<&'a [u8]>,
+}
+
+/// An asynchronous invocation from another function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvokeRequest<'a> {
+    /// The calling function's name.
+    pub from: &'a str,
+    pub payload: &'a [u8],
+}
+
+#[cfg(all(test, feature = "alloc"))]
+mod tests {
+    use super::*;
+    use alloc::vec::Vec;
+
+    fn context() -> Context<'static> {
+        Context {
+            request_id: 7,
+            function: "vending",
+            version: "3f2a9c1b",
+            attempt: 1,
+            deadline_ms: 1_700_000_000_000,
+        }
+    }
+
+    #[test]
+    fn mqtt_envelope_round_trips_with_user_properties() {
+        let props = Seq::<Pair>::encode(&[Pair {
+            name: "device-id",
+            value: "vm-1",
+        }])
+        .unwrap();
+        let env = Envelope {
+            context: context(),
+            event: Event::Mqtt(MqttMessage {
+                topic: "vending/vm-1/telemetry",
+                payload: b"{\"temp\":4.5}",
+                qos: 1,
+                retain: false,
+                user_properties: Seq::from_encoded(&props),
+            }),
+        };
+        let bytes = env.encode().unwrap();
+        let back = Envelope::decode(&bytes).unwrap();
+        assert_eq!(back, env);
+        let Event::Mqtt(m) = back.event else {
+            panic!("not mqtt")
+        };
+        let pairs: Vec<Pair> = m.user_properties.iter().collect::<Result<_, _>>().unwrap();
+        assert_eq!(pairs, [Pair { name: "device-id", value: "vm-1" }]);
+    }
+
+    #[test]
+    fn batch_holds_events_of_any_kind_in_order() {
+        let inner = [
+            Event::Schedule(ScheduleTick {
+                schedule: "hourly",
+                scheduled_ms: 1,
+            }),
+            Event::Invoke(InvokeRequest {
+                from: "a",
+                payload: b"x",
+            }),
+        ];
+        let encoded = Seq::<Event>::encode(&inner).unwrap();
+        let env = Envelope {
+            context: context(),
+            event: Event::Batch(Seq::from_encoded(&encoded)),
+        };
+        let bytes = env.encode().unwrap();
+        let Event::Batch(batch) = Envelope::decode(&bytes).unwrap().event else {
+            panic!("not a batch")
+        };
+        let events: Vec<Event> = batch.iter().collect::<Result<_, _>>().unwrap();
+        assert_eq!(events, inner);
+        assert_eq!(batch.count().unwrap(), 2);
+    }
+
+    #[test]
+    fn truncated_envelope_is_an_error_not_a_panic() {
+        let env = Envelope {
+            context: context(),
+            event: Event::Http(HttpRequest {
+                method: "POST",
+                path: "/hello",
+                query: "",
+                headers: Seq::empty(),
+                body: b"hi",
+            }),
+        };
+        let bytes = env.encode().unwrap();
+        for cut in 0..bytes.len() {
+            assert!(Envelope::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn readme_example_encodes_to_the_documented_bytes() {
+        let env = Envelope {
+            context: Context {
+                request_id: 5,
+                function: "f",
+                version: "v1",
+                attempt: 1,
+                deadline_ms: 1000,
+            },
+            event: Event::Mqtt(MqttMessage {
+                topic: "a/b",
+                payload: b"hi",
+                qos: 1,
+                retain: false,
+                user_properties: Seq::empty(),
+            }),
+        };
+        let expected = [
+            0x05, 0x01, 0x66, 0x02, 0x76, 0x31, 0x01, 0xe8, 0x07, // context
+            0x00, // Event::Mqtt
+            0x03, 0x61, 0x2f, 0x62, 0x02, 0x68, 0x69, 0x01, 0x00, // topic..retain
+            0x00, // no user properties
+        ];
+        assert_eq!(env.encode().unwrap(), expected);
+    }
+
+    #[test]
+    fn envelope_encodes_without_an_allocator() {
+        let env = Envelope {
+            context: context(),
+            event: Event::KvChange(KvChange {
+                namespace: "vending",
+                key: "total",
+                op: KvOp::Delete,
+                value: None,
+            }),
+        };
+        let mut buf = [0u8; 128];
+        let used = env.encode_into(&mut buf).unwrap().len();
+        assert_eq!(Envelope::decode(&buf[..used]).unwrap(), env);
+    }
+}

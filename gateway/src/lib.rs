@@ -1,0 +1,1 @@
+//! wasmgate: serverless functions for edge gateways.
