@@ -58,9 +58,11 @@ pub mod imports {
     pub const CONFIG_GET: &str = "config_get";
     /// `(function: i32, function_len: i32, payload: i32, payload_len: i32) -> i32`
     pub const INVOKE: &str = "invoke";
+    /// `(status: i32, body: i32, body_len: i32) -> i32`
+    pub const RESPOND: &str = "respond";
 
     /// Every import name, for hosts that want to reject unknown imports by name.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         EVENT_READ,
         EMIT,
         KV_GET,
@@ -71,6 +73,7 @@ pub mod imports {
         NOW_MS,
         CONFIG_GET,
         INVOKE,
+        RESPOND,
     ];
 }
 
