@@ -1,0 +1,1 @@
+//! Gateway configuration (TOML): parse, then validate, reporting every problem.

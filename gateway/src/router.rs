@@ -1,0 +1,1 @@
+//! Topic filters to functions.
