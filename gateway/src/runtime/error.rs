@@ -1,0 +1,133 @@
+//! Everything that can go wrong loading or running a function, by kind, so
+//! that retries, metrics and operators can tell a bug from a budget.
+
+use std::time::Duration;
+
+/// A module could not be deployed. Names the function so that a config with
+/// many functions points at the right one.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("function {function}: cannot read {path}: {source}")]
+    Read {
+        function: String,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("function {function}: not a valid WebAssembly module: {message}")]
+    InvalidModule { function: String, message: String },
+    #[error("function {function} (version {version}): missing export `{export}` (a {kind}); see functions/abi/README.md")]
+    MissingExport {
+        function: String,
+        version: String,
+        export: &'static str,
+        kind: &'static str,
+    },
+    #[error("function {function} (version {version}): imports `{module}::{name}`, which wasmgate does not provide (only `wasmgate::*` host functions exist)")]
+    UnknownImport {
+        function: String,
+        version: String,
+        module: String,
+        name: String,
+    },
+    #[error("function {function} (version {version}): built for ABI version {found}, this gateway speaks version {expected}; rebuild it against a matching wasmgate-sdk")]
+    AbiVersionMismatch {
+        function: String,
+        version: String,
+        found: i64,
+        expected: u32,
+    },
+    #[error("function {function} (version {version}): cannot instantiate: {source}")]
+    Instantiate {
+        function: String,
+        version: String,
+        source: Box<InvokeError>,
+    },
+}
+
+/// How a guest broke the host/guest contract. Never retried: it is a bug in
+/// the function and would fail the same way again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AbiViolation {
+    #[error("{call}: region at {ptr} of {len} bytes is outside the {memory_len}-byte memory")]
+    OutOfBounds {
+        call: &'static str,
+        ptr: u32,
+        len: u32,
+        memory_len: usize,
+    },
+    #[error("{call}: {what} of {len} bytes is over the limit of {limit}")]
+    TooLarge {
+        call: &'static str,
+        what: &'static str,
+        len: usize,
+        limit: usize,
+    },
+    #[error("{call}: more than {limit} per invocation")]
+    TooMany { call: &'static str, limit: usize },
+    #[error("the module exports no memory named `memory`")]
+    NoMemory,
+}
+
+/// Why one invocation failed. Every variant means its effects were discarded.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("function {function} (version {version}) trapped: {message}")]
+    Trap {
+        function: String,
+        version: String,
+        message: String,
+    },
+    #[error("function {function} (version {version}) ran out of fuel ({fuel} units)")]
+    OutOfFuel {
+        function: String,
+        version: String,
+        fuel: u64,
+    },
+    #[error(
+        "function {function} (version {version}) went over its memory limit of {limit_bytes} bytes"
+    )]
+    MemoryLimit {
+        function: String,
+        version: String,
+        limit_bytes: usize,
+    },
+    #[error("function {function} (version {version}) ran past its {timeout:?} deadline")]
+    Deadline {
+        function: String,
+        version: String,
+        timeout: Duration,
+    },
+    #[error("function {function} (version {version}) broke the ABI: {violation}")]
+    Abi {
+        function: String,
+        version: String,
+        violation: AbiViolation,
+    },
+    #[error("function {function} (version {version}): the gateway could not serve a host call: {message}")]
+    Host {
+        function: String,
+        version: String,
+        message: String,
+    },
+    #[error("function {function} (version {version}) returned error code {code}")]
+    Failed {
+        function: String,
+        version: String,
+        code: i32,
+    },
+}
+
+impl InvokeError {
+    /// A short stable name for metrics and dead letters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            InvokeError::Trap { .. } => "trap",
+            InvokeError::OutOfFuel { .. } => "out_of_fuel",
+            InvokeError::MemoryLimit { .. } => "memory_limit",
+            InvokeError::Deadline { .. } => "deadline",
+            InvokeError::Abi { .. } => "abi",
+            InvokeError::Host { .. } => "host",
+            InvokeError::Failed { .. } => "failed",
+        }
+    }
+}

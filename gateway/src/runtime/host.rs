@@ -1,0 +1,566 @@
+//! The host functions a guest imports, and the per-instance state they use.
+//!
+//! Every host function checks the guest's pointers before touching memory and
+//! records a contract violation in [`CallState`] before trapping, so that the
+//! invocation's error says exactly what went wrong instead of "host trap".
+
+use super::effects::{Effects, Emit, Invoke, KvArithmeticError, KvWrite, Response};
+use super::error::AbiViolation;
+use super::{Grants, KvRead, Limits, LogLine};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use wasmgate_abi::{imports, EmitOptions, LogLevel, Status, IMPORT_MODULE};
+use wasmi::{Caller, Linker, Memory, ResourceLimiter};
+use wasmi_core::LimiterError;
+
+/// KV keys are operator-visible strings; this keeps them printable in a shell.
+pub const MAX_KEY_BYTES: usize = 256;
+/// A guest writing more keys than this in one invocation is almost surely looping.
+pub const MAX_KV_WRITES: usize = 1_000;
+/// Longer log lines are cut, so that one chatty guest cannot fill the journal.
+pub const MAX_LOG_LINE_BYTES: usize = 1_024;
+pub const MAX_LOG_LINES: usize = 100;
+
+/// Settings shared by every instance of one deployed function.
+#[derive(Debug)]
+pub(crate) struct FunctionEnv {
+    pub name: String,
+    pub limits: Limits,
+    pub grants: Grants,
+    pub config: BTreeMap<String, String>,
+}
+
+/// What one invocation accumulates; replaced wholesale before each call.
+#[derive(Default)]
+pub(crate) struct CallState {
+    pub envelope: Vec<u8>,
+    pub effects: Effects,
+    pub logs: Vec<LogLine>,
+    pub logs_dropped: usize,
+    pub violation: Option<AbiViolation>,
+    pub host_failure: Option<String>,
+    pub kv: Option<Arc<dyn KvRead>>,
+}
+
+/// The data of a wasmi `Store`: one per instance.
+pub(crate) struct HostState {
+    pub env: Arc<FunctionEnv>,
+    pub limiter: MemoryLimiter,
+    pub memory: Option<Memory>,
+    pub call: CallState,
+}
+
+impl HostState {
+    pub fn new(env: Arc<FunctionEnv>) -> Self {
+        let limiter = MemoryLimiter {
+            limit_bytes: env.limits.memory_bytes,
+            hit: false,
+        };
+        HostState {
+            env,
+            limiter,
+            memory: None,
+            call: CallState::default(),
+        }
+    }
+}
+
+/// Caps linear memory and remembers that it did, so that a guest that
+/// swallows the failed `memory.grow` still gets reported as a memory bomb.
+#[derive(Debug)]
+pub(crate) struct MemoryLimiter {
+    pub limit_bytes: usize,
+    pub hit: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> Result<bool, LimiterError> {
+        if desired > self.limit_bytes {
+            self.hit = true;
+            return Err(LimiterError::ResourceLimiterDeniedAllocation);
+        }
+        Ok(maximum.is_none_or(|max| desired <= max))
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> Result<bool, LimiterError> {
+        // Tables hold function references; 64k is far beyond any real guest.
+        Ok(desired <= 65_536 && maximum.is_none_or(|max| desired <= max))
+    }
+
+    fn instances(&self) -> usize {
+        1
+    }
+
+    fn tables(&self) -> usize {
+        4
+    }
+
+    fn memories(&self) -> usize {
+        1
+    }
+}
+
+/// Marker error that unwinds the guest; the reason is in [`CallState`].
+#[derive(Debug)]
+struct Abort;
+
+impl std::fmt::Display for Abort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("invocation aborted by the host")
+    }
+}
+
+impl wasmi::errors::HostError for Abort {}
+
+type HostResult<T> = Result<T, wasmi::Error>;
+
+fn violation(caller: &mut Caller<'_, HostState>, v: AbiViolation) -> wasmi::Error {
+    caller.data_mut().call.violation.get_or_insert(v);
+    wasmi::Error::host(Abort)
+}
+
+fn host_failure(caller: &mut Caller<'_, HostState>, message: String) -> wasmi::Error {
+    caller.data_mut().call.host_failure.get_or_insert(message);
+    wasmi::Error::host(Abort)
+}
+
+/// Copies `len` bytes at `ptr` out of guest memory. Pointers are `i32` on the
+/// wire but unsigned in meaning; a negative length is simply very large.
+fn read(
+    caller: &mut Caller<'_, HostState>,
+    call: &'static str,
+    ptr: i32,
+    len: i32,
+) -> HostResult<Vec<u8>> {
+    let Some(memory) = caller.data().memory else {
+        return Err(violation(caller, AbiViolation::NoMemory));
+    };
+    let data = memory.data(&*caller);
+    match region(data.len(), ptr, len) {
+        Some(range) => Ok(data[range].to_vec()),
+        None => {
+            let memory_len = data.len();
+            Err(violation(
+                caller,
+                AbiViolation::OutOfBounds {
+                    call,
+                    ptr: ptr as u32,
+                    len: len as u32,
+                    memory_len,
+                },
+            ))
+        }
+    }
+}
+
+/// The copy-out rule shared by `event_read`, `kv_get` and `config_get`: copy
+/// only if it fits, always return the full length.
+fn copy_out(
+    caller: &mut Caller<'_, HostState>,
+    call: &'static str,
+    value: &[u8],
+    dst: i32,
+    cap: i32,
+) -> HostResult<i32> {
+    let Some(memory) = caller.data().memory else {
+        return Err(violation(caller, AbiViolation::NoMemory));
+    };
+    let data = memory.data_mut(&mut *caller);
+    let Some(range) = region(data.len(), dst, cap) else {
+        let memory_len = data.len();
+        return Err(violation(
+            caller,
+            AbiViolation::OutOfBounds {
+                call,
+                ptr: dst as u32,
+                len: cap as u32,
+                memory_len,
+            },
+        ));
+    };
+    if value.len() <= range.len() {
+        data[range.start..range.start + value.len()].copy_from_slice(value);
+    }
+    // Values are bounded well below 2 GiB by the limits, so this cannot wrap.
+    Ok(i32::try_from(value.len()).unwrap_or(i32::MAX))
+}
+
+fn region(memory_len: usize, ptr: i32, len: i32) -> Option<std::ops::Range<usize>> {
+    let start = ptr as u32 as usize;
+    let end = start.checked_add(len as u32 as usize)?;
+    (end <= memory_len).then_some(start..end)
+}
+
+/// Reads a UTF-8 string argument; `Ok(None)` means "answer INVALID_ARGUMENT".
+fn read_str(
+    caller: &mut Caller<'_, HostState>,
+    call: &'static str,
+    ptr: i32,
+    len: i32,
+) -> HostResult<Option<String>> {
+    Ok(String::from_utf8(read(caller, call, ptr, len)?).ok())
+}
+
+fn read_key(
+    caller: &mut Caller<'_, HostState>,
+    call: &'static str,
+    ptr: i32,
+    len: i32,
+) -> HostResult<Option<String>> {
+    if len as u32 as usize > MAX_KEY_BYTES {
+        return Ok(None);
+    }
+    Ok(read_str(caller, call, ptr, len)?.filter(|k| !k.is_empty()))
+}
+
+fn check_size(
+    caller: &mut Caller<'_, HostState>,
+    call: &'static str,
+    what: &'static str,
+    len: i32,
+    limit: usize,
+) -> HostResult<()> {
+    let len = len as u32 as usize;
+    if len > limit {
+        return Err(violation(
+            caller,
+            AbiViolation::TooLarge {
+                call,
+                what,
+                len,
+                limit,
+            },
+        ));
+    }
+    Ok(())
+}
+
+/// The committed value of `key` in the function's namespace. A failing store
+/// is the gateway's problem, not the guest's: it fails the invocation so that
+/// it is retried, rather than showing the guest a missing key.
+fn committed(caller: &mut Caller<'_, HostState>, key: &str) -> HostResult<Option<Vec<u8>>> {
+    let state = caller.data();
+    let Some(kv) = state.call.kv.clone() else {
+        return Ok(None);
+    };
+    let namespace = state.env.name.clone();
+    kv.get(&namespace, key)
+        .map_err(|e| host_failure(caller, format!("KV read of {namespace}/{key}: {e}")))
+}
+
+fn status(s: Status) -> i32 {
+    s.code()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Registers every host function under [`IMPORT_MODULE`].
+pub(crate) fn define(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors::LinkerError> {
+    let m = IMPORT_MODULE;
+
+    linker.func_wrap(
+        m,
+        imports::EVENT_READ,
+        |mut caller: Caller<'_, HostState>, dst: i32, cap: i32| -> HostResult<i32> {
+            let envelope = std::mem::take(&mut caller.data_mut().call.envelope);
+            let result = copy_out(&mut caller, imports::EVENT_READ, &envelope, dst, cap);
+            caller.data_mut().call.envelope = envelope;
+            result
+        },
+    )?;
+
+    linker.func_wrap(
+        m,
+        imports::EMIT,
+        |mut caller: Caller<'_, HostState>,
+         topic: i32,
+         topic_len: i32,
+         payload: i32,
+         payload_len: i32,
+         flags: i32|
+         -> HostResult<i32> {
+            let limits = caller.data().env.limits.clone();
+            if caller.data().call.effects.emits.len() >= limits.max_emits {
+                return Err(violation(
+                    &mut caller,
+                    AbiViolation::TooMany {
+                        call: imports::EMIT,
+                        limit: limits.max_emits,
+                    },
+                ));
+            }
+            check_size(
+                &mut caller,
+                imports::EMIT,
+                "payload",
+                payload_len,
+                limits.max_emit_bytes,
+            )?;
+            let Some(topic) = read_str(&mut caller, imports::EMIT, topic, topic_len)? else {
+                return Ok(status(Status::InvalidArgument));
+            };
+            let payload = read(&mut caller, imports::EMIT, payload, payload_len)?;
+            let Some(options) = EmitOptions::from_flags(flags) else {
+                return Ok(status(Status::InvalidArgument));
+            };
+            if !wasmgate_abi::is_valid_publish_topic(&topic) {
+                return Ok(status(Status::InvalidArgument));
+            }
+            if !caller
+                .data()
+                .env
+                .grants
+                .allows_emit(&topic, options.destination)
+            {
+                return Ok(status(Status::Denied));
+            }
+            caller.data_mut().call.effects.emits.push(Emit {
+                topic,
+                payload,
+                options,
+            });
+            Ok(status(Status::Ok))
+        },
+    )?;
+
+    linker.func_wrap(
+        m,
+        imports::KV_GET,
+        |mut caller: Caller<'_, HostState>,
+         key: i32,
+         key_len: i32,
+         dst: i32,
+         cap: i32|
+         -> HostResult<i32> {
+            let Some(key) = read_key(&mut caller, imports::KV_GET, key, key_len)? else {
+                return Ok(status(Status::InvalidArgument));
+            };
+            // Only a pending addition (or no pending write) depends on the store.
+            let needs_committed = !matches!(
+                caller.data().call.effects.kv.get(&key),
+                Some(KvWrite::Put(_) | KvWrite::Delete)
+            );
+            let base = if needs_committed {
+                committed(&mut caller, &key)?
+            } else {
+                None
+            };
+            match caller.data().call.effects.read(&key, || base) {
+                Ok(Some(value)) => copy_out(&mut caller, imports::KV_GET, &value, dst, cap),
+                Ok(None) => Ok(status(Status::NotFound)),
+                Err(KvArithmeticError::NotANumber) => Ok(status(Status::NotANumber)),
+                Err(KvArithmeticError::Overflow) => Ok(status(Status::InvalidArgument)),
+            }
+        },
+    )?;
+
+    linker.func_wrap(
+        m,
+        imports::KV_PUT,
+        |mut caller: Caller<'_, HostState>,
+         key: i32,
+         key_len: i32,
+         value: i32,
+         value_len: i32|
+         -> HostResult<i32> {
+            let limit = caller.data().env.limits.max_kv_value_bytes;
+            check_size(&mut caller, imports::KV_PUT, "value", value_len, limit)?;
+            let Some(key) = read_key(&mut caller, imports::KV_PUT, key, key_len)? else {
+                return Ok(status(Status::InvalidArgument));
+            };
+            let value = read(&mut caller, imports::KV_PUT, value, value_len)?;
+            check_kv_writes(&mut caller, &key)?;
+            caller.data_mut().call.effects.put(key, value);
+            Ok(status(Status::Ok))
+        },
+    )?;
+
+    linker.func_wrap(
+        m,
+        imports::KV_DELETE,
+        |mut caller: Caller<'_, HostState>, key: i32, key_len: i32| -> HostResult<i32> {
+            let Some(key) = read_key(&mut caller, imports::KV_DELETE, key, key_len)? else {
+                return Ok(status(Status::InvalidArgument));
+            };
+            check_kv_writes(&mut caller, &key)?;
+            caller.data_mut().call.effects.delete(key);
+            Ok(status(Status::Ok))
+        },
+    )?;
+
+    linker.func_wrap(
+        m,
+        imports::KV_INCREMENT,
+        |mut caller: Caller<'_, HostState>,
+         key: i32,
+         key_len: i32,
+         delta: i64,
+         dst: i32|
+         -> HostResult<i32> {
+            let Some(key) = read_key(&mut caller, imports::KV_INCREMENT, key, key_len)? else {
+                return Ok(status(Status::InvalidArgument));
+            };
+            // Validate the output slot before changing anything.
+            copy_out(&mut caller, imports::KV_INCREMENT, &[], dst, 8)?;
+            check_kv_writes(&mut caller, &key)?;
+            let base = committed(&mut caller, &key)?;
+            match caller
+                .data_mut()
+                .call
+                .effects
+                .increment(&key, delta, || base)
+            {
+                Ok(value) => {
+                    copy_out(
+                        &mut caller,
+                        imports::KV_INCREMENT,
+                        &value.to_le_bytes(),
+                        dst,
+                        8,
+                    )?;
+                    Ok(status(Status::Ok))
+                }
+                Err(KvArithmeticError::NotANumber) => Ok(status(Status::NotANumber)),
+                Err(KvArithmeticError::Overflow) => Ok(status(Status::InvalidArgument)),
+            }
+        },
+    )?;
+
+    linker.func_wrap(
+        m,
+        imports::LOG,
+        |mut caller: Caller<'_, HostState>, level: i32, msg: i32, msg_len: i32| -> HostResult<()> {
+            if caller.data().call.logs.len() >= MAX_LOG_LINES {
+                caller.data_mut().call.logs_dropped += 1;
+                return Ok(());
+            }
+            let len = (msg_len as u32 as usize).min(MAX_LOG_LINE_BYTES);
+            let bytes = read(&mut caller, imports::LOG, msg, len as i32)?;
+            let level = LogLevel::from_code(level).unwrap_or(LogLevel::Info);
+            caller.data_mut().call.logs.push(LogLine {
+                level,
+                message: String::from_utf8_lossy(&bytes).into_owned(),
+            });
+            Ok(())
+        },
+    )?;
+
+    linker.func_wrap(m, imports::NOW_MS, || -> i64 { now_ms() })?;
+
+    linker.func_wrap(
+        m,
+        imports::CONFIG_GET,
+        |mut caller: Caller<'_, HostState>,
+         key: i32,
+         key_len: i32,
+         dst: i32,
+         cap: i32|
+         -> HostResult<i32> {
+            let Some(key) = read_key(&mut caller, imports::CONFIG_GET, key, key_len)? else {
+                return Ok(status(Status::InvalidArgument));
+            };
+            let env = caller.data().env.clone();
+            match env.config.get(&key) {
+                Some(value) => {
+                    copy_out(&mut caller, imports::CONFIG_GET, value.as_bytes(), dst, cap)
+                }
+                None => Ok(status(Status::NotFound)),
+            }
+        },
+    )?;
+
+    linker.func_wrap(
+        m,
+        imports::INVOKE,
+        |mut caller: Caller<'_, HostState>,
+         function: i32,
+         function_len: i32,
+         payload: i32,
+         payload_len: i32|
+         -> HostResult<i32> {
+            let limits = caller.data().env.limits.clone();
+            if caller.data().call.effects.invokes.len() >= limits.max_emits {
+                return Err(violation(
+                    &mut caller,
+                    AbiViolation::TooMany {
+                        call: imports::INVOKE,
+                        limit: limits.max_emits,
+                    },
+                ));
+            }
+            check_size(
+                &mut caller,
+                imports::INVOKE,
+                "payload",
+                payload_len,
+                limits.max_emit_bytes,
+            )?;
+            let Some(function) = read_str(&mut caller, imports::INVOKE, function, function_len)?
+            else {
+                return Ok(status(Status::InvalidArgument));
+            };
+            let payload = read(&mut caller, imports::INVOKE, payload, payload_len)?;
+            if !caller.data().env.grants.allows_invoke(&function) {
+                return Ok(status(Status::Denied));
+            }
+            caller
+                .data_mut()
+                .call
+                .effects
+                .invokes
+                .push(Invoke { function, payload });
+            Ok(status(Status::Ok))
+        },
+    )?;
+
+    linker.func_wrap(
+        m,
+        imports::RESPOND,
+        |mut caller: Caller<'_, HostState>,
+         code: i32,
+         body: i32,
+         body_len: i32|
+         -> HostResult<i32> {
+            let limit = caller.data().env.limits.max_emit_bytes;
+            check_size(&mut caller, imports::RESPOND, "body", body_len, limit)?;
+            let body = read(&mut caller, imports::RESPOND, body, body_len)?;
+            let Ok(code @ 100..=599) = u16::try_from(code) else {
+                return Ok(status(Status::InvalidArgument));
+            };
+            caller.data_mut().call.effects.response = Some(Response { status: code, body });
+            Ok(status(Status::Ok))
+        },
+    )?;
+
+    Ok(())
+}
+
+fn check_kv_writes(caller: &mut Caller<'_, HostState>, key: &str) -> HostResult<()> {
+    let kv = &caller.data().call.effects.kv;
+    if kv.len() >= MAX_KV_WRITES && !kv.contains_key(key) {
+        return Err(violation(
+            caller,
+            AbiViolation::TooMany {
+                call: "kv writes",
+                limit: MAX_KV_WRITES,
+            },
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,691 @@
+//! A function can never take the gateway down: every way a guest can fail is
+//! a typed, per-invocation error, nothing it did leaks out, and a healthy
+//! function invoked right after still works.
+//!
+//! Fixtures are inline WAT, one behaviour each, as in wasmi's own tests.
+
+use std::sync::Arc;
+use std::time::Duration;
+use wasmgate::runtime::{
+    AbiViolation, Effects, Function, FunctionSpec, InvokeError, KvRead, Limits, LoadError,
+    MemoryKv, Report, Runtime, Start,
+};
+use wasmgate_abi::{Event, MqttMessage, Seq};
+
+/// A module that imports every host function, exports the ABI, keeps the
+/// string "out/topic" at offset 0 and "key" at offset 16, and runs `body` as
+/// its handler (the event length is local 0).
+fn guest(body: &str) -> Vec<u8> {
+    guest_with("", body)
+}
+
+fn guest_with(extra: &str, body: &str) -> Vec<u8> {
+    wat(&format!(
+        r#"(module
+          (import "wasmgate" "emit" (func $emit (param i32 i32 i32 i32 i32) (result i32)))
+          (import "wasmgate" "event_read" (func $event_read (param i32 i32) (result i32)))
+          (import "wasmgate" "kv_get" (func $kv_get (param i32 i32 i32 i32) (result i32)))
+          (import "wasmgate" "kv_put" (func $kv_put (param i32 i32 i32 i32) (result i32)))
+          (import "wasmgate" "kv_increment" (func $kv_increment (param i32 i32 i64 i32) (result i32)))
+          (import "wasmgate" "log" (func $log (param i32 i32 i32)))
+          (memory (export "memory") 1)
+          (data (i32.const 0) "out/topic")
+          (data (i32.const 16) "key")
+          (data (i32.const 32) "hello")
+          (func (export "wasmgate_abi_version") (result i32) i32.const 1)
+          {extra}
+          (func (export "wasmgate_handle") (param i32) (result i32) (local i32) {body}))"#
+    ))
+}
+
+#[track_caller]
+fn wat(text: &str) -> Vec<u8> {
+    wat::parse_str(text).unwrap_or_else(|e| panic!("fixture does not parse: {e}\n{text}"))
+}
+
+/// Emits "hello" to "out/topic" and returns 0.
+const EMIT_HELLO: &str =
+    "(drop (call $emit (i32.const 0) (i32.const 9) (i32.const 32) (i32.const 5) (i32.const 1)))";
+
+fn event() -> Event<'static> {
+    Event::Mqtt(MqttMessage {
+        topic: "in/topic",
+        payload: b"{}",
+        qos: 1,
+        retain: false,
+        user_properties: Seq::empty(),
+    })
+}
+
+struct Gateway {
+    runtime: Runtime,
+    healthy: Function,
+}
+
+impl Gateway {
+    fn new() -> Self {
+        let runtime = Runtime::new();
+        let healthy = runtime
+            .deploy(
+                FunctionSpec::permissive("healthy"),
+                &guest(&format!("{EMIT_HELLO} (i32.const 0)")),
+            )
+            .expect("healthy guest deploys");
+        Gateway { runtime, healthy }
+    }
+
+    #[track_caller]
+    fn deploy(&self, wasm: &[u8]) -> Function {
+        self.deploy_with(Limits::default(), wasm)
+    }
+
+    #[track_caller]
+    fn deploy_with(&self, limits: Limits, wasm: &[u8]) -> Function {
+        let mut spec = FunctionSpec::permissive("guest");
+        spec.limits = limits;
+        self.runtime.deploy(spec, wasm).expect("guest deploys")
+    }
+
+    /// The healthy function still runs and emits exactly what it should.
+    #[track_caller]
+    fn assert_still_serving(&self) {
+        let report = self.healthy.invoke(1, 1, &event(), None);
+        let effects = report.outcome.expect("healthy function still works");
+        assert_eq!(effects.emits.len(), 1);
+        assert_eq!(effects.emits[0].topic, "out/topic");
+        assert_eq!(effects.emits[0].payload, b"hello");
+    }
+}
+
+#[track_caller]
+fn invoke(function: &Function) -> Report {
+    function.invoke(7, 1, &event(), None)
+}
+
+#[track_caller]
+fn expect_error(report: Report) -> InvokeError {
+    match report.outcome {
+        Ok(effects) => panic!("expected a failure, got effects {effects:?}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn healthy_function_hands_back_its_effects() {
+    let gw = Gateway::new();
+    gw.assert_still_serving();
+}
+
+#[test]
+fn trap_commits_nothing_but_keeps_the_logs() {
+    let gw = Gateway::new();
+    let f = gw.deploy(&guest(&format!(
+        "{EMIT_HELLO}
+         (drop (call $kv_put (i32.const 16) (i32.const 3) (i32.const 32) (i32.const 5)))
+         (call $log (i32.const 0) (i32.const 32) (i32.const 5))
+         unreachable"
+    )));
+    let report = invoke(&f);
+    assert_eq!(
+        report.logs.len(),
+        1,
+        "the log line written before the trap survives"
+    );
+    assert_eq!(report.logs[0].message, "hello");
+    let error = expect_error(report);
+    assert!(
+        matches!(&error, InvokeError::Trap { function, .. } if function == "guest"),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("guest"),
+        "the error names the function: {error}"
+    );
+    gw.assert_still_serving();
+}
+
+#[test]
+fn non_zero_return_discards_effects() {
+    let gw = Gateway::new();
+    let f = gw.deploy(&guest(&format!("{EMIT_HELLO} (i32.const 42)")));
+    let error = expect_error(invoke(&f));
+    assert!(
+        matches!(error, InvokeError::Failed { code: 42, .. }),
+        "{error}"
+    );
+    gw.assert_still_serving();
+}
+
+#[test]
+fn infinite_loop_in_the_handler_runs_out_of_fuel() {
+    let gw = Gateway::new();
+    let limits = Limits {
+        fuel: 3_000_000,
+        timeout: Duration::from_secs(60),
+        ..Limits::default()
+    };
+    let f = gw.deploy_with(
+        limits,
+        &guest(&format!("{EMIT_HELLO} (loop (br 0)) (i32.const 0)")),
+    );
+    let report = invoke(&f);
+    assert!(
+        report.cost.fuel >= 3_000_000,
+        "spent the whole budget: {:?}",
+        report.cost
+    );
+    let error = expect_error(report);
+    assert!(
+        matches!(
+            error,
+            InvokeError::OutOfFuel {
+                fuel: 3_000_000,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    gw.assert_still_serving();
+}
+
+#[test]
+fn infinite_loop_with_plenty_of_fuel_hits_the_deadline() {
+    let gw = Gateway::new();
+    let limits = Limits {
+        fuel: u64::MAX,
+        timeout: Duration::from_millis(50),
+        ..Limits::default()
+    };
+    let f = gw.deploy_with(limits, &guest("(loop (br 0)) (i32.const 0)"));
+    let error = expect_error(invoke(&f));
+    assert!(matches!(error, InvokeError::Deadline { .. }), "{error}");
+    gw.assert_still_serving();
+}
+
+#[test]
+fn infinite_loop_in_a_start_function_fails_the_deploy() {
+    let gw = Gateway::new();
+    let wasm = guest_with(
+        "(func $start (loop (br 0))) (start $start)",
+        "(i32.const 0)",
+    );
+    let mut spec = FunctionSpec::permissive("looping-start");
+    spec.limits.fuel = 1_000_000;
+    let error = gw
+        .runtime
+        .deploy(spec, &wasm)
+        .expect_err("deploy must fail");
+    match &error {
+        LoadError::Instantiate {
+            source, function, ..
+        } => {
+            assert_eq!(function, "looping-start");
+            assert!(
+                matches!(**source, InvokeError::OutOfFuel { .. }),
+                "{source}"
+            );
+        }
+        other => panic!("unexpected {other}"),
+    }
+    gw.assert_still_serving();
+}
+
+#[test]
+fn memory_grow_bomb_hits_the_memory_limit() {
+    let gw = Gateway::new();
+    let limits = Limits {
+        memory_bytes: 4 << 20,
+        ..Limits::default()
+    };
+    // Grows a page at a time and ignores failure, as a careless allocator would.
+    let f = gw.deploy_with(
+        limits,
+        &guest("(loop (drop (memory.grow (i32.const 1))) (br 0)) (i32.const 0)"),
+    );
+    let report = invoke(&f);
+    assert!(report.cost.memory_bytes <= 4 << 20, "{:?}", report.cost);
+    let error = expect_error(report);
+    assert!(
+        matches!(error, InvokeError::MemoryLimit { limit_bytes, .. } if limit_bytes == 4 << 20),
+        "{error}"
+    );
+    gw.assert_still_serving();
+}
+
+#[test]
+fn initial_memory_over_the_limit_fails_the_deploy() {
+    let gw = Gateway::new();
+    let wasm = wat(r#"(module (memory (export "memory") 100)
+        (func (export "wasmgate_abi_version") (result i32) i32.const 1)
+        (func (export "wasmgate_handle") (param i32) (result i32) i32.const 0))"#);
+    let mut spec = FunctionSpec::permissive("fat");
+    spec.limits.memory_bytes = 1 << 20;
+    let error = gw
+        .runtime
+        .deploy(spec, &wasm)
+        .expect_err("deploy must fail");
+    assert!(
+        matches!(&error, LoadError::Instantiate { source, .. } if matches!(**source, InvokeError::MemoryLimit { .. })),
+        "{error}"
+    );
+}
+
+#[test]
+fn deep_recursion_is_a_trap_not_a_crash() {
+    let gw = Gateway::new();
+    let f = gw.deploy(&guest_with(
+        "(func $recurse (param i32) (result i32) (call $recurse (i32.add (local.get 0) (i32.const 1))))",
+        "(call $recurse (i32.const 0))",
+    ));
+    let error = expect_error(invoke(&f));
+    assert!(matches!(error, InvokeError::Trap { .. }), "{error}");
+    gw.assert_still_serving();
+}
+
+#[test]
+fn pointer_out_of_bounds_passed_to_emit_is_an_abi_violation() {
+    let gw = Gateway::new();
+    // The payload pointer is past the single 64 KiB page.
+    let f = gw.deploy(&guest(
+        "(drop (call $emit (i32.const 0) (i32.const 9) (i32.const 65530) (i32.const 100) (i32.const 1))) (i32.const 0)",
+    ));
+    let error = expect_error(invoke(&f));
+    match error {
+        InvokeError::Abi {
+            violation:
+                AbiViolation::OutOfBounds {
+                    call,
+                    ptr,
+                    len,
+                    memory_len,
+                },
+            ..
+        } => {
+            assert_eq!((call, ptr, len, memory_len), ("emit", 65530, 100, 65536));
+        }
+        other => panic!("unexpected {other}"),
+    }
+    gw.assert_still_serving();
+}
+
+#[test]
+fn negative_length_is_out_of_bounds_not_a_panic() {
+    let gw = Gateway::new();
+    let f = gw.deploy(&guest(
+        "(drop (call $emit (i32.const 0) (i32.const -1) (i32.const 32) (i32.const 5) (i32.const 1))) (i32.const 0)",
+    ));
+    let error = expect_error(invoke(&f));
+    assert!(
+        matches!(
+            error,
+            InvokeError::Abi {
+                violation: AbiViolation::OutOfBounds { .. },
+                ..
+            }
+        ),
+        "{error}"
+    );
+    gw.assert_still_serving();
+}
+
+#[test]
+fn oversized_emit_is_refused_whole() {
+    let gw = Gateway::new();
+    let limits = Limits {
+        max_emit_bytes: 1024,
+        ..Limits::default()
+    };
+    let f = gw.deploy_with(
+        limits,
+        &guest(&format!(
+            "{EMIT_HELLO} (drop (call $emit (i32.const 0) (i32.const 9) (i32.const 0) (i32.const 2048) (i32.const 1))) (i32.const 0)"
+        )),
+    );
+    let error = expect_error(invoke(&f));
+    assert!(
+        matches!(
+            error,
+            InvokeError::Abi {
+                violation: AbiViolation::TooLarge {
+                    call: "emit",
+                    len: 2048,
+                    limit: 1024,
+                    ..
+                },
+                ..
+            }
+        ),
+        "{error}"
+    );
+    gw.assert_still_serving();
+}
+
+#[test]
+fn emit_storm_stops_at_the_emit_limit() {
+    let gw = Gateway::new();
+    let limits = Limits {
+        max_emits: 10,
+        ..Limits::default()
+    };
+    let f = gw.deploy_with(
+        limits,
+        &guest(&format!("(loop {EMIT_HELLO} (br 0)) (i32.const 0)")),
+    );
+    let error = expect_error(invoke(&f));
+    assert!(
+        matches!(
+            error,
+            InvokeError::Abi {
+                violation: AbiViolation::TooMany {
+                    call: "emit",
+                    limit: 10
+                },
+                ..
+            }
+        ),
+        "{error}"
+    );
+    gw.assert_still_serving();
+}
+
+#[test]
+fn wildcard_and_system_topics_are_refused_with_a_status() {
+    let gw = Gateway::new();
+    // Returns what emit returned, so the status is visible as the failure code.
+    for topic in ["a/#", "a/+/b", "$SYS/x"] {
+        let data = format!("(data (i32.const 100) \"{topic}\")");
+        let body = format!(
+            "(call $emit (i32.const 100) (i32.const {}) (i32.const 32) (i32.const 5) (i32.const 1))",
+            topic.len()
+        );
+        let f = gw.deploy(&guest_with(&data, &body));
+        let error = expect_error(invoke(&f));
+        assert!(
+            matches!(error, InvokeError::Failed { code: -2, .. }),
+            "{topic}: {error}"
+        );
+    }
+    gw.assert_still_serving();
+}
+
+#[test]
+fn emit_outside_the_grants_is_denied() {
+    let gw = Gateway::new();
+    let mut spec = FunctionSpec::permissive("confined");
+    spec.grants.local = vec!["allowed/#".into()];
+    let f = gw
+        .runtime
+        .deploy(
+            spec,
+            &guest("(call $emit (i32.const 0) (i32.const 9) (i32.const 32) (i32.const 5) (i32.const 1))"),
+        )
+        .expect("deploys");
+    let error = expect_error(invoke(&f));
+    assert!(
+        matches!(error, InvokeError::Failed { code: -3, .. }),
+        "DENIED: {error}"
+    );
+    gw.assert_still_serving();
+}
+
+#[test]
+fn missing_export_is_refused_at_deploy() {
+    let gw = Gateway::new();
+    let wasm = wat(r#"(module (memory (export "memory") 1)
+        (func (export "wasmgate_abi_version") (result i32) i32.const 1))"#);
+    let error = gw
+        .runtime
+        .deploy(FunctionSpec::permissive("no-handler"), &wasm)
+        .expect_err("refused");
+    assert!(
+        matches!(&error, LoadError::MissingExport { export: "wasmgate_handle", function, .. } if function == "no-handler"),
+        "{error}"
+    );
+    let wasm = wat(r#"(module
+        (func (export "wasmgate_abi_version") (result i32) i32.const 1)
+        (func (export "wasmgate_handle") (param i32) (result i32) i32.const 0))"#);
+    let error = gw
+        .runtime
+        .deploy(FunctionSpec::permissive("no-memory"), &wasm)
+        .expect_err("refused");
+    assert!(
+        matches!(
+            error,
+            LoadError::MissingExport {
+                export: "memory",
+                ..
+            }
+        ),
+        "{error}"
+    );
+    gw.assert_still_serving();
+}
+
+#[test]
+fn wrong_abi_version_is_refused_at_deploy_naming_both_versions() {
+    let gw = Gateway::new();
+    let wasm = wat(r#"(module (memory (export "memory") 1)
+        (func (export "wasmgate_abi_version") (result i32) i32.const 2)
+        (func (export "wasmgate_handle") (param i32) (result i32) i32.const 0))"#);
+    let error = gw
+        .runtime
+        .deploy(FunctionSpec::permissive("future"), &wasm)
+        .expect_err("refused");
+    assert!(
+        matches!(
+            error,
+            LoadError::AbiVersionMismatch {
+                found: 2,
+                expected: 1,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains("version 2") && message.contains("version 1"),
+        "{message}"
+    );
+    gw.assert_still_serving();
+}
+
+#[test]
+fn unknown_import_is_refused_at_deploy_by_name() {
+    let gw = Gateway::new();
+    let wasm = wat(r#"(module
+        (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+        (memory (export "memory") 1)
+        (func (export "wasmgate_abi_version") (result i32) i32.const 1)
+        (func (export "wasmgate_handle") (param i32) (result i32) i32.const 0))"#);
+    let error = gw
+        .runtime
+        .deploy(FunctionSpec::permissive("wasi"), &wasm)
+        .expect_err("refused");
+    assert!(
+        matches!(&error, LoadError::UnknownImport { module, name, .. } if module == "wasi_snapshot_preview1" && name == "fd_write"),
+        "{error}"
+    );
+}
+
+#[test]
+fn import_with_the_wrong_signature_is_refused_at_deploy() {
+    let gw = Gateway::new();
+    let wasm = wat(r#"(module
+        (import "wasmgate" "emit" (func (param i32) (result i32)))
+        (memory (export "memory") 1)
+        (func (export "wasmgate_abi_version") (result i32) i32.const 1)
+        (func (export "wasmgate_handle") (param i32) (result i32) i32.const 0))"#);
+    let error = gw
+        .runtime
+        .deploy(FunctionSpec::permissive("bad-sig"), &wasm)
+        .expect_err("refused");
+    assert!(matches!(error, LoadError::Instantiate { .. }), "{error}");
+}
+
+#[test]
+fn bytes_that_are_not_wasm_are_refused_at_deploy() {
+    let gw = Gateway::new();
+    for bytes in [&b""[..], b"not wasm at all", b"\0asm\x01\0\0\0\xff\xff"] {
+        let error = gw
+            .runtime
+            .deploy(FunctionSpec::permissive("junk"), bytes)
+            .expect_err("refused");
+        assert!(
+            matches!(&error, LoadError::InvalidModule { function, .. } if function == "junk"),
+            "{error}"
+        );
+    }
+    gw.assert_still_serving();
+}
+
+#[test]
+fn a_warm_instance_serves_the_next_event_and_a_failed_one_is_discarded() {
+    let gw = Gateway::new();
+    // Fails when a global counter is odd: state survives only in warm instances.
+    let f = gw.deploy(&guest_with(
+        "(global $n (mut i32) (i32.const 0))",
+        "(global.set $n (i32.add (global.get $n) (i32.const 1)))
+         (if (i32.eq (global.get $n) (i32.const 2)) (then unreachable))
+         (i32.const 0)",
+    ));
+    assert_eq!(f.cold_starts(), 1, "deploy made one instance");
+    let first = invoke(&f);
+    assert_eq!(
+        first.cost.start,
+        Start::Warm,
+        "the deploy instance is reused"
+    );
+    assert!(first.outcome.is_ok());
+    let second = invoke(&f);
+    assert_eq!(second.cost.start, Start::Warm);
+    assert!(
+        second.outcome.is_err(),
+        "the same instance, now with n = 2, traps"
+    );
+    let third = invoke(&f);
+    assert_eq!(
+        third.cost.start,
+        Start::Cold,
+        "the trapped instance was thrown away"
+    );
+    assert!(third.outcome.is_ok(), "a fresh instance starts from n = 0");
+    assert_eq!(f.cold_starts(), 2);
+}
+
+#[test]
+fn without_warm_instances_every_start_is_cold() {
+    let gw = Gateway::new();
+    let limits = Limits {
+        warm_instances: 0,
+        ..Limits::default()
+    };
+    let f = gw.deploy_with(limits, &guest("(i32.const 0)"));
+    for _ in 0..3 {
+        assert_eq!(invoke(&f).cost.start, Start::Cold);
+    }
+}
+
+#[test]
+fn identical_modules_are_compiled_once() {
+    let gw = Gateway::new();
+    let wasm = guest("(i32.const 0)");
+    let a = gw.deploy(&wasm);
+    let b = gw.deploy(&wasm);
+    assert_eq!(a.version(), b.version());
+    assert_eq!(gw.runtime.compiled_modules(), 2, "healthy + this one");
+}
+
+#[test]
+fn event_read_follows_the_copy_out_rule() {
+    let gw = Gateway::new();
+    // First a 1-byte buffer (too small: copies nothing, returns the length),
+    // then a full one; returns 0 only if both lengths agree with the event.
+    let f = gw.deploy(&guest(
+        "(local.set 1 (call $event_read (i32.const 1000) (i32.const 1)))
+         (if (i32.ne (local.get 1) (local.get 0)) (then (return (i32.const 1))))
+         (if (i32.ne (i32.load8_u (i32.const 1000)) (i32.const 0)) (then (return (i32.const 2))))
+         (if (i32.ne (call $event_read (i32.const 1000) (i32.const 4096)) (local.get 0)) (then (return (i32.const 3))))
+         (i32.const 0)",
+    ));
+    let report = invoke(&f);
+    assert!(report.outcome.is_ok(), "{:?}", report.outcome);
+}
+
+#[test]
+fn kv_reads_see_own_writes_and_increments_add_at_commit() {
+    let gw = Gateway::new();
+    let kv = Arc::new(MemoryKv::default());
+    // Increments "key" by 5 twice and returns the low byte of the value kv_get sees.
+    let f = gw.deploy(&guest(
+        "(drop (call $kv_increment (i32.const 16) (i32.const 3) (i64.const 5) (i32.const 200)))
+         (drop (call $kv_increment (i32.const 16) (i32.const 3) (i64.const 5) (i32.const 200)))
+         (drop (call $kv_get (i32.const 16) (i32.const 3) (i32.const 300) (i32.const 8)))
+         (if (i64.ne (i64.load (i32.const 300)) (i64.load (i32.const 200))) (then (return (i32.const 99))))
+         (i32.const 0)",
+    ));
+    for expected in [10i64, 20, 30] {
+        let report = f.invoke(1, 1, &event(), Some(kv.clone() as Arc<dyn KvRead>));
+        let effects: Effects = report.outcome.expect("succeeds");
+        kv.apply(f.name(), &effects);
+        assert_eq!(
+            kv.get("guest", "key").unwrap(),
+            Some(expected.to_le_bytes().to_vec())
+        );
+    }
+}
+
+#[test]
+fn increment_of_text_is_not_a_number() {
+    let gw = Gateway::new();
+    let f = gw.deploy(&guest(
+        "(drop (call $kv_put (i32.const 16) (i32.const 3) (i32.const 32) (i32.const 5)))
+         (call $kv_increment (i32.const 16) (i32.const 3) (i64.const 1) (i32.const 200))",
+    ));
+    let error = expect_error(invoke(&f));
+    assert!(
+        matches!(error, InvokeError::Failed { code: -4, .. }),
+        "NOT_A_NUMBER: {error}"
+    );
+}
+
+#[test]
+fn oversized_kv_value_is_refused() {
+    let gw = Gateway::new();
+    let limits = Limits {
+        max_kv_value_bytes: 16,
+        ..Limits::default()
+    };
+    let f = gw.deploy_with(
+        limits,
+        &guest("(drop (call $kv_put (i32.const 16) (i32.const 3) (i32.const 0) (i32.const 17))) (i32.const 0)"),
+    );
+    let error = expect_error(invoke(&f));
+    assert!(
+        matches!(
+            error,
+            InvokeError::Abi {
+                violation: AbiViolation::TooLarge { call: "kv_put", .. },
+                ..
+            }
+        ),
+        "{error}"
+    );
+    gw.assert_still_serving();
+}
+
+#[test]
+fn log_flood_is_capped_and_counted() {
+    let gw = Gateway::new();
+    let f = gw.deploy(&guest(
+        "(local.set 1 (i32.const 250))
+         (loop (call $log (i32.const 2) (i32.const 32) (i32.const 5))
+               (local.set 1 (i32.sub (local.get 1) (i32.const 1)))
+               (br_if 0 (local.get 1)))
+         (i32.const 0)",
+    ));
+    let report = invoke(&f);
+    assert!(report.outcome.is_ok());
+    assert_eq!(report.logs.len(), wasmgate::runtime::MAX_LOG_LINES);
+    assert_eq!(report.logs_dropped, 250 - wasmgate::runtime::MAX_LOG_LINES);
+}
