@@ -1,1 +1,0 @@
-//! Gateway configuration (TOML): parse, then validate, reporting every problem.

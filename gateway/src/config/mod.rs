@@ -1,0 +1,729 @@
+//! Gateway configuration (TOML): parse, then validate, reporting every problem.
+//!
+//! [`Config::parse`] turns text into the plain structs below (syntax and
+//! schema errors: unknown fields, wrong types); [`Config::validate`] checks
+//! what serde cannot (names, topic filters, ranges, references between
+//! functions, broker modes). Both report every problem they find, each with
+//! the file, line and field it concerns; [`Config::from_toml_str`] and
+//! [`Config::load`] do both. [`Config::check_files`] is separate because it
+//! touches the file system: `wasmgate config check` runs it, tests need not.
+//!
+//! The structs carry no spans so the rest of the gateway reads them plainly;
+//! lines are found again from the text when an error is reported (see
+//! `locate.rs`).
+
+mod error;
+mod locate;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use toml::de::{DeTable, DeValue, Deserializer, ValueDeserializer};
+use toml::Spanned;
+
+pub use error::{ConfigError, ConfigErrorKind, ConfigErrors, FieldPath, PathSegment};
+pub use validate::{MAX_KV_VALUE_BYTES, MAX_MQTT_PAYLOAD};
+
+use crate::router::{filter_matches, FunctionId, Router};
+use locate::SourceMap;
+
+/// Default [`Config::gateway_id`].
+pub const DEFAULT_GATEWAY_ID: &str = "wasmgate";
+/// Default [`Config::data_dir`].
+pub const DEFAULT_DATA_DIR: &str = "./wasmgate-data";
+/// Default [`BrokerConfig::listen`] of the embedded broker.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:1883";
+/// MQTT's port without TLS.
+pub const MQTT_PORT: u16 = 1883;
+/// MQTT's port with TLS.
+pub const MQTTS_PORT: u16 = 8883;
+/// Largest [`Limits::memory_mb`]: a 32-bit Wasm memory is at most 4 GiB.
+pub const MAX_MEMORY_MB: u32 = 4096;
+/// Bytes in a Wasm page.
+pub const WASM_PAGE_BYTES: u64 = 64 * 1024;
+
+fn default_gateway_id() -> String {
+    DEFAULT_GATEWAY_ID.to_owned()
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_DATA_DIR)
+}
+const fn default_qos() -> u8 {
+    1
+}
+const fn default_fuel() -> u64 {
+    50_000_000
+}
+const fn default_memory_mb() -> u32 {
+    16
+}
+const fn default_timeout_ms() -> u64 {
+    1000
+}
+const fn default_concurrency() -> u32 {
+    1
+}
+const fn default_warm_instances() -> u32 {
+    2
+}
+const fn default_queue() -> u32 {
+    1024
+}
+const fn default_max_emits() -> u32 {
+    100
+}
+const fn default_max_emit_bytes() -> u32 {
+    256 * 1024
+}
+const fn default_max_kv_value_bytes() -> u32 {
+    64 * 1024
+}
+fn default_local_grants() -> Vec<String> {
+    // `#` does not match `$` topics (MQTT §4.7.2), so `$SYS/...` stays out of reach.
+    vec!["#".to_owned()]
+}
+
+/// The whole gateway configuration: one TOML file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Names this gateway: part of its default MQTT client ids and of its logs.
+    /// 1 to 64 of `A-Z a-z 0-9 . _ -`. Default `"wasmgate"`.
+    #[serde(default = "default_gateway_id")]
+    pub gateway_id: String,
+    /// Directory of the gateway's SQLite state (function KV, outbox). A
+    /// relative path is resolved against the config file's directory by
+    /// [`Config::load`]. Default `"./wasmgate-data"`.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The local broker that devices publish to.
+    #[serde(default)]
+    pub broker: BrokerConfig,
+    /// The cloud broker that functions with `grants.upstream` emit to; none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamConfig>,
+    /// The functions this gateway runs; a function's index here is its
+    /// [`FunctionId`] in [`Config::router`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub functions: Vec<FunctionConfig>,
+    /// Where the config came from, to locate errors; not part of its value.
+    #[serde(skip)]
+    origin: Origin,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            gateway_id: default_gateway_id(),
+            data_dir: default_data_dir(),
+            broker: BrokerConfig::default(),
+            upstream: None,
+            functions: Vec::new(),
+            origin: Origin::default(),
+        }
+    }
+}
+
+/// Which local broker devices talk to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerMode {
+    /// An MQTT broker (rumqttd) runs inside the gateway process.
+    #[default]
+    Embedded,
+    /// The gateway connects to a broker run separately (mosquitto, ...).
+    External,
+}
+
+/// The local broker.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// `"embedded"` (default) or `"external"`.
+    #[serde(default)]
+    pub mode: BrokerMode,
+    /// Embedded only: the `ip:port` devices connect to. Default `"0.0.0.0:1883"`;
+    /// see [`BrokerConfig::listen_addr`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// External only, required there: host name or IP address of the broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// External only: the broker's port. Default 1883, or 8883 with `tls`;
+    /// see [`BrokerConfig::effective_port`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Client id of the gateway's MQTT session. Default `"wasmgate-<gateway_id>"`
+    /// (see [`Config::broker_client_id`]). It must stay stable across restarts:
+    /// the broker keeps the persistent session, and the QoS 1 messages the
+    /// gateway has not acknowledged yet, under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// User name the gateway's MQTT client presents; none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Password the gateway's MQTT client presents; needs `username`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    /// External only: connect with TLS; none (plain MQTT) by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+impl BrokerConfig {
+    /// The address the embedded broker listens on; `None` for an external
+    /// broker or an unparsable `listen` (which validation reports).
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        match self.mode {
+            BrokerMode::Embedded => self
+                .listen
+                .as_deref()
+                .unwrap_or(DEFAULT_LISTEN)
+                .parse()
+                .ok(),
+            BrokerMode::External => None,
+        }
+    }
+
+    /// The external broker's port: `port`, else 8883 with TLS, else 1883.
+    pub fn effective_port(&self) -> u16 {
+        self.port.unwrap_or(default_port(self.tls.is_some()))
+    }
+}
+
+const fn default_port(tls: bool) -> u16 {
+    if tls {
+        MQTTS_PORT
+    } else {
+        MQTT_PORT
+    }
+}
+
+/// The cloud broker that functions emit to through the durable outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Host name or IP address of the cloud broker. Required.
+    pub host: String,
+    /// The broker's port. Default 8883 with `tls`, else 1883; see
+    /// [`UpstreamConfig::effective_port`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Client id of the gateway's upstream session. Default
+    /// `"wasmgate-<gateway_id>"` (see [`Config::upstream_client_id`]); must be
+    /// unique among the gateways using that broker, and stable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// User name presented to the cloud broker; none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Password presented to the cloud broker; needs `username`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    /// Connect with TLS (strongly advised over the internet); none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+impl UpstreamConfig {
+    /// `port`, else 8883 with TLS, else 1883.
+    pub fn effective_port(&self) -> u16 {
+        self.port.unwrap_or(default_port(self.tls.is_some()))
+    }
+}
+
+/// TLS to a broker. Relative paths are resolved against the config file's directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of the CA certificates to trust; the system's roots if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate, for mutual TLS; needs `key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`; needs `cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    fn files_mut(&mut self) -> impl Iterator<Item = &mut PathBuf> {
+        [&mut self.ca, &mut self.cert, &mut self.key]
+            .into_iter()
+            .flatten()
+    }
+}
+
+/// A string kept out of `Debug` output, so configs can be logged.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// One function: a Wasm module, what runs it, and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionConfig {
+    /// Unique name: 1 to 64 of `a-z 0-9 _ -`. Other functions `invoke` it by this name.
+    pub name: String,
+    /// Path of the compiled module. A relative path is resolved against the
+    /// config file's directory by [`Config::load`].
+    pub wasm: PathBuf,
+    /// What runs the function; at least one.
+    pub triggers: Vec<TriggerConfig>,
+    /// Per-invocation and per-function resource limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// What the function may reach (least privilege).
+    #[serde(default)]
+    pub grants: Grants,
+    /// String values the function reads with `config_get`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+/// An event source that runs a function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerConfig {
+    /// MQTT topic filter on the local broker (`+` one level, `#` the rest).
+    pub mqtt: String,
+    /// QoS of the subscription: 0 or 1 (default 1). QoS 1 with manual acks is
+    /// what makes delivery at-least-once.
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+}
+
+/// Resource limits of a function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Fuel per invocation, roughly one unit per Wasm instruction; at least 1.
+    /// Default 50,000,000.
+    #[serde(default = "default_fuel")]
+    pub fuel: u64,
+    /// Linear memory per instance in MiB, 1 to 4096. Default 16.
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: u32,
+    /// Wall-clock deadline per invocation in milliseconds; at least 1. Default 1000.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Invocations of this function running at once; at least 1. Default 1.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+    /// Instances kept instantiated and ready; 0 instantiates on demand. Default 2.
+    #[serde(default = "default_warm_instances")]
+    pub warm_instances: u32,
+    /// Capacity of the function's bounded event queue; at least 1. When it
+    /// is full the gateway stops reading and the broker holds messages. Default 1024.
+    #[serde(default = "default_queue")]
+    pub queue: u32,
+    /// Messages one invocation may emit; 0 forbids emitting. Default 100.
+    #[serde(default = "default_max_emits")]
+    pub max_emits: u32,
+    /// Payload bytes per emitted message, 1 to 268,435,455 (MQTT's maximum).
+    /// Default 262,144.
+    #[serde(default = "default_max_emit_bytes")]
+    pub max_emit_bytes: u32,
+    /// Bytes per KV value, 1 to 1,000,000,000 (SQLite's blob limit). Default 65,536.
+    #[serde(default = "default_max_kv_value_bytes")]
+    pub max_kv_value_bytes: u32,
+}
+
+impl Limits {
+    /// The defaults, usable in `const` context.
+    pub const DEFAULT: Limits = Limits {
+        fuel: default_fuel(),
+        memory_mb: default_memory_mb(),
+        timeout_ms: default_timeout_ms(),
+        concurrency: default_concurrency(),
+        warm_instances: default_warm_instances(),
+        queue: default_queue(),
+        max_emits: default_max_emits(),
+        max_emit_bytes: default_max_emit_bytes(),
+        max_kv_value_bytes: default_max_kv_value_bytes(),
+    };
+
+    /// `memory_mb` in bytes.
+    pub const fn memory_bytes(&self) -> u64 {
+        self.memory_mb as u64 * 1024 * 1024
+    }
+
+    /// `memory_mb` in 64 KiB Wasm pages.
+    pub const fn memory_pages(&self) -> u64 {
+        self.memory_bytes() / WASM_PAGE_BYTES
+    }
+
+    /// `timeout_ms` as a duration.
+    pub const fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// What a function may reach. Everything not granted is denied (`DENIED` to the guest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grants {
+    /// Topic filters the function may emit to on the local broker. Default
+    /// `["#"]`: any topic except `$` topics (`#` does not match them).
+    #[serde(default = "default_local_grants")]
+    pub local: Vec<String>,
+    /// Topic filters the function may emit to upstream; needs `[upstream]`.
+    /// Default none.
+    #[serde(default)]
+    pub upstream: Vec<String>,
+    /// Names of the functions it may invoke; each must be configured. Default none.
+    #[serde(default)]
+    pub invoke: Vec<String>,
+}
+
+impl Default for Grants {
+    fn default() -> Self {
+        Self {
+            local: default_local_grants(),
+            upstream: Vec::new(),
+            invoke: Vec::new(),
+        }
+    }
+}
+
+impl Grants {
+    /// Whether the function may emit to `topic` on the local broker.
+    pub fn allows_local(&self, topic: &str) -> bool {
+        self.local
+            .iter()
+            .any(|filter| filter_matches(filter, topic))
+    }
+
+    /// Whether the function may emit to `topic` upstream.
+    pub fn allows_upstream(&self, topic: &str) -> bool {
+        self.upstream
+            .iter()
+            .any(|filter| filter_matches(filter, topic))
+    }
+
+    /// Whether the function may invoke the function named `name`.
+    pub fn allows_invoke(&self, name: &str) -> bool {
+        self.invoke.iter().any(|n| n == name)
+    }
+}
+
+/// Where a config came from. Always equal, so it does not affect `==`.
+#[derive(Clone, Default)]
+struct Origin {
+    name: Option<Arc<str>>,
+    text: Option<Arc<str>>,
+}
+
+impl PartialEq for Origin {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl fmt::Debug for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Origin")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sections deserialized one by one after a schema error, so that a mistake
+/// in one does not hide the mistakes in the others.
+const SECTIONS: [&str; 3] = ["broker", "upstream", "functions"];
+
+impl Config {
+    /// Parses and validates `text`, reporting every problem at once.
+    /// `source_name` (usually the file name) prefixes each error. Relative
+    /// paths are left as written; [`Config::load`] resolves them.
+    pub fn from_toml_str(text: &str, source_name: &str) -> Result<Self, ConfigErrors> {
+        let config = Self::parse(text, source_name)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates the file at `path`, then resolves relative
+    /// paths in it against the file's directory.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigErrors> {
+        let path = path.as_ref();
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            let mut error = ConfigError::new(FieldPath::root(), ConfigErrorKind::Read(e));
+            error.source_name = Some(name.as_str().into());
+            ConfigErrors::new(vec![error])
+        })?;
+        let mut config = Self::from_toml_str(&text, &name)?;
+        config.resolve_paths(path.parent().unwrap_or(Path::new("")));
+        Ok(config)
+    }
+
+    /// Parses `text` without the semantic checks of [`Config::validate`]:
+    /// reports the first syntax error (what follows one cannot be read
+    /// reliably) or else every schema error (unknown field, wrong type,
+    /// missing field), each section checked on its own.
+    pub fn parse(text: &str, source_name: &str) -> Result<Self, ConfigErrors> {
+        let name: Arc<str> = source_name.into();
+        let located = |span: Option<std::ops::Range<usize>>, path, kind| ConfigError {
+            source_name: Some(name.clone()),
+            line: span.map(|s| locate::line_of(text, s.start)),
+            path,
+            kind,
+        };
+
+        let (root, syntax) = DeTable::parse_recoverable(text);
+        if let Some(first) = syntax
+            .iter()
+            .min_by_key(|e| e.span().map_or(usize::MAX, |s| s.start))
+        {
+            let error = located(
+                first.span(),
+                FieldPath::root(),
+                ConfigErrorKind::Syntax(first.message().to_owned()),
+            );
+            return Err(ConfigErrors::new(vec![error]));
+        }
+
+        let map = SourceMap::new(text, root.clone());
+        match deserialize(root) {
+            Ok(mut config) => {
+                config.origin = Origin {
+                    name: Some(name),
+                    text: Some(text.into()),
+                };
+                Ok(config)
+            }
+            Err(errors) => Err(ConfigErrors::new(
+                errors
+                    .into_iter()
+                    .map(|e| {
+                        let path = e.span().map(|s| map.path_at(s.start)).unwrap_or_default();
+                        located(
+                            e.span(),
+                            path,
+                            ConfigErrorKind::Schema(e.message().to_owned()),
+                        )
+                    })
+                    .collect(),
+            )),
+        }
+    }
+
+    /// Checks everything serde cannot: names, topic filters, ranges,
+    /// references between functions, broker modes. Reports every problem,
+    /// located in the source text when the config was parsed from one.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let errors = validate::validate(self);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors::new(self.locate(errors)))
+        }
+    }
+
+    /// Checks that the files the config names (Wasm modules, TLS files)
+    /// exist and are readable regular files. Apart from [`Config::validate`]
+    /// because it touches the file system; run it after [`Config::load`] so
+    /// relative paths are resolved.
+    pub fn check_files(&self) -> Vec<ConfigError> {
+        fn tls_files<'a>(
+            files: &mut Vec<(FieldPath, &'a Path)>,
+            path: FieldPath,
+            tls: Option<&'a TlsConfig>,
+        ) {
+            let Some(tls) = tls else { return };
+            for (key, file) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
+                if let Some(file) = file {
+                    files.push((path.key("tls").key(key), file));
+                }
+            }
+        }
+        let mut files: Vec<(FieldPath, &Path)> = Vec::new();
+        let root = FieldPath::root();
+        tls_files(&mut files, root.key("broker"), self.broker.tls.as_ref());
+        let upstream_tls = self.upstream.as_ref().and_then(|u| u.tls.as_ref());
+        tls_files(&mut files, root.key("upstream"), upstream_tls);
+        for (i, function) in self.functions.iter().enumerate() {
+            files.push((root.key("functions").index(i).key("wasm"), &function.wasm));
+        }
+
+        let errors = files
+            .into_iter()
+            .filter_map(|(path, file)| {
+                let kind = match std::fs::File::open(file).and_then(|f| f.metadata()) {
+                    Ok(meta) if meta.is_file() => return None,
+                    Ok(_) => ConfigErrorKind::NotAFile {
+                        path: file.to_owned(),
+                    },
+                    Err(source) => ConfigErrorKind::File {
+                        path: file.to_owned(),
+                        source,
+                    },
+                };
+                Some(ConfigError::new(path, kind))
+            })
+            .collect();
+        self.locate(errors)
+    }
+
+    /// Resolves relative paths (`data_dir`, `wasm`, TLS files) against `base_dir`.
+    pub fn resolve_paths(&mut self, base_dir: &Path) {
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = base_dir.join(&*path);
+            }
+        };
+        resolve(&mut self.data_dir);
+        if let Some(tls) = &mut self.broker.tls {
+            tls.files_mut().for_each(resolve);
+        }
+        if let Some(tls) = self.upstream.as_mut().and_then(|u| u.tls.as_mut()) {
+            tls.files_mut().for_each(resolve);
+        }
+        for function in &mut self.functions {
+            resolve(&mut function.wasm);
+        }
+    }
+
+    /// A commented default config, for `wasmgate config init`. It parses and
+    /// validates; its one function's Wasm file is an example build product.
+    pub fn default_toml() -> &'static str {
+        include_str!("default.toml")
+    }
+
+    /// The name of the source the config was parsed from, if any.
+    pub fn source_name(&self) -> Option<&str> {
+        self.origin.name.as_deref()
+    }
+
+    /// The client id of the gateway's session on the local broker.
+    pub fn broker_client_id(&self) -> String {
+        self.broker
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("wasmgate-{}", self.gateway_id))
+    }
+
+    /// The client id of the gateway's session on the upstream broker, if any.
+    pub fn upstream_client_id(&self) -> Option<String> {
+        let upstream = self.upstream.as_ref()?;
+        Some(
+            upstream
+                .client_id
+                .clone()
+                .unwrap_or_else(|| format!("wasmgate-{}", self.gateway_id)),
+        )
+    }
+
+    /// The function with this name and its id.
+    pub fn function(&self, name: &str) -> Option<(FunctionId, &FunctionConfig)> {
+        self.functions
+            .iter()
+            .enumerate()
+            .find(|(_, f)| f.name == name)
+    }
+
+    /// A router from every function's MQTT triggers to its [`FunctionId`]
+    /// (its index in [`Config::functions`]). Filters that are not valid are
+    /// skipped; a validated config has none.
+    pub fn router(&self) -> Router<FunctionId> {
+        let mut router = Router::new();
+        for (id, function) in self.functions.iter().enumerate() {
+            for trigger in &function.triggers {
+                // Validation has reported invalid filters already.
+                let _ = router.add(&trigger.mqtt, id);
+            }
+        }
+        router
+    }
+
+    /// Adds file and line to errors found on this config.
+    fn locate(&self, mut errors: Vec<ConfigError>) -> Vec<ConfigError> {
+        let map = self.origin.text.as_deref().and_then(SourceMap::parse);
+        for error in &mut errors {
+            error.source_name.clone_from(&self.origin.name);
+            error.line = map.as_ref().and_then(|m| m.line_of_path(&error.path));
+        }
+        errors
+    }
+}
+
+/// Deserializes the whole config; on failure, deserializes each section
+/// (and each function) on its own to collect every schema error.
+fn deserialize(root: Spanned<DeTable<'_>>) -> Result<Config, Vec<toml::de::Error>> {
+    let first = match Config::deserialize(Deserializer::from(root.clone())) {
+        Ok(config) => return Ok(config),
+        Err(error) => error,
+    };
+    fn check<'i, T: Deserialize<'i>>(
+        value: Spanned<DeValue<'i>>,
+        errors: &mut Vec<toml::de::Error>,
+    ) {
+        if let Err(error) = T::deserialize(ValueDeserializer::from(value)) {
+            errors.push(error);
+        }
+    }
+
+    let span = root.span();
+    let mut rest = root.into_inner();
+    let mut errors = Vec::new();
+    for section in SECTIONS {
+        let Some(value) = rest.remove(section) else {
+            continue;
+        };
+        match (section, value.get_ref()) {
+            ("functions", DeValue::Array(functions)) => {
+                for function in functions.iter() {
+                    check::<FunctionConfig>(function.clone(), &mut errors);
+                }
+            }
+            ("functions", _) => check::<Vec<FunctionConfig>>(value, &mut errors),
+            ("broker", _) => check::<BrokerConfig>(value, &mut errors),
+            _ => check::<UpstreamConfig>(value, &mut errors),
+        }
+    }
+    if let Err(error) = Config::deserialize(Deserializer::from(Spanned::new(span, rest))) {
+        errors.push(error);
+    }
+
+    // The sections are the whole config, so one of them failed; this is a guard.
+    if errors.is_empty() {
+        errors.push(first);
+    }
+    errors.sort_by_key(|e| e.span().map(|s| s.start));
+    errors.dedup_by(|a, b| a.span() == b.span() && a.message() == b.message());
+    Err(errors)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,592 @@
+//! Config tests: each feeds TOML text and checks what a user would see.
+
+use super::*;
+
+/// Every error message for `text`, as `config check` would print them.
+#[track_caller]
+fn errors(text: &str) -> Vec<String> {
+    match Config::from_toml_str(text, "gateway.toml") {
+        Ok(_) => panic!("expected errors, the config is valid:\n{text}"),
+        Err(errors) => errors.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[track_caller]
+fn valid(text: &str) -> Config {
+    Config::from_toml_str(text, "gateway.toml").unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A config with one valid function, to which tests append.
+const ONE_FUNCTION: &str = r#"
+[[functions]]
+name = "vending"
+wasm = "vending.wasm"
+triggers = [{ mqtt = "vending/+/telemetry" }]
+"#;
+
+const FULL: &str = r#"
+gateway_id = "plant-7"
+data_dir = "/var/lib/wasmgate"
+
+[broker]
+mode = "external"
+host = "10.0.0.2"
+port = 8884
+client_id = "wasmgate-plant-7-local"
+username = "gateway"
+password = "hunter2"
+tls = { ca = "ca.pem", cert = "gw.crt", key = "gw.key" }
+
+[upstream]
+host = "cloud.example.com"
+tls = { ca = "cloud-ca.pem" }
+
+[[functions]]
+name = "vending"
+wasm = "functions/examples/wasm/vending_telemetry.wasm"
+triggers = [
+  { mqtt = "vending/+/telemetry", qos = 1 },
+  { mqtt = "vending/+/door", qos = 0 },
+]
+
+[functions.limits]
+fuel = 10_000_000
+memory_mb = 8
+timeout_ms = 250
+concurrency = 4
+warm_instances = 0
+queue = 64
+max_emits = 3
+max_emit_bytes = 4096
+max_kv_value_bytes = 1024
+
+[functions.grants]
+local = ["vending/+/alert"]
+upstream = ["telemetry/#"]
+invoke = ["audit"]
+
+[functions.config]
+max_temp_c = "8"
+unit = "celsius"
+
+[[functions]]
+name = "audit"
+wasm = "audit.wasm"
+triggers = [{ mqtt = "$SYS/broker/clients/#" }]
+"#;
+
+#[test]
+fn a_full_config_parses_into_the_values_written() {
+    let config = valid(FULL);
+    assert_eq!(config.gateway_id, "plant-7");
+    assert_eq!(config.data_dir, PathBuf::from("/var/lib/wasmgate"));
+    assert_eq!(config.broker.mode, BrokerMode::External);
+    assert_eq!(config.broker.effective_port(), 8884);
+    assert_eq!(config.broker.listen_addr(), None);
+    assert_eq!(config.broker_client_id(), "wasmgate-plant-7-local");
+    assert_eq!(
+        config.broker.password.as_ref().map(Secret::expose),
+        Some("hunter2")
+    );
+    let upstream = config.upstream.as_ref().unwrap();
+    assert_eq!(upstream.effective_port(), MQTTS_PORT);
+    assert_eq!(
+        config.upstream_client_id().as_deref(),
+        Some("wasmgate-plant-7")
+    );
+
+    let vending = &config.functions[0];
+    assert_eq!(vending.triggers[1].qos, 0);
+    assert_eq!(vending.limits.memory_pages(), 128);
+    assert_eq!(vending.limits.timeout(), Duration::from_millis(250));
+    assert_eq!(vending.config["unit"], "celsius");
+    let audit = &config.functions[1];
+    assert_eq!(audit.triggers[0].qos, 1, "qos defaults to 1");
+    assert_eq!(audit.limits, Limits::default());
+    assert_eq!(audit.grants, Grants::default());
+    assert_eq!(config.function("audit").map(|(id, _)| id), Some(1));
+}
+
+#[test]
+fn a_full_config_round_trips_through_toml() {
+    let config = valid(FULL);
+    let text = toml::to_string(&config).unwrap();
+    let again = valid(&text);
+    assert_eq!(config, again, "re-serialized as:\n{text}");
+}
+
+#[test]
+fn an_empty_file_is_a_gateway_with_defaults_and_no_functions() {
+    let config = valid("");
+    assert_eq!(config, Config::default());
+    assert_eq!(config.gateway_id, DEFAULT_GATEWAY_ID);
+    assert_eq!(config.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+    assert_eq!(config.broker.mode, BrokerMode::Embedded);
+    assert_eq!(
+        config.broker.listen_addr(),
+        Some("0.0.0.0:1883".parse().unwrap())
+    );
+    assert_eq!(config.broker_client_id(), "wasmgate-wasmgate");
+    assert_eq!(config.upstream_client_id(), None);
+}
+
+#[test]
+fn the_default_config_parses_and_validates() {
+    let config = valid(Config::default_toml());
+    assert_eq!(config.gateway_id, DEFAULT_GATEWAY_ID);
+    assert_eq!(config.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+    assert_eq!(config.broker, BrokerConfig::default());
+    assert_eq!(config.functions.len(), 1);
+    assert_eq!(
+        config.functions[0].wasm,
+        PathBuf::from("functions/examples/wasm/vending_telemetry.wasm")
+    );
+}
+
+#[test]
+fn the_default_config_shows_the_real_default_limits() {
+    let config = valid(Config::default_toml());
+    assert_eq!(config.functions[0].limits, Limits::DEFAULT);
+}
+
+#[test]
+fn an_invalid_trigger_filter_is_reported_with_its_line() {
+    let text = format!("{ONE_FUNCTION}\n[[functions]]\nname = \"b\"\nwasm = \"b.wasm\"\ntriggers = [{{ mqtt = \"a/#/b\" }}]\n");
+    assert_eq!(
+        errors(&text),
+        [
+            r#"gateway.toml:10: functions[1].triggers[0].mqtt: invalid topic filter "a/#/b": '#' must be the last level"#
+        ]
+    );
+}
+
+#[test]
+fn each_bad_value_is_reported_with_the_right_message_and_line() {
+    // (lines appended after ONE_FUNCTION's 4 lines, the expected error)
+    let cases: &[(&str, &str)] = &[
+        (
+            "[functions.limits]\nmemory_mb = 0",
+            "gateway.toml:6: functions[0].limits.memory_mb: 0 is out of range: must be between 1 and 4096",
+        ),
+        (
+            "[functions.limits]\nmemory_mb = 8192",
+            "gateway.toml:6: functions[0].limits.memory_mb: 8192 is out of range: must be between 1 and 4096",
+        ),
+        (
+            "[functions.limits]\nfuel = 0",
+            "gateway.toml:6: functions[0].limits.fuel: 0 is out of range: must be at least 1",
+        ),
+        (
+            "[functions.limits]\ntimeout_ms = 0",
+            "gateway.toml:6: functions[0].limits.timeout_ms: 0 is out of range: must be at least 1",
+        ),
+        (
+            "[functions.limits]\nconcurrency = 0",
+            "gateway.toml:6: functions[0].limits.concurrency: 0 is out of range: must be at least 1",
+        ),
+        (
+            "[functions.limits]\nqueue = 0",
+            "gateway.toml:6: functions[0].limits.queue: 0 is out of range: must be at least 1",
+        ),
+        (
+            "[functions.limits]\nmax_emit_bytes = 0",
+            "gateway.toml:6: functions[0].limits.max_emit_bytes: 0 is out of range: must be between 1 and 268435455",
+        ),
+        (
+            "[functions.grants]\nlocal = [\"ok/#\", \"a/b+\"]",
+            "gateway.toml:6: functions[0].grants.local[1]: invalid topic filter \"a/b+\": a wildcard must occupy a whole level, not be part of \"b+\"",
+        ),
+        (
+            "[functions.grants]\ninvoke = [\"nope\"]",
+            "gateway.toml:6: functions[0].grants.invoke[0]: no function named \"nope\" is configured",
+        ),
+        (
+            "[functions.grants]\nupstream = [\"telemetry/#\"]",
+            "gateway.toml:6: functions[0].grants.upstream: upstream grants need an [upstream] broker, and none is configured",
+        ),
+        (
+            "[functions.config]\n\"\" = \"x\"",
+            "gateway.toml:5: functions[0].config: invalid value \"\": expected a non-empty key",
+        ),
+    ];
+    for (tail, expected) in cases {
+        let text = format!("{}{tail}\n", ONE_FUNCTION.trim_start());
+        assert_eq!(errors(&text), [*expected], "for:\n{text}");
+    }
+}
+
+#[test]
+fn function_names_must_be_well_formed_and_unique() {
+    let text = r#"[[functions]]
+name = "Vending Machine"
+wasm = "a.wasm"
+triggers = [{ mqtt = "a" }]
+
+[[functions]]
+name = "dup"
+wasm = "a.wasm"
+triggers = [{ mqtt = "a" }]
+
+[[functions]]
+name = "dup"
+wasm = "b.wasm"
+triggers = [{ mqtt = "b" }]
+"#;
+    assert_eq!(
+        errors(text),
+        [
+            r#"gateway.toml:2: functions[0].name: invalid value "Vending Machine": expected 1 to 64 characters from a-z, 0-9, '_' and '-'"#,
+            r#"gateway.toml:12: functions[2].name: duplicate function name "dup", already used by functions[1]"#,
+        ]
+    );
+}
+
+#[test]
+fn a_function_needs_a_trigger_and_qos_at_most_1() {
+    let text = r#"[[functions]]
+name = "lazy"
+wasm = "a.wasm"
+triggers = []
+
+[[functions]]
+name = "eager"
+wasm = "b.wasm"
+triggers = [{ mqtt = "a", qos = 2 }]
+"#;
+    assert_eq!(
+        errors(text),
+        [
+            "gateway.toml:4: functions[0].triggers: a function needs at least one trigger",
+            "gateway.toml:9: functions[1].triggers[0].qos: 2 is out of range: must be between 0 and 1",
+        ]
+    );
+}
+
+#[test]
+fn broker_settings_must_fit_the_mode() {
+    let embedded =
+        "[broker]\nlisten = \"localhost:1883\"\nhost = \"10.0.0.2\"\ntls = { ca = \"ca.pem\" }\n";
+    assert_eq!(
+        errors(embedded),
+        [
+            "gateway.toml:2: broker.listen: invalid listen address \"localhost:1883\": invalid socket address syntax (expected ip:port, like \"0.0.0.0:1883\")",
+            "gateway.toml:3: broker.host: `host` has no effect with mode = \"embedded\"",
+            "gateway.toml:4: broker.tls: `tls` has no effect with mode = \"embedded\"",
+        ]
+    );
+
+    let external = "[broker]\nmode = \"external\"\nlisten = \"0.0.0.0:1883\"\npassword = \"x\"\ntls = { cert = \"gw.crt\" }\n";
+    assert_eq!(
+        errors(external),
+        [
+            "gateway.toml:1: broker.host: `host` is required with mode = \"external\"",
+            "gateway.toml:1: broker.username: `username` is required when `password` is set",
+            "gateway.toml:3: broker.listen: `listen` has no effect with mode = \"external\"",
+            "gateway.toml:5: broker.tls.key: `key` is required when `cert` is set (client certificates need their private key)",
+        ]
+    );
+}
+
+#[test]
+fn root_and_upstream_values_are_checked() {
+    let text = "gateway_id = \"gw/1\"\ndata_dir = \"\"\n[upstream]\nhost = \"\"\nport = 0\n";
+    assert_eq!(
+        errors(text),
+        [
+            "gateway.toml:1: gateway_id: invalid value \"gw/1\": expected 1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and '-'",
+            "gateway.toml:2: data_dir: invalid value \"\": expected a directory path",
+            "gateway.toml:4: upstream.host: invalid value \"\": expected a host name or IP address",
+            "gateway.toml:5: upstream.port: 0 is out of range: must be between 1 and 65535",
+        ]
+    );
+}
+
+#[test]
+fn several_problems_in_one_file_are_all_reported_in_line_order() {
+    let text = r#"gateway_id = ""
+
+[broker]
+mode = "external"
+
+[[functions]]
+name = "a"
+wasm = "a.wasm"
+triggers = [{ mqtt = "x/#/y" }, { mqtt = "" }]
+
+[functions.limits]
+memory_mb = 0
+concurrency = 0
+
+[functions.grants]
+invoke = ["a", "ghost"]
+"#;
+    let found = errors(text);
+    assert_eq!(
+        found,
+        [
+            "gateway.toml:1: gateway_id: invalid value \"\": expected 1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and '-'",
+            "gateway.toml:3: broker.host: `host` is required with mode = \"external\"",
+            "gateway.toml:9: functions[0].triggers[0].mqtt: invalid topic filter \"x/#/y\": '#' must be the last level",
+            "gateway.toml:9: functions[0].triggers[1].mqtt: invalid topic filter \"\": must not be empty",
+            "gateway.toml:12: functions[0].limits.memory_mb: 0 is out of range: must be between 1 and 4096",
+            "gateway.toml:13: functions[0].limits.concurrency: 0 is out of range: must be at least 1",
+            "gateway.toml:16: functions[0].grants.invoke[1]: no function named \"ghost\" is configured",
+        ]
+    );
+    // The whole report prints one problem per line.
+    let report = Config::from_toml_str(text, "gateway.toml")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(report.lines().collect::<Vec<_>>(), found);
+}
+
+#[test]
+fn unknown_fields_are_rejected_with_their_line() {
+    let text = format!(
+        "{}[functions.limits]\nfuel = 1\nmemory = 16\n",
+        ONE_FUNCTION.trim_start()
+    );
+    let found = errors(&text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].starts_with(
+            "gateway.toml:7: functions[0].limits.memory: unknown field `memory`, expected one of"
+        ),
+        "{}",
+        found[0]
+    );
+}
+
+#[test]
+fn unknown_fields_everywhere_are_all_reported() {
+    let text = r#"gatway_id = "typo"
+
+[broker]
+mode = "embedded"
+lisen = "0.0.0.0:1883"
+
+[[functions]]
+name = "a"
+wasm = "a.wasm"
+triggers = [{ mqtt = "a", qso = 1 }]
+
+[[functions]]
+name = "b"
+wasm = "b.wasm"
+triggers = [{ mqtt = "b" }]
+[functions.grants]
+emit = ["x"]
+"#;
+    let found = errors(text);
+    let located: Vec<_> = found
+        .iter()
+        .map(|e| e.split(": unknown field").next().unwrap())
+        .collect();
+    assert_eq!(
+        located,
+        [
+            "gateway.toml:1: gatway_id",
+            "gateway.toml:5: broker.lisen",
+            "gateway.toml:10: functions[0].triggers[0].qso",
+            "gateway.toml:17: functions[1].grants.emit",
+        ],
+        "{found:#?}"
+    );
+}
+
+#[test]
+fn wrong_types_and_missing_fields_are_schema_errors_with_lines() {
+    let text = r#"[broker]
+mode = "cloud"
+
+[[functions]]
+name = "a"
+triggers = [{ mqtt = "a" }]
+
+[[functions]]
+name = "b"
+wasm = "b.wasm"
+triggers = [{ mqtt = "b" }]
+[functions.limits]
+fuel = -1
+
+[[functions]]
+name = "c"
+wasm = "c.wasm"
+triggers = [{ mqtt = "c" }]
+[functions.config]
+max_temp_c = 8
+"#;
+    let found = errors(text);
+    assert_eq!(found.len(), 4, "{found:#?}");
+    assert!(
+        found[0].starts_with("gateway.toml:2: broker.mode: unknown variant `cloud`"),
+        "{}",
+        found[0]
+    );
+    assert!(
+        found[1].starts_with("gateway.toml:4: functions[0]: missing field `wasm`"),
+        "{}",
+        found[1]
+    );
+    assert!(
+        found[2]
+            .starts_with("gateway.toml:13: functions[1].limits.fuel: invalid value: integer `-1`"),
+        "{}",
+        found[2]
+    );
+    assert!(found[3].starts_with("gateway.toml:20: functions[2].config.max_temp_c: invalid type: integer `8`, expected a string"), "{}", found[3]);
+}
+
+#[test]
+fn a_syntax_error_is_reported_at_its_line() {
+    let text = "gateway_id = \"gw\"\n\n[broker\nmode = \"embedded\"\n";
+    let found = errors(text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].starts_with("gateway.toml:3: "), "{}", found[0]);
+}
+
+#[test]
+fn validating_a_config_built_in_code_reports_paths_without_lines() {
+    let mut config = Config::default();
+    config.functions.push(FunctionConfig {
+        name: "a".into(),
+        wasm: "a.wasm".into(),
+        triggers: vec![],
+        limits: Limits::default(),
+        grants: Grants::default(),
+        config: BTreeMap::new(),
+    });
+    let found: Vec<String> = config
+        .validate()
+        .unwrap_err()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        found,
+        ["functions[0].triggers: a function needs at least one trigger"]
+    );
+}
+
+#[test]
+fn grants_allow_only_what_they_name() {
+    let config = valid(FULL);
+    let grants = &config.functions[0].grants;
+    assert!(grants.allows_local("vending/m1/alert"));
+    assert!(!grants.allows_local("vending/m1/telemetry"));
+    assert!(grants.allows_upstream("telemetry/plant-7/vending"));
+    assert!(!grants.allows_upstream("vending/m1/alert"));
+    assert!(grants.allows_invoke("audit"));
+    assert!(!grants.allows_invoke("vending"));
+
+    let defaults = Grants::default();
+    assert!(defaults.allows_local("anything/at/all"));
+    assert!(
+        !defaults.allows_local("$SYS/broker/load"),
+        "default grants keep $ topics out"
+    );
+    assert!(!defaults.allows_upstream("anything"));
+    assert!(!defaults.allows_invoke("audit"));
+}
+
+#[test]
+fn the_router_sends_each_trigger_to_its_function() {
+    let config = valid(FULL);
+    let router = config.router();
+    assert_eq!(router.route("vending/m1/telemetry"), vec![0]);
+    assert_eq!(router.route("vending/m1/door"), vec![0]);
+    assert_eq!(router.route("$SYS/broker/clients/connected"), vec![1]);
+    assert!(router.route("robots/r1/pose").is_empty());
+}
+
+#[test]
+fn passwords_stay_out_of_debug_output() {
+    let config = valid(FULL);
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("hunter2"));
+    assert!(debug.contains("Secret(***)"));
+}
+
+#[test]
+fn load_resolves_relative_paths_against_the_config_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, FULL).unwrap();
+    let config = Config::load(&path).unwrap();
+    assert_eq!(
+        config.source_name(),
+        Some(path.display().to_string().as_str())
+    );
+    assert_eq!(
+        config.data_dir,
+        PathBuf::from("/var/lib/wasmgate"),
+        "absolute paths stay"
+    );
+    assert_eq!(config.functions[1].wasm, dir.path().join("audit.wasm"));
+    let tls = config.broker.tls.as_ref().unwrap();
+    assert_eq!(tls.ca.as_deref(), Some(dir.path().join("ca.pem").as_path()));
+}
+
+#[test]
+fn load_reports_an_unreadable_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("missing.toml");
+    let errors = Config::load(&path).unwrap_err();
+    assert_eq!(errors.len(), 1);
+    let message = errors.to_string();
+    assert!(
+        message.starts_with(&format!(
+            "{}: cannot read the config file: ",
+            path.display()
+        )),
+        "{message}"
+    );
+}
+
+#[test]
+fn check_files_reports_missing_and_unreadable_files_with_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("present.wasm"), b"\0asm").unwrap();
+    std::fs::create_dir(dir.path().join("dir.wasm")).unwrap();
+    let text = r#"[[functions]]
+name = "present"
+wasm = "present.wasm"
+triggers = [{ mqtt = "a" }]
+
+[[functions]]
+name = "absent"
+wasm = "absent.wasm"
+triggers = [{ mqtt = "b" }]
+
+[[functions]]
+name = "directory"
+wasm = "dir.wasm"
+triggers = [{ mqtt = "c" }]
+"#;
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = Config::load(&path).unwrap();
+    let found: Vec<String> = config
+        .check_files()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(found.len(), 2, "{found:#?}");
+    let prefix = path.display().to_string();
+    assert!(
+        found[0].starts_with(&format!(
+            "{prefix}:8: functions[1].wasm: cannot read {}",
+            dir.path().join("absent.wasm").display()
+        )),
+        "{}",
+        found[0]
+    );
+    assert_eq!(
+        found[1],
+        format!(
+            "{prefix}:13: functions[2].wasm: {} is not a regular file",
+            dir.path().join("dir.wasm").display()
+        )
+    );
+}

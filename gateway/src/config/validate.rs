@@ -1,0 +1,384 @@
+//! Semantic checks on a parsed [`Config`]: every problem is collected, each
+//! with the [`FieldPath`] it concerns; lines are added later by the caller.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use super::error::{ConfigError, ConfigErrorKind as Kind, FieldPath};
+use super::{
+    BrokerConfig, BrokerMode, Config, FunctionConfig, Limits, TlsConfig, UpstreamConfig,
+    MAX_MEMORY_MB,
+};
+use crate::router::validate_filter;
+
+/// The largest MQTT packet: a 4-byte variable length of at most 268,435,455.
+pub const MAX_MQTT_PAYLOAD: u64 = 268_435_455;
+
+/// SQLite's default maximum length of a blob.
+pub const MAX_KV_VALUE_BYTES: u64 = 1_000_000_000;
+
+const NO_MAX: u64 = u64::MAX;
+
+/// Collects problems as they are found.
+struct Checker {
+    errors: Vec<ConfigError>,
+}
+
+impl Checker {
+    fn push(&mut self, path: FieldPath, kind: Kind) {
+        self.errors.push(ConfigError::new(path, kind));
+    }
+
+    fn range(&mut self, path: FieldPath, value: u64, min: u64, max: u64) {
+        if !(min..=max).contains(&value) {
+            self.push(path, Kind::OutOfRange { value, min, max });
+        }
+    }
+
+    fn filters(&mut self, path: &FieldPath, filters: &[String]) {
+        for (i, filter) in filters.iter().enumerate() {
+            self.filter(path.index(i), filter);
+        }
+    }
+
+    fn filter(&mut self, path: FieldPath, filter: &str) {
+        if let Err(source) = validate_filter(filter) {
+            self.push(
+                path,
+                Kind::InvalidFilter {
+                    filter: filter.to_owned(),
+                    source,
+                },
+            );
+        }
+    }
+}
+
+pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
+    let mut c = Checker { errors: Vec::new() };
+    let root = FieldPath::root();
+
+    if !is_gateway_id(&config.gateway_id) {
+        c.push(
+            root.key("gateway_id"),
+            Kind::InvalidValue {
+                value: config.gateway_id.clone(),
+                expected: "1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and '-'",
+            },
+        );
+    }
+    if config.data_dir.as_os_str().is_empty() {
+        c.push(
+            root.key("data_dir"),
+            Kind::InvalidValue {
+                value: String::new(),
+                expected: "a directory path",
+            },
+        );
+    }
+    broker(&mut c, &root.key("broker"), &config.broker);
+    if let Some(upstream) = &config.upstream {
+        self::upstream(&mut c, &root.key("upstream"), upstream);
+    }
+
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let functions = root.key("functions");
+    for (i, function) in config.functions.iter().enumerate() {
+        let path = functions.index(i);
+        match names.get(function.name.as_str()) {
+            Some(&first) => c.push(
+                path.key("name"),
+                Kind::DuplicateName {
+                    name: function.name.clone(),
+                    first: functions.index(first),
+                },
+            ),
+            None => {
+                names.insert(&function.name, i);
+            }
+        }
+        self::function(&mut c, &path, function, config);
+    }
+    c.errors
+}
+
+fn is_gateway_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Function names: `[a-z0-9_-]{1,64}`, so they are safe in topics, file names and URLs.
+pub(super) fn is_function_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))
+}
+
+const EMBEDDED: &str = "with mode = \"embedded\"";
+const EXTERNAL: &str = "with mode = \"external\"";
+
+fn broker(c: &mut Checker, path: &FieldPath, broker: &BrokerConfig) {
+    match broker.mode {
+        BrokerMode::Embedded => {
+            if let Some(listen) = &broker.listen {
+                if let Err(e) = listen.parse::<SocketAddr>() {
+                    c.push(
+                        path.key("listen"),
+                        Kind::InvalidListen {
+                            value: listen.clone(),
+                            message: e.to_string(),
+                        },
+                    );
+                }
+            }
+            for (field, set) in [
+                ("host", broker.host.is_some()),
+                ("port", broker.port.is_some()),
+                ("tls", broker.tls.is_some()),
+            ] {
+                if set {
+                    c.push(
+                        path.key(field),
+                        Kind::Unused {
+                            field,
+                            when: EMBEDDED,
+                        },
+                    );
+                }
+            }
+        }
+        BrokerMode::External => {
+            if broker.listen.is_some() {
+                c.push(
+                    path.key("listen"),
+                    Kind::Unused {
+                        field: "listen",
+                        when: EXTERNAL,
+                    },
+                );
+            }
+            match &broker.host {
+                None => c.push(
+                    path.key("host"),
+                    Kind::Missing {
+                        field: "host",
+                        when: EXTERNAL,
+                    },
+                ),
+                Some(host) => self::host(c, path.key("host"), host),
+            }
+            if let Some(port) = broker.port {
+                c.range(path.key("port"), port.into(), 1, u16::MAX.into());
+            }
+            if let Some(tls) = &broker.tls {
+                self::tls(c, &path.key("tls"), tls);
+            }
+        }
+    }
+    session(
+        c,
+        path,
+        broker.client_id.as_deref(),
+        broker.username.is_some(),
+        broker.password.is_some(),
+    );
+}
+
+fn upstream(c: &mut Checker, path: &FieldPath, upstream: &UpstreamConfig) {
+    host(c, path.key("host"), &upstream.host);
+    if let Some(port) = upstream.port {
+        c.range(path.key("port"), port.into(), 1, u16::MAX.into());
+    }
+    if let Some(tls) = &upstream.tls {
+        self::tls(c, &path.key("tls"), tls);
+    }
+    session(
+        c,
+        path,
+        upstream.client_id.as_deref(),
+        upstream.username.is_some(),
+        upstream.password.is_some(),
+    );
+}
+
+fn host(c: &mut Checker, path: FieldPath, host: &str) {
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        c.push(
+            path,
+            Kind::InvalidValue {
+                value: host.to_owned(),
+                expected: "a host name or IP address",
+            },
+        );
+    }
+}
+
+fn session(
+    c: &mut Checker,
+    path: &FieldPath,
+    client_id: Option<&str>,
+    has_username: bool,
+    has_password: bool,
+) {
+    if let Some(id) = client_id {
+        if id.is_empty() || id.len() > 65_535 || id.contains('\0') {
+            c.push(
+                path.key("client_id"),
+                Kind::InvalidValue {
+                    value: id.to_owned(),
+                    expected: "a non-empty MQTT client id",
+                },
+            );
+        }
+    }
+    // MQTT 3.1.1 §3.1.2.9: a password without a user name is a protocol error.
+    if has_password && !has_username {
+        c.push(
+            path.key("username"),
+            Kind::Missing {
+                field: "username",
+                when: "when `password` is set",
+            },
+        );
+    }
+}
+
+fn tls(c: &mut Checker, path: &FieldPath, tls: &TlsConfig) {
+    match (&tls.cert, &tls.key) {
+        (Some(_), None) => c.push(
+            path.key("key"),
+            Kind::Missing {
+                field: "key",
+                when: "when `cert` is set (client certificates need their private key)",
+            },
+        ),
+        (None, Some(_)) => c.push(
+            path.key("cert"),
+            Kind::Missing {
+                field: "cert",
+                when: "when `key` is set",
+            },
+        ),
+        _ => {}
+    }
+}
+
+fn function(c: &mut Checker, path: &FieldPath, function: &FunctionConfig, config: &Config) {
+    if !is_function_name(&function.name) {
+        c.push(
+            path.key("name"),
+            Kind::InvalidValue {
+                value: function.name.clone(),
+                expected: "1 to 64 characters from a-z, 0-9, '_' and '-'",
+            },
+        );
+    }
+    if function.wasm.as_os_str().is_empty() {
+        c.push(
+            path.key("wasm"),
+            Kind::InvalidValue {
+                value: String::new(),
+                expected: "the path of a .wasm file",
+            },
+        );
+    }
+
+    let triggers = path.key("triggers");
+    if function.triggers.is_empty() {
+        c.push(triggers.clone(), Kind::NoTriggers);
+    }
+    for (i, trigger) in function.triggers.iter().enumerate() {
+        let trigger_path = triggers.index(i);
+        c.filter(trigger_path.key("mqtt"), &trigger.mqtt);
+        // QoS 2's exactly-once handshake is not supported: delivery is
+        // at-least-once end to end, and functions see duplicates anyway.
+        c.range(trigger_path.key("qos"), trigger.qos.into(), 0, 1);
+    }
+
+    limits(c, &path.key("limits"), &function.limits);
+
+    let grants = path.key("grants");
+    c.filters(&grants.key("local"), &function.grants.local);
+    c.filters(&grants.key("upstream"), &function.grants.upstream);
+    if !function.grants.upstream.is_empty() && config.upstream.is_none() {
+        c.push(grants.key("upstream"), Kind::UpstreamNotConfigured);
+    }
+    for (i, name) in function.grants.invoke.iter().enumerate() {
+        if !config.functions.iter().any(|f| &f.name == name) {
+            c.push(
+                grants.key("invoke").index(i),
+                Kind::UnknownFunction { name: name.clone() },
+            );
+        }
+    }
+
+    for key in function.config.keys() {
+        if key.is_empty() {
+            c.push(
+                path.key("config"),
+                Kind::InvalidValue {
+                    value: String::new(),
+                    expected: "a non-empty key",
+                },
+            );
+        }
+    }
+}
+
+fn limits(c: &mut Checker, path: &FieldPath, limits: &Limits) {
+    c.range(path.key("fuel"), limits.fuel, 1, NO_MAX);
+    c.range(
+        path.key("memory_mb"),
+        limits.memory_mb.into(),
+        1,
+        MAX_MEMORY_MB.into(),
+    );
+    c.range(path.key("timeout_ms"), limits.timeout_ms, 1, NO_MAX);
+    c.range(
+        path.key("concurrency"),
+        limits.concurrency.into(),
+        1,
+        NO_MAX,
+    );
+    c.range(path.key("queue"), limits.queue.into(), 1, NO_MAX);
+    c.range(
+        path.key("max_emit_bytes"),
+        limits.max_emit_bytes.into(),
+        1,
+        MAX_MQTT_PAYLOAD,
+    );
+    c.range(
+        path.key("max_kv_value_bytes"),
+        limits.max_kv_value_bytes.into(),
+        1,
+        MAX_KV_VALUE_BYTES,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_ids_are_safe_in_client_ids_and_topics() {
+        for ok in ["wasmgate", "gw-1", "Plant_A.line-2", &"x".repeat(64)] {
+            assert!(is_gateway_id(ok), "{ok}");
+        }
+        for bad in ["", "gw/1", "gw 1", "gw+", "gw#", &"x".repeat(65), "é"] {
+            assert!(!is_gateway_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn function_names_are_lowercase_slugs() {
+        for ok in ["vending", "a", "robot_pose-2", &"x".repeat(64)] {
+            assert!(is_function_name(ok), "{ok}");
+        }
+        for bad in ["", "Vending", "a.b", "a/b", "a b", &"x".repeat(65)] {
+            assert!(!is_function_name(bad), "{bad}");
+        }
+    }
+}
