@@ -4,4 +4,7 @@
 //! runtime (-> commit -> outbox -> uplink as they land).
 
 pub mod config;
+pub mod event;
+pub mod local;
 pub mod router;
+pub mod runtime;

@@ -1,0 +1,271 @@
+//! `wasmgate invoke`: run a function once on an event file, with no broker and
+//! no database, and show everything it did. The local test loop, like
+//! `sam local invoke`.
+
+use crate::event::OwnedEvent;
+use crate::runtime::{
+    Effects, FunctionSpec, KvRead, KvWrite, LoadError, MemoryKv, Report, Runtime, Start,
+};
+use serde_json::{json, Value};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasmgate_abi::Destination;
+
+/// The outcome of a local run: the deploy, then one report per invocation.
+#[derive(Debug)]
+pub struct LocalRun {
+    pub function: String,
+    pub version: String,
+    pub module_bytes: usize,
+    /// Validation, compilation and the first (cold) instantiation.
+    pub deploy: Duration,
+    pub reports: Vec<Report>,
+    /// KV state after every successful invocation was applied in turn.
+    pub kv: Arc<MemoryKv>,
+}
+
+impl LocalRun {
+    pub fn all_succeeded(&self) -> bool {
+        self.reports.iter().all(|r| r.outcome.is_ok())
+    }
+}
+
+/// Deploys `wasm` and invokes it `repeat` times on `event`, committing each
+/// successful invocation's KV writes before the next, as the gateway would.
+pub fn invoke(
+    spec: FunctionSpec,
+    wasm: &[u8],
+    event: &OwnedEvent,
+    repeat: u32,
+) -> Result<LocalRun, LoadError> {
+    let runtime = Runtime::new();
+    let started = Instant::now();
+    let function = runtime.deploy(spec, wasm)?;
+    let deploy = started.elapsed();
+    let kv = Arc::new(MemoryKv::default());
+    let reports = (1..=u64::from(repeat.max(1)))
+        .map(|request_id| {
+            let report = function.invoke(
+                request_id,
+                1,
+                &event.as_event(),
+                Some(kv.clone() as Arc<dyn KvRead>),
+            );
+            if let Ok(effects) = &report.outcome {
+                kv.apply(function.name(), effects);
+            }
+            report
+        })
+        .collect();
+    Ok(LocalRun {
+        function: function.name().to_owned(),
+        version: function.version().to_owned(),
+        module_bytes: wasm.len(),
+        deploy,
+        reports,
+        kv,
+    })
+}
+
+/// The human-readable report.
+pub fn render(run: &LocalRun) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "function {} (version {}, {} bytes), deployed in {}",
+        run.function,
+        run.version,
+        run.module_bytes,
+        micros(run.deploy)
+    );
+    for (i, report) in run.reports.iter().enumerate() {
+        if run.reports.len() > 1 {
+            let _ = writeln!(out, "\ninvocation {}", i + 1);
+        }
+        match &report.outcome {
+            Ok(effects) => render_effects(&mut out, effects),
+            Err(error) => {
+                let _ = writeln!(out, "FAILED ({}): {error}", error.kind());
+                let _ = writeln!(out, "  nothing it did is kept");
+            }
+        }
+        if !report.logs.is_empty() {
+            let _ = writeln!(out, "logs");
+            for line in &report.logs {
+                let _ = writeln!(
+                    out,
+                    "  {:<5} {}",
+                    format!("{:?}", line.level).to_lowercase(),
+                    line.message
+                );
+            }
+        }
+        if report.logs_dropped > 0 {
+            let _ = writeln!(out, "  ({} more log lines dropped)", report.logs_dropped);
+        }
+        let cost = &report.cost;
+        let _ = writeln!(
+            out,
+            "cost     fuel {}  memory {}  time {}  {} start",
+            cost.fuel,
+            bytes(cost.memory_bytes),
+            micros(cost.duration),
+            match cost.start {
+                Start::Cold => "cold",
+                Start::Warm => "warm",
+            }
+        );
+    }
+    let entries = run.kv.entries();
+    if !entries.is_empty() {
+        let _ = writeln!(out, "\nkv after the run");
+        for ((_, key), value) in entries {
+            let _ = writeln!(out, "  {key} = {}", show_value(&value));
+        }
+    }
+    out
+}
+
+fn render_effects(out: &mut String, effects: &Effects) {
+    let _ = writeln!(out, "ok");
+    if let Some(response) = &effects.response {
+        let _ = writeln!(
+            out,
+            "response {} {}",
+            response.status,
+            show_bytes(&response.body)
+        );
+    }
+    let _ = writeln!(out, "emits    {}", effects.emits.len());
+    for emit in &effects.emits {
+        let _ = writeln!(
+            out,
+            "  {:<8} qos{} {}{} {}",
+            destination(emit.options.destination),
+            emit.options.qos,
+            emit.topic,
+            if emit.options.retain {
+                " (retained)"
+            } else {
+                ""
+            },
+            show_bytes(&emit.payload)
+        );
+    }
+    let _ = writeln!(out, "kv       {}", effects.kv.len());
+    for (key, write) in &effects.kv {
+        let _ = match write {
+            KvWrite::Put(value) => writeln!(out, "  {key} = {}", show_value(value)),
+            KvWrite::Delete => writeln!(out, "  {key} deleted"),
+            KvWrite::Add(delta) => writeln!(out, "  {key} += {delta}"),
+        };
+    }
+    if !effects.invokes.is_empty() {
+        let _ = writeln!(out, "invokes  {} (not run locally)", effects.invokes.len());
+        for invoke in &effects.invokes {
+            let _ = writeln!(out, "  {} {}", invoke.function, show_bytes(&invoke.payload));
+        }
+    }
+}
+
+/// The machine-readable report (`--json`).
+pub fn to_json(run: &LocalRun) -> Value {
+    let invocations: Vec<Value> = run
+        .reports
+        .iter()
+        .map(|report| {
+            let outcome = match &report.outcome {
+                Ok(effects) => json!({
+                    "ok": true,
+                    "emits": effects.emits.iter().map(|e| json!({
+                        "topic": e.topic,
+                        "payload": String::from_utf8_lossy(&e.payload),
+                        "qos": e.options.qos,
+                        "retain": e.options.retain,
+                        "destination": destination(e.options.destination),
+                    })).collect::<Vec<_>>(),
+                    "kv": effects.kv.iter().map(|(k, w)| (k.clone(), match w {
+                        KvWrite::Put(v) => json!({"put": String::from_utf8_lossy(v)}),
+                        KvWrite::Delete => json!("delete"),
+                        KvWrite::Add(d) => json!({"add": d}),
+                    })).collect::<serde_json::Map<_, _>>(),
+                    "invokes": effects.invokes.iter().map(|i| json!({
+                        "function": i.function,
+                        "payload": String::from_utf8_lossy(&i.payload),
+                    })).collect::<Vec<_>>(),
+                    "response": effects.response.as_ref().map(|r| json!({
+                        "status": r.status,
+                        "body": String::from_utf8_lossy(&r.body),
+                    })),
+                }),
+                Err(error) => json!({"ok": false, "error": error.kind(), "message": error.to_string()}),
+            };
+            json!({
+                "outcome": outcome,
+                "logs": report.logs.iter().map(|l| json!({
+                    "level": format!("{:?}", l.level).to_lowercase(),
+                    "message": l.message,
+                })).collect::<Vec<_>>(),
+                "logs_dropped": report.logs_dropped,
+                "cost": {
+                    "fuel": report.cost.fuel,
+                    "memory_bytes": report.cost.memory_bytes,
+                    "duration_us": report.cost.duration.as_micros() as u64,
+                    "start": match report.cost.start { Start::Cold => "cold", Start::Warm => "warm" },
+                },
+            })
+        })
+        .collect();
+    json!({
+        "function": run.function,
+        "version": run.version,
+        "module_bytes": run.module_bytes,
+        "deploy_us": run.deploy.as_micros() as u64,
+        "invocations": invocations,
+    })
+}
+
+fn destination(d: Destination) -> &'static str {
+    match d {
+        Destination::Local => "local",
+        Destination::Upstream => "upstream",
+    }
+}
+
+/// Counters are 8-byte integers; show them as numbers, text as text.
+fn show_value(value: &[u8]) -> String {
+    match <[u8; 8]>::try_from(value) {
+        Ok(counter) if std::str::from_utf8(value).is_err() => {
+            format!("{} (counter)", i64::from_le_bytes(counter))
+        }
+        _ => show_bytes(value),
+    }
+}
+
+fn show_bytes(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) if text.len() <= 400 => text.to_owned(),
+        Ok(text) => {
+            let cut: String = text.chars().take(200).collect();
+            format!("{cut}… ({} bytes)", bytes.len())
+        }
+        Err(_) => format!("<{} bytes of binary>", bytes.len()),
+    }
+}
+
+fn micros(d: Duration) -> String {
+    if d < Duration::from_millis(10) {
+        format!("{} µs", d.as_micros())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}
+
+fn bytes(n: usize) -> String {
+    if n >= 1 << 20 {
+        format!("{:.1} MiB", n as f64 / f64::from(1 << 20))
+    } else {
+        format!("{} KiB", n >> 10)
+    }
+}
