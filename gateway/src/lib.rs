@@ -1,10 +1,17 @@
 //! wasmgate: serverless functions for edge gateways.
 //!
-//! The modules follow the data flow in `DESIGN.md`: config -> router ->
-//! runtime (-> commit -> outbox -> uplink as they land).
+//! The modules follow the data flow in `DESIGN.md`: broker -> ingress ->
+//! router -> dispatch -> runtime -> egress (`pipeline`), with config, the
+//! local test loop and metrics beside it.
 
+#[cfg(feature = "embedded-broker")]
+pub mod broker;
 pub mod config;
 pub mod event;
 pub mod local;
+pub mod metrics;
+pub mod pipeline;
 pub mod router;
 pub mod runtime;
+
+pub use pipeline::{run, Gateway, GatewayError};

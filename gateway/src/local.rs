@@ -233,13 +233,21 @@ fn destination(d: Destination) -> &'static str {
     }
 }
 
-/// Counters are 8-byte integers; show them as numbers, text as text.
+/// Text as text; anything else as hex, and 8-byte values also as the
+/// counter they most likely are.
 fn show_value(value: &[u8]) -> String {
+    let printable = std::str::from_utf8(value).is_ok_and(|t| !t.chars().any(char::is_control));
+    if printable {
+        return show_bytes(value);
+    }
+    let hex: String = value.iter().take(64).map(|b| format!("{b:02x}")).collect();
     match <[u8; 8]>::try_from(value) {
-        Ok(counter) if std::str::from_utf8(value).is_err() => {
-            format!("{} (counter)", i64::from_le_bytes(counter))
-        }
-        _ => show_bytes(value),
+        Ok(counter) => format!("{} (counter; bytes {hex})", i64::from_le_bytes(counter)),
+        Err(_) => format!(
+            "0x{hex}{} ({} bytes)",
+            if value.len() > 64 { "…" } else { "" },
+            value.len()
+        ),
     }
 }
 

@@ -3,9 +3,10 @@
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
+use wasmgate::config::Config;
 use wasmgate::event::{OwnedEvent, EVENT_JSON_HELP};
 use wasmgate::runtime::{FunctionSpec, Limits};
 
@@ -20,10 +21,41 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the gateway: the broker (embedded by default), every configured
+    /// function, until SIGINT or SIGTERM; then finish in-flight work and stop.
+    Run(RunArgs),
+    /// Write a commented default config, or check one and print every problem.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Run a function once on an event file, with no broker, and print what it
     /// did (emits, KV writes, logs) and what it cost (fuel, memory, time).
     #[command(after_help = EVENT_JSON_HELP)]
     Invoke(InvokeArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The gateway config (TOML); `wasmgate config init` writes a starting point.
+    #[arg(long, short, default_value = "gateway.toml")]
+    config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Write the default config, with every setting explained, to FILE (or stdout with -).
+    Init {
+        #[arg(default_value = "gateway.toml")]
+        file: PathBuf,
+        /// Overwrite FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Check FILE: syntax, every value, and that the files it names exist.
+    /// Prints every problem with its line; exit code 2 if there are any.
+    Check {
+        #[arg(default_value = "gateway.toml")]
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -101,11 +133,17 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // Guest log lines are per message: shown from warn up unless asked for.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("info,wasmgate::guest=warn,rumqttd=off")
+                }),
         )
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Config(ConfigCommand::Init { file, force }) => config_init(&file, force),
+        Command::Config(ConfigCommand::Check { file }) => config_check(&file),
         Command::Invoke(args) => invoke(args),
     };
     match result {
@@ -142,4 +180,108 @@ fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(EXIT_FAILED)
     })
+}
+
+/// Loads a config, printing every problem at once.
+fn load_config(path: &Path) -> Result<Config, ExitCode> {
+    let mut problems = Vec::new();
+    let config = match Config::load(path) {
+        Ok(config) => {
+            problems.extend(config.check_files());
+            Some(config)
+        }
+        Err(errors) => {
+            problems.extend(errors);
+            None
+        }
+    };
+    match config {
+        Some(config) if problems.is_empty() => Ok(config),
+        _ => {
+            for problem in &problems {
+                eprintln!("{problem}");
+            }
+            eprintln!(
+                "{}: {} problem{}",
+                path.display(),
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" }
+            );
+            Err(ExitCode::from(EXIT_BAD_INPUT))
+        }
+    }
+}
+
+fn config_check(path: &Path) -> anyhow::Result<ExitCode> {
+    Ok(match load_config(path) {
+        Ok(config) => {
+            println!(
+                "{}: ok ({} function{})",
+                path.display(),
+                config.functions.len(),
+                if config.functions.len() == 1 { "" } else { "s" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    })
+}
+
+fn config_init(path: &Path, force: bool) -> anyhow::Result<ExitCode> {
+    let text = Config::default_toml();
+    if path == Path::new("-") {
+        print!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if path.exists() && !force {
+        anyhow::bail!("{} exists; use --force to overwrite it", path.display());
+    }
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!(
+        "wrote {}; check it with `wasmgate config check {}`",
+        path.display(),
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = match load_config(&args.config) {
+        Ok(config) => config,
+        Err(code) => return Ok(code),
+    };
+    let runtime = tokio_runtime()?;
+    runtime.block_on(wasmgate::run(config, shutdown_signal()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Two reactor threads are plenty: invocations run on the workers' own threads.
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (systemd stop).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
 }

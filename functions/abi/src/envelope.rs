@@ -198,7 +198,13 @@ mod tests {
             panic!("not mqtt")
         };
         let pairs: Vec<Pair> = m.user_properties.iter().collect::<Result<_, _>>().unwrap();
-        assert_eq!(pairs, [Pair { name: "device-id", value: "vm-1" }]);
+        assert_eq!(
+            pairs,
+            [Pair {
+                name: "device-id",
+                value: "vm-1"
+            }]
+        );
     }
 
     #[test]

@@ -13,8 +13,8 @@ mod envelope;
 mod seq;
 
 pub use envelope::{
-    Context, Envelope, Event, FileArrival, HttpRequest, InvokeRequest, KvChange, KvOp,
-    MqttMessage, Pair, ScheduleTick,
+    Context, Envelope, Event, FileArrival, HttpRequest, InvokeRequest, KvChange, KvOp, MqttMessage,
+    Pair, ScheduleTick,
 };
 pub use seq::{Seq, SeqIter};
 
@@ -129,6 +129,10 @@ pub enum LogLevel {
 }
 
 impl LogLevel {
+    pub const fn code(self) -> i32 {
+        self as i32
+    }
+
     pub const fn from_code(code: i32) -> Option<LogLevel> {
         Some(match code {
             0 => LogLevel::Error,

@@ -147,9 +147,6 @@ pub enum ConfigErrorKind {
         /// The parser's complaint.
         message: String,
     },
-    /// A function may emit upstream but there is no upstream broker.
-    #[error("upstream grants need an [upstream] broker, and none is configured")]
-    UpstreamNotConfigured,
     /// A file the config refers to cannot be read.
     #[error("cannot read {}: {source}", path.display())]
     File {

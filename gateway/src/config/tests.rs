@@ -201,10 +201,6 @@ fn each_bad_value_is_reported_with_the_right_message_and_line() {
             "gateway.toml:6: functions[0].grants.invoke[0]: no function named \"nope\" is configured",
         ),
         (
-            "[functions.grants]\nupstream = [\"telemetry/#\"]",
-            "gateway.toml:6: functions[0].grants.upstream: upstream grants need an [upstream] broker, and none is configured",
-        ),
-        (
             "[functions.config]\n\"\" = \"x\"",
             "gateway.toml:5: functions[0].config: invalid value \"\": expected a non-empty key",
         ),

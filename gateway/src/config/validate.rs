@@ -303,9 +303,9 @@ fn function(c: &mut Checker, path: &FieldPath, function: &FunctionConfig, config
     let grants = path.key("grants");
     c.filters(&grants.key("local"), &function.grants.local);
     c.filters(&grants.key("upstream"), &function.grants.upstream);
-    if !function.grants.upstream.is_empty() && config.upstream.is_none() {
-        c.push(grants.key("upstream"), Kind::UpstreamNotConfigured);
-    }
+    // Upstream grants without an [upstream] broker are allowed on purpose:
+    // such emits go to the local broker, so a gateway works before it has a
+    // cloud (and a bridge can forward them).
     for (i, name) in function.grants.invoke.iter().enumerate() {
         if !config.functions.iter().any(|f| &f.name == name) {
             c.push(

@@ -7,11 +7,11 @@ use std::time::Duration;
 /// many functions points at the right one.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("function {function}: cannot read {path}: {source}")]
+    #[error("function {function}: cannot read {path}: {error}")]
     Read {
         function: String,
         path: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("function {function}: not a valid WebAssembly module: {message}")]
     InvalidModule { function: String, message: String },

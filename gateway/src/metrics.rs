@@ -1,0 +1,176 @@
+//! Counters and latency histograms per function, cheap enough to update on
+//! every message from any thread.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Latency buckets: powers of two in microseconds (1 µs .. ~34 s), so a
+/// percentile is exact to within a factor of two and needs no locking.
+const BUCKETS: usize = 26;
+
+/// A lock-free histogram of durations.
+#[derive(Debug)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS],
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Histogram {
+    pub fn record(&self, d: Duration) {
+        let micros = d.as_micros().max(1) as u64;
+        let bucket = (63 - micros.leading_zeros() as usize).min(BUCKETS - 1);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot {
+            buckets: std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// A copy of a histogram's counts, for percentiles and deltas between reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistogramSnapshot {
+    buckets: [u64; BUCKETS],
+}
+
+impl Default for HistogramSnapshot {
+    fn default() -> Self {
+        HistogramSnapshot {
+            buckets: [0; BUCKETS],
+        }
+    }
+}
+
+impl HistogramSnapshot {
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    /// Counts recorded since `earlier`.
+    pub fn since(&self, earlier: &HistogramSnapshot) -> HistogramSnapshot {
+        HistogramSnapshot {
+            buckets: std::array::from_fn(|i| self.buckets[i].saturating_sub(earlier.buckets[i])),
+        }
+    }
+
+    /// The upper bound of the bucket holding the `q` quantile (0.0..=1.0);
+    /// `None` when empty.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(Duration::from_micros(2u64 << i));
+            }
+        }
+        None
+    }
+}
+
+/// What happened to one function's events.
+#[derive(Debug, Default)]
+pub struct FunctionMetrics {
+    /// Events taken from the broker (or another trigger) for this function.
+    pub received: AtomicU64,
+    /// Invocations that succeeded and whose effects were handed on.
+    pub succeeded: AtomicU64,
+    /// Invocations that failed (trap, limits, error code).
+    pub failed: AtomicU64,
+    /// Messages emitted by successful invocations.
+    pub emitted: AtomicU64,
+    /// Messages acknowledged to the broker after processing.
+    pub acked: AtomicU64,
+    /// QoS 0 events dropped because the queue was full (QoS 1 waits instead).
+    pub dropped: AtomicU64,
+    /// From arrival at the gateway to the end of the invocation.
+    pub latency: Histogram,
+}
+
+impl FunctionMetrics {
+    pub fn snapshot(&self) -> FunctionSnapshot {
+        FunctionSnapshot {
+            received: self.received.load(Ordering::Relaxed),
+            succeeded: self.succeeded.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            emitted: self.emitted.load(Ordering::Relaxed),
+            acked: self.acked.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            latency: self.latency.snapshot(),
+        }
+    }
+}
+
+/// A copy of one function's metrics at a moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FunctionSnapshot {
+    pub received: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub emitted: u64,
+    pub acked: u64,
+    pub dropped: u64,
+    pub latency: HistogramSnapshot,
+}
+
+pub(crate) fn inc(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_land_in_the_right_power_of_two_bucket() {
+        let h = Histogram::default();
+        for _ in 0..98 {
+            h.record(Duration::from_micros(100));
+        }
+        h.record(Duration::from_millis(5));
+        h.record(Duration::from_millis(40));
+        let s = h.snapshot();
+        assert_eq!(s.count(), 100);
+        // 100 µs lies in [64, 128) µs.
+        assert_eq!(s.quantile(0.5), Some(Duration::from_micros(128)));
+        assert_eq!(s.quantile(0.99), Some(Duration::from_micros(8192)));
+        assert_eq!(s.quantile(1.0), Some(Duration::from_micros(65536)));
+    }
+
+    #[test]
+    fn empty_histogram_has_no_quantiles() {
+        assert_eq!(Histogram::default().snapshot().quantile(0.5), None);
+    }
+
+    #[test]
+    fn deltas_between_snapshots_cover_only_new_samples() {
+        let h = Histogram::default();
+        h.record(Duration::from_secs(1));
+        let before = h.snapshot();
+        h.record(Duration::from_micros(3));
+        let delta = h.snapshot().since(&before);
+        assert_eq!(delta.count(), 1);
+        assert_eq!(delta.quantile(0.5), Some(Duration::from_micros(4)));
+    }
+
+    #[test]
+    fn extreme_durations_are_clamped_not_lost() {
+        let h = Histogram::default();
+        h.record(Duration::ZERO);
+        h.record(Duration::from_secs(3600));
+        assert_eq!(h.snapshot().count(), 2);
+    }
+}

@@ -1,0 +1,320 @@
+//! Per-function bounded queues and the worker threads that run invocations.
+//!
+//! A function with `concurrency = n` gets `n` shards, each a bounded queue
+//! served by one OS thread. An event goes to the shard its topic hashes to,
+//! so events on one topic are handled in arrival order while different
+//! topics run in parallel. Invocations are CPU-bound wasmi calls and never
+//! run on the async reactor.
+
+use super::egress::Egress;
+use super::ingress::AckHandle;
+use crate::event::OwnedEvent;
+use crate::metrics::{inc, FunctionMetrics};
+use crate::runtime::{Effects, Function, KvRead, MemoryKv};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::thread::JoinHandle;
+use std::time::Instant;
+use tokio::sync::mpsc;
+use wasmgate_abi::LogLevel;
+
+/// Virtual size of a worker thread's stack; untouched pages cost no memory.
+const WORKER_STACK_BYTES: usize = 8 << 20;
+
+/// One event on its way to one function.
+#[derive(Debug)]
+pub struct Job {
+    pub event: OwnedEvent,
+    /// When the gateway received it; latency is measured from here.
+    pub arrived: Instant,
+    /// Acknowledges the MQTT message once the job is done; `None` for QoS 0
+    /// and for events that did not come from the broker.
+    pub ack: Option<AckHandle>,
+}
+
+/// Which shard serves events with this ordering key.
+pub fn shard_for(key: &str, shards: usize) -> usize {
+    if shards <= 1 {
+        return 0;
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    (hasher.finish() % shards as u64) as usize
+}
+
+/// The key that orders an event: its topic, or what stands in for one.
+pub fn ordering_key(event: &OwnedEvent) -> &str {
+    match event {
+        OwnedEvent::Mqtt { topic, .. } => topic,
+        OwnedEvent::Http { path, .. } => path,
+        OwnedEvent::File { path, .. } => path,
+        OwnedEvent::Schedule { schedule, .. } => schedule,
+        OwnedEvent::KvChange { key, .. } => key,
+        OwnedEvent::Invoke { from, .. } => from,
+        OwnedEvent::Batch(_) => "",
+    }
+}
+
+/// The sending side of one function's shards.
+#[derive(Debug, Clone)]
+pub struct Queues {
+    shards: Vec<mpsc::Sender<Job>>,
+    /// Jobs enqueued and not yet finished (acked or failed), for a clean shutdown.
+    pub in_flight: Arc<AtomicUsize>,
+}
+
+impl Queues {
+    fn shard(&self, event: &OwnedEvent) -> &mpsc::Sender<Job> {
+        &self.shards[shard_for(ordering_key(event), self.shards.len())]
+    }
+
+    /// Waits for room: the caller (ingress) stops reading while a shard is
+    /// full, and the broker holds what comes next. `false` if the workers are gone.
+    #[must_use]
+    pub async fn send(&self, job: Job) -> bool {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let shard = self.shard(&job.event).clone();
+        self.queued(shard.send(job).await.is_ok())
+    }
+
+    /// For QoS 0 events: never waits; `false` if the shard is full.
+    #[must_use]
+    pub fn try_send(&self, job: Job) -> bool {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.queued(self.shard(&job.event).try_send(job).is_ok())
+    }
+
+    /// From a worker thread (fan-out invokes): blocks for room.
+    #[must_use]
+    pub fn blocking_send(&self, job: Job) -> bool {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.queued(self.shard(&job.event).blocking_send(job).is_ok())
+    }
+
+    fn queued(&self, ok: bool) -> bool {
+        if !ok {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+        ok
+    }
+}
+
+/// Where a worker hands a successful invocation's effects.
+#[derive(Debug)]
+pub struct Sinks {
+    pub egress: Egress,
+    pub kv: Arc<MemoryKv>,
+    /// Every function's queues by name, for `invoke`. Filled once all
+    /// exist, and emptied at shutdown: workers hold `Sinks`, so queues kept
+    /// here would otherwise keep every worker waiting forever.
+    pub functions: RwLock<HashMap<String, Queues>>,
+}
+
+impl Sinks {
+    fn queues(&self, function: &str) -> Option<Queues> {
+        self.functions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(function)
+            .cloned()
+    }
+
+    pub fn set_functions(&self, functions: HashMap<String, Queues>) {
+        *self
+            .functions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = functions;
+    }
+}
+
+/// A deployed function with its queues and workers.
+#[derive(Debug)]
+pub struct Dispatcher {
+    pub function: Arc<Function>,
+    pub queues: Queues,
+    pub metrics: Arc<FunctionMetrics>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Dispatcher {
+    /// Starts `concurrency` worker threads, each behind a queue of
+    /// `queue / concurrency` (at least 1) jobs.
+    pub fn start(
+        function: Arc<Function>,
+        concurrency: usize,
+        queue: usize,
+        sinks: Arc<Sinks>,
+        metrics: Arc<FunctionMetrics>,
+    ) -> std::io::Result<Self> {
+        let concurrency = concurrency.max(1);
+        let per_shard = (queue / concurrency).max(1);
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let request_ids = Arc::new(AtomicU64::new(1));
+        let mut shards = Vec::with_capacity(concurrency);
+        let mut workers = Vec::with_capacity(concurrency);
+        for shard in 0..concurrency {
+            let (tx, rx) = mpsc::channel(per_shard);
+            shards.push(tx);
+            let worker = Worker {
+                function: function.clone(),
+                sinks: sinks.clone(),
+                metrics: metrics.clone(),
+                in_flight: in_flight.clone(),
+                request_ids: request_ids.clone(),
+            };
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("fn-{}-{shard}", function.name()))
+                    // wasmi's Wasm stack is on the heap, but compiling a
+                    // function on first call recurses natively; 2 MiB was
+                    // seen to overflow on unoptimised builds.
+                    .stack_size(WORKER_STACK_BYTES)
+                    .spawn(move || worker.run(rx))?,
+            );
+        }
+        Ok(Dispatcher {
+            function,
+            queues: Queues { shards, in_flight },
+            metrics,
+            workers,
+        })
+    }
+
+    /// Waits for the worker threads; they end once every sender is gone.
+    pub fn join(self) {
+        let name = self.function.name().to_owned();
+        drop(self.queues);
+        for worker in self.workers {
+            if worker.join().is_err() {
+                tracing::error!(function = %name, "worker thread panicked");
+            }
+        }
+    }
+}
+
+struct Worker {
+    function: Arc<Function>,
+    sinks: Arc<Sinks>,
+    metrics: Arc<FunctionMetrics>,
+    in_flight: Arc<AtomicUsize>,
+    request_ids: Arc<AtomicU64>,
+}
+
+impl Worker {
+    fn run(self, mut rx: mpsc::Receiver<Job>) {
+        while let Some(job) = rx.blocking_recv() {
+            self.handle(job);
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn handle(&self, job: Job) {
+        let f = &self.function;
+        let request_id = self.request_ids.fetch_add(1, Ordering::Relaxed);
+        let kv = self.sinks.kv.clone() as Arc<dyn KvRead>;
+        let report = f.invoke(request_id, 1, &job.event.as_event(), Some(kv));
+        for line in &report.logs {
+            log_guest_line(f, line.level, &line.message);
+        }
+        match report.outcome {
+            Ok(effects) => {
+                self.commit(effects);
+                inc(&self.metrics.succeeded);
+            }
+            Err(error) => {
+                inc(&self.metrics.failed);
+                tracing::warn!(
+                    function = f.name(),
+                    version = f.version(),
+                    kind = error.kind(),
+                    topic = ordering_key(&job.event),
+                    "invocation failed: {error}"
+                );
+            }
+        }
+        self.metrics.latency.record(job.arrived.elapsed());
+        // A failed invocation is acked too: until retries and the dead-letter
+        // queue exist, redelivering it would only fail again and block the
+        // topic. The failure is logged and counted above.
+        if let Some(ack) = job.ack {
+            if ack.ack() {
+                inc(&self.metrics.acked);
+            }
+        }
+    }
+
+    /// Hands effects on: KV first, then messages, then fan-out.
+    fn commit(&self, effects: Effects) {
+        let f = &self.function;
+        self.sinks.kv.apply(f.name(), &effects);
+        for emit in effects.emits {
+            self.sinks.egress.publish(f.name(), emit);
+            inc(&self.metrics.emitted);
+        }
+        for invoke in effects.invokes {
+            let Some(queues) = self.sinks.queues(&invoke.function) else {
+                tracing::warn!(function = f.name(), target = %invoke.function, "invoke of an unknown function dropped");
+                continue;
+            };
+            let job = Job {
+                event: OwnedEvent::Invoke {
+                    from: f.name().to_owned(),
+                    payload: invoke.payload,
+                },
+                arrived: Instant::now(),
+                ack: None,
+            };
+            if !queues.blocking_send(job) {
+                tracing::warn!(function = f.name(), target = %invoke.function, "invoke dropped: the gateway is shutting down");
+            }
+        }
+    }
+}
+
+fn log_guest_line(f: &Function, level: LogLevel, message: &str) {
+    let (name, version) = (f.name(), f.version());
+    match level {
+        LogLevel::Error => {
+            tracing::error!(target: "wasmgate::guest", function = name, version, "{message}")
+        }
+        LogLevel::Warn => {
+            tracing::warn!(target: "wasmgate::guest", function = name, version, "{message}")
+        }
+        LogLevel::Info => {
+            tracing::info!(target: "wasmgate::guest", function = name, version, "{message}")
+        }
+        LogLevel::Debug => {
+            tracing::debug!(target: "wasmgate::guest", function = name, version, "{message}")
+        }
+        LogLevel::Trace => {
+            tracing::trace!(target: "wasmgate::guest", function = name, version, "{message}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_topic_always_lands_on_one_shard() {
+        for topic in ["a/b", "vending/vm-1/telemetry", ""] {
+            let first = shard_for(topic, 4);
+            assert!(first < 4);
+            assert!((0..10).all(|_| shard_for(topic, 4) == first));
+        }
+        assert_eq!(shard_for("anything", 1), 0);
+        assert_eq!(shard_for("anything", 0), 0);
+    }
+
+    #[test]
+    fn many_topics_spread_over_the_shards() {
+        let mut counts = [0usize; 4];
+        for i in 0..1_000 {
+            counts[shard_for(&format!("vending/vm-{i}/telemetry"), 4)] += 1;
+        }
+        assert!(counts.iter().all(|&n| n > 150), "{counts:?}");
+    }
+}

@@ -1,0 +1,369 @@
+//! The running gateway: broker -> ingress -> dispatch -> runtime -> egress.
+//!
+//! [`Gateway::start`] wires it up from a validated config; [`run`] adds
+//! signal handling and a clean shutdown, which is all `wasmgate run` is.
+
+mod backoff;
+mod dispatch;
+mod egress;
+mod ingress;
+
+pub use backoff::Backoff;
+
+use crate::config::{BrokerMode, Config, FunctionConfig};
+use crate::metrics::FunctionMetrics;
+use crate::runtime::{FunctionSpec, Grants, Limits, LoadError, MemoryKv, Runtime};
+use dispatch::{Dispatcher, Sinks};
+use egress::Egress;
+use ingress::{IngressSpec, Session, Trigger};
+use rumqttc::MqttOptions;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// How long a shutdown waits for in-flight work before leaving the rest to
+/// be redelivered by the broker on the next start.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[cfg(feature = "embedded-broker")]
+    #[error(transparent)]
+    Broker(#[from] crate::broker::BrokerError),
+    #[error("this build has no embedded broker (feature `embedded-broker`); set broker.mode = \"external\"")]
+    NoEmbeddedBroker,
+    #[error("cannot start worker threads: {0}")]
+    Threads(#[from] std::io::Error),
+    #[error("the config has no functions to run")]
+    NoFunctions,
+}
+
+/// Where the gateway's MQTT clients connect.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl Endpoint {
+    fn options(&self, client_id: String) -> MqttOptions {
+        let mut options = MqttOptions::new(client_id, self.host.clone(), self.port);
+        options.set_keep_alive(Duration::from_secs(30));
+        // Room for 1 MB payloads and then some; what a function cannot
+        // handle it fails on visibly, rather than the connection dropping.
+        options.set_max_packet_size(4 << 20, 4 << 20);
+        if let Some(user) = &self.username {
+            options.set_credentials(user.clone(), self.password.clone().unwrap_or_default());
+        }
+        options
+    }
+}
+
+/// A function ready to deploy: its config and its module's bytes.
+#[derive(Debug, Clone)]
+pub struct FunctionModule {
+    pub config: FunctionConfig,
+    pub wasm: Vec<u8>,
+}
+
+/// Reads every function's module from disk, naming the function on failure.
+pub fn load_modules(config: &Config) -> Result<Vec<FunctionModule>, LoadError> {
+    config
+        .functions
+        .iter()
+        .map(|f| {
+            let wasm = std::fs::read(&f.wasm).map_err(|error| LoadError::Read {
+                function: f.name.clone(),
+                path: f.wasm.display().to_string(),
+                error,
+            })?;
+            Ok(FunctionModule {
+                config: f.clone(),
+                wasm,
+            })
+        })
+        .collect()
+}
+
+/// The runtime view of a configured function.
+pub fn function_spec(f: &FunctionConfig) -> FunctionSpec {
+    FunctionSpec {
+        name: f.name.clone(),
+        limits: Limits {
+            fuel: f.limits.fuel,
+            memory_bytes: f.limits.memory_bytes() as usize,
+            timeout: f.limits.timeout(),
+            max_emits: f.limits.max_emits as usize,
+            max_emit_bytes: f.limits.max_emit_bytes as usize,
+            max_kv_value_bytes: f.limits.max_kv_value_bytes as usize,
+            warm_instances: f.limits.warm_instances as usize,
+        },
+        grants: Grants {
+            local: f.grants.local.clone(),
+            upstream: f.grants.upstream.clone(),
+            invoke: f.grants.invoke.clone(),
+        },
+        config: f.config.clone(),
+    }
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    dispatchers: Vec<Dispatcher>,
+    sessions: Vec<Arc<Session>>,
+    ingress_tasks: Vec<JoinHandle<()>>,
+    sinks: Arc<Sinks>,
+    egress_task: JoinHandle<()>,
+    draining: Arc<AtomicBool>,
+    endpoint: Endpoint,
+    #[cfg(feature = "embedded-broker")]
+    _broker: Option<crate::broker::EmbeddedBroker>,
+}
+
+impl Gateway {
+    /// Starts the broker (if embedded), deploys every function, and opens
+    /// its session. Must be called within a tokio runtime.
+    pub async fn start(
+        config: &Config,
+        modules: Vec<FunctionModule>,
+    ) -> Result<Gateway, GatewayError> {
+        if modules.is_empty() {
+            return Err(GatewayError::NoFunctions);
+        }
+        let (endpoint, broker) = connect_to(config)?;
+        if config.upstream.is_some() {
+            tracing::warn!("[upstream] is not connected in this version; upstream emits go to the local broker");
+        }
+
+        // Deploy everything before connecting anything: a bad module stops
+        // the start before any message is taken from the broker.
+        let runtime = Runtime::new();
+        let mut deployed = Vec::with_capacity(modules.len());
+        for module in &modules {
+            let function = runtime.deploy(function_spec(&module.config), &module.wasm)?;
+            tracing::info!(
+                function = function.name(),
+                version = function.version(),
+                "deployed"
+            );
+            deployed.push((module.config.clone(), Arc::new(function)));
+        }
+
+        let client_id = config.broker_client_id();
+        let (egress, egress_task) = Egress::start(&endpoint, format!("{client_id}-egress"));
+        let sinks = Arc::new(Sinks {
+            egress,
+            kv: Arc::new(MemoryKv::default()),
+            functions: RwLock::new(HashMap::new()),
+        });
+        let mut dispatchers = Vec::with_capacity(deployed.len());
+        for (f, function) in &deployed {
+            dispatchers.push(Dispatcher::start(
+                function.clone(),
+                f.limits.concurrency as usize,
+                f.limits.queue as usize,
+                sinks.clone(),
+                Arc::new(FunctionMetrics::default()),
+            )?);
+        }
+        let by_name: HashMap<String, _> = dispatchers
+            .iter()
+            .map(|d| (d.function.name().to_owned(), d.queues.clone()))
+            .collect();
+        sinks.set_functions(by_name);
+
+        let draining = Arc::new(AtomicBool::new(false));
+        let mut sessions = Vec::new();
+        let mut ingress_tasks = Vec::new();
+        for ((f, _), dispatcher) in deployed.iter().zip(&dispatchers) {
+            let spec = IngressSpec {
+                function: f.name.clone(),
+                client_id: format!("{client_id}-{}", f.name),
+                triggers: f
+                    .triggers
+                    .iter()
+                    .map(|t| Trigger {
+                        filter: t.mqtt.clone(),
+                        qos: t.qos,
+                    })
+                    .collect(),
+                queue: f.limits.queue as usize,
+                concurrency: f.limits.concurrency as usize,
+            };
+            let (session, task) = ingress::start(
+                &endpoint,
+                spec,
+                dispatcher.queues.clone(),
+                dispatcher.metrics.clone(),
+                draining.clone(),
+            );
+            sessions.push(session);
+            ingress_tasks.push(tokio::spawn(task));
+        }
+        tracing::info!(
+            functions = dispatchers.len(),
+            broker = %format!("{}:{}", endpoint.host, endpoint.port),
+            "gateway running"
+        );
+        Ok(Gateway {
+            dispatchers,
+            sessions,
+            ingress_tasks,
+            sinks,
+            egress_task,
+            draining,
+            endpoint,
+            #[cfg(feature = "embedded-broker")]
+            _broker: broker,
+        })
+    }
+
+    /// Where devices (and tests) reach the local broker.
+    pub fn broker_endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Each function's name and live metrics, in config order.
+    pub fn metrics(&self) -> Vec<(String, Arc<FunctionMetrics>)> {
+        self.dispatchers
+            .iter()
+            .map(|d| (d.function.name().to_owned(), d.metrics.clone()))
+            .collect()
+    }
+
+    /// The in-memory KV every function commits to (durable storage comes with the store).
+    pub fn kv(&self) -> Arc<MemoryKv> {
+        self.sinks.kv.clone()
+    }
+
+    /// Stops taking messages, finishes what is in flight (up to `grace`),
+    /// acks what completed, flushes emits, and disconnects. Whatever was
+    /// not finished stays unacknowledged at the broker for the next start.
+    pub async fn shutdown(self, grace: Duration) {
+        self.draining.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + grace;
+        let in_flight = || -> usize {
+            self.dispatchers
+                .iter()
+                .map(|d| d.queues.in_flight.load(Ordering::SeqCst))
+                .sum()
+        };
+        while in_flight() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left = in_flight();
+        if left > 0 {
+            tracing::warn!(
+                left,
+                "shutdown grace ran out; unfinished messages stay at the broker"
+            );
+        }
+        for session in &self.sessions {
+            session.disconnect().await;
+        }
+        for mut task in self.ingress_tasks {
+            if tokio::time::timeout(Duration::from_secs(2), &mut task)
+                .await
+                .is_err()
+            {
+                // Its queue senders must go, or the workers never stop.
+                task.abort();
+            }
+        }
+        self.sinks
+            .egress
+            .close(
+                deadline
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .max(Duration::from_secs(1)),
+            )
+            .await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.egress_task).await;
+        // Workers end once every queue sender is gone, including the ones
+        // `Sinks` holds for invokes; they are idle by now or past the grace.
+        self.sinks.set_functions(HashMap::new());
+        let dispatchers = self.dispatchers;
+        let _ = tokio::task::spawn_blocking(move || {
+            for d in dispatchers {
+                d.join();
+            }
+        })
+        .await;
+        tracing::info!("gateway stopped");
+    }
+}
+
+/// Starts the embedded broker if configured, and says where to connect.
+fn connect_to(config: &Config) -> Result<(Endpoint, Option<EmbeddedBrokerHandle>), GatewayError> {
+    let broker = &config.broker;
+    let credentials = (
+        broker.username.clone(),
+        broker.password.as_ref().map(|p| p.expose().to_owned()),
+    );
+    match broker.mode {
+        BrokerMode::External => Ok((
+            Endpoint {
+                host: broker.host.clone().unwrap_or_else(|| "127.0.0.1".into()),
+                port: broker.effective_port(),
+                username: credentials.0,
+                password: credentials.1,
+            },
+            None,
+        )),
+        BrokerMode::Embedded => start_embedded(config, credentials),
+    }
+}
+
+#[cfg(feature = "embedded-broker")]
+type EmbeddedBrokerHandle = crate::broker::EmbeddedBroker;
+#[cfg(not(feature = "embedded-broker"))]
+type EmbeddedBrokerHandle = ();
+
+#[cfg(feature = "embedded-broker")]
+fn start_embedded(
+    config: &Config,
+    credentials: (Option<String>, Option<String>),
+) -> Result<(Endpoint, Option<EmbeddedBrokerHandle>), GatewayError> {
+    let listen = config
+        .broker
+        .listen_addr()
+        .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 1883)));
+    let broker = crate::broker::EmbeddedBroker::start(listen)?;
+    let addr = broker.addr();
+    Ok((
+        Endpoint {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            username: credentials.0,
+            password: credentials.1,
+        },
+        Some(broker),
+    ))
+}
+
+#[cfg(not(feature = "embedded-broker"))]
+fn start_embedded(
+    _config: &Config,
+    _credentials: (Option<String>, Option<String>),
+) -> Result<(Endpoint, Option<EmbeddedBrokerHandle>), GatewayError> {
+    Err(GatewayError::NoEmbeddedBroker)
+}
+
+/// `wasmgate run`: start, wait for `shutdown` (SIGINT/SIGTERM in the CLI),
+/// stop cleanly.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
+    let modules = load_modules(&config)?;
+    let gateway = Gateway::start(&config, modules).await?;
+    shutdown.await;
+    tracing::info!("shutting down: finishing in-flight work");
+    gateway.shutdown(SHUTDOWN_GRACE).await;
+    Ok(())
+}
