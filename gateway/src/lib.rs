@@ -13,5 +13,6 @@ pub mod metrics;
 pub mod pipeline;
 pub mod router;
 pub mod runtime;
+pub mod store;
 
 pub use pipeline::{run, Gateway, GatewayError};

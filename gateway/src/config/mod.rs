@@ -30,6 +30,7 @@ use toml::Spanned;
 pub use error::{ConfigError, ConfigErrorKind, ConfigErrors, FieldPath, PathSegment};
 pub use validate::{MAX_KV_VALUE_BYTES, MAX_MQTT_PAYLOAD};
 
+use crate::store::Synchronous;
 use crate::router::{filter_matches, FunctionId, Router};
 use locate::SourceMap;
 
@@ -108,6 +109,9 @@ pub struct Config {
     /// The cloud broker that functions with `grants.upstream` emit to; none by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<UpstreamConfig>,
+    /// How the SQLite state is written.
+    #[serde(default)]
+    pub store: StoreConfig,
     /// The functions this gateway runs; a function's index here is its
     /// [`FunctionId`] in [`Config::router`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -124,8 +128,47 @@ impl Default for Config {
             data_dir: default_data_dir(),
             broker: BrokerConfig::default(),
             upstream: None,
+            store: StoreConfig::default(),
             functions: Vec::new(),
             origin: Origin::default(),
+        }
+    }
+}
+
+/// How the gateway writes its SQLite state (`data_dir/wasmgate.db`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `"full"` (default): every commit is fsynced before its messages are
+    /// acknowledged, so nothing acknowledged is lost even on power loss.
+    /// `"normal"`: fsync only at WAL checkpoints; faster on slow SD cards, never
+    /// corrupt, but a power cut can lose the last commits' effects although
+    /// their messages were acknowledged.
+    #[serde(default)]
+    pub synchronous: Synchronous,
+    /// How long the first invocation in a group commit waits for others to
+    /// join its transaction, in milliseconds. Default 2.
+    #[serde(default = "default_group_commit_ms")]
+    pub group_commit_ms: u64,
+    /// The most invocations in one transaction. Default 512.
+    #[serde(default = "default_group_commit_max")]
+    pub group_commit_max: u32,
+}
+
+const fn default_group_commit_ms() -> u64 {
+    2
+}
+
+const fn default_group_commit_max() -> u32 {
+    512
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            synchronous: Synchronous::Full,
+            group_commit_ms: default_group_commit_ms(),
+            group_commit_max: default_group_commit_max(),
         }
     }
 }
@@ -461,7 +504,7 @@ impl fmt::Debug for Origin {
 
 /// Sections deserialized one by one after a schema error, so that a mistake
 /// in one does not hide the mistakes in the others.
-const SECTIONS: [&str; 3] = ["broker", "upstream", "functions"];
+const SECTIONS: [&str; 4] = ["broker", "upstream", "store", "functions"];
 
 impl Config {
     /// Parses and validates `text`, reporting every problem at once.
@@ -709,6 +752,7 @@ fn deserialize(root: Spanned<DeTable<'_>>) -> Result<Config, Vec<toml::de::Error
             }
             ("functions", _) => check::<Vec<FunctionConfig>>(value, &mut errors),
             ("broker", _) => check::<BrokerConfig>(value, &mut errors),
+            ("store", _) => check::<StoreConfig>(value, &mut errors),
             _ => check::<UpstreamConfig>(value, &mut errors),
         }
     }

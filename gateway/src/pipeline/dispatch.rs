@@ -6,11 +6,11 @@
 //! topics run in parallel. Invocations are CPU-bound wasmi calls and never
 //! run on the async reactor.
 
-use super::egress::Egress;
 use super::ingress::AckHandle;
 use crate::event::OwnedEvent;
 use crate::metrics::{inc, FunctionMetrics};
-use crate::runtime::{Effects, Function, KvRead, MemoryKv};
+use crate::runtime::{Function, KvRead};
+use crate::store::{Commit, OutboxDestination, Store};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -29,9 +29,31 @@ pub struct Job {
     pub event: OwnedEvent,
     /// When the gateway received it; latency is measured from here.
     pub arrived: Instant,
-    /// Acknowledges the MQTT message once the job is done; `None` for QoS 0
-    /// and for events that did not come from the broker.
-    pub ack: Option<AckHandle>,
+    /// What to acknowledge once the job's effects are durable; `None` for
+    /// QoS 0 messages.
+    pub ack: Option<Ack>,
+}
+
+/// Where a job came from, to be told it is done.
+#[derive(Debug)]
+pub enum Ack {
+    /// An MQTT message: PUBACK it.
+    Mqtt(AckHandle),
+    /// A fan-out invoke waiting in the outbox: delete its row.
+    Outbox { store: Store, id: i64 },
+}
+
+impl Ack {
+    /// Returns whether an acknowledgement was given.
+    fn ack(self) -> bool {
+        match self {
+            Ack::Mqtt(handle) => handle.ack(),
+            Ack::Outbox { store, id } => {
+                store.delete_outbox(vec![id]);
+                true
+            }
+        }
+    }
 }
 
 /// Which shard serves events with this ordering key.
@@ -86,13 +108,6 @@ impl Queues {
         self.queued(self.shard(&job.event).try_send(job).is_ok())
     }
 
-    /// From a worker thread (fan-out invokes): blocks for room.
-    #[must_use]
-    pub fn blocking_send(&self, job: Job) -> bool {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        self.queued(self.shard(&job.event).blocking_send(job).is_ok())
-    }
-
     fn queued(&self, ok: bool) -> bool {
         if !ok {
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -104,11 +119,10 @@ impl Queues {
 /// Where a worker hands a successful invocation's effects.
 #[derive(Debug)]
 pub struct Sinks {
-    pub egress: Egress,
-    pub kv: Arc<MemoryKv>,
-    /// Every function's queues by name, for `invoke`. Filled once all
-    /// exist, and emptied at shutdown: workers hold `Sinks`, so queues kept
-    /// here would otherwise keep every worker waiting forever.
+    pub store: Store,
+    /// Every function's queues by name, for fan-out invokes. Filled once all
+    /// exist, and emptied at shutdown: the invoke drainer holds `Sinks`, so
+    /// queues kept here would otherwise keep every worker waiting forever.
     pub functions: RwLock<HashMap<String, Queues>>,
 }
 
@@ -159,6 +173,7 @@ impl Dispatcher {
             shards.push(tx);
             let worker = Worker {
                 function: function.clone(),
+                kv: Arc::new(sinks.store.clone()),
                 sinks: sinks.clone(),
                 metrics: metrics.clone(),
                 in_flight: in_flight.clone(),
@@ -196,6 +211,7 @@ impl Dispatcher {
 
 struct Worker {
     function: Arc<Function>,
+    kv: Arc<dyn KvRead>,
     sinks: Arc<Sinks>,
     metrics: Arc<FunctionMetrics>,
     in_flight: Arc<AtomicUsize>,
@@ -206,22 +222,36 @@ impl Worker {
     fn run(self, mut rx: mpsc::Receiver<Job>) {
         while let Some(job) = rx.blocking_recv() {
             self.handle(job);
-            self.in_flight.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
+    /// Runs one job. A success is handed to the store and finished (acked,
+    /// counted) when its transaction commits; the worker does not wait for
+    /// that, so one fsync serves many invocations.
     fn handle(&self, job: Job) {
         let f = &self.function;
         let request_id = self.request_ids.fetch_add(1, Ordering::Relaxed);
-        let kv = self.sinks.kv.clone() as Arc<dyn KvRead>;
-        let report = f.invoke(request_id, 1, &job.event.as_event(), Some(kv));
+        let report = f.invoke(request_id, 1, &job.event.as_event(), Some(self.kv.clone()));
         for line in &report.logs {
             log_guest_line(f, line.level, &line.message);
         }
+        let done = Done {
+            metrics: self.metrics.clone(),
+            in_flight: self.in_flight.clone(),
+            ack: job.ack,
+            arrived: job.arrived,
+        };
         match report.outcome {
             Ok(effects) => {
-                self.commit(effects);
                 inc(&self.metrics.succeeded);
+                self.metrics
+                    .emitted
+                    .fetch_add(effects.emits.len() as u64, Ordering::Relaxed);
+                self.sinks.store.submit(Commit {
+                    function: f.name().to_owned(),
+                    effects,
+                    done: Box::new(move |committed| done.finish(committed.is_ok())),
+                });
             }
             Err(error) => {
                 inc(&self.metrics.failed);
@@ -232,42 +262,80 @@ impl Worker {
                     topic = ordering_key(&job.event),
                     "invocation failed: {error}"
                 );
-            }
-        }
-        self.metrics.latency.record(job.arrived.elapsed());
-        // A failed invocation is acked too: until retries and the dead-letter
-        // queue exist, redelivering it would only fail again and block the
-        // topic. The failure is logged and counted above.
-        if let Some(ack) = job.ack {
-            if ack.ack() {
-                inc(&self.metrics.acked);
+                // Acked too: until retries and the dead-letter queue exist,
+                // redelivering it would only fail again and block the topic.
+                // The failure is logged and counted above.
+                done.finish(true);
             }
         }
     }
+}
 
-    /// Hands effects on: KV first, then messages, then fan-out.
-    fn commit(&self, effects: Effects) {
-        let f = &self.function;
-        self.sinks.kv.apply(f.name(), &effects);
-        for emit in effects.emits {
-            self.sinks.egress.publish(f.name(), emit);
-            inc(&self.metrics.emitted);
+/// What is left to do for a job once its outcome is settled.
+struct Done {
+    metrics: Arc<FunctionMetrics>,
+    in_flight: Arc<AtomicUsize>,
+    ack: Option<Ack>,
+    arrived: Instant,
+}
+
+impl Done {
+    /// `acknowledge = false` leaves the message for the broker to redeliver.
+    fn finish(self, acknowledge: bool) {
+        self.metrics.latency.record(self.arrived.elapsed());
+        if acknowledge {
+            if let Some(ack) = self.ack {
+                if ack.ack() {
+                    inc(&self.metrics.acked);
+                }
+            }
         }
-        for invoke in effects.invokes {
-            let Some(queues) = self.sinks.queues(&invoke.function) else {
-                tracing::warn!(function = f.name(), target = %invoke.function, "invoke of an unknown function dropped");
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Feeds fan-out invokes from the outbox into their functions' queues; each
+/// row is deleted once the invocation it started has committed.
+pub async fn drain_invokes(sinks: Arc<Sinks>, wake: Arc<tokio::sync::Notify>) {
+    let mut last = 0;
+    loop {
+        let store = sinks.store.clone();
+        let rows = tokio::task::spawn_blocking(move || store.outbox_after(OutboxDestination::Invoke, last, 64)).await;
+        let rows = match rows {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot read fan-out invokes from the outbox");
+                Vec::new()
+            }
+            Err(_) => return,
+        };
+        if rows.is_empty() {
+            tokio::select! {
+                () = wake.notified() => {}
+                () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            }
+            continue;
+        }
+        for row in rows {
+            last = row.id;
+            let Some(queues) = sinks.queues(&row.topic) else {
+                tracing::warn!(function = %row.function, target = %row.topic, "invoke of a function that is not deployed; dropped");
+                sinks.store.delete_outbox(vec![row.id]);
                 continue;
             };
             let job = Job {
                 event: OwnedEvent::Invoke {
-                    from: f.name().to_owned(),
-                    payload: invoke.payload,
+                    from: row.function,
+                    payload: row.payload,
                 },
                 arrived: Instant::now(),
-                ack: None,
+                ack: Some(Ack::Outbox {
+                    store: sinks.store.clone(),
+                    id: row.id,
+                }),
             };
-            if !queues.blocking_send(job) {
-                tracing::warn!(function = f.name(), target = %invoke.function, "invoke dropped: the gateway is shutting down");
+            if !queues.send(job).await {
+                return;
             }
         }
     }

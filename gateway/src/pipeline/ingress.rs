@@ -9,7 +9,7 @@
 //! one event-source mapping per Lambda function.
 
 use super::backoff::Backoff;
-use super::dispatch::{Job, Queues};
+use super::dispatch::{Ack, Job, Queues};
 use super::Endpoint;
 use crate::event::OwnedEvent;
 use crate::metrics::{inc, FunctionMetrics};
@@ -181,11 +181,13 @@ async fn drive(
                 }
                 inc(&metrics.received);
                 let epoch = *session.epoch();
-                let ack = (publish.qos != QoS::AtMostOnce).then(|| AckHandle {
-                    session: session.clone(),
-                    epoch,
-                    pkid: publish.pkid,
-                    qos: publish.qos,
+                let ack = (publish.qos != QoS::AtMostOnce).then(|| {
+                    Ack::Mqtt(AckHandle {
+                        session: session.clone(),
+                        epoch,
+                        pkid: publish.pkid,
+                        qos: publish.qos,
+                    })
                 });
                 let job = Job {
                     event: OwnedEvent::mqtt(

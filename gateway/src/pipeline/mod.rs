@@ -1,26 +1,29 @@
-//! The running gateway: broker -> ingress -> dispatch -> runtime -> egress.
+//! The running gateway: broker -> ingress -> dispatch -> runtime -> store
+//! (group commit) -> outbox -> broker.
 //!
 //! [`Gateway::start`] wires it up from a validated config; [`run`] adds
 //! signal handling and a clean shutdown, which is all `wasmgate run` is.
 
 mod backoff;
 mod dispatch;
-mod egress;
 mod ingress;
+mod outbox;
 
 pub use backoff::Backoff;
 
 use crate::config::{BrokerMode, Config, FunctionConfig};
 use crate::metrics::FunctionMetrics;
-use crate::runtime::{FunctionSpec, Grants, Limits, LoadError, MemoryKv, Runtime};
+use crate::runtime::{FunctionSpec, Grants, Limits, LoadError, Runtime};
+use crate::store::{OutboxDestination, Store, StoreError, StoreOptions};
 use dispatch::{Dispatcher, Sinks};
-use egress::Egress;
 use ingress::{IngressSpec, Session, Trigger};
+use outbox::Drain;
 use rumqttc::MqttOptions;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
+
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
@@ -41,6 +44,8 @@ pub enum GatewayError {
     Threads(#[from] std::io::Error),
     #[error("the config has no functions to run")]
     NoFunctions,
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Where the gateway's MQTT clients connect.
@@ -121,7 +126,8 @@ pub struct Gateway {
     sessions: Vec<Arc<Session>>,
     ingress_tasks: Vec<JoinHandle<()>>,
     sinks: Arc<Sinks>,
-    egress_task: JoinHandle<()>,
+    drains: Vec<Drain>,
+    invoke_task: JoinHandle<()>,
     draining: Arc<AtomicBool>,
     endpoint: Endpoint,
     #[cfg(feature = "embedded-broker")]
@@ -129,39 +135,37 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Starts the broker (if embedded), deploys every function, and opens
-    /// its session. Must be called within a tokio runtime.
-    pub async fn start(
-        config: &Config,
-        modules: Vec<FunctionModule>,
-    ) -> Result<Gateway, GatewayError> {
+    /// Opens the store, starts the broker (if embedded), deploys every
+    /// function, and opens its session. Must be called within a tokio runtime.
+    pub async fn start(config: &Config, modules: Vec<FunctionModule>) -> Result<Gateway, GatewayError> {
         if modules.is_empty() {
             return Err(GatewayError::NoFunctions);
         }
-        let (endpoint, broker) = connect_to(config)?;
-        if config.upstream.is_some() {
-            tracing::warn!("[upstream] is not connected in this version; upstream emits go to the local broker");
-        }
-
         // Deploy everything before connecting anything: a bad module stops
         // the start before any message is taken from the broker.
         let runtime = Runtime::new();
         let mut deployed = Vec::with_capacity(modules.len());
         for module in &modules {
             let function = runtime.deploy(function_spec(&module.config), &module.wasm)?;
-            tracing::info!(
-                function = function.name(),
-                version = function.version(),
-                "deployed"
-            );
+            tracing::info!(function = function.name(), version = function.version(), "deployed");
             deployed.push((module.config.clone(), Arc::new(function)));
         }
 
-        let client_id = config.broker_client_id();
-        let (egress, egress_task) = Egress::start(&endpoint, format!("{client_id}-egress"));
+        let mut options = StoreOptions::new(config.data_dir.join("wasmgate.db"));
+        options.synchronous = config.store.synchronous;
+        options.group_commit_delay = Duration::from_millis(config.store.group_commit_ms);
+        options.group_commit_max = config.store.group_commit_max as usize;
+        let store = tokio::task::spawn_blocking(move || Store::open(options))
+            .await
+            .map_err(|e| GatewayError::Threads(std::io::Error::other(e.to_string())))??;
+
+        let (endpoint, broker) = connect_to(config)?;
+        if config.upstream.is_some() {
+            tracing::warn!("[upstream] is not connected in this version; upstream emits go to the local broker");
+        }
+
         let sinks = Arc::new(Sinks {
-            egress,
-            kv: Arc::new(MemoryKv::default()),
+            store: store.clone(),
             functions: RwLock::new(HashMap::new()),
         });
         let mut dispatchers = Vec::with_capacity(deployed.len());
@@ -174,11 +178,34 @@ impl Gateway {
                 Arc::new(FunctionMetrics::default()),
             )?);
         }
-        let by_name: HashMap<String, _> = dispatchers
-            .iter()
-            .map(|d| (d.function.name().to_owned(), d.queues.clone()))
-            .collect();
-        sinks.set_functions(by_name);
+        sinks.set_functions(
+            dispatchers
+                .iter()
+                .map(|d| (d.function.name().to_owned(), d.queues.clone()))
+                .collect(),
+        );
+
+        // What functions emit leaves through the outbox: local emits (and,
+        // until the uplink exists, upstream ones) to the local broker.
+        let client_id = config.broker_client_id();
+        let drains = vec![
+            Drain::start(store.clone(), OutboxDestination::Local, endpoint.clone(), format!("{client_id}-out")),
+            Drain::start(store.clone(), OutboxDestination::Upstream, endpoint.clone(), format!("{client_id}-up")),
+        ];
+        let invoke_wake = Arc::new(tokio::sync::Notify::new());
+        let wakes: Vec<(OutboxDestination, Arc<tokio::sync::Notify>)> = vec![
+            (OutboxDestination::Local, drains[0].wake.clone()),
+            (OutboxDestination::Upstream, drains[1].wake.clone()),
+            (OutboxDestination::Invoke, invoke_wake.clone()),
+        ];
+        store.on_outbox(move |destination| {
+            for (d, wake) in &wakes {
+                if *d == destination {
+                    wake.notify_one();
+                }
+            }
+        });
+        let invoke_task = tokio::spawn(dispatch::drain_invokes(sinks.clone(), invoke_wake));
 
         let draining = Arc::new(AtomicBool::new(false));
         let mut sessions = Vec::new();
@@ -211,6 +238,7 @@ impl Gateway {
         tracing::info!(
             functions = dispatchers.len(),
             broker = %format!("{}:{}", endpoint.host, endpoint.port),
+            store = %store.path().display(),
             "gateway running"
         );
         Ok(Gateway {
@@ -218,7 +246,8 @@ impl Gateway {
             sessions,
             ingress_tasks,
             sinks,
-            egress_task,
+            drains,
+            invoke_task,
             draining,
             endpoint,
             #[cfg(feature = "embedded-broker")]
@@ -239,14 +268,23 @@ impl Gateway {
             .collect()
     }
 
-    /// The in-memory KV every function commits to (durable storage comes with the store).
-    pub fn kv(&self) -> Arc<MemoryKv> {
-        self.sinks.kv.clone()
+    /// Outbox rows delivered to a broker so far (emits out).
+    pub fn delivered(&self) -> u64 {
+        self.drains
+            .iter()
+            .map(|d| d.delivered.load(Ordering::Relaxed))
+            .sum()
     }
 
-    /// Stops taking messages, finishes what is in flight (up to `grace`),
-    /// acks what completed, flushes emits, and disconnects. Whatever was
-    /// not finished stays unacknowledged at the broker for the next start.
+    /// The durable store (KV, outbox).
+    pub fn store(&self) -> &Store {
+        &self.sinks.store
+    }
+
+    /// Stops taking messages, finishes what is in flight (up to `grace`):
+    /// invocations, their commits and acks, and delivery of the outbox; then
+    /// disconnects. Unfinished messages stay unacknowledged at the broker and
+    /// undelivered emits stay in the outbox, both for the next start.
     pub async fn shutdown(self, grace: Duration) {
         self.draining.store(true, Ordering::SeqCst);
         let deadline = tokio::time::Instant::now() + grace;
@@ -261,40 +299,33 @@ impl Gateway {
         }
         let left = in_flight();
         if left > 0 {
-            tracing::warn!(
-                left,
-                "shutdown grace ran out; unfinished messages stay at the broker"
-            );
+            tracing::warn!(left, "shutdown grace ran out; unfinished messages stay at the broker");
         }
+        // Acks queued by the last commits go out before the DISCONNECT.
         for session in &self.sessions {
             session.disconnect().await;
         }
         for mut task in self.ingress_tasks {
-            if tokio::time::timeout(Duration::from_secs(2), &mut task)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(Duration::from_secs(2), &mut task).await.is_err() {
                 // Its queue senders must go, or the workers never stop.
                 task.abort();
             }
         }
-        self.sinks
-            .egress
-            .close(
-                deadline
-                    .saturating_duration_since(tokio::time::Instant::now())
-                    .max(Duration::from_secs(1)),
-            )
-            .await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.egress_task).await;
+        self.invoke_task.abort();
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        for drain in self.drains {
+            drain.close(remaining.max(Duration::from_secs(1))).await;
+        }
         // Workers end once every queue sender is gone, including the ones
         // `Sinks` holds for invokes; they are idle by now or past the grace.
         self.sinks.set_functions(HashMap::new());
+        let store = self.sinks.store.clone();
         let dispatchers = self.dispatchers;
         let _ = tokio::task::spawn_blocking(move || {
             for d in dispatchers {
                 d.join();
             }
+            store.close();
         })
         .await;
         tracing::info!("gateway stopped");

@@ -40,6 +40,22 @@ pub enum KvWrite {
     Add(i64),
 }
 
+impl KvWrite {
+    /// The value after this write lands on `current`. A value that stopped
+    /// being a counter between the guest's read and the commit is replaced
+    /// rather than failing the whole commit (the guest saw a counter).
+    pub fn apply(&self, current: Option<&[u8]>) -> Option<Vec<u8>> {
+        match self {
+            KvWrite::Put(value) => Some(value.clone()),
+            KvWrite::Delete => None,
+            KvWrite::Add(delta) => {
+                let base = decode_counter(current).unwrap_or(0);
+                Some(base.wrapping_add(*delta).to_le_bytes().to_vec())
+            }
+        }
+    }
+}
+
 /// Why a KV read-modify-write was refused; surfaces as a guest status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KvArithmeticError {

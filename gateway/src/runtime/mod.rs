@@ -127,20 +127,10 @@ impl MemoryKv {
         let mut entries = lock(&self.entries);
         for (key, write) in &effects.kv {
             let slot = (namespace.to_owned(), key.clone());
-            match write {
-                KvWrite::Put(value) => {
-                    entries.insert(slot, value.clone());
-                }
-                KvWrite::Delete => {
-                    entries.remove(&slot);
-                }
-                KvWrite::Add(delta) => {
-                    // A value that stopped being a counter since the guest
-                    // looked is replaced rather than failing the whole commit.
-                    let base = decode_counter(entries.get(&slot).map(Vec::as_slice)).unwrap_or(0);
-                    entries.insert(slot, base.wrapping_add(*delta).to_le_bytes().to_vec());
-                }
-            }
+            match write.apply(entries.get(&slot).map(Vec::as_slice)) {
+                Some(value) => entries.insert(slot, value),
+                None => entries.remove(&slot),
+            };
         }
     }
 

@@ -1,0 +1,679 @@
+//! The durable store: one SQLite database (WAL) owned by a store thread that
+//! group-commits the effects of many invocations in one transaction.
+//!
+//! A worker submits an invocation's effects and moves on to its next event;
+//! the store thread gathers submissions for a few milliseconds (or until a
+//! batch is full), writes them all in one transaction, and only then runs
+//! each submission's `done` callback, which acknowledges the MQTT message.
+//! So a message acked to the broker always has its effects on disk, while one
+//! fsync covers many messages. Until a batch commits, reads see its KV writes
+//! through the [`overlay::Overlay`].
+
+mod overlay;
+mod schema;
+
+pub use schema::{MigrationError, VERSION as SCHEMA_VERSION};
+
+use crate::runtime::{Effects, KvRead, KvWrite};
+use overlay::Overlay;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use wasmgate_abi::Destination;
+
+/// How hard SQLite works to survive power loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// fsync on every commit: a commit acknowledged is a commit kept, even
+    /// through power loss. The default: the promise wasmgate makes.
+    #[default]
+    Full,
+    /// fsync only at WAL checkpoints: faster, and still never corrupt, but a
+    /// power cut can lose the last commits, whose messages were already acked.
+    Normal,
+}
+
+/// Where an outbox row goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutboxDestination {
+    Local = 0,
+    Upstream = 1,
+    /// A fan-out invocation; the row's topic is the function's name.
+    Invoke = 2,
+}
+
+impl From<Destination> for OutboxDestination {
+    fn from(d: Destination) -> Self {
+        match d {
+            Destination::Local => OutboxDestination::Local,
+            Destination::Upstream => OutboxDestination::Upstream,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// The database file; created with its directory if missing.
+    pub path: PathBuf,
+    pub synchronous: Synchronous,
+    /// A batch commits when it holds this many submissions...
+    pub group_commit_max: usize,
+    /// ...or when its first submission has waited this long.
+    pub group_commit_delay: Duration,
+    /// Submissions accepted but not yet committed; past this, `submit` waits
+    /// (backpressure to the workers and so to the broker).
+    pub max_pending: usize,
+}
+
+impl StoreOptions {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        StoreOptions {
+            path: path.into(),
+            synchronous: Synchronous::Full,
+            group_commit_max: 512,
+            group_commit_delay: Duration::from_millis(2),
+            max_pending: 4_096,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {error}")]
+    Open { path: PathBuf, error: String },
+    #[error("database {path}: {error}")]
+    Migrate {
+        path: PathBuf,
+        error: MigrationError,
+    },
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the store is shutting down; the message stays unacknowledged at the broker")]
+    Closed,
+}
+
+/// One invocation's effects, to be committed together.
+pub struct Commit {
+    pub function: String,
+    pub effects: Effects,
+    /// Called on the store thread once the transaction holding these effects
+    /// is durable (`Ok`), or when the store gives up on it (`Err`, at shutdown).
+    pub done: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
+}
+
+impl std::fmt::Debug for Commit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Commit")
+            .field("function", &self.function)
+            .field("effects", &self.effects)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A row waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub destination: OutboxDestination,
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub qos: u8,
+    pub retain: bool,
+    pub function: String,
+}
+
+/// Counters for the durability report and benchmarks.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Transactions committed (each is one fsync of the WAL with `Full`).
+    pub transactions: AtomicU64,
+    /// Invocations whose effects were committed.
+    pub commits: AtomicU64,
+    /// Outbox rows written and deleted.
+    pub outbox_written: AtomicU64,
+    pub outbox_deleted: AtomicU64,
+    /// Transactions that failed and were retried (disk full, I/O errors).
+    pub failures: AtomicU64,
+}
+
+enum Request {
+    Commit { seq: u64, commit: Commit },
+    DeleteOutbox(Vec<i64>),
+}
+
+type OutboxCallback = Box<dyn Fn(OutboxDestination) + Send + Sync>;
+
+struct Submitter {
+    next_seq: u64,
+    tx: Option<mpsc::Sender<Request>>,
+}
+
+struct Inner {
+    path: PathBuf,
+    submitter: Mutex<Submitter>,
+    overlay: Mutex<Overlay>,
+    pending: Permits,
+    readers: Mutex<Vec<Connection>>,
+    stats: StoreStats,
+    /// Called after a transaction that added outbox rows, per destination.
+    on_outbox: Mutex<Vec<OutboxCallback>>,
+    closing: AtomicBool,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A handle to the store; cheap to clone and share across threads.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (creating and migrating if needed) the database and starts the
+    /// store thread. Refuses a database that is corrupt, locked or newer,
+    /// without changing it.
+    pub fn open(options: StoreOptions) -> Result<Store, StoreError> {
+        let path = options.path.clone();
+        let open_err = |error: String| StoreError::Open {
+            path: path.clone(),
+            error,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| open_err(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let mut conn = Connection::open(&path).map_err(|e| open_err(e.to_string()))?;
+        configure(&conn, options.synchronous).map_err(|e| open_err(explain(&e)))?;
+        schema::migrate(&mut conn).map_err(|error| StoreError::Migrate {
+            path: path.clone(),
+            error,
+        })?;
+        let committed_seq = committed_seq(&conn).map_err(|e| open_err(explain(&e)))?;
+
+        let (tx, rx) = mpsc::channel();
+        let inner = Arc::new(Inner {
+            path: path.clone(),
+            submitter: Mutex::new(Submitter {
+                next_seq: committed_seq + 1,
+                tx: Some(tx),
+            }),
+            overlay: Mutex::new(Overlay::default()),
+            pending: Permits::new(options.max_pending),
+            readers: Mutex::new(Vec::new()),
+            stats: StoreStats::default(),
+            on_outbox: Mutex::new(Vec::new()),
+            closing: AtomicBool::new(false),
+            thread: Mutex::new(None),
+        });
+        let thread_inner = inner.clone();
+        let handle = std::thread::Builder::new()
+            .name("store".into())
+            .spawn(move || StoreThread::new(conn, thread_inner, options).run(rx))
+            .map_err(|e| open_err(e.to_string()))?;
+        *lock(&inner.thread) = Some(handle);
+        tracing::info!(path = %path.display(), committed_seq, "store open");
+        Ok(Store { inner })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    pub fn stats(&self) -> &StoreStats {
+        &self.inner.stats
+    }
+
+    /// Registers a callback run (on the store thread) after each transaction
+    /// that added rows for a destination; drainers use it to wake up.
+    pub fn on_outbox(&self, callback: impl Fn(OutboxDestination) + Send + Sync + 'static) {
+        lock(&self.inner.on_outbox).push(Box::new(callback));
+    }
+
+    /// Queues an invocation's effects for the next group commit. Returns at
+    /// once unless too much is pending, in which case it waits (backpressure).
+    /// Reads from now on see the KV writes.
+    pub fn submit(&self, commit: Commit) {
+        if self.inner.closing.load(Ordering::SeqCst) {
+            (commit.done)(Err(StoreError::Closed));
+            return;
+        }
+        self.inner.pending.acquire();
+        // Sequence, overlay and channel move together under one lock, so the
+        // store thread sees submissions in sequence order and a committed
+        // sequence number covers everything below it.
+        let mut submitter = lock(&self.inner.submitter);
+        let seq = submitter.next_seq;
+        submitter.next_seq += 1;
+        lock(&self.inner.overlay).push(seq, &commit.function, &commit.effects.kv);
+        let sent = match &submitter.tx {
+            Some(tx) => tx.send(Request::Commit { seq, commit }).map_err(|e| e.0),
+            None => Err(Request::Commit { seq, commit }),
+        };
+        drop(submitter);
+        if let Err(Request::Commit { seq, commit }) = sent {
+            lock(&self.inner.overlay).discard(&[seq]);
+            self.inner.pending.release(1);
+            (commit.done)(Err(StoreError::Closed));
+        }
+    }
+
+    /// Removes delivered outbox rows (in the next group commit).
+    pub fn delete_outbox(&self, ids: Vec<i64>) {
+        if ids.is_empty() {
+            return;
+        }
+        if let Some(tx) = &lock(&self.inner.submitter).tx {
+            let _ = tx.send(Request::DeleteOutbox(ids));
+        }
+    }
+
+    /// Up to `limit` rows for `destination` with ids above `after`, oldest first.
+    pub fn outbox_after(
+        &self,
+        destination: OutboxDestination,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        self.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, topic, payload, qos, retain, function FROM outbox
+                 WHERE destination = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+            )?;
+            let rows = stmt
+                .query_map(params![destination as i64, after, limit as i64], |r| {
+                    Ok(OutboxRow {
+                        id: r.get(0)?,
+                        destination,
+                        topic: r.get(1)?,
+                        payload: r.get(2)?,
+                        qos: r.get::<_, i64>(3)? as u8,
+                        retain: r.get(4)?,
+                        function: r.get(5)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// Rows waiting per destination (for status and tests).
+    pub fn outbox_len(&self, destination: OutboxDestination) -> Result<u64, StoreError> {
+        self.with_reader(|conn| {
+            Ok(conn.query_row(
+                "SELECT COUNT(*) FROM outbox WHERE destination = ?1",
+                [destination as i64],
+                |r| r.get::<_, i64>(0),
+            )? as u64)
+        })
+    }
+
+    /// Every committed KV entry of `namespace` (operators' `wasmgate kv list`).
+    pub fn kv_list(&self, namespace: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.with_reader(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT key, value FROM kv WHERE namespace = ?1 ORDER BY key")?;
+            let rows = stmt
+                .query_map([namespace], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// Waits until everything submitted so far is committed (or `timeout`).
+    pub fn flush(&self, timeout: Duration) -> bool {
+        self.inner.pending.wait_idle(timeout)
+    }
+
+    /// Commits what is pending and stops the store thread.
+    pub fn close(&self) {
+        self.inner.closing.store(true, Ordering::SeqCst);
+        lock(&self.inner.submitter).tx = None;
+        if let Some(handle) = lock(&self.inner.thread).take() {
+            let _ = handle.join();
+        }
+    }
+
+    fn with_reader<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = match lock(&self.inner.readers).pop() {
+            Some(conn) => conn,
+            None => open_reader(&self.inner.path)?,
+        };
+        let result = f(&mut conn);
+        lock(&self.inner.readers).push(conn);
+        result
+    }
+}
+
+impl KvRead for Store {
+    /// The committed value with every submitted-but-uncommitted write applied.
+    fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+        // Holding the overlay while reading keeps the store thread from
+        // pruning writes between our snapshot and our look at the overlay.
+        let overlay = lock(&self.inner.overlay);
+        let read = self.with_reader(|conn| {
+            let tx = conn.transaction()?;
+            let value: Option<Vec<u8>> = tx
+                .prepare_cached("SELECT value FROM kv WHERE namespace = ?1 AND key = ?2")?
+                .query_row([namespace, key], |r| r.get(0))
+                .optional()?;
+            let seq = committed_seq(&tx)?;
+            tx.finish()?;
+            Ok((value, seq))
+        });
+        let (value, seq) = read.map_err(|e| e.to_string())?;
+        Ok(overlay.read(namespace, key, seq, value))
+    }
+}
+
+fn configure(conn: &Connection, synchronous: Synchronous) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(5))?;
+    // WAL: readers never block the writer, and a commit is one sequential write.
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(mode, "SQLite refused WAL mode; commits will be slower");
+    }
+    conn.pragma_update(
+        None,
+        "synchronous",
+        match synchronous {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        },
+    )?;
+    // Check the file is a database we can read now, not at the first commit.
+    conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))?;
+    Ok(())
+}
+
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+fn committed_seq(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.prepare_cached("SELECT value FROM meta WHERE key = 'committed_seq'")?
+        .query_row([], |r| r.get::<_, i64>(0))
+        .map(|v| v as u64)
+}
+
+/// Turns SQLite's terse codes into something an operator can act on.
+fn explain(e: &rusqlite::Error) -> String {
+    use rusqlite::ErrorCode::*;
+    match e.sqlite_error_code() {
+        Some(NotADatabase) => format!("{e}: the file is not a wasmgate database (or is corrupt); nothing was changed. Move it aside to start afresh"),
+        Some(DatabaseCorrupt) => format!("{e}: the database is corrupt; nothing was changed. Restore a backup or move it aside"),
+        Some(DatabaseBusy) | Some(DatabaseLocked) => format!("{e}: another process holds the database (is another wasmgate running on this data_dir?)"),
+        Some(DiskFull) => format!("{e}: the disk is full"),
+        Some(ReadOnly) | Some(CannotOpen) | Some(PermissionDenied) => format!("{e}: check the data_dir's permissions"),
+        _ => e.to_string(),
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A counting semaphore for blocking threads (std has none).
+struct Permits {
+    state: Mutex<usize>,
+    max: usize,
+    changed: Condvar,
+}
+
+impl Permits {
+    fn new(max: usize) -> Self {
+        Permits {
+            state: Mutex::new(0),
+            max: max.max(1),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn acquire(&self) {
+        let mut used = lock(&self.state);
+        while *used >= self.max {
+            used = self.changed.wait(used).unwrap_or_else(PoisonError::into_inner);
+        }
+        *used += 1;
+    }
+
+    fn release(&self, n: usize) {
+        let mut used = lock(&self.state);
+        *used = used.saturating_sub(n);
+        self.changed.notify_all();
+    }
+
+    fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut used = lock(&self.state);
+        while *used > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            used = self
+                .changed
+                .wait_timeout(used, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        true
+    }
+}
+
+/// The thread that owns the write connection.
+struct StoreThread {
+    conn: Connection,
+    inner: Arc<Inner>,
+    options: StoreOptions,
+}
+
+impl StoreThread {
+    fn new(conn: Connection, inner: Arc<Inner>, options: StoreOptions) -> Self {
+        StoreThread {
+            conn,
+            inner,
+            options,
+        }
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<Request>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            let deadline = Instant::now() + self.options.group_commit_delay;
+            while batch.len() < self.options.group_commit_max {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            self.commit_until_done(batch);
+        }
+        tracing::debug!("store thread stopped");
+    }
+
+    /// Commits the batch, retrying with backoff while the disk refuses (full,
+    /// I/O errors): nothing is acked meanwhile, so the pipeline stalls and
+    /// the broker holds the messages, and nothing is lost.
+    fn commit_until_done(&mut self, batch: Vec<Request>) {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.write(&batch) {
+                Ok(destinations) => {
+                    self.finish(batch, Ok(()), &destinations);
+                    return;
+                }
+                Err(e) => {
+                    self.inner.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    if self.inner.closing.load(Ordering::SeqCst) {
+                        tracing::error!(error = %explain(&e), "commit failed at shutdown; those messages stay unacknowledged");
+                        self.finish(batch, Err(StoreError::Sqlite(e)), &[]);
+                        return;
+                    }
+                    tracing::error!(error = %explain(&e), retry_in = ?delay, "commit failed; retrying (messages stay unacknowledged until it succeeds)");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// One transaction for the whole batch; returns which destinations got rows.
+    fn write(&mut self, batch: &[Request]) -> rusqlite::Result<Vec<OutboxDestination>> {
+        let now = now_ms();
+        let mut destinations = Vec::new();
+        let mut max_seq = None;
+        let tx = self.conn.transaction()?;
+        {
+            let mut get = tx.prepare_cached("SELECT value FROM kv WHERE namespace = ?1 AND key = ?2")?;
+            let mut put = tx.prepare_cached(
+                "INSERT INTO kv (namespace, key, value, updated_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, updated_ms = excluded.updated_ms",
+            )?;
+            let mut delete = tx.prepare_cached("DELETE FROM kv WHERE namespace = ?1 AND key = ?2")?;
+            let mut outbox = tx.prepare_cached(
+                "INSERT INTO outbox (destination, topic, payload, qos, retain, function, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            let mut unbox = tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
+            for request in batch {
+                match request {
+                    Request::Commit { seq, commit } => {
+                        max_seq = Some(*seq);
+                        let ns = commit.function.as_str();
+                        for (key, write) in &commit.effects.kv {
+                            let current = match write {
+                                KvWrite::Add(_) => get
+                                    .query_row(params![ns, key], |r| r.get::<_, Vec<u8>>(0))
+                                    .optional()?,
+                                _ => None,
+                            };
+                            match write.apply(current.as_deref()) {
+                                Some(value) => put.execute(params![ns, key, value, now])?,
+                                None => delete.execute(params![ns, key])?,
+                            };
+                        }
+                        for emit in &commit.effects.emits {
+                            let destination = OutboxDestination::from(emit.options.destination);
+                            outbox.execute(params![
+                                destination as i64,
+                                emit.topic,
+                                emit.payload,
+                                emit.options.qos,
+                                emit.options.retain,
+                                ns,
+                                now
+                            ])?;
+                            if !destinations.contains(&destination) {
+                                destinations.push(destination);
+                            }
+                        }
+                        for invoke in &commit.effects.invokes {
+                            outbox.execute(params![
+                                OutboxDestination::Invoke as i64,
+                                invoke.function,
+                                invoke.payload,
+                                1,
+                                false,
+                                ns,
+                                now
+                            ])?;
+                            if !destinations.contains(&OutboxDestination::Invoke) {
+                                destinations.push(OutboxDestination::Invoke);
+                            }
+                        }
+                    }
+                    Request::DeleteOutbox(ids) => {
+                        for id in ids {
+                            unbox.execute([id])?;
+                        }
+                    }
+                }
+            }
+            if let Some(seq) = max_seq {
+                tx.execute(
+                    "UPDATE meta SET value = ?1 WHERE key = 'committed_seq'",
+                    [seq as i64],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(destinations)
+    }
+
+    fn finish(&self, batch: Vec<Request>, result: Result<(), StoreError>, destinations: &[OutboxDestination]) {
+        let inner = &self.inner;
+        let mut seqs = Vec::new();
+        let mut commits = Vec::new();
+        let (mut written, mut deleted) = (0, 0);
+        for request in batch {
+            match request {
+                Request::Commit { seq, commit } => {
+                    seqs.push(seq);
+                    written += (commit.effects.emits.len() + commit.effects.invokes.len()) as u64;
+                    commits.push(commit);
+                }
+                Request::DeleteOutbox(ids) => deleted += ids.len() as u64,
+            }
+        }
+        {
+            let mut overlay = lock(&inner.overlay);
+            match (&result, seqs.iter().max()) {
+                (Ok(()), Some(max)) => overlay.prune(*max),
+                (Err(_), _) => overlay.discard(&seqs),
+                _ => {}
+            }
+        }
+        if result.is_ok() {
+            inner.stats.transactions.fetch_add(1, Ordering::Relaxed);
+            inner.stats.commits.fetch_add(commits.len() as u64, Ordering::Relaxed);
+            inner.stats.outbox_written.fetch_add(written, Ordering::Relaxed);
+            inner.stats.outbox_deleted.fetch_add(deleted, Ordering::Relaxed);
+        }
+        let n = commits.len();
+        for commit in commits {
+            let outcome = match &result {
+                Ok(()) => Ok(()),
+                Err(_) => Err(StoreError::Closed),
+            };
+            (commit.done)(outcome);
+        }
+        inner.pending.release(n);
+        if !destinations.is_empty() {
+            for callback in lock(&inner.on_outbox).iter() {
+                for d in destinations {
+                    callback(*d);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

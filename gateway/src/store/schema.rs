@@ -1,0 +1,120 @@
+//! The database layout and its migrations.
+//!
+//! Each migration runs once, in its own transaction, and is recorded in
+//! `schema_migrations`; a database newer than this binary is refused rather
+//! than guessed at.
+
+use rusqlite::{params, Connection};
+
+/// Migrations in order; index + 1 is the version.
+const MIGRATIONS: &[&str] = &[
+    // 1: KV, outbox, the committed sequence, and the dedup set.
+    r#"
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO meta (key, value) VALUES ('committed_seq', 0);
+
+    CREATE TABLE kv (
+        namespace  TEXT NOT NULL,
+        key        TEXT NOT NULL,
+        value      BLOB NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        PRIMARY KEY (namespace, key)
+    ) WITHOUT ROWID;
+
+    -- Every emit (and fan-out invoke) waits here until delivered.
+    -- destination: 0 local broker, 1 upstream, 2 invoke (topic = function).
+    CREATE TABLE outbox (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        destination INTEGER NOT NULL,
+        topic       TEXT NOT NULL,
+        payload     BLOB NOT NULL,
+        qos         INTEGER NOT NULL,
+        retain      INTEGER NOT NULL,
+        function    TEXT NOT NULL,
+        created_ms  INTEGER NOT NULL
+    );
+    CREATE INDEX outbox_by_destination ON outbox (destination, id);
+
+    -- Device-provided ids already processed, per function (exactly-once effects).
+    CREATE TABLE dedup (
+        function TEXT NOT NULL,
+        key      TEXT NOT NULL,
+        seen_ms  INTEGER NOT NULL,
+        PRIMARY KEY (function, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX dedup_by_age ON dedup (seen_ms);
+    "#,
+];
+
+/// The version this binary writes.
+pub const VERSION: i64 = MIGRATIONS.len() as i64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    #[error("the database is at schema version {found}, newer than this wasmgate ({supported}); upgrade wasmgate or use another data_dir")]
+    TooNew { found: i64, supported: i64 },
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// Brings the database to [`VERSION`]; returns the version it found.
+pub fn migrate(conn: &mut Connection) -> Result<i64, MigrationError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version    INTEGER PRIMARY KEY,
+            applied_ms INTEGER NOT NULL
+        )",
+    )?;
+    let found: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        [],
+        |row| row.get(0),
+    )?;
+    if found > VERSION {
+        return Err(MigrationError::TooNew {
+            found,
+            supported: VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let version = i as i64 + 1;
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_ms) VALUES (?1, ?2)",
+            params![version, super::now_ms()],
+        )?;
+        tx.commit()?;
+        tracing::info!(version, "database schema migrated");
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrating_twice_is_a_no_op() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        assert_eq!(migrate(&mut conn).unwrap(), 0);
+        assert_eq!(migrate(&mut conn).unwrap(), VERSION);
+        let seq: i64 = conn
+            .query_row("SELECT value FROM meta WHERE key = 'committed_seq'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(seq, 0);
+    }
+
+    #[test]
+    fn a_newer_database_is_refused() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        conn.execute("INSERT INTO schema_migrations VALUES (99, 0)", [])
+            .unwrap();
+        let error = migrate(&mut conn).unwrap_err();
+        assert!(matches!(error, MigrationError::TooNew { found: 99, .. }), "{error}");
+    }
+}

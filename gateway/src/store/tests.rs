@@ -1,0 +1,228 @@
+use super::*;
+use crate::runtime::{Emit, Invoke};
+use std::sync::mpsc::channel;
+use wasmgate_abi::EmitOptions;
+
+fn open(dir: &tempfile::TempDir) -> Store {
+    Store::open(StoreOptions::new(dir.path().join("wasmgate.db"))).expect("opens")
+}
+
+fn effects(kv: &[(&str, KvWrite)], emits: &[(&str, &str)]) -> Effects {
+    Effects {
+        kv: kv.iter().map(|(k, w)| (k.to_string(), w.clone())).collect(),
+        emits: emits
+            .iter()
+            .map(|(t, p)| Emit {
+                topic: t.to_string(),
+                payload: p.as_bytes().to_vec(),
+                options: EmitOptions::default(),
+            })
+            .collect(),
+        ..Effects::default()
+    }
+}
+
+/// Submits and waits for the commit.
+#[track_caller]
+fn commit(store: &Store, function: &str, fx: Effects) {
+    let (tx, rx) = channel();
+    store.submit(Commit {
+        function: function.into(),
+        effects: fx,
+        done: Box::new(move |r| tx.send(r.is_ok()).unwrap()),
+    });
+    assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), "committed");
+}
+
+fn counter(n: i64) -> Option<Vec<u8>> {
+    Some(n.to_le_bytes().to_vec())
+}
+
+#[test]
+fn committed_effects_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    commit(
+        &store,
+        "vending",
+        effects(
+            &[("total", KvWrite::Add(150)), ("last", KvWrite::Put(b"6.8".to_vec()))],
+            &[("vending/vm-1/alert", "hot")],
+        ),
+    );
+    store.close();
+
+    let store = open(&dir);
+    assert_eq!(store.get("vending", "total").unwrap(), counter(150));
+    assert_eq!(store.get("vending", "last").unwrap(), Some(b"6.8".to_vec()));
+    let rows = store.outbox_after(OutboxDestination::Local, 0, 10).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].topic.as_str(), rows[0].payload.as_slice()), ("vending/vm-1/alert", &b"hot"[..]));
+}
+
+#[test]
+fn done_runs_only_once_the_data_is_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let path = store.path().to_owned();
+    let (tx, rx) = channel();
+    store.submit(Commit {
+        function: "f".into(),
+        effects: effects(&[("k", KvWrite::Put(b"v".to_vec()))], &[]),
+        done: Box::new(move |r| {
+            // A separate connection, as after a crash, sees the value.
+            let conn = Connection::open(&path).unwrap();
+            let v: Vec<u8> = conn
+                .query_row("SELECT value FROM kv WHERE namespace = 'f' AND key = 'k'", [], |r| r.get(0))
+                .unwrap();
+            tx.send((r.is_ok(), v)).unwrap();
+        }),
+    });
+    assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), (true, b"v".to_vec()));
+}
+
+#[test]
+fn reads_see_submitted_writes_before_they_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = StoreOptions::new(dir.path().join("wasmgate.db"));
+    options.group_commit_delay = Duration::from_millis(300);
+    let store = Store::open(options).unwrap();
+    let (tx, rx) = channel();
+    store.submit(Commit {
+        function: "f".into(),
+        effects: effects(&[("n", KvWrite::Add(5))], &[]),
+        done: Box::new(move |_| tx.send(()).unwrap()),
+    });
+    // Still inside the 300 ms group-commit window.
+    assert_eq!(store.get("f", "n").unwrap(), counter(5));
+    rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(store.get("f", "n").unwrap(), counter(5), "not applied twice after commit");
+}
+
+#[test]
+fn increments_from_many_threads_all_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for _ in 0..250 {
+                    store.submit(Commit {
+                        function: "f".into(),
+                        effects: effects(&[("n", KvWrite::Add(1))], &[]),
+                        done: Box::new(|_| {}),
+                    });
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(store.flush(Duration::from_secs(30)));
+    assert_eq!(store.get("f", "n").unwrap(), counter(1000));
+}
+
+#[test]
+fn group_commit_puts_many_invocations_in_one_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = StoreOptions::new(dir.path().join("wasmgate.db"));
+    options.group_commit_delay = Duration::from_millis(20);
+    let store = Store::open(options).unwrap();
+    for i in 0..500 {
+        store.submit(Commit {
+            function: "f".into(),
+            effects: effects(&[(&format!("k{i}"), KvWrite::Put(vec![1]))], &[("t", "p")]),
+            done: Box::new(|_| {}),
+        });
+    }
+    assert!(store.flush(Duration::from_secs(30)));
+    let stats = store.stats();
+    assert_eq!(stats.commits.load(Ordering::Relaxed), 500);
+    let transactions = stats.transactions.load(Ordering::Relaxed);
+    assert!(transactions < 100, "{transactions} transactions for 500 commits");
+}
+
+#[test]
+fn outbox_keeps_order_per_destination_and_forgets_deleted_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let mut fx = effects(&[], &[("a", "1"), ("b", "2")]);
+    fx.emits.push(Emit {
+        topic: "up".into(),
+        payload: b"3".to_vec(),
+        options: EmitOptions::upstream(),
+    });
+    fx.invokes.push(Invoke {
+        function: "other".into(),
+        payload: b"4".to_vec(),
+    });
+    commit(&store, "f", fx);
+    let local = store.outbox_after(OutboxDestination::Local, 0, 10).unwrap();
+    assert_eq!(local.iter().map(|r| r.topic.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(store.outbox_len(OutboxDestination::Upstream).unwrap(), 1);
+    let invokes = store.outbox_after(OutboxDestination::Invoke, 0, 10).unwrap();
+    assert_eq!((invokes[0].topic.as_str(), invokes[0].function.as_str()), ("other", "f"));
+
+    store.delete_outbox(vec![local[0].id]);
+    commit(&store, "f", Effects::default());
+    let left = store.outbox_after(OutboxDestination::Local, 0, 10).unwrap();
+    assert_eq!(left.iter().map(|r| r.topic.as_str()).collect::<Vec<_>>(), ["b"]);
+    assert_eq!(store.outbox_after(OutboxDestination::Local, local[0].id, 10).unwrap(), left);
+}
+
+#[test]
+fn outbox_callbacks_name_the_destinations_that_got_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let (tx, rx) = channel();
+    let tx = Mutex::new(tx);
+    store.on_outbox(move |d| lock(&tx).send(d).unwrap());
+    commit(&store, "f", effects(&[], &[("a", "1")]));
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), OutboxDestination::Local);
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wasmgate.db");
+    let junk = b"this is not sqlite, but someone's precious file".repeat(100);
+    std::fs::write(&path, &junk).unwrap();
+    let error = Store::open(StoreOptions::new(&path)).unwrap_err();
+    assert!(error.to_string().contains("not a wasmgate database"), "{error}");
+    assert_eq!(std::fs::read(&path).unwrap(), junk, "nothing destroyed");
+}
+
+#[test]
+fn sequence_numbers_continue_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    commit(&store, "f", effects(&[("n", KvWrite::Add(1))], &[]));
+    store.close();
+    // If sequence numbers restarted at 1, the overlay would treat this
+    // pending write as already committed and hide it.
+    let mut options = StoreOptions::new(dir.path().join("wasmgate.db"));
+    options.group_commit_delay = Duration::from_millis(300);
+    let store = Store::open(options).unwrap();
+    store.submit(Commit {
+        function: "f".into(),
+        effects: effects(&[("n", KvWrite::Add(1))], &[]),
+        done: Box::new(|_| {}),
+    });
+    assert_eq!(store.get("f", "n").unwrap(), counter(2));
+}
+
+#[test]
+fn submit_after_close_fails_the_commit_without_acking() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store.close();
+    let (tx, rx) = channel();
+    store.submit(Commit {
+        function: "f".into(),
+        effects: Effects::default(),
+        done: Box::new(move |r| tx.send(r.is_ok()).unwrap()),
+    });
+    assert!(!rx.recv().unwrap());
+}
