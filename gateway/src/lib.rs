@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod router;
 pub mod runtime;
+pub mod simulate;
 pub mod store;
 
 pub use pipeline::{run, Gateway, GatewayError};

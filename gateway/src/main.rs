@@ -31,6 +31,10 @@ enum Command {
     /// did (emits, KV writes, logs) and what it cost (fuel, memory, time).
     #[command(after_help = EVENT_JSON_HELP)]
     Invoke(InvokeArgs),
+    /// Simulate a fleet of devices (vending machines, robots) publishing
+    /// telemetry to a broker, to demo or load the gateway.
+    #[command(after_help = wasmgate::simulate::SIMULATE_HELP)]
+    Simulate(wasmgate::simulate::SimulateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -145,6 +149,7 @@ fn main() -> ExitCode {
         Command::Config(ConfigCommand::Init { file, force }) => config_init(&file, force),
         Command::Config(ConfigCommand::Check { file }) => config_check(&file),
         Command::Invoke(args) => invoke(args),
+        Command::Simulate(args) => simulate(args),
     };
     match result {
         Ok(code) => code,
@@ -252,6 +257,13 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let runtime = tokio_runtime()?;
     runtime.block_on(wasmgate::run(config, shutdown_signal()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn simulate(args: wasmgate::simulate::SimulateArgs) -> anyhow::Result<ExitCode> {
+    let options = args.into_options();
+    let summary = tokio_runtime()?.block_on(wasmgate::simulate::run(options, shutdown_signal()))?;
+    println!("{summary}");
     Ok(ExitCode::SUCCESS)
 }
 
