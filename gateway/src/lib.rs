@@ -6,6 +6,7 @@
 
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
+pub mod board;
 pub mod config;
 pub mod event;
 pub mod local;
