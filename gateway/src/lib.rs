@@ -4,9 +4,9 @@
 //! router -> dispatch -> runtime -> egress (`pipeline`), with config, the
 //! local test loop and metrics beside it.
 
+pub mod board;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
-pub mod board;
 pub mod config;
 pub mod event;
 pub mod local;
