@@ -2,6 +2,8 @@
 //! what a subscriber gets, in order per device, and the simulator rides out
 //! a broker restart.
 
+// The harness lives with the end-to-end tests in the top-level tests/.
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};

@@ -23,6 +23,18 @@ use tempfile::TempDir;
 /// How long mosquitto gets to accept connections, or to exit on SIGTERM.
 const PATIENCE: Duration = Duration::from_secs(10);
 
+/// What a mosquitto in front of a wasmgate needs, beyond its defaults:
+///
+/// - `max_queued_messages 0` (no limit): with the default, 1000, mosquitto
+///   silently drops QoS 1 messages for an offline persistent session once
+///   1000 wait, so a gateway that is down (restarting, upgrading) while
+///   devices keep publishing loses messages.
+/// - `max_inflight_messages 1000`: with the default, 20, only 20 messages
+///   at a time reach the gateway before it acknowledges them, and it
+///   acknowledges only after the function ran and its effects are stored;
+///   its queue and workers would sit mostly idle.
+pub const GATEWAY_SETTINGS: &str = "max_queued_messages 0\nmax_inflight_messages 1000\n";
+
 /// A running (or stopped) mosquitto owned by one test.
 #[derive(Debug)]
 pub struct Mosquitto {
@@ -66,6 +78,13 @@ impl Mosquitto {
             }
         }
         panic!("mosquitto did not start; its log:\n{last_log}");
+    }
+
+    /// Settings a broker in front of a gateway needs; users must set them too
+    /// (see [`GATEWAY_SETTINGS`]).
+    #[track_caller]
+    pub fn start_for_gateway() -> Self {
+        Self::start_with(GATEWAY_SETTINGS)
     }
 
     /// A persistent broker: sessions and queued QoS 1 messages survive
@@ -197,7 +216,7 @@ impl Drop for Mosquitto {
 fn config(port: u16, dir: &Path, extra: &str) -> String {
     let dir = dir.display().to_string();
     format!(
-        "# Written by the wasmgate test harness (gateway/tests/support/mosquitto.rs).\n\
+        "# Written by the wasmgate test harness (tests/support/mosquitto.rs).\n\
          listener {port} 127.0.0.1\n\
          allow_anonymous true\n\
          # Started as root (containers), mosquitto would switch to the `mosquitto`\n\

@@ -1,0 +1,572 @@
+//! The gateway as a user runs it: the real `wasmgate` binary with a config
+//! file, devices publishing telemetry to a real broker (the embedded one, or
+//! mosquitto), and the alerts and summaries the vending example emits read
+//! back from that broker. Nothing is mocked.
+//!
+//! Most scenarios run against both brokers (`<scenario>::embedded`,
+//! `<scenario>::mosquitto`). Those about restarts need mosquitto: the
+//! embedded broker lives in the gateway's process and dies with it.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+use support::gateway::{wasmgate, BrokerMode, GatewayConfig};
+use support::mqtt::{wait_until, MqttClient};
+use support::rig::{alert_topic, telemetry, telemetry_topic, Broker, Rig, Summaries};
+
+/// For one message to make it through (debug build, busy CI machine).
+const ONE: Duration = Duration::from_secs(30);
+/// Longest a stream of results may pause before a test calls it a stall.
+const STALL: Duration = Duration::from_secs(60);
+
+/// Runs a scenario against each local broker, one test each; an attribute
+/// (`#[ignore = ".."]`) may be given for either.
+macro_rules! on_both_brokers {
+    ($scenario:ident $(, embedded: #[$embedded:meta])? $(, mosquitto: #[$mosquitto:meta])?) => {
+        mod $scenario {
+            #[test]
+            $(#[$embedded])?
+            fn embedded() {
+                super::$scenario(super::Broker::Embedded)
+            }
+            #[test]
+            $(#[$mosquitto])?
+            fn mosquitto() {
+                super::$scenario(super::Broker::Mosquitto)
+            }
+        }
+    };
+}
+
+on_both_brokers!(vending_telemetry_in_alerts_out);
+on_both_brokers!(
+    order_is_kept_per_topic,
+    embedded: #[ignore = "bug: with concurrency > 1 the gateway acks QoS 1 messages out of order; rumqttd drops the connection on each out-of-order PUBACK and redelivers, so the pipeline livelocks (see the test)"]
+);
+on_both_brokers!(
+    ten_thousand_messages_none_lost,
+    mosquitto: #[ignore = "bug: under a backlog the ingress session misses its keep-alive (\"Last pingreq isn't acked\"), reconnects every 60 s and stalls short of 10,000 (9,763 and 8,694 in two runs)"]
+);
+on_both_brokers!(bad_payloads_fail_visibly_and_gateway_keeps_going);
+on_both_brokers!(sigterm_finishes_in_flight_work_and_exits_zero);
+
+fn machines(n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("vm-{i}")).collect()
+}
+
+/// Records summaries from `cloud` until `done` holds; `false` if they stop
+/// coming for `idle` first.
+#[track_caller]
+fn collect_summaries(
+    cloud: &MqttClient,
+    idle: Duration,
+    summaries: &mut Summaries,
+    mut done: impl FnMut(&Summaries) -> bool,
+) -> bool {
+    if done(summaries) {
+        return true;
+    }
+    cloud.collect_until(idle, |message| {
+        summaries.record(&message);
+        done(summaries)
+    })
+}
+
+fn vending_telemetry_in_alerts_out(broker: Broker) {
+    let rig = Rig::start(broker);
+    let ops = rig.client("ops");
+    ops.subscribe("vending/+/alert");
+    let device = rig.client("vm-7");
+    let topic = telemetry_topic("vm-7");
+
+    device.publish(&topic, telemetry(1, 5.0));
+    device.publish(&topic, telemetry(2, 9.5));
+    // Alerts for one machine come out in order, so had the normal reading
+    // (ts 1) raised one, it would come first.
+    let alert = ops
+        .next_message(ONE)
+        .expect("an alert for the warm machine");
+    assert_eq!(alert.topic, alert_topic("vm-7"));
+    let json = alert.json();
+    assert_eq!(json["machine"], "vm-7", "{json}");
+    assert_eq!(json["ts"], 2, "the alert is for the warm reading: {json}");
+    assert_eq!(json["temp_c"], 9.5, "{json}");
+    assert_eq!(json["max_temp_c"], 8.0, "{json}");
+    assert_eq!(json["too_warm"], true, "{json}");
+    assert_eq!(json["door_open"], false, "{json}");
+    assert_eq!(json["low_stock"], serde_json::json!([]), "{json}");
+
+    device.publish(&topic, telemetry(3, 4.0));
+    device.publish(
+        &topic,
+        r#"{"ts":4,"temp_c":4.0,"door_open":true,"stock":[{"slot":"A1","count":1},{"slot":"B2","count":7}]}"#,
+    );
+    let alert = ops.next_message(ONE).expect("an alert for the low slot");
+    let json = alert.json();
+    assert_eq!(json["ts"], 4, "normal telemetry raises no alert: {json}");
+    assert_eq!(json["too_warm"], false, "{json}");
+    assert_eq!(json["door_open"], true, "{json}");
+    assert_eq!(json["low_stock"], serde_json::json!(["A1"]), "{json}");
+}
+
+/// Two workers, so topics run in parallel while each topic stays in order.
+///
+/// Against the embedded broker this finds a bug: the workers finish (and
+/// ack) in a different order than the messages arrived, but MQTT 3.1.1
+/// §4.6 requires PUBACKs in arrival order, and rumqttd enforces it ("out of
+/// order ack", then it drops the connection and redelivers everything
+/// unacked, again out of order). mosquitto tolerates it.
+fn order_is_kept_per_topic(broker: Broker) {
+    let rig = Rig::start_with(broker, |config| config.concurrency = Some(2));
+    let cloud = rig.client("cloud");
+    cloud.subscribe("telemetry/vending/+");
+    let machines = machines(4);
+    const PER_MACHINE: u64 = 250;
+    let device = rig.client("fleet");
+    // Interleaved, so the gateway's workers have several topics to run in parallel.
+    for ts in 1..=PER_MACHINE {
+        for machine in &machines {
+            device.publish(&telemetry_topic(machine), telemetry(ts, 5.0));
+        }
+    }
+    device.wait_acked(ONE);
+
+    let mut summaries = Summaries::default();
+    let total = machines.len() * PER_MACHINE as usize;
+    let all = collect_summaries(&cloud, STALL, &mut summaries, |s| s.unique() == total);
+    assert!(
+        all,
+        "{} of {total} summaries arrived; missing: {:?}\n{}",
+        summaries.unique(),
+        summaries.missing(&machines, 1..=PER_MACHINE),
+        rig.diagnostics()
+    );
+    let in_order: Vec<u64> = (1..=PER_MACHINE).collect();
+    for machine in &machines {
+        assert_eq!(
+            summaries.by_machine[machine], in_order,
+            "summaries of {machine} out of order"
+        );
+    }
+}
+
+fn ten_thousand_messages_none_lost(broker: Broker) {
+    let rig = Rig::start(broker);
+    let cloud = rig.client("cloud");
+    cloud.subscribe("telemetry/vending/+");
+    let machines = machines(10);
+    const PER_MACHINE: u64 = 1_000;
+    // A device per machine, publishing at once.
+    std::thread::scope(|scope| {
+        for machine in &machines {
+            let device = rig.client(machine);
+            scope.spawn(move || {
+                for ts in 1..=PER_MACHINE {
+                    device.publish(&telemetry_topic(machine), telemetry(ts, 5.0));
+                }
+                device.wait_acked(STALL);
+            });
+        }
+    });
+
+    let mut summaries = Summaries::default();
+    let total = machines.len() * PER_MACHINE as usize;
+    let all = collect_summaries(&cloud, STALL, &mut summaries, |s| s.unique() == total);
+    assert!(
+        all,
+        "{} of {total} summaries arrived; missing: {:?}\n{}",
+        summaries.unique(),
+        summaries.missing(&machines, 1..=PER_MACHINE),
+        rig.diagnostics()
+    );
+    // At-least-once allows duplicates; in a calm run there should be none,
+    // and never more than one broker in-flight window's worth.
+    let duplicates = summaries.duplicates();
+    eprintln!("{broker:?}: {total} messages, {duplicates} duplicate summaries");
+    assert!(duplicates <= 100, "{duplicates} duplicate summaries");
+}
+
+/// Sequence numbers 1..=n as a set, to compare with what was seen.
+fn seqs(n: u64) -> BTreeSet<u64> {
+    (1..=n).collect()
+}
+
+/// A device that publishes `vending/vm-<1..=3>/telemetry` with a global
+/// sequence number as `ts`, about 50 messages a second (well within what
+/// even a debug build keeps up with), until stopped.
+struct Stream {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    published: std::thread::JoinHandle<u64>,
+}
+
+const STREAM_MACHINES: [&str; 3] = ["vm-1", "vm-2", "vm-3"];
+
+impl Stream {
+    fn start(device: MqttClient) -> Stream {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let published = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let mut seq = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    seq += 1;
+                    let machine = STREAM_MACHINES[seq as usize % STREAM_MACHINES.len()];
+                    device.publish(&telemetry_topic(machine), telemetry(seq, 5.0));
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                device.wait_acked(STALL);
+                seq
+            }
+        });
+        Stream { stop, published }
+    }
+
+    /// Stops publishing once the broker has acknowledged everything; returns
+    /// how many messages were published.
+    fn finish(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.published.join().expect("the publishing device")
+    }
+}
+
+/// Every sequence number seen, whatever the machine.
+fn seen(summaries: &Summaries) -> BTreeSet<u64> {
+    summaries.by_machine.values().flatten().copied().collect()
+}
+
+/// Records summaries until `more` new ones have arrived.
+#[track_caller]
+fn wait_for_more(rig: &Rig, cloud: &MqttClient, summaries: &mut Summaries, more: usize) {
+    let at_least = summaries.unique() + more;
+    let flowing = collect_summaries(cloud, STALL, summaries, |s| s.unique() >= at_least);
+    assert!(
+        flowing,
+        "only {} summaries arrived\n{}",
+        summaries.unique(),
+        rig.diagnostics()
+    );
+}
+
+/// The embedded broker keeps its sessions in the gateway's memory, so what
+/// devices publish while the gateway is down is gone: only an external
+/// broker (mosquitto, with `max_queued_messages 0`) can hold it.
+#[test]
+fn gateway_restart_while_devices_publish_loses_nothing() {
+    let mut rig = Rig::start(Broker::Mosquitto);
+    let cloud = rig.client("cloud");
+    cloud.subscribe("telemetry/vending/+");
+    let stream = Stream::start(rig.client("fleet"));
+    let mut summaries = Summaries::default();
+
+    wait_for_more(&rig, &cloud, &mut summaries, 100);
+    let status = rig.gateway.stop();
+    assert!(
+        status.success(),
+        "SIGTERM: {status}\n{}",
+        rig.gateway.logs()
+    );
+    rig.gateway.restart();
+
+    wait_for_more(&rig, &cloud, &mut summaries, 150);
+    rig.gateway.kill();
+    rig.gateway.restart();
+
+    wait_for_more(&rig, &cloud, &mut summaries, 150);
+    let published = stream.finish();
+    let all = collect_summaries(&cloud, STALL, &mut summaries, |s| {
+        seen(s).len() == published as usize
+    });
+    let missing: Vec<u64> = seqs(published)
+        .difference(&seen(&summaries))
+        .copied()
+        .collect();
+    assert!(
+        all && missing.is_empty(),
+        "{} of {published} messages lost across the restarts: {:?}...\n{}",
+        missing.len(),
+        &missing[..missing.len().min(20)],
+        rig.diagnostics()
+    );
+    // The SIGKILL may redeliver what was processed but not yet acked: at
+    // most the broker's in-flight window (max_inflight_messages).
+    let duplicates = summaries.duplicates();
+    eprintln!("{published} messages across a SIGTERM and a SIGKILL; {duplicates} duplicates");
+    assert!(duplicates <= 1_000, "{duplicates} duplicates");
+}
+
+/// With persistence off, a restarted mosquitto has forgotten every session
+/// and subscription; what devices publish while it is down fails at the
+/// device. What matters: the gateway reconnects, subscribes again, and new
+/// messages are processed.
+#[test]
+fn broker_restart_gateway_reconnects_and_resumes() {
+    let mut rig = Rig::start(Broker::Mosquitto);
+    let stream = Stream::start(rig.client("fleet"));
+    let cloud = rig.client("cloud");
+    cloud.subscribe("telemetry/vending/+");
+    let mut summaries = Summaries::default();
+    let flowing = collect_summaries(&cloud, STALL, &mut summaries, |s| s.unique() >= 50);
+    assert!(flowing, "only {} summaries arrived", summaries.unique());
+
+    rig.mosquitto.as_mut().expect("mosquitto").restart();
+    let reconnected = wait_until(ONE, || {
+        !rig.gateway
+            .log_lines_with(&["reconnected to the local broker", "vending"])
+            .is_empty()
+    });
+    assert!(
+        reconnected,
+        "the gateway did not reconnect:\n{}",
+        rig.gateway.logs()
+    );
+    let _ = stream.finish();
+    rig.wait_until_flowing();
+
+    let device = rig.client("vm-after");
+    const AFTER: u64 = 200;
+    for ts in 1..=AFTER {
+        device.publish(&telemetry_topic("vm-after"), telemetry(ts, 5.0));
+    }
+    device.wait_acked(ONE);
+    let mut after = Summaries::default();
+    let machines = vec!["vm-after".to_owned()];
+    let all = collect_summaries(&cloud, STALL, &mut after, |s| {
+        s.by_machine
+            .get("vm-after")
+            .is_some_and(|seen| seen.iter().collect::<BTreeSet<_>>().len() == AFTER as usize)
+    });
+    assert!(
+        all,
+        "after the broker restart: {:?}\n{}",
+        after.missing(&machines, 1..=AFTER),
+        rig.gateway.logs()
+    );
+}
+
+fn bad_payloads_fail_visibly_and_gateway_keeps_going(broker: Broker) {
+    let mut rig = Rig::start(broker);
+    let ops = rig.client("ops");
+    ops.subscribe(&alert_topic("vm-bad"));
+    let device = rig.client("vm-bad");
+    let topic = telemetry_topic("vm-bad");
+
+    device.publish(&topic, "the fridge is on fire");
+    device.publish(&topic, vec![0xff, 0x00, 0xfe, 0x80, 0x7b, 0x22, 0x00]);
+    // Valid JSON, warm enough to alert, but 1 MB.
+    let huge = format!(
+        r#"{{"ts":3,"temp_c":9.5,"note":"{}"}}"#,
+        "x".repeat(1 << 20)
+    );
+    device.publish(&topic, huge);
+    device.publish(&topic, telemetry(4, 9.5));
+    device.wait_acked(ONE);
+
+    let alert = ops
+        .next_message(ONE)
+        .expect("the good message still alerts");
+    assert_eq!(
+        alert.json()["ts"],
+        4,
+        "only the good message alerts: {}",
+        String::from_utf8_lossy(&alert.payload)
+    );
+    let failures = || {
+        rig.gateway
+            .log_lines_with(&["invocation failed", "vending", &topic])
+    };
+    assert!(
+        wait_until(ONE, || failures().len() >= 3),
+        "each bad payload logs a failure naming the function and topic:\n{}",
+        rig.gateway.logs()
+    );
+    assert_eq!(failures().len(), 3, "{:#?}", failures());
+    assert!(
+        rig.gateway.is_running(),
+        "the gateway exited:\n{}",
+        rig.gateway.logs()
+    );
+}
+
+fn sigterm_finishes_in_flight_work_and_exits_zero(broker: Broker) {
+    // A queue a debug build works through well within the shutdown grace
+    // (10 s); with the default 1024 the grace may run out, and then the
+    // rest is left at the broker, which is right but not this test.
+    let mut rig = Rig::start_with(broker, |config| config.queue = Some(50));
+    let cloud = rig.client("cloud");
+    cloud.subscribe("telemetry/vending/+");
+    let machines = machines(4);
+    const PER_MACHINE: u64 = 250;
+    let device = rig.client("fleet");
+    for ts in 1..=PER_MACHINE {
+        for machine in &machines {
+            device.publish(&telemetry_topic(machine), telemetry(ts, 5.0));
+        }
+    }
+    device.wait_acked(STALL);
+    let mut summaries = Summaries::default();
+    let busy = collect_summaries(&cloud, STALL, &mut summaries, |s| s.unique() > 0);
+    assert!(busy, "no summary arrived");
+
+    let status = rig.gateway.stop();
+    assert!(
+        status.success(),
+        "SIGTERM: {status}\n{}",
+        rig.gateway.logs()
+    );
+    let log = rig.gateway.run_log();
+    assert!(log.contains("gateway stopped"), "{log}");
+    assert!(!log.contains("grace ran out"), "{log}");
+    assert!(
+        !log.contains("not acknowledged"),
+        "emits left unacked:\n{log}"
+    );
+    // What it finished, it emitted: per machine, the summaries seen are a
+    // gap-free prefix of what the device sent.
+    summaries.record_all(cloud.drain_for(Duration::from_millis(200)));
+    for (machine, seen) in &summaries.by_machine {
+        let prefix: Vec<u64> = (1..=seen.len() as u64).collect();
+        assert_eq!(seen, &prefix, "summaries of {machine}");
+    }
+
+    if broker == Broker::Mosquitto {
+        // mosquitto held the rest; a clean stop acked exactly what was
+        // done, so nothing comes twice either.
+        rig.gateway.restart();
+        let total = machines.len() * PER_MACHINE as usize;
+        let all = collect_summaries(&cloud, STALL, &mut summaries, |s| s.unique() == total);
+        assert!(
+            all,
+            "{} of {total} after the restart; missing: {:?}",
+            summaries.unique(),
+            summaries.missing(&machines, 1..=PER_MACHINE)
+        );
+        assert_eq!(summaries.duplicates(), 0, "a clean stop redelivers nothing");
+    }
+}
+
+/// The test config, with `broker_extra` added to `[broker]`, and the given module and filter.
+fn config_with(broker_extra: &str, wasm: &str, filter: &str) -> String {
+    format!(
+        r#"gateway_id = "e2e"
+
+[broker]
+mode = "embedded"
+listen = "127.0.0.1:1"
+{broker_extra}
+
+[[functions]]
+name = "vending"
+wasm = "{wasm}"
+triggers = [{{ mqtt = "{filter}" }}]
+"#
+    )
+}
+
+fn vending_wasm() -> String {
+    support::gateway::example_wasm("vending_telemetry.wasm")
+        .display()
+        .to_string()
+}
+
+/// The line of `text` that contains `needle`, 1-based.
+#[track_caller]
+fn line_of(text: &str, needle: &str) -> usize {
+    1 + text
+        .lines()
+        .position(|line| line.contains(needle))
+        .unwrap_or_else(|| panic!("{needle:?} not in the config"))
+}
+
+/// Runs `config check` and `run` on `text`; each must exit 2 and report
+/// every `(text on the line, words in the message)` as `FILE:LINE: ...`.
+#[track_caller]
+fn assert_config_rejected(text: &str, problems: &[(&str, &str)]) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, text).expect("write config");
+    let file = path.to_str().expect("utf-8 path");
+    for args in [["config", "check", file], ["run", "--config", file]] {
+        let out = wasmgate(&args, ONE);
+        let command = format!("wasmgate {}", args.join(" "));
+        assert_eq!(out.code, Some(2), "{command}: {}", out.stderr);
+        for (on_line, says) in problems {
+            let prefix = format!("{file}:{}:", line_of(text, on_line));
+            assert!(
+                out.stderr
+                    .lines()
+                    .any(|l| l.starts_with(&prefix) && l.contains(says)),
+                "{command}: `{says}` not reported at {prefix}; stderr:\n{}",
+                out.stderr
+            );
+        }
+        let count = match problems.len() {
+            1 => "1 problem".to_owned(),
+            n => format!("{n} problems"),
+        };
+        assert!(
+            out.stderr.contains(&format!("{file}: {count}")),
+            "{command}: {}",
+            out.stderr
+        );
+        assert!(
+            !out.stderr.contains("gateway running"),
+            "{command} started anyway: {}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn bad_config_gives_a_clear_message_and_exit_code_2() {
+    let wasm = vending_wasm();
+    // A typo'd setting.
+    assert_config_rejected(
+        &config_with("colour = \"blue\"", &wasm, "vending/+/telemetry"),
+        &[("colour", "unknown field `colour`")],
+    );
+    // A topic filter MQTT does not allow.
+    assert_config_rejected(
+        &config_with("", &wasm, "vending/#/telemetry"),
+        &[("vending/#/telemetry", "invalid topic filter")],
+    );
+    // A module that is not there.
+    assert_config_rejected(
+        &config_with("", "/nonexistent/vending.wasm", "vending/+/telemetry"),
+        &[(
+            "/nonexistent/vending.wasm",
+            "cannot read /nonexistent/vending.wasm",
+        )],
+    );
+}
+
+#[test]
+#[ignore = "bug: a config that fails validation is not checked for missing files (gateway/src/main.rs load_config runs check_files only when Config::load succeeded), so the missing module is reported only after the filter is fixed"]
+fn every_problem_in_a_config_is_reported_at_once() {
+    assert_config_rejected(
+        &config_with("", "/nonexistent/vending.wasm", "vending/#/telemetry"),
+        &[
+            ("vending/#/telemetry", "invalid topic filter"),
+            (
+                "/nonexistent/vending.wasm",
+                "cannot read /nonexistent/vending.wasm",
+            ),
+        ],
+    );
+}
+
+/// The example config the tests use is itself valid: `config check` says ok.
+#[test]
+fn the_test_config_passes_config_check() {
+    let config = GatewayConfig::vending(BrokerMode::Embedded { port: 1883 });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, config.to_toml(&dir.path().join("data"))).expect("write config");
+    let out = wasmgate(
+        &["config", "check", path.to_str().expect("utf-8 path")],
+        ONE,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stdout.contains("ok (1 function)"), "{}", out.stdout);
+}
