@@ -40,14 +40,8 @@ macro_rules! on_both_brokers {
 }
 
 on_both_brokers!(vending_telemetry_in_alerts_out);
-on_both_brokers!(
-    order_is_kept_per_topic,
-    embedded: #[ignore = "bug: with concurrency > 1 the gateway acks QoS 1 messages out of order; rumqttd drops the connection on each out-of-order PUBACK and redelivers, so the pipeline livelocks (see the test)"]
-);
-on_both_brokers!(
-    ten_thousand_messages_none_lost,
-    mosquitto: #[ignore = "bug: under a backlog the ingress session misses its keep-alive (\"Last pingreq isn't acked\"), reconnects every 60 s and stalls short of 10,000 (9,763 and 8,694 in two runs)"]
-);
+on_both_brokers!(order_is_kept_per_topic);
+on_both_brokers!(ten_thousand_messages_none_lost);
 on_both_brokers!(bad_payloads_fail_visibly_and_gateway_keeps_going);
 on_both_brokers!(sigterm_finishes_in_flight_work_and_exits_zero);
 
@@ -542,7 +536,6 @@ fn bad_config_gives_a_clear_message_and_exit_code_2() {
 }
 
 #[test]
-#[ignore = "bug: a config that fails validation is not checked for missing files (gateway/src/main.rs load_config runs check_files only when Config::load succeeded), so the missing module is reported only after the filter is fixed"]
 fn every_problem_in_a_config_is_reported_at_once() {
     assert_config_rejected(
         &config_with("", "/nonexistent/vending.wasm", "vending/#/telemetry"),

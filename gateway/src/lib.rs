@@ -8,6 +8,7 @@ pub mod board;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod config;
+pub mod demo;
 pub mod event;
 pub mod local;
 pub mod metrics;
@@ -16,5 +17,6 @@ pub mod router;
 pub mod runtime;
 pub mod simulate;
 pub mod store;
+pub mod systemd;
 
 pub use pipeline::{run, Gateway, GatewayError};

@@ -235,7 +235,7 @@ fn destination(d: Destination) -> &'static str {
 
 /// Text as text; anything else as hex, and 8-byte values also as the
 /// counter they most likely are.
-fn show_value(value: &[u8]) -> String {
+pub fn show_value(value: &[u8]) -> String {
     let printable = std::str::from_utf8(value).is_ok_and(|t| !t.chars().any(char::is_control));
     if printable {
         return show_bytes(value);

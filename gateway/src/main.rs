@@ -21,12 +21,18 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The demo: an embedded broker, the example functions, and a simulated
+    /// fleet of vending machines and robots, with a live summary. Ctrl-C stops it.
+    Demo(DemoArgs),
     /// Run the gateway: the broker (embedded by default), every configured
     /// function, until SIGINT or SIGTERM; then finish in-flight work and stop.
     Run(RunArgs),
     /// Write a commented default config, or check one and print every problem.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Read and change functions' KV state in the gateway's database (safe
+    /// while the gateway runs).
+    Kv(KvArgs),
     /// Run a function once on an event file, with no broker, and print what it
     /// did (emits, KV writes, logs) and what it cost (fuel, memory, time).
     #[command(after_help = EVENT_JSON_HELP)]
@@ -38,10 +44,59 @@ enum Command {
 }
 
 #[derive(Debug, Args)]
+struct DemoArgs {
+    /// Where the embedded broker listens [default: 127.0.0.1:1883, or a free port if taken].
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Simulated devices (2/3 vending machines, 1/3 robots).
+    #[arg(long, default_value_t = 20)]
+    devices: u32,
+    /// Messages per second from the whole fleet.
+    #[arg(long, default_value_t = 50.0)]
+    rate: f64,
+    /// Stop after this many seconds [default: run until Ctrl-C].
+    #[arg(long, value_name = "SECS")]
+    duration: Option<u64>,
+    /// Seconds between summaries.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    report_every: u64,
+    /// Keep the demo's database here [default: a temporary directory, removed at the end].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 struct RunArgs {
     /// The gateway config (TOML); `wasmgate config init` writes a starting point.
     #[arg(long, short, default_value = "gateway.toml")]
     config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct KvArgs {
+    /// The gateway config; its data_dir holds the database.
+    #[arg(long, short, default_value = "gateway.toml", global = true)]
+    config: PathBuf,
+    #[command(subcommand)]
+    op: KvOp,
+}
+
+#[derive(Debug, Subcommand)]
+enum KvOp {
+    /// Print one value (text as text, counters as numbers).
+    Get { function: String, key: String },
+    /// Print every key and value of a function.
+    List { function: String },
+    /// Set a value (as text, or with --counter as a number functions can increment).
+    Put {
+        function: String,
+        key: String,
+        value: String,
+        #[arg(long)]
+        counter: bool,
+    },
+    /// Delete a key.
+    Delete { function: String, key: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -128,6 +183,17 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
+/// Logs when RUST_LOG is not set: a daemon reports its life at info; a
+/// one-shot command only warnings. Guest log lines are per message, so they
+/// show from warn up unless asked for (RUST_LOG=wasmgate::guest=info).
+fn default_filter(command: &Command) -> &'static str {
+    match command {
+        Command::Run(_) | Command::Simulate(_) => "info,wasmgate::guest=warn,rumqttd=off",
+        // The demo prints its own summary; logs only for trouble.
+        _ => "warn,wasmgate::guest=warn,rumqttd=off",
+    }
+}
+
 /// Exit codes: 0 success, 1 the function failed, 2 bad input (files, flags).
 const EXIT_FAILED: u8 = 1;
 const EXIT_BAD_INPUT: u8 = 2;
@@ -136,18 +202,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // Guest log lines are per message: shown from warn up unless asked for.
-                .unwrap_or_else(|_| {
-                    tracing_subscriber::EnvFilter::new("info,wasmgate::guest=warn,rumqttd=off")
-                }),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(default_filter(&cli.command))
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
+        Command::Demo(args) => demo(args),
         Command::Run(args) => run(args),
         Command::Config(ConfigCommand::Init { file, force }) => config_init(&file, force),
         Command::Config(ConfigCommand::Check { file }) => config_check(&file),
+        Command::Kv(args) => kv(args),
         Command::Invoke(args) => invoke(args),
         Command::Simulate(args) => simulate(args),
     };
@@ -189,9 +255,25 @@ fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
 
 /// Loads a config, printing every problem at once.
 fn load_config(path: &Path) -> Result<Config, ExitCode> {
+    let name = path.display().to_string();
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!(
+                "{name}: cannot read the config: {e} (`wasmgate config init {name}` writes one)"
+            );
+            return Err(ExitCode::from(EXIT_BAD_INPUT));
+        }
+    };
+    // Syntax and schema first (nothing more can be checked without them),
+    // then the values and the files they name, all reported together.
     let mut problems = Vec::new();
-    let config = match Config::load(path) {
-        Ok(config) => {
+    let config = match Config::parse(&text, &name) {
+        Ok(mut config) => {
+            config.resolve_paths(path.parent().unwrap_or(Path::new("")));
+            if let Err(errors) = config.validate() {
+                problems.extend(errors);
+            }
             problems.extend(config.check_files());
             Some(config)
         }
@@ -200,6 +282,7 @@ fn load_config(path: &Path) -> Result<Config, ExitCode> {
             None
         }
     };
+    problems.sort_by_key(|p| p.line);
     match config {
         Some(config) if problems.is_empty() => Ok(config),
         _ => {
@@ -256,13 +339,20 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let runtime = tokio_runtime()?;
-    runtime.block_on(wasmgate::run(config, shutdown_signal()))?;
+    runtime.block_on(async {
+        // Signal handlers go in before the gateway starts, so that a SIGTERM
+        // during start-up stops it cleanly rather than killing it.
+        let shutdown = shutdown_signal();
+        wasmgate::run(config, shutdown).await
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn simulate(args: wasmgate::simulate::SimulateArgs) -> anyhow::Result<ExitCode> {
     let options = args.into_options();
-    let summary = tokio_runtime()?.block_on(wasmgate::simulate::run(options, shutdown_signal()))?;
+    let runtime = tokio_runtime()?;
+    let _context = runtime.enter(); // signal handlers need the runtime
+    let summary = runtime.block_on(wasmgate::simulate::run(options, shutdown_signal()))?;
     println!("{summary}");
     Ok(ExitCode::SUCCESS)
 }
@@ -276,24 +366,130 @@ fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM (systemd stop).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Waits for one signal; a handler that could not be installed never fires.
+#[cfg(unix)]
+async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (systemd stop). The handlers are
+/// installed when this is called (inside the runtime), not when first polled.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    let (mut interrupt, mut terminate) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::interrupt()).ok(),
+            signal(SignalKind::terminate()).ok(),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                () = recv(&mut interrupt) => {},
+                () = recv(&mut terminate) => {},
             }
-            Err(_) => std::future::pending::<()>().await,
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn kv(args: KvArgs) -> anyhow::Result<ExitCode> {
+    use wasmgate::runtime::{Effects, KvRead, KvWrite};
+    let config = match load_config(&args.config) {
+        Ok(config) => config,
+        Err(code) => return Ok(code),
+    };
+    let path = config.data_dir.join("wasmgate.db");
+    if !path.exists() {
+        anyhow::bail!(
+            "{} does not exist yet (the gateway creates it on its first run)",
+            path.display()
+        );
+    }
+    let store = wasmgate::store::Store::open(wasmgate::store::StoreOptions::new(&path))?;
+    let known = |function: &str| -> anyhow::Result<()> {
+        if config.function(function).is_none() {
+            anyhow::bail!(
+                "no function named {function:?} in {}",
+                args.config.display()
+            );
+        }
+        Ok(())
+    };
+    let code = match args.op {
+        KvOp::Get { function, key } => {
+            known(&function)?;
+            match store.get(&function, &key).map_err(anyhow::Error::msg)? {
+                Some(value) => {
+                    println!("{}", wasmgate::local::show_value(&value));
+                    ExitCode::SUCCESS
+                }
+                None => {
+                    eprintln!("{function}: no key {key:?}");
+                    ExitCode::from(EXIT_FAILED)
+                }
+            }
+        }
+        KvOp::List { function } => {
+            known(&function)?;
+            for (key, value) in store.kv_list(&function)? {
+                println!("{key} = {}", wasmgate::local::show_value(&value));
+            }
+            ExitCode::SUCCESS
+        }
+        KvOp::Put {
+            function,
+            key,
+            value,
+            counter,
+        } => {
+            known(&function)?;
+            let bytes = if counter {
+                let n: i64 = value
+                    .parse()
+                    .with_context(|| format!("{value:?} is not a whole number"))?;
+                n.to_le_bytes().to_vec()
+            } else {
+                value.into_bytes()
+            };
+            let mut effects = Effects::default();
+            effects.kv.insert(key, KvWrite::Put(bytes));
+            store.commit_now(&function, effects)?;
+            ExitCode::SUCCESS
+        }
+        KvOp::Delete { function, key } => {
+            known(&function)?;
+            let mut effects = Effects::default();
+            effects.kv.insert(key, KvWrite::Delete);
+            store.commit_now(&function, effects)?;
+            ExitCode::SUCCESS
         }
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
+    store.close();
+    Ok(code)
+}
+
+fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let options = wasmgate::demo::DemoOptions {
+        listen: args.listen,
+        devices: args.devices,
+        rate: args.rate,
+        duration: args.duration.map(Duration::from_secs),
+        report_every: Duration::from_secs(args.report_every),
+        data_dir: args.data_dir,
+    };
+    let runtime = tokio_runtime()?;
+    let _context = runtime.enter(); // signal handlers need the runtime
+    runtime.block_on(wasmgate::demo::run(options, shutdown_signal()))?;
+    Ok(ExitCode::SUCCESS)
 }

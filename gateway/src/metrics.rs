@@ -96,6 +96,8 @@ pub struct FunctionMetrics {
     pub acked: AtomicU64,
     /// QoS 0 events dropped because the queue was full (QoS 1 waits instead).
     pub dropped: AtomicU64,
+    /// Messages acknowledged without running because their dedup id was seen.
+    pub duplicates: AtomicU64,
     /// From arrival at the gateway to the end of the invocation.
     pub latency: Histogram,
 }
@@ -109,6 +111,7 @@ impl FunctionMetrics {
             emitted: self.emitted.load(Ordering::Relaxed),
             acked: self.acked.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
             latency: self.latency.snapshot(),
         }
     }
@@ -123,6 +126,7 @@ pub struct FunctionSnapshot {
     pub emitted: u64,
     pub acked: u64,
     pub dropped: u64,
+    pub duplicates: u64,
     pub latency: HistogramSnapshot,
 }
 

@@ -30,8 +30,8 @@ use toml::Spanned;
 pub use error::{ConfigError, ConfigErrorKind, ConfigErrors, FieldPath, PathSegment};
 pub use validate::{MAX_KV_VALUE_BYTES, MAX_MQTT_PAYLOAD};
 
-use crate::store::Synchronous;
 use crate::router::{filter_matches, FunctionId, Router};
+use crate::store::{Synchronous, WhenFull};
 use locate::SourceMap;
 
 /// Default [`Config::gateway_id`].
@@ -153,6 +153,21 @@ pub struct StoreConfig {
     /// The most invocations in one transaction. Default 512.
     #[serde(default = "default_group_commit_max")]
     pub group_commit_max: u32,
+    /// Disk the outbox may use for undelivered messages, in MiB. Default 256.
+    #[serde(default = "default_outbox_max_mb")]
+    pub outbox_max_mb: u32,
+    /// When the outbox is full: `"block"` (default) takes no new messages
+    /// until it drains, so the broker and devices hold them; `"drop-oldest"`
+    /// deletes the oldest undelivered local emits, each logged and counted.
+    #[serde(default)]
+    pub local_when_full: WhenFull,
+    /// The same for upstream emits (a cloud link down for days).
+    #[serde(default)]
+    pub upstream_when_full: WhenFull,
+}
+
+const fn default_outbox_max_mb() -> u32 {
+    256
 }
 
 const fn default_group_commit_ms() -> u64 {
@@ -169,6 +184,9 @@ impl Default for StoreConfig {
             synchronous: Synchronous::Full,
             group_commit_ms: default_group_commit_ms(),
             group_commit_max: default_group_commit_max(),
+            outbox_max_mb: default_outbox_max_mb(),
+            local_when_full: WhenFull::Block,
+            upstream_when_full: WhenFull::Block,
         }
     }
 }
@@ -359,6 +377,12 @@ pub struct TriggerConfig {
     /// what makes delivery at-least-once.
     #[serde(default = "default_qos")]
     pub qos: u8,
+    /// Exactly-once effects for devices that stamp their messages with an id:
+    /// the JSON field holding it (`"msg_id"`, or `"meta.id"` for a nested
+    /// one). A message whose id this function has already processed is
+    /// acknowledged without running again. None by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup_key: Option<String>,
 }
 
 /// Resource limits of a function.

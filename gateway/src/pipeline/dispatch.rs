@@ -32,6 +32,8 @@ pub struct Job {
     /// What to acknowledge once the job's effects are durable; `None` for
     /// QoS 0 messages.
     pub ack: Option<Ack>,
+    /// The device-provided message id, when the trigger has a `dedup_key`.
+    pub dedup: Option<String>,
 }
 
 /// Where a job came from, to be told it is done.
@@ -99,13 +101,6 @@ impl Queues {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let shard = self.shard(&job.event).clone();
         self.queued(shard.send(job).await.is_ok())
-    }
-
-    /// For QoS 0 events: never waits; `false` if the shard is full.
-    #[must_use]
-    pub fn try_send(&self, job: Job) -> bool {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        self.queued(self.shard(&job.event).try_send(job).is_ok())
     }
 
     fn queued(&self, ok: bool) -> bool {
@@ -230,17 +225,34 @@ impl Worker {
     /// that, so one fsync serves many invocations.
     fn handle(&self, job: Job) {
         let f = &self.function;
-        let request_id = self.request_ids.fetch_add(1, Ordering::Relaxed);
-        let report = f.invoke(request_id, 1, &job.event.as_event(), Some(self.kv.clone()));
-        for line in &report.logs {
-            log_guest_line(f, line.level, &line.message);
-        }
         let done = Done {
             metrics: self.metrics.clone(),
             in_flight: self.in_flight.clone(),
             ack: job.ack,
             arrived: job.arrived,
         };
+        if let Some(id) = &job.dedup {
+            match self.sinks.store.seen(f.name(), id) {
+                Ok(true) => {
+                    // Already processed: a redelivery after a crash or a
+                    // device resending. Acknowledge without running again.
+                    inc(&self.metrics.duplicates);
+                    done.finish(true);
+                    return;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(function = f.name(), error = %e, "cannot check the dedup id; the message stays unacknowledged");
+                    done.finish(false);
+                    return;
+                }
+            }
+        }
+        let request_id = self.request_ids.fetch_add(1, Ordering::Relaxed);
+        let report = f.invoke(request_id, 1, &job.event.as_event(), Some(self.kv.clone()));
+        for line in &report.logs {
+            log_guest_line(f, line.level, &line.message);
+        }
         match report.outcome {
             Ok(effects) => {
                 inc(&self.metrics.succeeded);
@@ -250,6 +262,7 @@ impl Worker {
                 self.sinks.store.submit(Commit {
                     function: f.name().to_owned(),
                     effects,
+                    dedup: job.dedup,
                     done: Box::new(move |committed| done.finish(committed.is_ok())),
                 });
             }
@@ -300,7 +313,10 @@ pub async fn drain_invokes(sinks: Arc<Sinks>, wake: Arc<tokio::sync::Notify>) {
     let mut last = 0;
     loop {
         let store = sinks.store.clone();
-        let rows = tokio::task::spawn_blocking(move || store.outbox_after(OutboxDestination::Invoke, last, 64)).await;
+        let rows = tokio::task::spawn_blocking(move || {
+            store.outbox_after(OutboxDestination::Invoke, last, 64)
+        })
+        .await;
         let rows = match rows {
             Ok(Ok(rows)) => rows,
             Ok(Err(e)) => {
@@ -333,6 +349,7 @@ pub async fn drain_invokes(sinks: Arc<Sinks>, wake: Arc<tokio::sync::Notify>) {
                     store: sinks.store.clone(),
                     id: row.id,
                 }),
+                dedup: None,
             };
             if !queues.send(job).await {
                 return;

@@ -4,10 +4,13 @@
 //! [`Gateway::start`] wires it up from a validated config; [`run`] adds
 //! signal handling and a clean shutdown, which is all `wasmgate run` is.
 
+mod acks;
 mod backoff;
 mod dispatch;
 mod ingress;
 mod outbox;
+#[cfg(feature = "tls")]
+mod tls;
 
 pub use backoff::Backoff;
 
@@ -31,6 +34,10 @@ use tokio::task::JoinHandle;
 /// be redelivered by the broker on the next start.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// How long a start waits for its subscriptions before reporting "running"
+/// anyway (the broker may be down; sessions keep retrying).
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(10);
+
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error(transparent)]
@@ -46,6 +53,12 @@ pub enum GatewayError {
     NoFunctions,
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[cfg(feature = "tls")]
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[cfg(not(feature = "tls"))]
+    #[error("this build has no TLS (feature `tls`), but the config asks for it")]
+    NoTls,
 }
 
 /// Where the gateway's MQTT clients connect.
@@ -55,11 +68,44 @@ pub struct Endpoint {
     pub port: u16,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// TLS settings, built and checked once at start.
+    #[cfg(feature = "tls")]
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Endpoint {
+    /// A broker from the config: host, port, credentials and TLS files.
+    fn from_config(
+        host: &str,
+        port: u16,
+        username: Option<&String>,
+        password: Option<&crate::config::Secret>,
+        tls: Option<&crate::config::TlsConfig>,
+    ) -> Result<Endpoint, GatewayError> {
+        #[cfg(feature = "tls")]
+        let tls = tls.map(tls::client_config).transpose()?;
+        #[cfg(not(feature = "tls"))]
+        if tls.is_some() {
+            return Err(GatewayError::NoTls);
+        }
+        Ok(Endpoint {
+            host: host.to_owned(),
+            port,
+            username: username.cloned(),
+            password: password.map(|p| p.expose().to_owned()),
+            #[cfg(feature = "tls")]
+            tls,
+        })
+    }
+
     fn options(&self, client_id: String) -> MqttOptions {
         let mut options = MqttOptions::new(client_id, self.host.clone(), self.port);
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            options.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls.clone()),
+            ));
+        }
         options.set_keep_alive(Duration::from_secs(30));
         // Room for 1 MB payloads and then some; what a function cannot
         // handle it fails on visibly, rather than the connection dropping.
@@ -125,19 +171,23 @@ pub struct Gateway {
     dispatchers: Vec<Dispatcher>,
     sessions: Vec<Arc<Session>>,
     ingress_tasks: Vec<JoinHandle<()>>,
+    forwarders: Vec<JoinHandle<()>>,
     sinks: Arc<Sinks>,
     drains: Vec<Drain>,
     invoke_task: JoinHandle<()>,
     draining: Arc<AtomicBool>,
     endpoint: Endpoint,
-    #[cfg(feature = "embedded-broker")]
-    _broker: Option<crate::broker::EmbeddedBroker>,
+    /// Kept alive for the gateway's lifetime.
+    _broker: Option<EmbeddedBrokerHandle>,
 }
 
 impl Gateway {
     /// Opens the store, starts the broker (if embedded), deploys every
     /// function, and opens its session. Must be called within a tokio runtime.
-    pub async fn start(config: &Config, modules: Vec<FunctionModule>) -> Result<Gateway, GatewayError> {
+    pub async fn start(
+        config: &Config,
+        modules: Vec<FunctionModule>,
+    ) -> Result<Gateway, GatewayError> {
         if modules.is_empty() {
             return Err(GatewayError::NoFunctions);
         }
@@ -147,7 +197,11 @@ impl Gateway {
         let mut deployed = Vec::with_capacity(modules.len());
         for module in &modules {
             let function = runtime.deploy(function_spec(&module.config), &module.wasm)?;
-            tracing::info!(function = function.name(), version = function.version(), "deployed");
+            tracing::info!(
+                function = function.name(),
+                version = function.version(),
+                "deployed"
+            );
             deployed.push((module.config.clone(), Arc::new(function)));
         }
 
@@ -155,14 +209,15 @@ impl Gateway {
         options.synchronous = config.store.synchronous;
         options.group_commit_delay = Duration::from_millis(config.store.group_commit_ms);
         options.group_commit_max = config.store.group_commit_max as usize;
+        options.outbox_max_bytes = u64::from(config.store.outbox_max_mb) << 20;
+        options.local_when_full = config.store.local_when_full;
+        options.upstream_when_full = config.store.upstream_when_full;
         let store = tokio::task::spawn_blocking(move || Store::open(options))
             .await
             .map_err(|e| GatewayError::Threads(std::io::Error::other(e.to_string())))??;
 
+        let upstream = upstream_endpoint(config)?;
         let (endpoint, broker) = connect_to(config)?;
-        if config.upstream.is_some() {
-            tracing::warn!("[upstream] is not connected in this version; upstream emits go to the local broker");
-        }
 
         let sinks = Arc::new(Sinks {
             store: store.clone(),
@@ -185,12 +240,30 @@ impl Gateway {
                 .collect(),
         );
 
-        // What functions emit leaves through the outbox: local emits (and,
-        // until the uplink exists, upstream ones) to the local broker.
+        // What functions emit leaves through the outbox: local emits to the
+        // local broker, upstream ones to the cloud broker, or to the local
+        // broker when no [upstream] is configured (so a gateway works before
+        // it has a cloud, and a bridge can forward them).
         let client_id = config.broker_client_id();
+        let upstream_drain = match (&upstream, config.upstream_client_id()) {
+            (Some(up), Some(id)) => {
+                Drain::start(store.clone(), OutboxDestination::Upstream, up.clone(), id)
+            }
+            _ => Drain::start(
+                store.clone(),
+                OutboxDestination::Upstream,
+                endpoint.clone(),
+                format!("{client_id}-up"),
+            ),
+        };
         let drains = vec![
-            Drain::start(store.clone(), OutboxDestination::Local, endpoint.clone(), format!("{client_id}-out")),
-            Drain::start(store.clone(), OutboxDestination::Upstream, endpoint.clone(), format!("{client_id}-up")),
+            Drain::start(
+                store.clone(),
+                OutboxDestination::Local,
+                endpoint.clone(),
+                format!("{client_id}-out"),
+            ),
+            upstream_drain,
         ];
         let invoke_wake = Arc::new(tokio::sync::Notify::new());
         let wakes: Vec<(OutboxDestination, Arc<tokio::sync::Notify>)> = vec![
@@ -210,6 +283,8 @@ impl Gateway {
         let draining = Arc::new(AtomicBool::new(false));
         let mut sessions = Vec::new();
         let mut ingress_tasks = Vec::new();
+        let mut forwarders = Vec::new();
+        let mut subscribed = Vec::new();
         for ((f, _), dispatcher) in deployed.iter().zip(&dispatchers) {
             let spec = IngressSpec {
                 function: f.name.clone(),
@@ -220,20 +295,38 @@ impl Gateway {
                     .map(|t| Trigger {
                         filter: t.mqtt.clone(),
                         qos: t.qos,
+                        dedup_key: t.dedup_key.clone(),
                     })
                     .collect(),
                 queue: f.limits.queue as usize,
-                concurrency: f.limits.concurrency as usize,
             };
-            let (session, task) = ingress::start(
+            let started = ingress::start(
                 &endpoint,
                 spec,
                 dispatcher.queues.clone(),
                 dispatcher.metrics.clone(),
                 draining.clone(),
             );
-            sessions.push(session);
-            ingress_tasks.push(tokio::spawn(task));
+            sessions.push(started.session);
+            ingress_tasks.push(tokio::spawn(started.reader));
+            forwarders.push(tokio::spawn(started.forwarder));
+            subscribed.push(started.subscribed);
+        }
+        // "Running" means subscribed: a message published after this line
+        // reaches its function even on a first start with a fresh broker.
+        let all_subscribed = async {
+            for mut s in subscribed {
+                let _ = s.wait_for(|done| *done).await;
+            }
+        };
+        if tokio::time::timeout(SUBSCRIBE_WAIT, all_subscribed)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                broker = %format!("{}:{}", endpoint.host, endpoint.port),
+                "not yet subscribed at the local broker; retrying in the background"
+            );
         }
         tracing::info!(
             functions = dispatchers.len(),
@@ -245,12 +338,12 @@ impl Gateway {
             dispatchers,
             sessions,
             ingress_tasks,
+            forwarders,
             sinks,
             drains,
             invoke_task,
             draining,
             endpoint,
-            #[cfg(feature = "embedded-broker")]
             _broker: broker,
         })
     }
@@ -299,17 +392,26 @@ impl Gateway {
         }
         let left = in_flight();
         if left > 0 {
-            tracing::warn!(left, "shutdown grace ran out; unfinished messages stay at the broker");
+            tracing::warn!(
+                left,
+                "shutdown grace ran out; unfinished messages stay at the broker"
+            );
         }
         // Acks queued by the last commits go out before the DISCONNECT.
         for session in &self.sessions {
             session.disconnect().await;
         }
         for mut task in self.ingress_tasks {
-            if tokio::time::timeout(Duration::from_secs(2), &mut task).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(2), &mut task)
+                .await
+                .is_err()
+            {
                 // Its queue senders must go, or the workers never stop.
                 task.abort();
             }
+        }
+        for forwarder in self.forwarders {
+            forwarder.abort();
         }
         self.invoke_task.abort();
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -335,22 +437,36 @@ impl Gateway {
 /// Starts the embedded broker if configured, and says where to connect.
 fn connect_to(config: &Config) -> Result<(Endpoint, Option<EmbeddedBrokerHandle>), GatewayError> {
     let broker = &config.broker;
-    let credentials = (
-        broker.username.clone(),
-        broker.password.as_ref().map(|p| p.expose().to_owned()),
-    );
     match broker.mode {
         BrokerMode::External => Ok((
-            Endpoint {
-                host: broker.host.clone().unwrap_or_else(|| "127.0.0.1".into()),
-                port: broker.effective_port(),
-                username: credentials.0,
-                password: credentials.1,
-            },
+            Endpoint::from_config(
+                broker.host.as_deref().unwrap_or("127.0.0.1"),
+                broker.effective_port(),
+                broker.username.as_ref(),
+                broker.password.as_ref(),
+                broker.tls.as_ref(),
+            )?,
             None,
         )),
-        BrokerMode::Embedded => start_embedded(config, credentials),
+        BrokerMode::Embedded => start_embedded(config),
     }
+}
+
+/// The cloud broker, if configured.
+fn upstream_endpoint(config: &Config) -> Result<Option<Endpoint>, GatewayError> {
+    config
+        .upstream
+        .as_ref()
+        .map(|u| {
+            Endpoint::from_config(
+                &u.host,
+                u.effective_port(),
+                u.username.as_ref(),
+                u.password.as_ref(),
+                u.tls.as_ref(),
+            )
+        })
+        .transpose()
 }
 
 #[cfg(feature = "embedded-broker")]
@@ -361,7 +477,6 @@ type EmbeddedBrokerHandle = ();
 #[cfg(feature = "embedded-broker")]
 fn start_embedded(
     config: &Config,
-    credentials: (Option<String>, Option<String>),
 ) -> Result<(Endpoint, Option<EmbeddedBrokerHandle>), GatewayError> {
     let listen = config
         .broker
@@ -369,21 +484,19 @@ fn start_embedded(
         .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 1883)));
     let broker = crate::broker::EmbeddedBroker::start(listen)?;
     let addr = broker.addr();
-    Ok((
-        Endpoint {
-            host: addr.ip().to_string(),
-            port: addr.port(),
-            username: credentials.0,
-            password: credentials.1,
-        },
-        Some(broker),
-    ))
+    let endpoint = Endpoint::from_config(
+        &addr.ip().to_string(),
+        addr.port(),
+        config.broker.username.as_ref(),
+        config.broker.password.as_ref(),
+        None,
+    )?;
+    Ok((endpoint, Some(broker)))
 }
 
 #[cfg(not(feature = "embedded-broker"))]
 fn start_embedded(
     _config: &Config,
-    _credentials: (Option<String>, Option<String>),
 ) -> Result<(Endpoint, Option<EmbeddedBrokerHandle>), GatewayError> {
     Err(GatewayError::NoEmbeddedBroker)
 }
@@ -393,8 +506,22 @@ fn start_embedded(
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
     let modules = load_modules(&config)?;
     let gateway = Gateway::start(&config, modules).await?;
+    crate::systemd::ready();
+    let watchdog = crate::systemd::watchdog_interval().map(|every| {
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            loop {
+                ticks.tick().await;
+                crate::systemd::watchdog();
+            }
+        })
+    });
     shutdown.await;
+    crate::systemd::stopping();
     tracing::info!("shutting down: finishing in-flight work");
     gateway.shutdown(SHUTDOWN_GRACE).await;
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
     Ok(())
 }

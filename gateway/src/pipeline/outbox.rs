@@ -39,7 +39,12 @@ pub struct Drain {
 }
 
 impl Drain {
-    pub fn start(store: Store, destination: OutboxDestination, endpoint: Endpoint, client_id: String) -> Drain {
+    pub fn start(
+        store: Store,
+        destination: OutboxDestination,
+        endpoint: Endpoint,
+        client_id: String,
+    ) -> Drain {
         let wake = Arc::new(Notify::new());
         let stop = Arc::new(AtomicBool::new(false));
         let delivered = Arc::new(AtomicU64::new(0));
@@ -106,7 +111,11 @@ impl Drainer {
             OutboxDestination::Upstream => "upstream",
             OutboxDestination::Invoke => "invoke",
         };
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30), self.client_id.len() as u64);
+        let mut backoff = Backoff::new(
+            Duration::from_millis(100),
+            Duration::from_secs(30),
+            self.client_id.len() as u64,
+        );
         loop {
             let mut options = self.endpoint.options(self.client_id.clone());
             options.set_clean_session(true);
@@ -119,7 +128,9 @@ impl Drainer {
                         Ok(Event::Incoming(Incoming::ConnAck(_))) => Report::Connected,
                         Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Report::Sent(pkid),
                         Ok(Event::Incoming(Incoming::PubAck(ack))) => Report::Acked(ack.pkid),
-                        Ok(Event::Outgoing(Outgoing::Disconnect)) => Report::Closed("disconnected".into()),
+                        Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                            Report::Closed("disconnected".into())
+                        }
                         Ok(_) => continue,
                         Err(e) => Report::Closed(e.to_string()),
                     };
@@ -130,7 +141,9 @@ impl Drainer {
                 }
             });
 
-            let outcome = self.connection(&client, &mut reports, name, &mut backoff).await;
+            let outcome = self
+                .connection(&client, &mut reports, name, &mut backoff)
+                .await;
             events.abort();
             match outcome {
                 Ok(()) => return,
@@ -168,7 +181,11 @@ impl Drainer {
                 let rows = self.fetch(flight.last, WINDOW - flight.len()).await;
                 for row in rows {
                     flight.last = row.id;
-                    let qos = if row.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+                    let qos = if row.qos == 0 {
+                        QoS::AtMostOnce
+                    } else {
+                        QoS::AtLeastOnce
+                    };
                     flight.unsent.push_back((row.id, qos));
                     client
                         .publish(row.topic, qos, row.retain, row.payload)
@@ -176,7 +193,10 @@ impl Drainer {
                         .map_err(|e| e.to_string())?;
                 }
             }
-            if self.stop.load(Ordering::SeqCst) && flight.len() == 0 && self.fetch(flight.last, 1).await.is_empty() {
+            if self.stop.load(Ordering::SeqCst)
+                && flight.len() == 0
+                && self.fetch(flight.last, 1).await.is_empty()
+            {
                 self.store.delete_outbox(std::mem::take(&mut acked));
                 let _ = client.disconnect().await;
                 return Ok(());
@@ -222,7 +242,9 @@ impl Drainer {
     async fn fetch(&self, after: i64, limit: usize) -> Vec<OutboxRow> {
         let store = self.store.clone();
         let destination = self.destination;
-        let rows = tokio::task::spawn_blocking(move || store.outbox_after(destination, after, limit)).await;
+        let rows =
+            tokio::task::spawn_blocking(move || store.outbox_after(destination, after, limit))
+                .await;
         match rows {
             Ok(Ok(rows)) => rows,
             Ok(Err(e)) => {

@@ -17,6 +17,7 @@ pub use schema::{MigrationError, VERSION as SCHEMA_VERSION};
 use crate::runtime::{Effects, KvRead, KvWrite};
 use overlay::Overlay;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -36,6 +37,19 @@ pub enum Synchronous {
     /// fsync only at WAL checkpoints: faster, and still never corrupt, but a
     /// power cut can lose the last commits, whose messages were already acked.
     Normal,
+}
+
+/// What happens when the outbox reaches its byte budget (a link down for days).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WhenFull {
+    /// Take no new messages until the outbox drains: the broker (and then the
+    /// devices) hold them. Nothing is dropped. The default.
+    #[default]
+    Block,
+    /// Delete the oldest rows for this destination to make room, each one
+    /// logged and counted: for telemetry where the latest matters most.
+    DropOldest,
 }
 
 /// Where an outbox row goes.
@@ -68,6 +82,14 @@ pub struct StoreOptions {
     /// Submissions accepted but not yet committed; past this, `submit` waits
     /// (backpressure to the workers and so to the broker).
     pub max_pending: usize,
+    /// How long a dedup id is remembered: longer than any redelivery can
+    /// take (a gateway down over a long weekend), short enough to stay small.
+    pub dedup_retention: Duration,
+    /// Bytes (topic + payload) the outbox may hold before `when_full` applies.
+    pub outbox_max_bytes: u64,
+    /// Per destination: local, upstream (invokes always block).
+    pub local_when_full: WhenFull,
+    pub upstream_when_full: WhenFull,
 }
 
 impl StoreOptions {
@@ -78,6 +100,10 @@ impl StoreOptions {
             group_commit_max: 512,
             group_commit_delay: Duration::from_millis(2),
             max_pending: 4_096,
+            dedup_retention: Duration::from_secs(7 * 24 * 3600),
+            outbox_max_bytes: 256 << 20,
+            local_when_full: WhenFull::Block,
+            upstream_when_full: WhenFull::Block,
         }
     }
 }
@@ -101,6 +127,9 @@ pub enum StoreError {
 pub struct Commit {
     pub function: String,
     pub effects: Effects,
+    /// The device-provided id of the message, recorded in the same
+    /// transaction so that a redelivery is recognised ([`Store::seen`]).
+    pub dedup: Option<String>,
     /// Called on the store thread once the transaction holding these effects
     /// is durable (`Ok`), or when the store gives up on it (`Err`, at shutdown).
     pub done: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
@@ -139,6 +168,8 @@ pub struct StoreStats {
     pub outbox_deleted: AtomicU64,
     /// Transactions that failed and were retried (disk full, I/O errors).
     pub failures: AtomicU64,
+    /// Outbox rows deleted undelivered by a `drop-oldest` policy.
+    pub outbox_dropped: AtomicU64,
 }
 
 enum Request {
@@ -157,6 +188,14 @@ struct Inner {
     path: PathBuf,
     submitter: Mutex<Submitter>,
     overlay: Mutex<Overlay>,
+    /// Dedup ids submitted but not yet committed, as (function, id).
+    pending_ids: Mutex<HashSet<(String, String)>>,
+    dedup_retention: Duration,
+    /// Outbox bytes per destination (index = `OutboxDestination as usize`).
+    outbox_bytes: Mutex<[u64; 3]>,
+    /// Signalled when outbox bytes go down, for submitters waiting for room.
+    room: Condvar,
+    outbox_max_bytes: u64,
     pending: Permits,
     readers: Mutex<Vec<Connection>>,
     stats: StoreStats,
@@ -191,7 +230,8 @@ impl Store {
             error,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| open_err(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| open_err(format!("cannot create {}: {e}", dir.display())))?;
         }
         let mut conn = Connection::open(&path).map_err(|e| open_err(e.to_string()))?;
         configure(&conn, options.synchronous).map_err(|e| open_err(explain(&e)))?;
@@ -200,6 +240,7 @@ impl Store {
             error,
         })?;
         let committed_seq = committed_seq(&conn).map_err(|e| open_err(explain(&e)))?;
+        let outbox_bytes = outbox_bytes(&conn).map_err(|e| open_err(explain(&e)))?;
 
         let (tx, rx) = mpsc::channel();
         let inner = Arc::new(Inner {
@@ -209,6 +250,11 @@ impl Store {
                 tx: Some(tx),
             }),
             overlay: Mutex::new(Overlay::default()),
+            pending_ids: Mutex::new(HashSet::new()),
+            dedup_retention: options.dedup_retention,
+            outbox_bytes: Mutex::new(outbox_bytes),
+            room: Condvar::new(),
+            outbox_max_bytes: options.outbox_max_bytes,
             pending: Permits::new(options.max_pending),
             readers: Mutex::new(Vec::new()),
             stats: StoreStats::default(),
@@ -248,6 +294,7 @@ impl Store {
             (commit.done)(Err(StoreError::Closed));
             return;
         }
+        self.wait_for_outbox_room();
         self.inner.pending.acquire();
         // Sequence, overlay and channel move together under one lock, so the
         // store thread sees submissions in sequence order and a committed
@@ -256,6 +303,9 @@ impl Store {
         let seq = submitter.next_seq;
         submitter.next_seq += 1;
         lock(&self.inner.overlay).push(seq, &commit.function, &commit.effects.kv);
+        if let Some(id) = &commit.dedup {
+            lock(&self.inner.pending_ids).insert((commit.function.clone(), id.clone()));
+        }
         let sent = match &submitter.tx {
             Some(tx) => tx.send(Request::Commit { seq, commit }).map_err(|e| e.0),
             None => Err(Request::Commit { seq, commit }),
@@ -263,9 +313,61 @@ impl Store {
         drop(submitter);
         if let Err(Request::Commit { seq, commit }) = sent {
             lock(&self.inner.overlay).discard(&[seq]);
+            if let Some(id) = &commit.dedup {
+                lock(&self.inner.pending_ids).remove(&(commit.function.clone(), id.clone()));
+            }
             self.inner.pending.release(1);
             (commit.done)(Err(StoreError::Closed));
         }
+    }
+
+    /// Bytes waiting in the outbox, all destinations together.
+    pub fn outbox_bytes(&self) -> u64 {
+        lock(&self.inner.outbox_bytes).iter().sum()
+    }
+
+    /// The `block` policy: while the outbox is over its budget, new commits
+    /// wait, so workers stop, queues fill, and the broker holds the messages.
+    fn wait_for_outbox_room(&self) {
+        let inner = &self.inner;
+        let mut bytes = lock(&inner.outbox_bytes);
+        let mut warned = false;
+        while bytes.iter().sum::<u64>() > inner.outbox_max_bytes
+            && !inner.closing.load(Ordering::SeqCst)
+        {
+            if !warned {
+                tracing::warn!(
+                    bytes = bytes.iter().sum::<u64>(),
+                    budget = inner.outbox_max_bytes,
+                    "outbox full: holding new messages until it drains (policy block)"
+                );
+                warned = true;
+            }
+            bytes = inner
+                .room
+                .wait_timeout(bytes, Duration::from_secs(1))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        if warned {
+            tracing::info!("outbox has room again");
+        }
+    }
+
+    /// Whether `function` already processed (or is committing) the message
+    /// with this device-provided id.
+    pub fn seen(&self, function: &str, id: &str) -> Result<bool, StoreError> {
+        // Pending first: once it leaves the pending set it is committed.
+        if lock(&self.inner.pending_ids).contains(&(function.to_owned(), id.to_owned())) {
+            return Ok(true);
+        }
+        self.with_reader(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT 1 FROM dedup WHERE function = ?1 AND key = ?2")?
+                .query_row([function, id], |_| Ok(()))
+                .optional()?
+                .is_some())
+        })
     }
 
     /// Removes delivered outbox rows (in the next group commit).
@@ -330,6 +432,21 @@ impl Store {
         })
     }
 
+    /// Commits `effects` for `function` and waits for it: for operators'
+    /// `wasmgate kv put|delete`, not the message path.
+    pub fn commit_now(&self, function: &str, effects: Effects) -> Result<(), StoreError> {
+        let (tx, rx) = mpsc::channel();
+        self.submit(Commit {
+            function: function.to_owned(),
+            effects,
+            dedup: None,
+            done: Box::new(move |result| {
+                let _ = tx.send(result);
+            }),
+        });
+        rx.recv().unwrap_or(Err(StoreError::Closed))
+    }
+
     /// Waits until everything submitted so far is committed (or `timeout`).
     pub fn flush(&self, timeout: Duration) -> bool {
         self.inner.pending.wait_idle(timeout)
@@ -338,6 +455,7 @@ impl Store {
     /// Commits what is pending and stops the store thread.
     pub fn close(&self) {
         self.inner.closing.store(true, Ordering::SeqCst);
+        self.inner.room.notify_all();
         lock(&self.inner.submitter).tx = None;
         if let Some(handle) = lock(&self.inner.thread).take() {
             let _ = handle.join();
@@ -395,7 +513,9 @@ fn configure(conn: &Connection, synchronous: Synchronous) -> rusqlite::Result<()
         },
     )?;
     // Check the file is a database we can read now, not at the first commit.
-    conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))?;
+    conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    })?;
     Ok(())
 }
 
@@ -406,6 +526,21 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     )?;
     conn.busy_timeout(Duration::from_secs(5))?;
     Ok(conn)
+}
+
+fn outbox_bytes(conn: &Connection) -> rusqlite::Result<[u64; 3]> {
+    let mut bytes = [0u64; 3];
+    let mut stmt = conn.prepare(
+        "SELECT destination, SUM(length(topic) + length(payload)) FROM outbox GROUP BY destination",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
+    for row in rows {
+        let (destination, sum) = row?;
+        if let Some(slot) = bytes.get_mut(destination as usize) {
+            *slot = sum as u64;
+        }
+    }
+    Ok(bytes)
 }
 
 fn committed_seq(conn: &Connection) -> rusqlite::Result<u64> {
@@ -457,7 +592,10 @@ impl Permits {
     fn acquire(&self) {
         let mut used = lock(&self.state);
         while *used >= self.max {
-            used = self.changed.wait(used).unwrap_or_else(PoisonError::into_inner);
+            used = self
+                .changed
+                .wait(used)
+                .unwrap_or_else(PoisonError::into_inner);
         }
         *used += 1;
     }
@@ -491,6 +629,7 @@ struct StoreThread {
     conn: Connection,
     inner: Arc<Inner>,
     options: StoreOptions,
+    last_dedup_prune: Instant,
 }
 
 impl StoreThread {
@@ -499,6 +638,8 @@ impl StoreThread {
             conn,
             inner,
             options,
+            // Prune on the first commit after a start.
+            last_dedup_prune: Instant::now() - Duration::from_secs(3_600),
         }
     }
 
@@ -525,15 +666,15 @@ impl StoreThread {
         let mut delay = Duration::from_millis(100);
         loop {
             match self.write(&batch) {
-                Ok(destinations) => {
-                    self.finish(batch, Ok(()), &destinations);
+                Ok(written) => {
+                    self.finish(batch, Ok(()), written);
                     return;
                 }
                 Err(e) => {
                     self.inner.stats.failures.fetch_add(1, Ordering::Relaxed);
                     if self.inner.closing.load(Ordering::SeqCst) {
                         tracing::error!(error = %explain(&e), "commit failed at shutdown; those messages stay unacknowledged");
-                        self.finish(batch, Err(StoreError::Sqlite(e)), &[]);
+                        self.finish(batch, Err(StoreError::Sqlite(e)), Written::default());
                         return;
                     }
                     tracing::error!(error = %explain(&e), retry_in = ?delay, "commit failed; retrying (messages stay unacknowledged until it succeeds)");
@@ -544,29 +685,61 @@ impl StoreThread {
         }
     }
 
-    /// One transaction for the whole batch; returns which destinations got rows.
-    fn write(&mut self, batch: &[Request]) -> rusqlite::Result<Vec<OutboxDestination>> {
+    /// One transaction for the whole batch.
+    fn write(&mut self, batch: &[Request]) -> rusqlite::Result<Written> {
         let now = now_ms();
-        let mut destinations = Vec::new();
+        let mut written = Written::default();
         let mut max_seq = None;
         let tx = self.conn.transaction()?;
         {
-            let mut get = tx.prepare_cached("SELECT value FROM kv WHERE namespace = ?1 AND key = ?2")?;
+            let mut get =
+                tx.prepare_cached("SELECT value FROM kv WHERE namespace = ?1 AND key = ?2")?;
             let mut put = tx.prepare_cached(
                 "INSERT INTO kv (namespace, key, value, updated_ms) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, updated_ms = excluded.updated_ms",
             )?;
-            let mut delete = tx.prepare_cached("DELETE FROM kv WHERE namespace = ?1 AND key = ?2")?;
+            let mut delete =
+                tx.prepare_cached("DELETE FROM kv WHERE namespace = ?1 AND key = ?2")?;
             let mut outbox = tx.prepare_cached(
                 "INSERT INTO outbox (destination, topic, payload, qos, retain, function, created_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
-            let mut unbox = tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
+            let mut unbox = tx.prepare_cached(
+                "DELETE FROM outbox WHERE id = ?1 RETURNING destination, length(topic) + length(payload)",
+            )?;
+            let mut seen = tx.prepare_cached(
+                "INSERT INTO dedup (function, key, seen_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (function, key) DO UPDATE SET seen_ms = excluded.seen_ms",
+            )?;
+            let mut add_row = |destination: OutboxDestination,
+                               topic: &str,
+                               payload: &[u8],
+                               qos: u8,
+                               retain: bool,
+                               function: &str| {
+                outbox.execute(params![
+                    destination as i64,
+                    topic,
+                    payload,
+                    qos,
+                    retain,
+                    function,
+                    now
+                ])?;
+                written.added[destination as usize] += (topic.len() + payload.len()) as u64;
+                if !written.destinations.contains(&destination) {
+                    written.destinations.push(destination);
+                }
+                Ok::<(), rusqlite::Error>(())
+            };
             for request in batch {
                 match request {
                     Request::Commit { seq, commit } => {
                         max_seq = Some(*seq);
                         let ns = commit.function.as_str();
+                        if let Some(id) = &commit.dedup {
+                            seen.execute(params![ns, id, now])?;
+                        }
                         for (key, write) in &commit.effects.kv {
                             let current = match write {
                                 KvWrite::Add(_) => get
@@ -580,66 +753,69 @@ impl StoreThread {
                             };
                         }
                         for emit in &commit.effects.emits {
-                            let destination = OutboxDestination::from(emit.options.destination);
-                            outbox.execute(params![
-                                destination as i64,
-                                emit.topic,
-                                emit.payload,
-                                emit.options.qos,
-                                emit.options.retain,
+                            let o = emit.options;
+                            add_row(
+                                o.destination.into(),
+                                &emit.topic,
+                                &emit.payload,
+                                o.qos,
+                                o.retain,
                                 ns,
-                                now
-                            ])?;
-                            if !destinations.contains(&destination) {
-                                destinations.push(destination);
-                            }
+                            )?;
                         }
                         for invoke in &commit.effects.invokes {
-                            outbox.execute(params![
-                                OutboxDestination::Invoke as i64,
-                                invoke.function,
-                                invoke.payload,
+                            add_row(
+                                OutboxDestination::Invoke,
+                                &invoke.function,
+                                &invoke.payload,
                                 1,
                                 false,
                                 ns,
-                                now
-                            ])?;
-                            if !destinations.contains(&OutboxDestination::Invoke) {
-                                destinations.push(OutboxDestination::Invoke);
-                            }
+                            )?;
                         }
                     }
                     Request::DeleteOutbox(ids) => {
                         for id in ids {
-                            unbox.execute([id])?;
+                            let row = unbox
+                                .query_row([id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+                                .optional()?;
+                            if let Some((destination, bytes)) = row {
+                                written.removed[destination as usize % 3] += bytes as u64;
+                                written.deleted += 1;
+                            }
                         }
                     }
                 }
             }
-            if let Some(seq) = max_seq {
-                tx.execute(
-                    "UPDATE meta SET value = ?1 WHERE key = 'committed_seq'",
-                    [seq as i64],
-                )?;
-            }
+        }
+        drop_oldest_over_budget(&self.inner, &self.options, &tx, &mut written)?;
+        if let Some(seq) = max_seq {
+            tx.execute(
+                "UPDATE meta SET value = ?1 WHERE key = 'committed_seq'",
+                [seq as i64],
+            )?;
+        }
+        // Forget old dedup ids now and then, in the same transaction.
+        if self.last_dedup_prune.elapsed() > Duration::from_secs(60) {
+            let horizon = now - self.inner.dedup_retention.as_millis() as i64;
+            tx.execute("DELETE FROM dedup WHERE seen_ms < ?1", [horizon])?;
+            self.last_dedup_prune = Instant::now();
         }
         tx.commit()?;
-        Ok(destinations)
+        Ok(written)
     }
 
-    fn finish(&self, batch: Vec<Request>, result: Result<(), StoreError>, destinations: &[OutboxDestination]) {
+    fn finish(&self, batch: Vec<Request>, result: Result<(), StoreError>, written: Written) {
         let inner = &self.inner;
         let mut seqs = Vec::new();
         let mut commits = Vec::new();
-        let (mut written, mut deleted) = (0, 0);
         for request in batch {
-            match request {
-                Request::Commit { seq, commit } => {
-                    seqs.push(seq);
-                    written += (commit.effects.emits.len() + commit.effects.invokes.len()) as u64;
-                    commits.push(commit);
+            if let Request::Commit { seq, commit } = request {
+                seqs.push(seq);
+                if let Some(id) = &commit.dedup {
+                    lock(&inner.pending_ids).remove(&(commit.function.clone(), id.clone()));
                 }
-                Request::DeleteOutbox(ids) => deleted += ids.len() as u64,
+                commits.push(commit);
             }
         }
         {
@@ -651,10 +827,33 @@ impl StoreThread {
             }
         }
         if result.is_ok() {
-            inner.stats.transactions.fetch_add(1, Ordering::Relaxed);
-            inner.stats.commits.fetch_add(commits.len() as u64, Ordering::Relaxed);
-            inner.stats.outbox_written.fetch_add(written, Ordering::Relaxed);
-            inner.stats.outbox_deleted.fetch_add(deleted, Ordering::Relaxed);
+            let stats = &inner.stats;
+            stats.transactions.fetch_add(1, Ordering::Relaxed);
+            stats
+                .commits
+                .fetch_add(commits.len() as u64, Ordering::Relaxed);
+            stats
+                .outbox_written
+                .fetch_add(written.added_rows(&commits), Ordering::Relaxed);
+            stats
+                .outbox_deleted
+                .fetch_add(written.deleted, Ordering::Relaxed);
+            stats
+                .outbox_dropped
+                .fetch_add(written.dropped.len() as u64, Ordering::Relaxed);
+            for (id, destination, topic, function) in &written.dropped {
+                tracing::warn!(
+                    id,
+                    ?destination,
+                    topic,
+                    function,
+                    "outbox full: oldest message dropped (policy drop-oldest)"
+                );
+            }
+            written.apply_to(&mut lock(&inner.outbox_bytes));
+            if written.removed.iter().any(|&r| r > 0) {
+                inner.room.notify_all();
+            }
         }
         let n = commits.len();
         for commit in commits {
@@ -665,13 +864,87 @@ impl StoreThread {
             (commit.done)(outcome);
         }
         inner.pending.release(n);
-        if !destinations.is_empty() {
+        if result.is_ok() && !written.destinations.is_empty() {
             for callback in lock(&inner.on_outbox).iter() {
-                for d in destinations {
+                for d in &written.destinations {
                     callback(*d);
                 }
             }
         }
+    }
+}
+
+/// The `drop-oldest` policy: over budget, delete the oldest rows of the
+/// destinations that allow it until the outbox fits again.
+fn drop_oldest_over_budget(
+    inner: &Inner,
+    options: &StoreOptions,
+    tx: &rusqlite::Transaction<'_>,
+    written: &mut Written,
+) -> rusqlite::Result<()> {
+    let mut bytes = *lock(&inner.outbox_bytes);
+    written.apply_to(&mut bytes);
+    let policies = [
+        (OutboxDestination::Local, options.local_when_full),
+        (OutboxDestination::Upstream, options.upstream_when_full),
+    ];
+    let mut oldest = tx.prepare_cached(
+        "DELETE FROM outbox WHERE id = (SELECT MIN(id) FROM outbox WHERE destination = ?1)
+         RETURNING id, topic, function, length(topic) + length(payload)",
+    )?;
+    for (destination, policy) in policies {
+        while policy == WhenFull::DropOldest
+            && bytes.iter().sum::<u64>() > options.outbox_max_bytes
+            && bytes[destination as usize] > 0
+        {
+            let Some((id, topic, function, size)) = oldest
+                .query_row([destination as i64], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                })
+                .optional()?
+            else {
+                break;
+            };
+            bytes[destination as usize] = bytes[destination as usize].saturating_sub(size as u64);
+            written.removed[destination as usize] += size as u64;
+            written.dropped.push((id, destination, topic, function));
+        }
+    }
+    Ok(())
+}
+
+/// What one transaction did to the outbox.
+#[derive(Debug, Default)]
+struct Written {
+    /// Destinations that got new rows.
+    destinations: Vec<OutboxDestination>,
+    /// Bytes added and removed, per destination.
+    added: [u64; 3],
+    removed: [u64; 3],
+    /// Rows deleted after delivery.
+    deleted: u64,
+    /// Rows dropped by `drop-oldest`: id, destination, topic, function.
+    dropped: Vec<(i64, OutboxDestination, String, String)>,
+}
+
+impl Written {
+    /// Per-destination byte counts after this transaction.
+    fn apply_to(&self, bytes: &mut [u64; 3]) {
+        for ((b, added), removed) in bytes.iter_mut().zip(self.added).zip(self.removed) {
+            *b = (*b + added).saturating_sub(removed);
+        }
+    }
+
+    fn added_rows(&self, commits: &[Commit]) -> u64 {
+        commits
+            .iter()
+            .map(|c| (c.effects.emits.len() + c.effects.invokes.len()) as u64)
+            .sum()
     }
 }
 

@@ -75,7 +75,10 @@ mod tests {
     use super::*;
 
     fn writes(pairs: &[(&str, KvWrite)]) -> BTreeMap<String, KvWrite> {
-        pairs.iter().map(|(k, w)| (k.to_string(), w.clone())).collect()
+        pairs
+            .iter()
+            .map(|(k, w)| (k.to_string(), w.clone()))
+            .collect()
     }
 
     fn counter(n: i64) -> Option<Vec<u8>> {
@@ -116,7 +119,10 @@ mod tests {
         o.push(2, "f", &writes(&[("b", KvWrite::Add(1))]));
         o.push(3, "f", &writes(&[("b", KvWrite::Add(1))]));
         o.prune(1);
-        assert_eq!(o.read("f", "a", 0, Some(b"v".to_vec())), Some(b"v".to_vec()));
+        assert_eq!(
+            o.read("f", "a", 0, Some(b"v".to_vec())),
+            Some(b"v".to_vec())
+        );
         o.discard(&[3]);
         assert_eq!(o.read("f", "b", 0, None), counter(1));
         o.prune(2);

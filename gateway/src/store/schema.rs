@@ -103,7 +103,11 @@ mod tests {
         assert_eq!(migrate(&mut conn).unwrap(), 0);
         assert_eq!(migrate(&mut conn).unwrap(), VERSION);
         let seq: i64 = conn
-            .query_row("SELECT value FROM meta WHERE key = 'committed_seq'", [], |r| r.get(0))
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'committed_seq'",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_eq!(seq, 0);
     }
@@ -115,6 +119,9 @@ mod tests {
         conn.execute("INSERT INTO schema_migrations VALUES (99, 0)", [])
             .unwrap();
         let error = migrate(&mut conn).unwrap_err();
-        assert!(matches!(error, MigrationError::TooNew { found: 99, .. }), "{error}");
+        assert!(
+            matches!(error, MigrationError::TooNew { found: 99, .. }),
+            "{error}"
+        );
     }
 }

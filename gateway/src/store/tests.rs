@@ -29,9 +29,13 @@ fn commit(store: &Store, function: &str, fx: Effects) {
     store.submit(Commit {
         function: function.into(),
         effects: fx,
+        dedup: None,
         done: Box::new(move |r| tx.send(r.is_ok()).unwrap()),
     });
-    assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), "committed");
+    assert!(
+        rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        "committed"
+    );
 }
 
 fn counter(n: i64) -> Option<Vec<u8>> {
@@ -46,7 +50,10 @@ fn committed_effects_survive_a_reopen() {
         &store,
         "vending",
         effects(
-            &[("total", KvWrite::Add(150)), ("last", KvWrite::Put(b"6.8".to_vec()))],
+            &[
+                ("total", KvWrite::Add(150)),
+                ("last", KvWrite::Put(b"6.8".to_vec())),
+            ],
             &[("vending/vm-1/alert", "hot")],
         ),
     );
@@ -57,7 +64,10 @@ fn committed_effects_survive_a_reopen() {
     assert_eq!(store.get("vending", "last").unwrap(), Some(b"6.8".to_vec()));
     let rows = store.outbox_after(OutboxDestination::Local, 0, 10).unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!((rows[0].topic.as_str(), rows[0].payload.as_slice()), ("vending/vm-1/alert", &b"hot"[..]));
+    assert_eq!(
+        (rows[0].topic.as_str(), rows[0].payload.as_slice()),
+        ("vending/vm-1/alert", &b"hot"[..])
+    );
 }
 
 #[test]
@@ -69,16 +79,24 @@ fn done_runs_only_once_the_data_is_on_disk() {
     store.submit(Commit {
         function: "f".into(),
         effects: effects(&[("k", KvWrite::Put(b"v".to_vec()))], &[]),
+        dedup: None,
         done: Box::new(move |r| {
             // A separate connection, as after a crash, sees the value.
             let conn = Connection::open(&path).unwrap();
             let v: Vec<u8> = conn
-                .query_row("SELECT value FROM kv WHERE namespace = 'f' AND key = 'k'", [], |r| r.get(0))
+                .query_row(
+                    "SELECT value FROM kv WHERE namespace = 'f' AND key = 'k'",
+                    [],
+                    |r| r.get(0),
+                )
                 .unwrap();
             tx.send((r.is_ok(), v)).unwrap();
         }),
     });
-    assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), (true, b"v".to_vec()));
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        (true, b"v".to_vec())
+    );
 }
 
 #[test]
@@ -91,12 +109,17 @@ fn reads_see_submitted_writes_before_they_commit() {
     store.submit(Commit {
         function: "f".into(),
         effects: effects(&[("n", KvWrite::Add(5))], &[]),
+        dedup: None,
         done: Box::new(move |_| tx.send(()).unwrap()),
     });
     // Still inside the 300 ms group-commit window.
     assert_eq!(store.get("f", "n").unwrap(), counter(5));
     rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    assert_eq!(store.get("f", "n").unwrap(), counter(5), "not applied twice after commit");
+    assert_eq!(
+        store.get("f", "n").unwrap(),
+        counter(5),
+        "not applied twice after commit"
+    );
 }
 
 #[test]
@@ -111,6 +134,7 @@ fn increments_from_many_threads_all_count() {
                     store.submit(Commit {
                         function: "f".into(),
                         effects: effects(&[("n", KvWrite::Add(1))], &[]),
+                        dedup: None,
                         done: Box::new(|_| {}),
                     });
                 }
@@ -134,6 +158,7 @@ fn group_commit_puts_many_invocations_in_one_transaction() {
         store.submit(Commit {
             function: "f".into(),
             effects: effects(&[(&format!("k{i}"), KvWrite::Put(vec![1]))], &[("t", "p")]),
+            dedup: None,
             done: Box::new(|_| {}),
         });
     }
@@ -141,7 +166,10 @@ fn group_commit_puts_many_invocations_in_one_transaction() {
     let stats = store.stats();
     assert_eq!(stats.commits.load(Ordering::Relaxed), 500);
     let transactions = stats.transactions.load(Ordering::Relaxed);
-    assert!(transactions < 100, "{transactions} transactions for 500 commits");
+    assert!(
+        transactions < 100,
+        "{transactions} transactions for 500 commits"
+    );
 }
 
 #[test]
@@ -160,16 +188,32 @@ fn outbox_keeps_order_per_destination_and_forgets_deleted_rows() {
     });
     commit(&store, "f", fx);
     let local = store.outbox_after(OutboxDestination::Local, 0, 10).unwrap();
-    assert_eq!(local.iter().map(|r| r.topic.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(
+        local.iter().map(|r| r.topic.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
     assert_eq!(store.outbox_len(OutboxDestination::Upstream).unwrap(), 1);
-    let invokes = store.outbox_after(OutboxDestination::Invoke, 0, 10).unwrap();
-    assert_eq!((invokes[0].topic.as_str(), invokes[0].function.as_str()), ("other", "f"));
+    let invokes = store
+        .outbox_after(OutboxDestination::Invoke, 0, 10)
+        .unwrap();
+    assert_eq!(
+        (invokes[0].topic.as_str(), invokes[0].function.as_str()),
+        ("other", "f")
+    );
 
     store.delete_outbox(vec![local[0].id]);
     commit(&store, "f", Effects::default());
     let left = store.outbox_after(OutboxDestination::Local, 0, 10).unwrap();
-    assert_eq!(left.iter().map(|r| r.topic.as_str()).collect::<Vec<_>>(), ["b"]);
-    assert_eq!(store.outbox_after(OutboxDestination::Local, local[0].id, 10).unwrap(), left);
+    assert_eq!(
+        left.iter().map(|r| r.topic.as_str()).collect::<Vec<_>>(),
+        ["b"]
+    );
+    assert_eq!(
+        store
+            .outbox_after(OutboxDestination::Local, local[0].id, 10)
+            .unwrap(),
+        left
+    );
 }
 
 #[test]
@@ -180,7 +224,10 @@ fn outbox_callbacks_name_the_destinations_that_got_rows() {
     let tx = Mutex::new(tx);
     store.on_outbox(move |d| lock(&tx).send(d).unwrap());
     commit(&store, "f", effects(&[], &[("a", "1")]));
-    assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), OutboxDestination::Local);
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+        OutboxDestination::Local
+    );
 }
 
 #[test]
@@ -190,7 +237,10 @@ fn a_file_that_is_not_a_database_is_refused_and_left_alone() {
     let junk = b"this is not sqlite, but someone's precious file".repeat(100);
     std::fs::write(&path, &junk).unwrap();
     let error = Store::open(StoreOptions::new(&path)).unwrap_err();
-    assert!(error.to_string().contains("not a wasmgate database"), "{error}");
+    assert!(
+        error.to_string().contains("not a wasmgate database"),
+        "{error}"
+    );
     assert_eq!(std::fs::read(&path).unwrap(), junk, "nothing destroyed");
 }
 
@@ -208,6 +258,7 @@ fn sequence_numbers_continue_after_a_reopen() {
     store.submit(Commit {
         function: "f".into(),
         effects: effects(&[("n", KvWrite::Add(1))], &[]),
+        dedup: None,
         done: Box::new(|_| {}),
     });
     assert_eq!(store.get("f", "n").unwrap(), counter(2));
@@ -222,7 +273,93 @@ fn submit_after_close_fails_the_commit_without_acking() {
     store.submit(Commit {
         function: "f".into(),
         effects: Effects::default(),
+        dedup: None,
         done: Box::new(move |r| tx.send(r.is_ok()).unwrap()),
     });
     assert!(!rx.recv().unwrap());
+}
+
+#[test]
+fn a_dedup_id_is_seen_from_submit_on_and_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = StoreOptions::new(dir.path().join("wasmgate.db"));
+    options.group_commit_delay = Duration::from_millis(200);
+    let store = Store::open(options).unwrap();
+    assert!(!store.seen("f", "msg-1").unwrap());
+    let (tx, rx) = channel();
+    store.submit(Commit {
+        function: "f".into(),
+        effects: Effects::default(),
+        dedup: Some("msg-1".into()),
+        done: Box::new(move |r| tx.send(r.is_ok()).unwrap()),
+    });
+    assert!(store.seen("f", "msg-1").unwrap(), "pending counts as seen");
+    assert!(!store.seen("g", "msg-1").unwrap(), "per function");
+    assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap());
+    store.close();
+    let store = open(&dir);
+    assert!(store.seen("f", "msg-1").unwrap(), "durable");
+}
+
+fn big_emit(n: usize) -> Effects {
+    effects(&[], &[(&format!("t/{n}"), &"x".repeat(1_000))])
+}
+
+#[test]
+fn drop_oldest_keeps_the_outbox_within_budget_and_counts_each_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = StoreOptions::new(dir.path().join("wasmgate.db"));
+    options.outbox_max_bytes = 10_000;
+    options.local_when_full = WhenFull::DropOldest;
+    let store = Store::open(options).unwrap();
+    for n in 0..30 {
+        commit(&store, "f", big_emit(n));
+    }
+    assert!(store.outbox_bytes() <= 10_000, "{}", store.outbox_bytes());
+    let dropped = store.stats().outbox_dropped.load(Ordering::Relaxed);
+    let left = store
+        .outbox_after(OutboxDestination::Local, 0, 100)
+        .unwrap();
+    assert_eq!(dropped as usize + left.len(), 30);
+    assert_eq!(left.last().unwrap().topic, "t/29", "the newest survive");
+    assert!(
+        left.first().unwrap().topic != "t/0",
+        "the oldest went first"
+    );
+}
+
+#[test]
+fn block_holds_new_commits_until_delivery_makes_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = StoreOptions::new(dir.path().join("wasmgate.db"));
+    options.outbox_max_bytes = 5_000;
+    let store = Store::open(options).unwrap();
+    for n in 0..6 {
+        commit(&store, "f", big_emit(n));
+    }
+    assert!(store.outbox_bytes() > 5_000);
+    let blocked = {
+        let store = store.clone();
+        std::thread::spawn(move || commit(&store, "f", big_emit(99)))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !blocked.is_finished(),
+        "a new commit waits while the outbox is over budget"
+    );
+    assert_eq!(
+        store.stats().outbox_dropped.load(Ordering::Relaxed),
+        0,
+        "block drops nothing"
+    );
+    // Delivery deletes rows; the waiting commit goes through.
+    let ids = store
+        .outbox_after(OutboxDestination::Local, 0, 100)
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    store.delete_outbox(ids);
+    blocked.join().unwrap();
+    assert_eq!(store.outbox_len(OutboxDestination::Local).unwrap(), 1);
 }
