@@ -563,3 +563,26 @@ fn the_test_config_passes_config_check() {
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(out.stdout.contains("ok (1 function)"), "{}", out.stdout);
 }
+
+#[test]
+fn a_board_profile_is_checked_and_an_unknown_board_is_named() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        config_with("", &vending_wasm(), "vending/+/telemetry"),
+    )
+    .expect("write config");
+    let file = path.to_str().expect("utf-8 path");
+
+    let out = wasmgate(&["config", "check", file, "--board", "rpi3-32"], ONE);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+
+    let out = wasmgate(&["config", "check", file, "--board", "pi9"], ONE);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("unknown board \"pi9\"") && out.stderr.contains("rpi4-64"),
+        "the error lists the known boards: {}",
+        out.stderr
+    );
+}

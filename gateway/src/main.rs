@@ -70,6 +70,11 @@ struct RunArgs {
     /// The gateway config (TOML); `wasmgate config init` writes a starting point.
     #[arg(long, short, default_value = "gateway.toml")]
     config: PathBuf,
+    /// A board profile (rpi4-64, rpi5-64, rpi3-32, beaglebone-black,
+    /// generic-aarch64-musl, or a profile file): its limits become the
+    /// defaults under your config; what your config sets wins.
+    #[arg(long)]
+    board: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -114,6 +119,9 @@ enum ConfigCommand {
     Check {
         #[arg(default_value = "gateway.toml")]
         file: PathBuf,
+        /// Check it as `wasmgate run --board NAME` would run it.
+        #[arg(long)]
+        board: Option<String>,
     },
 }
 
@@ -212,7 +220,9 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo(args),
         Command::Run(args) => run(args),
         Command::Config(ConfigCommand::Init { file, force }) => config_init(&file, force),
-        Command::Config(ConfigCommand::Check { file }) => config_check(&file),
+        Command::Config(ConfigCommand::Check { file, board }) => {
+            config_check(&file, board.as_deref())
+        }
         Command::Kv(args) => kv(args),
         Command::Invoke(args) => invoke(args),
         Command::Simulate(args) => simulate(args),
@@ -254,7 +264,14 @@ fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Loads a config, printing every problem at once.
-fn load_config(path: &Path) -> Result<Config, ExitCode> {
+fn load_config(path: &Path, board: Option<&str>) -> Result<Config, ExitCode> {
+    let board = match board.map(wasmgate::board::BoardProfile::find).transpose() {
+        Ok(board) => board,
+        Err(e) => {
+            eprintln!("{e}");
+            return Err(ExitCode::from(EXIT_BAD_INPUT));
+        }
+    };
     let name = path.display().to_string();
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
@@ -271,6 +288,10 @@ fn load_config(path: &Path) -> Result<Config, ExitCode> {
     let config = match Config::parse(&text, &name) {
         Ok(mut config) => {
             config.resolve_paths(path.parent().unwrap_or(Path::new("")));
+            if let Some(board) = &board {
+                board.apply_defaults(&mut config, &text);
+                apply_board_store(board, &mut config, &text);
+            }
             if let Err(errors) = config.validate() {
                 problems.extend(errors);
             }
@@ -300,8 +321,20 @@ fn load_config(path: &Path) -> Result<Config, ExitCode> {
     }
 }
 
-fn config_check(path: &Path) -> anyhow::Result<ExitCode> {
-    Ok(match load_config(path) {
+/// The board's outbox budget, unless the config sets one.
+fn apply_board_store(board: &wasmgate::board::BoardProfile, config: &mut Config, text: &str) {
+    let set_by_user = text
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|t| t.get("store")?.as_table()?.get("outbox_max_mb").cloned())
+        .is_some();
+    if !set_by_user {
+        config.store.outbox_max_mb = board.store.outbox_budget_mb;
+    }
+}
+
+fn config_check(path: &Path, board: Option<&str>) -> anyhow::Result<ExitCode> {
+    Ok(match load_config(path, board) {
         Ok(config) => {
             println!(
                 "{}: ok ({} function{})",
@@ -334,7 +367,7 @@ fn config_init(path: &Path, force: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let config = match load_config(&args.config) {
+    let config = match load_config(&args.config, args.board.as_deref()) {
         Ok(config) => config,
         Err(code) => return Ok(code),
     };
@@ -405,7 +438,7 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 
 fn kv(args: KvArgs) -> anyhow::Result<ExitCode> {
     use wasmgate::runtime::{Effects, KvRead, KvWrite};
-    let config = match load_config(&args.config) {
+    let config = match load_config(&args.config, None) {
         Ok(config) => config,
         Err(code) => return Ok(code),
     };
