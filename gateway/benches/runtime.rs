@@ -40,7 +40,7 @@ fn module_100k() -> Vec<u8> {
     }
     extra.push_str(&format!(
         "(data (i32.const 4096) \"{}\")",
-        "x".repeat(60_000)
+        "x".repeat(72_000)
     ));
     let wasm = module(&extra, "(i32.const 0)");
     assert!(
