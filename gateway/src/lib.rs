@@ -4,6 +4,7 @@
 //! router -> dispatch -> runtime -> egress (`pipeline`), with config, the
 //! local test loop and metrics beside it.
 
+pub mod bench;
 pub mod board;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;

@@ -41,6 +41,10 @@ enum Command {
     /// telemetry to a broker, to demo or load the gateway.
     #[command(after_help = wasmgate::simulate::SIMULATE_HELP)]
     Simulate(wasmgate::simulate::SimulateArgs),
+    /// Load a gateway end to end: publish telemetry, match the outputs, report
+    /// throughput, latency, losses and the gateway's CPU and memory.
+    #[command(after_help = wasmgate::bench::BENCH_HELP)]
+    Bench(wasmgate::bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -226,6 +230,7 @@ fn main() -> ExitCode {
         Command::Kv(args) => kv(args),
         Command::Invoke(args) => invoke(args),
         Command::Simulate(args) => simulate(args),
+        Command::Bench(args) => bench(args),
     };
     match result {
         Ok(code) => code,
@@ -387,6 +392,12 @@ fn simulate(args: wasmgate::simulate::SimulateArgs) -> anyhow::Result<ExitCode> 
     let _context = runtime.enter(); // signal handlers need the runtime
     let summary = runtime.block_on(wasmgate::simulate::run(options, shutdown_signal()))?;
     println!("{summary}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench(args: wasmgate::bench::BenchArgs) -> anyhow::Result<ExitCode> {
+    let output = tokio_runtime()?.block_on(wasmgate::bench::command(args, shutdown_signal()))?;
+    print!("{output}");
     Ok(ExitCode::SUCCESS)
 }
 

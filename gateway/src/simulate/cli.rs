@@ -84,6 +84,7 @@ impl SimulateArgs {
                 mix: self.mix,
                 seed: self.seed,
                 seq: !self.no_seq,
+                ..FleetConfig::default()
             },
             rate: self.rate,
             duration: self.duration,

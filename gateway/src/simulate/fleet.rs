@@ -145,6 +145,12 @@ pub struct FleetConfig {
     pub seed: u64,
     /// Stamp every message with `"seq": n`, counting from 1 per device.
     pub seq: bool,
+    /// Stamp every message with `"sent_us"`, the send time in microseconds
+    /// since the Unix epoch (see [`Fleet::next_message_us`]), and keep each
+    /// device's `ts` strictly increasing, so that device and `ts` name one
+    /// message even at over 1,000 messages a second per device: what
+    /// `wasmgate bench` matches outputs by when a function echoes only `ts`.
+    pub sent_us: bool,
 }
 
 impl Default for FleetConfig {
@@ -154,6 +160,7 @@ impl Default for FleetConfig {
             mix: Mix::DEFAULT,
             seed: 1,
             seq: true,
+            sent_us: false,
         }
     }
 }
@@ -163,6 +170,10 @@ impl Default for FleetConfig {
 pub struct Message {
     /// Index of the device in the fleet.
     pub device: usize,
+    /// The device's count of messages, from 1 (whether or not it is in the payload).
+    pub seq: u64,
+    /// The `ts` in the payload, milliseconds since the Unix epoch.
+    pub ts: u64,
     pub topic: String,
     /// JSON.
     pub payload: Vec<u8>,
@@ -174,6 +185,7 @@ pub struct Fleet {
     devices: Vec<Device>,
     next: usize,
     seq: bool,
+    sent_us: bool,
 }
 
 impl Fleet {
@@ -211,6 +223,7 @@ impl Fleet {
                     topic,
                     rng,
                     seq: 0,
+                    last_ts: 0,
                     state,
                 }
             })
@@ -219,6 +232,7 @@ impl Fleet {
             devices,
             next: 0,
             seq: config.seq,
+            sent_us: config.sent_us,
         }
     }
 
@@ -249,18 +263,44 @@ impl Fleet {
         self.step(device, now_ms)
     }
 
+    /// The next device in turn reports, stamped `now_us` (microseconds since
+    /// the Unix epoch): `ts` in milliseconds, and `sent_us` if the fleet was
+    /// configured with [`FleetConfig::sent_us`].
+    pub fn next_message_us(&mut self, now_us: u64) -> Message {
+        let device = self.next;
+        self.next = (self.next + 1) % self.devices.len();
+        self.step_us(device, now_us)
+    }
+
     /// Device `device` moves on one step and reports, stamped `now_ms`.
     pub fn step(&mut self, device: usize, now_ms: u64) -> Message {
+        self.step_us(device, now_ms.saturating_mul(1000))
+    }
+
+    /// Device `device` moves on one step and reports, stamped `now_us`.
+    pub fn step_us(&mut self, device: usize, now_us: u64) -> Message {
         let stamp_seq = self.seq;
+        let sent_us = self.sent_us.then_some(now_us);
         let d = &mut self.devices[device];
         d.seq += 1;
-        let seq = stamp_seq.then_some(d.seq);
+        let mut ts = now_us / 1000;
+        if sent_us.is_some() {
+            ts = ts.max(d.last_ts + 1);
+        }
+        d.last_ts = ts;
+        let stamps = Stamps {
+            seq: stamp_seq.then_some(d.seq),
+            ts,
+            sent_us,
+        };
         let payload = match &mut d.state {
-            State::Vending(vm) => vm.step(&mut d.rng).to_json(&d.id, seq, now_ms),
-            State::Robot(robot) => robot.step(&mut d.rng).to_json(&d.id, seq, now_ms),
+            State::Vending(vm) => vm.step(&mut d.rng).to_json(&d.id, stamps),
+            State::Robot(robot) => robot.step(&mut d.rng).to_json(&d.id, stamps),
         };
         Message {
             device,
+            seq: d.seq,
+            ts,
             topic: d.topic.clone(),
             payload,
         }
@@ -274,7 +314,17 @@ struct Device {
     rng: Rng,
     /// Messages sent so far.
     seq: u64,
+    /// The `ts` of the last message.
+    last_ts: u64,
     state: State,
+}
+
+/// What identifies a message in its payload.
+#[derive(Debug, Clone, Copy)]
+struct Stamps {
+    seq: Option<u64>,
+    ts: u64,
+    sent_us: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -397,6 +447,8 @@ struct VendingJson<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     seq: Option<u64>,
     ts: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sent_us: Option<u64>,
     temp_c: f64,
     door_open: bool,
     stock: Vec<SlotJson>,
@@ -417,11 +469,12 @@ struct SaleJson {
 }
 
 impl VendingReading {
-    fn to_json(self, machine: &str, seq: Option<u64>, ts: u64) -> Vec<u8> {
+    fn to_json(self, machine: &str, stamps: Stamps) -> Vec<u8> {
         let json = VendingJson {
             machine,
-            seq,
-            ts,
+            seq: stamps.seq,
+            ts: stamps.ts,
+            sent_us: stamps.sent_us,
             temp_c: round_to(self.temp_c, 10.0),
             door_open: self.door_open,
             stock: SLOTS
@@ -569,6 +622,8 @@ struct RobotJson<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     seq: Option<u64>,
     ts: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sent_us: Option<u64>,
     x: f64,
     y: f64,
     battery_pct: f64,
@@ -576,11 +631,12 @@ struct RobotJson<'a> {
 }
 
 impl RobotReading {
-    fn to_json(self, robot: &str, seq: Option<u64>, ts: u64) -> Vec<u8> {
+    fn to_json(self, robot: &str, stamps: Stamps) -> Vec<u8> {
         let json = RobotJson {
             robot,
-            seq,
-            ts,
+            seq: stamps.seq,
+            ts: stamps.ts,
+            sent_us: stamps.sent_us,
             x: round_to(self.x, 100.0),
             y: round_to(self.y, 100.0),
             battery_pct: round_to(self.battery_pct, 10.0),
@@ -736,6 +792,38 @@ mod tests {
             ["battery_pct", "robot", "seq", "state", "ts", "x", "y"]
         );
         assert_eq!(v["robot"], "r-1");
+    }
+
+    #[test]
+    fn bench_stamps_carry_the_send_time_and_keep_ts_unique_per_device() {
+        let mut stamped = Fleet::new(&FleetConfig {
+            devices: 2,
+            sent_us: true,
+            ..FleetConfig::default()
+        });
+        // Four messages per device within one millisecond.
+        let now_us = TS * 1000 + 250;
+        let msgs: Vec<Message> = (0..8)
+            .map(|i| stamped.next_message_us(now_us + i))
+            .collect();
+        for (i, msg) in msgs.iter().enumerate() {
+            let v: Value = serde_json::from_slice(&msg.payload).unwrap();
+            assert_eq!(v["sent_us"], now_us + i as u64);
+            assert_eq!(
+                (v["ts"].as_u64(), v["seq"].as_u64()),
+                (Some(msg.ts), Some(msg.seq))
+            );
+        }
+        let device_ts: Vec<u64> = msgs
+            .iter()
+            .filter(|m| m.device == 0)
+            .map(|m| m.ts)
+            .collect();
+        assert_eq!(device_ts, [TS, TS + 1, TS + 2, TS + 3]);
+        // Without the option: no sent_us, and ts is the clock.
+        let msg = fleet(2, 1).next_message_us(now_us);
+        let v: Value = serde_json::from_slice(&msg.payload).unwrap();
+        assert_eq!((v.get("sent_us"), msg.ts), (None, TS));
     }
 
     #[test]
