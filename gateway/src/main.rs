@@ -396,7 +396,9 @@ fn simulate(args: wasmgate::simulate::SimulateArgs) -> anyhow::Result<ExitCode> 
 }
 
 fn bench(args: wasmgate::bench::BenchArgs) -> anyhow::Result<ExitCode> {
-    let output = tokio_runtime()?.block_on(wasmgate::bench::command(args, shutdown_signal()))?;
+    let runtime = tokio_runtime()?;
+    let _context = runtime.enter(); // signal handlers need the runtime
+    let output = runtime.block_on(wasmgate::bench::command(args, shutdown_signal()))?;
     print!("{output}");
     Ok(ExitCode::SUCCESS)
 }
