@@ -689,3 +689,55 @@ fn log_flood_is_capped_and_counted() {
     assert_eq!(report.logs.len(), wasmgate::runtime::MAX_LOG_LINES);
     assert_eq!(report.logs_dropped, 250 - wasmgate::runtime::MAX_LOG_LINES);
 }
+
+/// A module that invokes "other" with "hello" and replies 201 "made".
+fn invoking_guest() -> Vec<u8> {
+    wat(r#"(module
+      (import "wasmgate" "invoke" (func $invoke (param i32 i32 i32 i32) (result i32)))
+      (import "wasmgate" "respond" (func $respond (param i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 0) "other")
+      (data (i32.const 16) "hello")
+      (data (i32.const 32) "made")
+      (func (export "wasmgate_abi_version") (result i32) i32.const 1)
+      (func (export "wasmgate_handle") (param i32) (result i32) (local i32)
+        (local.set 1 (call $invoke (i32.const 0) (i32.const 5) (i32.const 16) (i32.const 5)))
+        (if (i32.ne (local.get 1) (i32.const 0)) (then (return (local.get 1))))
+        (call $respond (i32.const 201) (i32.const 32) (i32.const 4))))"#)
+}
+
+#[test]
+fn invoke_and_respond_are_effects_held_until_success() {
+    let gw = Gateway::new();
+    let mut spec = FunctionSpec::permissive("caller");
+    spec.grants.invoke = vec!["other".into()];
+    let f = gw.runtime.deploy(spec, &invoking_guest()).expect("deploys");
+    let effects = invoke(&f).outcome.expect("succeeds");
+    assert_eq!(effects.invokes.len(), 1);
+    assert_eq!(
+        (
+            effects.invokes[0].function.as_str(),
+            effects.invokes[0].payload.as_slice()
+        ),
+        ("other", &b"hello"[..])
+    );
+    let response = effects.response.expect("a response");
+    assert_eq!(
+        (response.status, response.body.as_slice()),
+        (201, &b"made"[..])
+    );
+}
+
+#[test]
+fn invoke_of_a_function_not_granted_is_denied() {
+    let gw = Gateway::new();
+    let mut spec = FunctionSpec::permissive("caller");
+    spec.grants.invoke = vec!["someone-else".into()];
+    let f = gw.runtime.deploy(spec, &invoking_guest()).expect("deploys");
+    let error = expect_error(invoke(&f));
+    assert!(
+        matches!(error, InvokeError::Failed { code: -3, .. }),
+        "DENIED: {error}"
+    );
+    gw.assert_still_serving();
+}
