@@ -1,8 +1,9 @@
 //! wasmgate: serverless functions for edge gateways.
 //!
 //! The modules follow the data flow in `DESIGN.md`: broker -> ingress ->
-//! router -> dispatch -> runtime -> egress (`pipeline`), with config, the
-//! local test loop and metrics beside it.
+//! router -> dispatch -> runtime -> store (group commit) -> outbox -> broker
+//! (`pipeline`, `store`), with config, boards, the local test loop, the
+//! simulator, the load tool and metrics beside it.
 
 pub mod bench;
 pub mod board;

@@ -263,6 +263,42 @@ fn status(s: Status) -> i32 {
     s.code()
 }
 
+fn kv_status(e: KvArithmeticError) -> i32 {
+    status(match e {
+        KvArithmeticError::NotANumber => Status::NotANumber,
+        KvArithmeticError::Overflow => Status::InvalidArgument,
+    })
+}
+
+/// What `emit` and `invoke` share: a per-invocation count limit, a payload
+/// size limit, a UTF-8 name (topic or function) and the payload itself.
+/// `Ok(None)` means "answer INVALID_ARGUMENT" (the name is not UTF-8).
+fn read_message(
+    caller: &mut Caller<'_, HostState>,
+    call: &'static str,
+    sent: usize,
+    (name, name_len): (i32, i32),
+    (payload, payload_len): (i32, i32),
+) -> HostResult<Option<(String, Vec<u8>)>> {
+    let limits = &caller.data().env.limits;
+    let (max_count, max_bytes) = (limits.max_emits, limits.max_emit_bytes);
+    if sent >= max_count {
+        return Err(violation(
+            caller,
+            AbiViolation::TooMany {
+                call,
+                limit: max_count,
+            },
+        ));
+    }
+    check_size(caller, call, "payload", payload_len, max_bytes)?;
+    let Some(name) = read_str(caller, call, name, name_len)? else {
+        return Ok(None);
+    };
+    let payload = read(caller, call, payload, payload_len)?;
+    Ok(Some((name, payload)))
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -295,27 +331,17 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors
          payload_len: i32,
          flags: i32|
          -> HostResult<i32> {
-            let limits = caller.data().env.limits.clone();
-            if caller.data().call.effects.emits.len() >= limits.max_emits {
-                return Err(violation(
-                    &mut caller,
-                    AbiViolation::TooMany {
-                        call: imports::EMIT,
-                        limit: limits.max_emits,
-                    },
-                ));
-            }
-            check_size(
+            let sent = caller.data().call.effects.emits.len();
+            let Some((topic, payload)) = read_message(
                 &mut caller,
                 imports::EMIT,
-                "payload",
-                payload_len,
-                limits.max_emit_bytes,
-            )?;
-            let Some(topic) = read_str(&mut caller, imports::EMIT, topic, topic_len)? else {
+                sent,
+                (topic, topic_len),
+                (payload, payload_len),
+            )?
+            else {
                 return Ok(status(Status::InvalidArgument));
             };
-            let payload = read(&mut caller, imports::EMIT, payload, payload_len)?;
             let Some(options) = EmitOptions::from_flags(flags) else {
                 return Ok(status(Status::InvalidArgument));
             };
@@ -364,8 +390,7 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors
             match caller.data().call.effects.read(&key, || base) {
                 Ok(Some(value)) => copy_out(&mut caller, imports::KV_GET, &value, dst, cap),
                 Ok(None) => Ok(status(Status::NotFound)),
-                Err(KvArithmeticError::NotANumber) => Ok(status(Status::NotANumber)),
-                Err(KvArithmeticError::Overflow) => Ok(status(Status::InvalidArgument)),
+                Err(e) => Ok(kv_status(e)),
             }
         },
     )?;
@@ -436,8 +461,7 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors
                     )?;
                     Ok(status(Status::Ok))
                 }
-                Err(KvArithmeticError::NotANumber) => Ok(status(Status::NotANumber)),
-                Err(KvArithmeticError::Overflow) => Ok(status(Status::InvalidArgument)),
+                Err(e) => Ok(kv_status(e)),
             }
         },
     )?;
@@ -494,28 +518,17 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors
          payload: i32,
          payload_len: i32|
          -> HostResult<i32> {
-            let limits = caller.data().env.limits.clone();
-            if caller.data().call.effects.invokes.len() >= limits.max_emits {
-                return Err(violation(
-                    &mut caller,
-                    AbiViolation::TooMany {
-                        call: imports::INVOKE,
-                        limit: limits.max_emits,
-                    },
-                ));
-            }
-            check_size(
+            let sent = caller.data().call.effects.invokes.len();
+            let Some((function, payload)) = read_message(
                 &mut caller,
                 imports::INVOKE,
-                "payload",
-                payload_len,
-                limits.max_emit_bytes,
-            )?;
-            let Some(function) = read_str(&mut caller, imports::INVOKE, function, function_len)?
+                sent,
+                (function, function_len),
+                (payload, payload_len),
+            )?
             else {
                 return Ok(status(Status::InvalidArgument));
             };
-            let payload = read(&mut caller, imports::INVOKE, payload, payload_len)?;
             if !caller.data().env.grants.allows_invoke(&function) {
                 return Ok(status(Status::Denied));
             }
