@@ -47,6 +47,13 @@ pub struct GatewayConfig {
     pub concurrency: Option<u32>,
     /// `limits.queue`; the default (1024) when `None`.
     pub queue: Option<u32>,
+    /// The body of an `[upstream]` table (`host`, `port`, `tls`...); without
+    /// it, summaries go to the local broker.
+    pub upstream: Option<String>,
+    /// The body of a `[store]` table (`synchronous`, `outbox_max_mb`...).
+    pub store: Option<String>,
+    /// The trigger's `dedup_key` (exactly-once effects).
+    pub dedup_key: Option<String>,
 }
 
 impl GatewayConfig {
@@ -56,6 +63,9 @@ impl GatewayConfig {
             client_id: super::mqtt::unique_id("gw"),
             concurrency: None,
             queue: None,
+            upstream: None,
+            store: None,
+            dedup_key: None,
         }
     }
 
@@ -79,6 +89,15 @@ impl GatewayConfig {
         if !limits.is_empty() {
             limits = format!("\n[functions.limits]\n{limits}");
         }
+        let tables = [("upstream", &self.upstream), ("store", &self.store)]
+            .iter()
+            .filter_map(|(name, body)| body.as_ref().map(|body| format!("[{name}]\n{body}\n")))
+            .collect::<String>();
+        let dedup = self
+            .dedup_key
+            .as_ref()
+            .map(|key| format!(", dedup_key = {key:?}"))
+            .unwrap_or_default();
         format!(
             r#"gateway_id = "e2e"
 data_dir = {data_dir:?}
@@ -87,10 +106,11 @@ data_dir = {data_dir:?}
 {broker}
 client_id = "{client_id}"
 
+{tables}
 [[functions]]
 name = "vending"
 wasm = {wasm:?}
-triggers = [{{ mqtt = "vending/+/telemetry", qos = 1 }}]
+triggers = [{{ mqtt = "vending/+/telemetry", qos = 1{dedup} }}]
 {limits}
 [functions.grants]
 local = ["vending/+/alert"]
@@ -163,6 +183,11 @@ impl GatewayProcess {
             "the gateway did not start within {START_TIMEOUT:?}; its log:\n{}",
             self.logs()
         );
+    }
+
+    /// The config file, for `wasmgate kv --config` and friends.
+    pub fn config_path(&self) -> &Path {
+        &self.config
     }
 
     /// Whether the gateway process is still running.

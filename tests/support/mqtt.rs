@@ -74,7 +74,8 @@ struct Counters {
     pubacks: AtomicUsize,
 }
 
-/// One MQTT 3.1.1 connection with a clean session, QoS 1 both ways.
+/// One MQTT 3.1.1 connection, QoS 1 both ways; a clean session unless made
+/// with [`MqttClient::connect_persistent`].
 pub struct MqttClient {
     client: Client,
     counters: Arc<Counters>,
@@ -89,11 +90,26 @@ impl MqttClient {
     /// Connects to the broker on `port`; waits (bounded) for the CONNACK.
     #[track_caller]
     pub fn connect(port: u16, name: &str) -> MqttClient {
-        let mut options = MqttOptions::new(unique_id(name), "127.0.0.1", port);
+        Self::connect_session(port, name, &unique_id(name), true)
+    }
+
+    /// A persistent session under a fixed `client_id`: the broker queues
+    /// QoS 1 messages for it while it is away (or while the broker itself
+    /// was stopped, if it persists), and delivers them on the next connect
+    /// with the same id. For subscribers that must not miss what arrives
+    /// while they reconnect.
+    #[track_caller]
+    pub fn connect_persistent(port: u16, client_id: &str) -> MqttClient {
+        Self::connect_session(port, client_id, client_id, false)
+    }
+
+    #[track_caller]
+    fn connect_session(port: u16, name: &str, client_id: &str, clean: bool) -> MqttClient {
+        let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
         options.set_keep_alive(Duration::from_secs(30));
         // Room for the 1 MB payload test; rumqttc's default is 10 KiB.
         options.set_max_packet_size(4 << 20, 4 << 20);
-        options.set_clean_session(true);
+        options.set_clean_session(clean);
         let (client, connection) = Client::new(options, 20_000);
         let counters = Arc::new(Counters::default());
         let filters = Arc::new(Mutex::new(Vec::new()));

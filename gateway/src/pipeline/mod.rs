@@ -428,10 +428,29 @@ impl Gateway {
                 d.join();
             }
             store.close();
+            log_store_totals(&store);
         })
         .await;
         tracing::info!("gateway stopped");
     }
+}
+
+/// What the store did in this run, for the operator and the crash tests:
+/// `outbox_dropped` is the `drop-oldest` policy's count, the other log line
+/// of every dropped row.
+fn log_store_totals(store: &Store) {
+    let stats = store.stats();
+    let get = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+    tracing::info!(
+        transactions = get(&stats.transactions),
+        commits = get(&stats.commits),
+        outbox_written = get(&stats.outbox_written),
+        outbox_deleted = get(&stats.outbox_deleted),
+        outbox_dropped = get(&stats.outbox_dropped),
+        failures = get(&stats.failures),
+        outbox_bytes_waiting = store.outbox_bytes(),
+        "store totals"
+    );
 }
 
 /// Starts the embedded broker if configured, and says where to connect.
