@@ -379,9 +379,13 @@ fn wait_for_alerts(setup: &Setup, seqs: &BTreeSet<u64>) {
 /// subscriber, then stopped: what the gateway sends once it is back is
 /// queued for the subscriber, whoever reconnects first.
 fn take_upstream_down(setup: &mut Setup, subscriber_id: &str) {
+    take_upstream_down_for(setup, subscriber_id, "telemetry/vending/+");
+}
+
+fn take_upstream_down_for(setup: &mut Setup, subscriber_id: &str, filter: &str) {
     drop(setup.summaries.take());
     let subscriber = MqttClient::connect_persistent(setup.cloud.port(), subscriber_id);
-    subscriber.subscribe("telemetry/vending/+");
+    subscriber.subscribe(filter);
     drop(subscriber);
     setup.cloud.stop();
 }
@@ -431,23 +435,7 @@ fn upstream_down_for_the_whole_stream_then_everything_drains_in_order() {
     // One function worker (concurrency 1) commits in arrival order, and the
     // outbox drains in commit order: each machine's summaries arrive in the
     // order its telemetry was published, the backlog before the new ones.
-    for (m, seqs) in &summaries.summaries.by_machine {
-        let mut first = Vec::new();
-        let mut once = BTreeSet::new();
-        for &seq in seqs {
-            if once.insert(seq) {
-                first.push(seq);
-            }
-        }
-        assert!(
-            first.windows(2).all(|w| w[0] < w[1]),
-            "{m}: out of order: {:?}",
-            first
-                .windows(2)
-                .find(|w| w[0] >= w[1])
-                .expect("an inversion")
-        );
-    }
+    assert_in_order(&summaries);
 }
 
 /// (c) The local broker stops and comes back (a persistent mosquitto, as
@@ -499,6 +487,80 @@ fn local_broker_down_and_up_loses_nothing() {
         "the gateway never noticed the broker going away\n{}",
         setup.diagnostics()
     );
+}
+
+/// Upstream batching, as on a cellular link: the backlog after an outage
+/// travels as full batches, live traffic in batches of what arrived within
+/// `max_delay_ms`; compressed, in the documented `WGB1` format. Every result
+/// arrives, each machine's in order.
+#[test]
+fn upstream_batches_carry_every_result_in_order() {
+    const BACKLOG: u64 = 1_000;
+    const MORE: u64 = 200;
+    let mut setup = Setup::start("", PERSISTENT, |config, _| {
+        let upstream = config.upstream.take().expect("an upstream");
+        config.upstream = Some(format!(
+            "{upstream}\nbatch = {{ max_messages = 50, max_delay_ms = 200, compression = \"deflate\" }}"
+        ));
+    });
+    let subscriber = unique_id("cloud-sub");
+    take_upstream_down_for(&mut setup, &subscriber, "wasmgate/+/batch");
+    publish_all(setup.device(), 1..=BACKLOG, 20.0)
+        .join()
+        .expect("the device");
+    wait_for_alerts(&setup, &(1..=BACKLOG).collect());
+    bring_upstream_back(&mut setup, &subscriber);
+    let more = publish_all(setup.device(), BACKLOG + 1..=BACKLOG + MORE, 20.0);
+
+    let mut upstream = Upstream::default();
+    let mut batches = 0;
+    let all = setup.summaries().collect_until(STALL, |message| {
+        assert_eq!(message.topic, "wasmgate/e2e/batch");
+        let entries = wasmgate::pipeline::decode_batch(&message.payload)
+            .unwrap_or_else(|e| panic!("batch {batches}: {e}"));
+        batches += 1;
+        for (topic, payload) in entries {
+            upstream.record(&Message { topic, payload });
+        }
+        upstream.count() == BACKLOG + MORE
+    });
+    more.join().expect("the device");
+    assert!(
+        all,
+        "{} of {} results arrived in {batches} batches\n{}",
+        upstream.count(),
+        BACKLOG + MORE,
+        setup.diagnostics()
+    );
+    assert_in_order(&upstream);
+    eprintln!("{} results in {batches} batches", BACKLOG + MORE);
+    assert!(
+        batches * 5 <= (BACKLOG + MORE) as usize,
+        "{batches} batches for {} results: hardly batched",
+        BACKLOG + MORE
+    );
+}
+
+/// Each machine's summaries, first arrivals only, in publishing order.
+#[track_caller]
+fn assert_in_order(upstream: &Upstream) {
+    for (m, seqs) in &upstream.summaries.by_machine {
+        let mut first = Vec::new();
+        let mut once = BTreeSet::new();
+        for &seq in seqs {
+            if once.insert(seq) {
+                first.push(seq);
+            }
+        }
+        assert!(
+            first.windows(2).all(|w| w[0] < w[1]),
+            "{m}: out of order: {:?}",
+            first
+                .windows(2)
+                .find(|w| w[0] >= w[1])
+                .expect("an inversion")
+        );
+    }
 }
 
 /// The line the store logs for every row `drop-oldest` deletes.

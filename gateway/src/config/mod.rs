@@ -290,6 +290,45 @@ pub struct UpstreamConfig {
     /// Connect with TLS (strongly advised over the internet); none by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// Many results per upstream message (cellular links); off by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchConfig>,
+}
+
+/// Upstream batching: results wait up to `max_delay_ms` to travel together
+/// in one message of the `WGB1` format (docs/upstream-batching.md), which
+/// saves per-message overhead and round trips on metered links. Delivery is
+/// unchanged: a batch's rows leave the outbox when the broker acknowledges it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Where batches are published. Default `"wasmgate/<gateway_id>/batch"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// Results per batch, 1 to 10,000. Default 100.
+    #[serde(default = "default_batch_messages")]
+    pub max_messages: u32,
+    /// Topic and payload bytes per batch before compression, 1 to 1 MiB.
+    /// Default 65,536. A larger single result travels alone.
+    #[serde(default = "default_batch_bytes")]
+    pub max_bytes: u32,
+    /// How long a partial batch waits for more results, 0 to 3,600,000 ms.
+    /// Default 1000. A backlog never waits: its batches are full.
+    #[serde(default = "default_batch_delay_ms")]
+    pub max_delay_ms: u64,
+    /// `"none"` (default) or `"deflate"` (raw DEFLATE of the body).
+    #[serde(default)]
+    pub compression: crate::pipeline::Compression,
+}
+
+const fn default_batch_messages() -> u32 {
+    100
+}
+const fn default_batch_bytes() -> u32 {
+    65_536
+}
+const fn default_batch_delay_ms() -> u64 {
+    1000
 }
 
 impl UpstreamConfig {
@@ -702,6 +741,21 @@ impl Config {
     }
 
     /// The client id of the gateway's session on the upstream broker, if any.
+    /// The upstream batching settings, with the default topic filled in.
+    pub fn upstream_batch(&self) -> Option<crate::pipeline::BatchSettings> {
+        let batch = self.upstream.as_ref()?.batch.as_ref()?;
+        Some(crate::pipeline::BatchSettings {
+            topic: batch
+                .topic
+                .clone()
+                .unwrap_or_else(|| format!("wasmgate/{}/batch", self.gateway_id)),
+            max_messages: batch.max_messages as usize,
+            max_bytes: batch.max_bytes as usize,
+            max_delay: Duration::from_millis(batch.max_delay_ms),
+            compression: batch.compression,
+        })
+    }
+
     pub fn upstream_client_id(&self) -> Option<String> {
         let upstream = self.upstream.as_ref()?;
         Some(

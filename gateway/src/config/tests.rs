@@ -298,6 +298,37 @@ fn root_and_upstream_values_are_checked() {
 }
 
 #[test]
+fn upstream_batching_defaults_and_bad_values() {
+    let config = valid(
+        "gateway_id = \"gw-1\"\n[upstream]\nhost = \"cloud\"\nbatch = { compression = \"deflate\" }\n",
+    );
+    let batch = config.upstream_batch().expect("batching on");
+    assert_eq!(batch.topic, "wasmgate/gw-1/batch");
+    assert_eq!(batch.max_messages, 100);
+    assert_eq!(batch.max_bytes, 65_536);
+    assert_eq!(batch.max_delay, std::time::Duration::from_secs(1));
+    assert_eq!(batch.compression, crate::pipeline::Compression::Deflate);
+    assert_eq!(
+        valid("[upstream]\nhost = \"cloud\"\n").upstream_batch(),
+        None
+    );
+
+    let text = "[upstream]\nhost = \"cloud\"\nbatch = { topic = \"up/#\", max_messages = 0, max_bytes = 2000000 }\n";
+    assert_eq!(
+        errors(text),
+        [
+            "gateway.toml:3: upstream.batch.topic: invalid value \"up/#\": expected an MQTT topic name without '+', '#' or a leading '$'",
+            "gateway.toml:3: upstream.batch.max_messages: 0 is out of range: must be between 1 and 10000",
+            "gateway.toml:3: upstream.batch.max_bytes: 2000000 is out of range: must be between 1 and 1048576",
+        ]
+    );
+    assert!(
+        errors("[upstream]\nhost = \"cloud\"\nbatch = { compression = \"zstd\" }\n")[0]
+            .contains("upstream.batch.compression")
+    );
+}
+
+#[test]
 fn several_problems_in_one_file_are_all_reported_in_line_order() {
     let text = r#"gateway_id = ""
 

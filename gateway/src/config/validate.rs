@@ -9,7 +9,7 @@ use super::{
     BrokerConfig, BrokerMode, Config, FunctionConfig, Limits, TlsConfig, UpstreamConfig,
     MAX_MEMORY_MB,
 };
-use crate::router::validate_filter;
+use crate::router::{validate_filter, validate_topic_name};
 
 /// The largest MQTT packet: a 4-byte variable length of at most 268,435,455.
 pub const MAX_MQTT_PAYLOAD: u64 = 268_435_455;
@@ -202,6 +202,28 @@ fn upstream(c: &mut Checker, path: &FieldPath, upstream: &UpstreamConfig) {
         upstream.username.is_some(),
         upstream.password.is_some(),
     );
+    if let Some(batch) = &upstream.batch {
+        let path = path.key("batch");
+        if let Some(topic) = &batch.topic {
+            if validate_topic_name(topic).is_err() || topic.starts_with('$') {
+                c.push(
+                    path.key("topic"),
+                    Kind::InvalidValue {
+                        value: topic.clone(),
+                        expected: "an MQTT topic name without '+', '#' or a leading '$'",
+                    },
+                );
+            }
+        }
+        c.range(
+            path.key("max_messages"),
+            batch.max_messages.into(),
+            1,
+            10_000,
+        );
+        c.range(path.key("max_bytes"), batch.max_bytes.into(), 1, 1 << 20);
+        c.range(path.key("max_delay_ms"), batch.max_delay_ms, 0, 3_600_000);
+    }
 }
 
 fn host(c: &mut Checker, path: FieldPath, host: &str) {

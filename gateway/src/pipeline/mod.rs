@@ -6,6 +6,7 @@
 
 mod acks;
 mod backoff;
+mod batch;
 mod dispatch;
 mod ingress;
 mod outbox;
@@ -13,6 +14,7 @@ mod outbox;
 mod tls;
 
 pub use backoff::Backoff;
+pub use batch::{decode as decode_batch, BatchError, BatchSettings, Compression};
 
 use crate::config::{BrokerMode, Config, FunctionConfig};
 use crate::metrics::FunctionMetrics;
@@ -246,14 +248,19 @@ impl Gateway {
         // it has a cloud, and a bridge can forward them).
         let client_id = config.broker_client_id();
         let upstream_drain = match (&upstream, config.upstream_client_id()) {
-            (Some(up), Some(id)) => {
-                Drain::start(store.clone(), OutboxDestination::Upstream, up.clone(), id)
-            }
+            (Some(up), Some(id)) => Drain::start(
+                store.clone(),
+                OutboxDestination::Upstream,
+                up.clone(),
+                id,
+                config.upstream_batch(),
+            ),
             _ => Drain::start(
                 store.clone(),
                 OutboxDestination::Upstream,
                 endpoint.clone(),
                 format!("{client_id}-up"),
+                None,
             ),
         };
         let drains = vec![
@@ -262,6 +269,7 @@ impl Gateway {
                 OutboxDestination::Local,
                 endpoint.clone(),
                 format!("{client_id}-out"),
+                None,
             ),
             upstream_drain,
         ];

@@ -6,19 +6,27 @@
 //! reconnect nothing half-sent from the old connection can be mistaken for a
 //! new message, and everything not yet acknowledged is simply sent again from
 //! the outbox (at least once).
+//!
+//! With upstream batching, a published message may carry many rows
+//! ([`super::batch`]); the bookkeeping is per message, and its rows are
+//! deleted together on its PUBACK.
 
 use super::backoff::Backoff;
+use super::batch::{self, BatchSettings, Unit};
 use super::Endpoint;
 use crate::store::{OutboxDestination, OutboxRow, Store};
 use rumqttc::{AsyncClient, Event, Incoming, Outgoing, QoS};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
 
 /// Messages published and not yet acknowledged, per connection.
 const WINDOW: usize = 64;
+/// How often the outbox is looked at without a wake-up: rows added by
+/// another path (a restart, a failed wake) are found at the latest then.
+const TICK: Duration = Duration::from_millis(500);
 
 /// What the event-loop task reports to the drainer.
 enum Report {
@@ -44,6 +52,7 @@ impl Drain {
         destination: OutboxDestination,
         endpoint: Endpoint,
         client_id: String,
+        batching: Option<BatchSettings>,
     ) -> Drain {
         let wake = Arc::new(Notify::new());
         let stop = Arc::new(AtomicBool::new(false));
@@ -53,6 +62,7 @@ impl Drain {
             destination,
             endpoint,
             client_id,
+            batching,
             wake: wake.clone(),
             stop: stop.clone(),
             delivered: delivered.clone(),
@@ -82,20 +92,25 @@ struct Drainer {
     destination: OutboxDestination,
     endpoint: Endpoint,
     client_id: String,
+    batching: Option<BatchSettings>,
     wake: Arc<Notify>,
     stop: Arc<AtomicBool>,
     delivered: Arc<AtomicU64>,
 }
 
-/// Per-connection bookkeeping of rows in flight.
+/// Per-connection bookkeeping of messages in flight.
 #[derive(Default)]
 struct InFlight {
-    /// Rows handed to the client, waiting for their packet id (FIFO).
-    unsent: VecDeque<(i64, QoS)>,
-    /// Packet id -> row, waiting for PUBACK.
-    by_pkid: HashMap<u16, i64>,
-    /// Highest row id handed to the client on this connection.
+    /// Messages handed to the client, waiting for their packet id (FIFO),
+    /// each with the rows it carries.
+    unsent: VecDeque<(Vec<i64>, QoS)>,
+    /// Packet id -> rows, waiting for PUBACK.
+    by_pkid: HashMap<u16, Vec<i64>>,
+    /// Highest row id read from the outbox on this connection.
     last: i64,
+    /// Batching: rows read but held back as a partial batch, and since when.
+    held: Vec<OutboxRow>,
+    held_since: Option<Instant>,
 }
 
 impl InFlight {
@@ -178,51 +193,62 @@ impl Drainer {
         loop {
             // Fill the window from the outbox, in id order.
             if flight.len() < WINDOW {
-                let rows = self.fetch(flight.last, WINDOW - flight.len()).await;
-                for row in rows {
+                let per_message = self.batching.as_ref().map_or(1, |b| b.max_messages);
+                let rows = self
+                    .fetch(flight.last, (WINDOW - flight.len()) * per_message)
+                    .await;
+                if let Some(row) = rows.last() {
                     flight.last = row.id;
-                    let qos = if row.qos == 0 {
+                }
+                for unit in self.units(rows, &mut flight) {
+                    let qos = if unit.qos == 0 {
                         QoS::AtMostOnce
                     } else {
                         QoS::AtLeastOnce
                     };
-                    flight.unsent.push_back((row.id, qos));
+                    flight.unsent.push_back((unit.rows, qos));
                     client
-                        .publish(row.topic, qos, row.retain, row.payload)
+                        .publish(unit.topic, qos, unit.retain, unit.payload)
                         .await
                         .map_err(|e| e.to_string())?;
                 }
             }
             if self.stop.load(Ordering::SeqCst)
                 && flight.len() == 0
+                && flight.held.is_empty()
                 && self.fetch(flight.last, 1).await.is_empty()
             {
                 self.store.delete_outbox(std::mem::take(&mut acked));
                 let _ = client.disconnect().await;
                 return Ok(());
             }
+            // A partial batch is sent when its wait is over, wake-up or not.
+            let tick = match (&self.batching, flight.held_since) {
+                (Some(b), Some(since)) => TICK.min(b.max_delay.saturating_sub(since.elapsed())),
+                _ => TICK,
+            };
             let report = tokio::select! {
                 report = reports.recv() => report,
                 () = self.wake.notified() => continue,
-                // Rows added by another path (a restart, a failed wake) are
-                // found at the latest on this tick.
-                () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                () = tokio::time::sleep(tick) => continue,
             };
             match report {
                 Some(Report::Sent(pkid)) => {
-                    if let Some((row, qos)) = flight.unsent.pop_front() {
+                    if let Some((rows, qos)) = flight.unsent.pop_front() {
                         if qos == QoS::AtMostOnce {
-                            acked.push(row);
-                            self.delivered.fetch_add(1, Ordering::Relaxed);
+                            self.delivered
+                                .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                            acked.extend(rows);
                         } else {
-                            flight.by_pkid.insert(pkid, row);
+                            flight.by_pkid.insert(pkid, rows);
                         }
                     }
                 }
                 Some(Report::Acked(pkid)) => {
-                    if let Some(row) = flight.by_pkid.remove(&pkid) {
-                        acked.push(row);
-                        self.delivered.fetch_add(1, Ordering::Relaxed);
+                    if let Some(rows) = flight.by_pkid.remove(&pkid) {
+                        self.delivered
+                            .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                        acked.extend(rows);
                     }
                 }
                 Some(Report::Connected) => {}
@@ -237,6 +263,34 @@ impl Drainer {
                 self.store.delete_outbox(std::mem::take(&mut acked));
             }
         }
+    }
+
+    /// The messages to publish for `rows` (just read, in id order): one per
+    /// row, or batches. A partial batch is held in `flight` until it fills
+    /// or has waited `max_delay` (or the drainer is stopping).
+    fn units(&self, rows: Vec<OutboxRow>, flight: &mut InFlight) -> Vec<Unit> {
+        let Some(settings) = &self.batching else {
+            return rows.into_iter().map(Unit::single).collect();
+        };
+        let mut all = std::mem::take(&mut flight.held);
+        all.extend(rows);
+        let (mut units, held) = batch::group(all, settings);
+        if held.is_empty() {
+            flight.held_since = None;
+            return units;
+        }
+        if !units.is_empty() {
+            // The oldest rows left in full batches; the wait starts again.
+            flight.held_since = None;
+        }
+        let since = *flight.held_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= settings.max_delay || self.stop.load(Ordering::SeqCst) {
+            units.extend(batch::flush(held, settings));
+            flight.held_since = None;
+        } else {
+            flight.held = held;
+        }
+        units
     }
 
     async fn fetch(&self, after: i64, limit: usize) -> Vec<OutboxRow> {
