@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Footprint: idle RSS of `wasmgate run` with 1, 10, 100 and 1,000 deployed
+# functions (each the committed vending-telemetry wasm with its own trigger),
+# memory per idle function, time from spawn to ready (sd_notify READY=1, sent
+# once every subscription is acked), threads, file descriptors, RSS by
+# mapping, and the binary's size. Against an external mosquitto, then with
+# the embedded broker. Writes bench/results/footprint-<stamp>.json.
+#
+#   bench/footprint.sh
+#   COUNTS="1 10 100" EMBEDDED=0 bench/footprint.sh
+#
+# Needs: cargo, mosquitto, python3 (stdlib only). Settings (environment):
+# COUNTS ("1 10 100 1000"), IDLE (5 s), EMBEDDED (1: also the embedded
+# broker), WASM (the function; default the committed vending-telemetry),
+# WARM (each function's limits.warm_instances; default the gateway's), CARGO_TARGET_DIR (/var/tmp/wg-bench-target), WASMGATE (a prebuilt
+# binary: skips the build), MOSQUITTO.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+COUNTS=${COUNTS:-"1 10 100 1000"}
+IDLE=${IDLE:-5}
+EMBEDDED=${EMBEDDED:-1}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/wg-bench-target}
+MOSQUITTO=${MOSQUITTO:-$(command -v mosquitto || echo /usr/sbin/mosquitto)}
+WASM=${WASM:-"$ROOT/functions/examples/wasm/vending_telemetry.wasm"}
+RESULTS="$ROOT/bench/results"
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+
+say() { printf '== %s\n' "$*" >&2; }
+
+if [ -n "${WASMGATE:-}" ]; then
+    WG=$WASMGATE
+    say "using the prebuilt $WG"
+else
+    say "building wasmgate (release) into $CARGO_TARGET_DIR"
+    cargo build --release -p wasmgate --manifest-path "$ROOT/Cargo.toml" >&2
+    WG="$CARGO_TARGET_DIR/release/wasmgate"
+fi
+
+WORK=$(mktemp -d /var/tmp/wasmgate-footprint.XXXXXX)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# 1,000 functions hold 1,000 MQTT sessions: the broker and the gateway each
+# need a descriptor per session (the systemd unit sets LimitNOFILE=65536).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+say "open files limit $(ulimit -n)"
+
+PORT=$(free_port)
+cat > "$WORK/mosquitto.conf" <<CONF
+listener $PORT 127.0.0.1
+allow_anonymous true
+user root
+persistence false
+max_connections -1
+log_dest file $WORK/mosquitto.log
+CONF
+"$MOSQUITTO" -c "$WORK/mosquitto.conf" &
+PIDS+=("$!")
+for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+    sleep 0.1
+done
+
+EMB=()
+[ "$EMBEDDED" = 1 ] && EMB=(--embedded-port "$(free_port)")
+mkdir -p "$RESULTS"
+# shellcheck disable=SC2086 # COUNTS is a list
+python3 "$ROOT/bench/footprint.py" --wasmgate "$WG" --wasm "$WASM" --work "$WORK" \
+    --broker-port "$PORT" "${EMB[@]}" --counts $COUNTS --idle "$IDLE" ${WARM:+--warm-instances "$WARM"} \
+    --out "$RESULTS/footprint-$STAMP.json"
