@@ -245,12 +245,14 @@ async fn watch_alerts(host: String, port: u16, alerts: Arc<Alerts>) {
 
 fn report(gateway: &Gateway, alerts: &Alerts, started: Instant, last: &mut Vec<HistogramSnapshot>) {
     println!(
-        "[{:>4}s] {:<8} {:>8} {:>8} {:>7} {:>8} {:>9} {:>9}",
+        "[{:>4}s] {:<8} {:>8} {:>8} {:>7} {:>7} {:>5} {:>8} {:>9} {:>9}",
         started.elapsed().as_secs(),
         "function",
         "in",
         "ok",
         "failed",
+        "retried",
+        "dlq",
         "emitted",
         "p50",
         "p99"
@@ -268,11 +270,13 @@ fn report(gateway: &Gateway, alerts: &Alerts, started: Instant, last: &mut Vec<H
                 .map_or("-".to_owned(), |d| format!("≤{}", short(d)))
         };
         println!(
-            "        {:<8} {:>8} {:>8} {:>7} {:>8} {:>9} {:>9}",
+            "        {:<8} {:>8} {:>8} {:>7} {:>7} {:>5} {:>8} {:>9} {:>9}",
             name,
             s.received,
             s.succeeded,
             s.failed,
+            s.retries,
+            s.dead_letters,
             s.emitted,
             q(0.5),
             q(0.99)

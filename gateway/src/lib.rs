@@ -11,6 +11,7 @@ pub mod board;
 pub mod broker;
 pub mod config;
 pub mod demo;
+pub mod dlq;
 pub mod event;
 pub mod local;
 pub mod metrics;

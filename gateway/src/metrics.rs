@@ -98,6 +98,13 @@ pub struct FunctionMetrics {
     pub dropped: AtomicU64,
     /// Messages acknowledged without running because their dedup id was seen.
     pub duplicates: AtomicU64,
+    /// Attempts run again after a retryable failure.
+    pub retries: AtomicU64,
+    /// Events that failed every attempt and went to the dead-letter queue.
+    pub dead_letters: AtomicU64,
+    /// Events that found the function's queue full and waited for room
+    /// (while they wait, the ingress reads no more and the broker holds the rest).
+    pub throttled: AtomicU64,
     /// From arrival at the gateway to the end of the invocation.
     pub latency: Histogram,
 }
@@ -112,6 +119,9 @@ impl FunctionMetrics {
             acked: self.acked.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
             duplicates: self.duplicates.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            dead_letters: self.dead_letters.load(Ordering::Relaxed),
+            throttled: self.throttled.load(Ordering::Relaxed),
             latency: self.latency.snapshot(),
         }
     }
@@ -127,6 +137,9 @@ pub struct FunctionSnapshot {
     pub acked: u64,
     pub dropped: u64,
     pub duplicates: u64,
+    pub retries: u64,
+    pub dead_letters: u64,
+    pub throttled: u64,
     pub latency: HistogramSnapshot,
 }
 

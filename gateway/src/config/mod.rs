@@ -31,6 +31,7 @@ pub use error::{ConfigError, ConfigErrorKind, ConfigErrors, FieldPath, PathSegme
 pub use validate::{MAX_KV_VALUE_BYTES, MAX_MQTT_PAYLOAD};
 
 use crate::router::{filter_matches, FunctionId, Router};
+use crate::runtime::FailureKind;
 use crate::store::{Synchronous, WhenFull};
 use locate::SourceMap;
 
@@ -404,6 +405,114 @@ pub struct FunctionConfig {
     /// String values the function reads with `config_get`.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+    /// Which failed invocations run again, how often and how soon.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Where events go once every attempt has failed.
+    #[serde(default)]
+    pub dead_letters: DeadLetterConfig,
+}
+
+const fn default_attempts() -> u32 {
+    3
+}
+const fn default_initial_backoff_ms() -> u64 {
+    100
+}
+const fn default_max_backoff_ms() -> u64 {
+    5_000
+}
+const fn default_jitter_percent() -> u8 {
+    50
+}
+fn default_retry_on() -> Vec<FailureKind> {
+    RetryConfig::DEFAULT_RETRY_ON.to_vec()
+}
+const fn default_dead_letters_keep() -> u32 {
+    10_000
+}
+
+/// How a failed invocation is retried. Retries of one event happen in its
+/// shard, before the events behind it on the same topic: per-topic order is
+/// kept, and a failing event holds up its topic (and the topics sharing its
+/// shard) for at most its attempts and backoffs. Then it goes to the
+/// dead-letter queue and the stream moves on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts per event, the first one included: 1 means no retries,
+    /// 1 to 100. Default 3.
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+    /// Wait before the first retry, in milliseconds; each retry waits twice
+    /// as long as the one before. Default 100.
+    #[serde(default = "default_initial_backoff_ms")]
+    pub initial_backoff_ms: u64,
+    /// The longest wait between attempts, in milliseconds. Default 5000.
+    #[serde(default = "default_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+    /// Each wait is shortened by a random 0 to this percent, so that many
+    /// failing events do not retry in lockstep; 0 to 100. Default 50.
+    #[serde(default = "default_jitter_percent")]
+    pub jitter_percent: u8,
+    /// Which failures are retried: `"trap"`, `"deadline"` (or `"timeout"`),
+    /// `"out_of_fuel"`, `"memory_limit"`, `"host"`, `"failed"` (a non-zero
+    /// return), `"abi"`. Default `["trap", "deadline", "out_of_fuel", "host"]`:
+    /// what may pass on another try. ABI misuse and memory bombs fail the
+    /// same way every time; add `"failed"` if the function's own error codes
+    /// mean "try again". Other failures go to the dead-letter queue at once.
+    #[serde(default = "default_retry_on")]
+    pub retry_on: Vec<FailureKind>,
+}
+
+impl RetryConfig {
+    /// The failures retried by default.
+    pub const DEFAULT_RETRY_ON: [FailureKind; 4] = [
+        FailureKind::Trap,
+        FailureKind::Deadline,
+        FailureKind::OutOfFuel,
+        FailureKind::Host,
+    ];
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            attempts: default_attempts(),
+            initial_backoff_ms: default_initial_backoff_ms(),
+            max_backoff_ms: default_max_backoff_ms(),
+            jitter_percent: default_jitter_percent(),
+            retry_on: default_retry_on(),
+        }
+    }
+}
+
+/// The dead-letter queue: events that failed every attempt, kept in the
+/// database with each attempt's error until an operator replays or purges
+/// them (`wasmgate dlq`). An event is acknowledged to the broker only once
+/// its dead letter is committed, so nothing is lost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    /// Dead letters kept for this function, at least 1; past it the oldest
+    /// is deleted, logged and counted, so a device sending garbage for weeks
+    /// cannot fill the disk. Default 10,000.
+    #[serde(default = "default_dead_letters_keep")]
+    pub keep: u32,
+    /// Also publish each dead letter (JSON: function, version, event, every
+    /// attempt's error) to this topic on the local broker, through the
+    /// durable outbox. None by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+}
+
+impl Default for DeadLetterConfig {
+    fn default() -> Self {
+        DeadLetterConfig {
+            keep: default_dead_letters_keep(),
+            topic: None,
+        }
+    }
 }
 
 /// An event source that runs a function.

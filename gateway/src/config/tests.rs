@@ -483,6 +483,8 @@ fn validating_a_config_built_in_code_reports_paths_without_lines() {
         limits: Limits::default(),
         grants: Grants::default(),
         config: BTreeMap::new(),
+        retry: RetryConfig::default(),
+        dead_letters: DeadLetterConfig::default(),
     });
     let found: Vec<String> = config
         .validate()
@@ -616,4 +618,72 @@ triggers = [{ mqtt = "c" }]
             dir.path().join("dir.wasm").display()
         )
     );
+}
+
+#[test]
+fn the_default_config_shows_the_real_retry_and_dead_letter_defaults() {
+    let config = valid(Config::default_toml());
+    assert_eq!(config.functions[0].retry, RetryConfig::default());
+    assert_eq!(
+        config.functions[0].dead_letters,
+        DeadLetterConfig::default()
+    );
+}
+
+#[test]
+fn retries_default_to_failures_that_may_pass_next_time() {
+    let config = valid(ONE_FUNCTION);
+    let retry = &config.functions[0].retry;
+    assert_eq!(retry.attempts, 3);
+    assert!(retry.retry_on.contains(&FailureKind::Trap));
+    assert!(retry.retry_on.contains(&FailureKind::Deadline));
+    assert!(!retry.retry_on.contains(&FailureKind::Abi));
+    assert_eq!(config.functions[0].dead_letters.topic, None);
+}
+
+#[test]
+fn retry_on_accepts_timeout_for_deadline() {
+    let text = format!(
+        "{ONE_FUNCTION}[functions.retry]\nattempts = 5\nretry_on = [\"timeout\", \"failed\"]\n\
+         [functions.dead_letters]\ntopic = \"dlq/vending\"\n"
+    );
+    let config = valid(&text);
+    let f = &config.functions[0];
+    assert_eq!(f.retry.attempts, 5);
+    assert_eq!(
+        f.retry.retry_on,
+        [FailureKind::Deadline, FailureKind::Failed]
+    );
+    assert_eq!(f.dead_letters.topic.as_deref(), Some("dlq/vending"));
+}
+
+#[test]
+fn bad_retry_and_dead_letter_settings_are_all_reported() {
+    let text = format!(
+        "{ONE_FUNCTION}[functions.retry]\nattempts = 0\ninitial_backoff_ms = 500\nmax_backoff_ms = 100\n\
+         jitter_percent = 101\n[functions.dead_letters]\nkeep = 0\ntopic = \"dlq/#\"\n"
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "gateway.toml:7: functions[0].retry.attempts: 0 is out of range: must be between 1 and 100",
+            "gateway.toml:9: functions[0].retry.max_backoff_ms: 100 is out of range: must be at least 500",
+            "gateway.toml:10: functions[0].retry.jitter_percent: 101 is out of range: must be between 0 and 100",
+            "gateway.toml:12: functions[0].dead_letters.keep: 0 is out of range: must be at least 1",
+            r#"gateway.toml:13: functions[0].dead_letters.topic: invalid value "dlq/#": expected an MQTT topic name without `+`, `#` or a leading `$`"#,
+        ]
+    );
+}
+
+#[test]
+fn an_unknown_failure_kind_is_a_schema_error_with_its_line() {
+    let text = format!("{ONE_FUNCTION}[functions.retry]\nretry_on = [\"trap\", \"oops\"]\n");
+    let found = errors(&text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].starts_with("gateway.toml:7: functions[0].retry.retry_on[1]: "),
+        "{}",
+        found[0]
+    );
+    assert!(found[0].contains("oops"), "{}", found[0]);
 }

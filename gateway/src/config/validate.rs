@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 
 use super::error::{ConfigError, ConfigErrorKind as Kind, FieldPath};
 use super::{
-    BrokerConfig, BrokerMode, Config, FunctionConfig, Limits, TlsConfig, UpstreamConfig,
-    MAX_MEMORY_MB,
+    BrokerConfig, BrokerMode, Config, DeadLetterConfig, FunctionConfig, Limits, RetryConfig,
+    TlsConfig, UpstreamConfig, MAX_MEMORY_MB,
 };
 use crate::router::{validate_filter, validate_topic_name};
 
@@ -321,6 +321,8 @@ fn function(c: &mut Checker, path: &FieldPath, function: &FunctionConfig, config
     }
 
     limits(c, &path.key("limits"), &function.limits);
+    retry(c, &path.key("retry"), &function.retry);
+    dead_letters(c, &path.key("dead_letters"), &function.dead_letters);
 
     let grants = path.key("grants");
     c.filters(&grants.key("local"), &function.grants.local);
@@ -344,6 +346,41 @@ fn function(c: &mut Checker, path: &FieldPath, function: &FunctionConfig, config
                 Kind::InvalidValue {
                     value: String::new(),
                     expected: "a non-empty key",
+                },
+            );
+        }
+    }
+}
+
+/// The most attempts per event: past this a poison message holds up its
+/// topic for too long to be what anyone meant.
+pub const MAX_ATTEMPTS: u64 = 100;
+
+fn retry(c: &mut Checker, path: &FieldPath, retry: &RetryConfig) {
+    c.range(path.key("attempts"), retry.attempts.into(), 1, MAX_ATTEMPTS);
+    c.range(
+        path.key("jitter_percent"),
+        retry.jitter_percent.into(),
+        0,
+        100,
+    );
+    c.range(
+        path.key("max_backoff_ms"),
+        retry.max_backoff_ms,
+        retry.initial_backoff_ms,
+        NO_MAX,
+    );
+}
+
+fn dead_letters(c: &mut Checker, path: &FieldPath, dead_letters: &DeadLetterConfig) {
+    c.range(path.key("keep"), dead_letters.keep.into(), 1, NO_MAX);
+    if let Some(topic) = &dead_letters.topic {
+        if validate_topic_name(topic).is_err() || topic.starts_with('$') {
+            c.push(
+                path.key("topic"),
+                Kind::InvalidValue {
+                    value: topic.clone(),
+                    expected: "an MQTT topic name without `+`, `#` or a leading `$`",
                 },
             );
         }

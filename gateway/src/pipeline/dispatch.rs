@@ -5,12 +5,23 @@
 //! so events on one topic are handled in arrival order while different
 //! topics run in parallel. Invocations are CPU-bound wasmi calls and never
 //! run on the async reactor.
+//!
+//! A failed invocation is retried by its worker, in place, after a backoff
+//! (see [`RetryPolicy`]): the events behind it in its shard wait, so order
+//! per topic holds even through failures. That is the honest trade: a
+//! failing event holds up its topic (and the others hashed to its shard)
+//! for at most its attempts and backoffs; then it is written to the
+//! dead-letter queue, acknowledged once that write is durable, and the
+//! stream moves on. Other functions never wait for it: each has its own
+//! shards, threads and MQTT session. A shutdown cuts a backoff short and
+//! leaves that event unacknowledged, for the broker to redeliver.
 
 use super::ingress::AckHandle;
+use super::retry::{Jitter, RetryPolicy, Stop};
 use crate::event::OwnedEvent;
 use crate::metrics::{inc, FunctionMetrics};
 use crate::runtime::{Function, KvRead};
-use crate::store::{Commit, OutboxDestination, Store};
+use crate::store::{Attempt, Commit, NewDeadLetter, OutboxDestination, Store};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -87,6 +98,8 @@ pub struct Queues {
     shards: Vec<mpsc::Sender<Job>>,
     /// Jobs enqueued and not yet finished (acked or failed), for a clean shutdown.
     pub in_flight: Arc<AtomicUsize>,
+    /// Where a full queue is counted (`throttled`).
+    metrics: Arc<FunctionMetrics>,
 }
 
 impl Queues {
@@ -95,11 +108,18 @@ impl Queues {
     }
 
     /// Waits for room: the caller (ingress) stops reading while a shard is
-    /// full, and the broker holds what comes next. `false` if the workers are gone.
+    /// full, and the broker holds what comes next; each job that has to
+    /// wait is counted as throttled. `false` if the workers are gone.
     #[must_use]
     pub async fn send(&self, job: Job) -> bool {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let shard = self.shard(&job.event).clone();
+        let job = match shard.try_send(job) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Closed(_)) => return self.queued(false),
+            Err(mpsc::error::TrySendError::Full(job)) => job,
+        };
+        inc(&self.metrics.throttled);
         self.queued(shard.send(job).await.is_ok())
     }
 
@@ -138,6 +158,16 @@ impl Sinks {
     }
 }
 
+/// What happens to a function's failed invocations.
+#[derive(Debug, Clone, Default)]
+pub struct FailurePolicy {
+    pub retry: RetryPolicy,
+    /// Dead letters kept for the function (the oldest go first).
+    pub keep: u32,
+    /// Also publish dead letters to this local topic.
+    pub topic: Option<String>,
+}
+
 /// A deployed function with its queues and workers.
 #[derive(Debug)]
 pub struct Dispatcher {
@@ -149,13 +179,16 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// Starts `concurrency` worker threads, each behind a queue of
-    /// `queue / concurrency` (at least 1) jobs.
+    /// `queue / concurrency` (at least 1) jobs. `stop` cuts backoffs short
+    /// at shutdown.
     pub fn start(
         function: Arc<Function>,
         concurrency: usize,
         queue: usize,
         sinks: Arc<Sinks>,
         metrics: Arc<FunctionMetrics>,
+        failures: FailurePolicy,
+        stop: Arc<Stop>,
     ) -> std::io::Result<Self> {
         let concurrency = concurrency.max(1);
         let per_shard = (queue / concurrency).max(1);
@@ -173,6 +206,12 @@ impl Dispatcher {
                 metrics: metrics.clone(),
                 in_flight: in_flight.clone(),
                 request_ids: request_ids.clone(),
+                failures: failures.clone(),
+                stop: stop.clone(),
+                jitter: Jitter::new(
+                    (shard as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                        ^ crate::dlq::now_ms() as u64,
+                ),
             };
             workers.push(
                 std::thread::Builder::new()
@@ -186,7 +225,11 @@ impl Dispatcher {
         }
         Ok(Dispatcher {
             function,
-            queues: Queues { shards, in_flight },
+            queues: Queues {
+                shards,
+                in_flight,
+                metrics: metrics.clone(),
+            },
             metrics,
             workers,
         })
@@ -211,20 +254,25 @@ struct Worker {
     metrics: Arc<FunctionMetrics>,
     in_flight: Arc<AtomicUsize>,
     request_ids: Arc<AtomicU64>,
+    failures: FailurePolicy,
+    stop: Arc<Stop>,
+    jitter: Jitter,
 }
 
 impl Worker {
-    fn run(self, mut rx: mpsc::Receiver<Job>) {
+    fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         while let Some(job) = rx.blocking_recv() {
             self.handle(job);
         }
     }
 
-    /// Runs one job. A success is handed to the store and finished (acked,
-    /// counted) when its transaction commits; the worker does not wait for
-    /// that, so one fsync serves many invocations.
-    fn handle(&self, job: Job) {
-        let f = &self.function;
+    /// Runs one job, retrying it as its policy says. A success is handed to
+    /// the store and finished (acked, counted) when its transaction commits;
+    /// the worker does not wait for that, so one fsync serves many
+    /// invocations. An event that fails its last attempt is finished the same
+    /// way once its dead letter commits.
+    fn handle(&mut self, job: Job) {
+        let f = self.function.clone();
         let done = Done {
             metrics: self.metrics.clone(),
             in_flight: self.in_flight.clone(),
@@ -249,38 +297,122 @@ impl Worker {
             }
         }
         let request_id = self.request_ids.fetch_add(1, Ordering::Relaxed);
-        let report = f.invoke(request_id, 1, &job.event.as_event(), Some(self.kv.clone()));
-        for line in &report.logs {
-            log_guest_line(f, line.level, &line.message);
-        }
-        match report.outcome {
-            Ok(effects) => {
-                inc(&self.metrics.succeeded);
-                self.metrics
-                    .emitted
-                    .fetch_add(effects.emits.len() as u64, Ordering::Relaxed);
-                self.sinks.store.submit(Commit {
-                    function: f.name().to_owned(),
-                    effects,
-                    dedup: job.dedup,
-                    done: Box::new(move |committed| done.finish(committed.is_ok())),
-                });
+        let event = job.event.as_event();
+        let topic = ordering_key(&job.event);
+        let mut attempts = Vec::new();
+        let mut attempt = 1;
+        loop {
+            let report = f.invoke(request_id, attempt, &event, Some(self.kv.clone()));
+            for line in &report.logs {
+                log_guest_line(&f, line.level, &line.message);
             }
-            Err(error) => {
-                inc(&self.metrics.failed);
+            let error = match report.outcome {
+                Ok(effects) => {
+                    inc(&self.metrics.succeeded);
+                    self.metrics
+                        .emitted
+                        .fetch_add(effects.emits.len() as u64, Ordering::Relaxed);
+                    self.sinks.store.submit(Commit {
+                        function: f.name().to_owned(),
+                        effects,
+                        dedup: job.dedup,
+                        done: Box::new(move |committed| done.finish(committed.is_ok())),
+                    });
+                    return;
+                }
+                Err(error) => error,
+            };
+            inc(&self.metrics.failed);
+            attempts.push(Attempt {
+                attempt,
+                at_ms: crate::dlq::now_ms(),
+                kind: error.kind().to_owned(),
+                error: error.to_string(),
+                version: f.version().to_owned(),
+            });
+            if !self.failures.retry.retries(error.failure(), attempt) {
                 tracing::warn!(
                     function = f.name(),
                     version = f.version(),
                     kind = error.kind(),
-                    topic = ordering_key(&job.event),
-                    "invocation failed: {error}"
+                    topic,
+                    attempts = attempt,
+                    "invocation failed: {error}; the event goes to the dead-letter queue"
                 );
-                // Acked too: until retries and the dead-letter queue exist,
-                // redelivering it would only fail again and block the topic.
-                // The failure is logged and counted above.
+                break;
+            }
+            let delay = self.failures.retry.delay(attempt, self.jitter.next());
+            tracing::debug!(
+                function = f.name(),
+                version = f.version(),
+                kind = error.kind(),
+                topic,
+                attempt,
+                retry_in = ?delay,
+                "attempt failed; retrying: {error}"
+            );
+            if !self.stop.sleep(delay) {
+                tracing::info!(
+                    function = f.name(),
+                    topic,
+                    attempt,
+                    "shutting down between attempts; the message stays unacknowledged for redelivery"
+                );
+                done.finish(false);
+                return;
+            }
+            inc(&self.metrics.retries);
+            attempt += 1;
+        }
+        self.dead_letter(
+            job.event.as_event(),
+            topic,
+            request_id,
+            job.dedup,
+            attempts,
+            done,
+        );
+    }
+
+    /// Hands an event that failed for good to the dead-letter queue; its
+    /// message is acknowledged once the dead letter is durable, and only then.
+    fn dead_letter(
+        &self,
+        event: wasmgate_abi::Event<'_>,
+        topic: &str,
+        request_id: u64,
+        dedup: Option<String>,
+        attempts: Vec<Attempt>,
+        done: Done,
+    ) {
+        let f = &self.function;
+        let received_ms = crate::dlq::now_ms() - done.arrived.elapsed().as_millis() as i64;
+        let letter = NewDeadLetter {
+            function: f.name().to_owned(),
+            request_id,
+            version: f.version().to_owned(),
+            topic: topic.to_owned(),
+            event_kind: event.kind().to_owned(),
+            event: crate::dlq::encode_event(&event),
+            dedup,
+            attempts,
+            received_ms,
+            keep: self.failures.keep,
+            publish_to: self.failures.topic.clone(),
+        };
+        let metrics = self.metrics.clone();
+        let (function, topic) = (f.name().to_owned(), topic.to_owned());
+        self.sinks.store.dead_letter(letter, move |result| match result {
+            Ok(id) => {
+                inc(&metrics.dead_letters);
+                tracing::warn!(id, function, topic, "event moved to the dead-letter queue (`wasmgate dlq show {id}`)");
                 done.finish(true);
             }
-        }
+            Err(e) => {
+                tracing::error!(function, topic, error = %e, "cannot write the dead letter; the message stays unacknowledged");
+                done.finish(false);
+            }
+        });
     }
 }
 

@@ -10,11 +10,14 @@ mod batch;
 mod dispatch;
 mod ingress;
 mod outbox;
+mod retry;
 #[cfg(feature = "tls")]
 mod tls;
 
 pub use backoff::Backoff;
 pub use batch::{decode as decode_batch, BatchError, BatchSettings, Compression};
+pub use dispatch::FailurePolicy;
+pub use retry::{RetryPolicy, Stop};
 
 use crate::config::{BrokerMode, Config, FunctionConfig};
 use crate::metrics::FunctionMetrics;
@@ -178,6 +181,8 @@ pub struct Gateway {
     drains: Vec<Drain>,
     invoke_task: JoinHandle<()>,
     draining: Arc<AtomicBool>,
+    /// Wakes workers waiting between attempts, at shutdown.
+    stop: Arc<Stop>,
     endpoint: Endpoint,
     /// Kept alive for the gateway's lifetime.
     _broker: Option<EmbeddedBrokerHandle>,
@@ -225,6 +230,7 @@ impl Gateway {
             store: store.clone(),
             functions: RwLock::new(HashMap::new()),
         });
+        let stop = Arc::new(Stop::default());
         let mut dispatchers = Vec::with_capacity(deployed.len());
         for (f, function) in &deployed {
             dispatchers.push(Dispatcher::start(
@@ -233,6 +239,8 @@ impl Gateway {
                 f.limits.queue as usize,
                 sinks.clone(),
                 Arc::new(FunctionMetrics::default()),
+                failure_policy(f),
+                stop.clone(),
             )?);
         }
         sinks.set_functions(
@@ -351,6 +359,7 @@ impl Gateway {
             drains,
             invoke_task,
             draining,
+            stop,
             endpoint,
             _broker: broker,
         })
@@ -387,7 +396,11 @@ impl Gateway {
     /// disconnects. Unfinished messages stay unacknowledged at the broker and
     /// undelivered emits stay in the outbox, both for the next start.
     pub async fn shutdown(self, grace: Duration) {
+        let totals = self.metrics();
         self.draining.store(true, Ordering::SeqCst);
+        // A worker in a backoff gives up on that event now (it stays at the
+        // broker) rather than holding the shutdown for the whole wait.
+        self.stop.stop();
         let deadline = tokio::time::Instant::now() + grace;
         let in_flight = || -> usize {
             self.dispatchers
@@ -439,7 +452,38 @@ impl Gateway {
             log_store_totals(&store);
         })
         .await;
+        for (name, metrics) in &totals {
+            log_function_totals(name, metrics);
+        }
         tracing::info!("gateway stopped");
+    }
+}
+
+/// What happened to one function's events in this run: one line per
+/// function at shutdown, for operators and the end-to-end tests.
+fn log_function_totals(function: &str, metrics: &FunctionMetrics) {
+    let s = metrics.snapshot();
+    tracing::info!(
+        function,
+        received = s.received,
+        succeeded = s.succeeded,
+        failed = s.failed,
+        retries = s.retries,
+        dead_letters = s.dead_letters,
+        throttled = s.throttled,
+        dropped = s.dropped,
+        duplicates = s.duplicates,
+        acked = s.acked,
+        "function totals"
+    );
+}
+
+/// A function's retry and dead-letter settings, as the dispatcher applies them.
+pub fn failure_policy(f: &FunctionConfig) -> FailurePolicy {
+    FailurePolicy {
+        retry: RetryPolicy::from(&f.retry),
+        keep: f.dead_letters.keep,
+        topic: f.dead_letters.topic.clone(),
     }
 }
 

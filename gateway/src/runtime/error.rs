@@ -120,14 +120,65 @@ pub enum InvokeError {
 impl InvokeError {
     /// A short stable name for metrics and dead letters.
     pub fn kind(&self) -> &'static str {
+        self.failure().as_str()
+    }
+
+    /// The kind of failure, which a retry policy decides on.
+    pub fn failure(&self) -> FailureKind {
         match self {
-            InvokeError::Trap { .. } => "trap",
-            InvokeError::OutOfFuel { .. } => "out_of_fuel",
-            InvokeError::MemoryLimit { .. } => "memory_limit",
-            InvokeError::Deadline { .. } => "deadline",
-            InvokeError::Abi { .. } => "abi",
-            InvokeError::Host { .. } => "host",
-            InvokeError::Failed { .. } => "failed",
+            InvokeError::Trap { .. } => FailureKind::Trap,
+            InvokeError::OutOfFuel { .. } => FailureKind::OutOfFuel,
+            InvokeError::MemoryLimit { .. } => FailureKind::MemoryLimit,
+            InvokeError::Deadline { .. } => FailureKind::Deadline,
+            InvokeError::Abi { .. } => FailureKind::Abi,
+            InvokeError::Host { .. } => FailureKind::Host,
+            InvokeError::Failed { .. } => FailureKind::Failed,
+        }
+    }
+}
+
+/// The kinds of [`InvokeError`], by the names the config's
+/// `retry.retry_on` and dead letters use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The guest trapped (`unreachable`, a Rust panic, a bad memory access).
+    Trap,
+    /// It used up its fuel: an endless loop, or too much work for one event.
+    OutOfFuel,
+    /// It grew its memory past the limit.
+    MemoryLimit,
+    /// It ran past its wall-clock timeout (`"timeout"` is accepted too).
+    #[serde(alias = "timeout")]
+    Deadline,
+    /// It broke the host/guest contract: a bug that fails the same way again.
+    Abi,
+    /// The gateway could not serve one of its host calls (a database error).
+    Host,
+    /// It returned a non-zero code: the function itself reported failure.
+    Failed,
+}
+
+impl FailureKind {
+    pub const ALL: [FailureKind; 7] = [
+        FailureKind::Trap,
+        FailureKind::OutOfFuel,
+        FailureKind::MemoryLimit,
+        FailureKind::Deadline,
+        FailureKind::Abi,
+        FailureKind::Host,
+        FailureKind::Failed,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Trap => "trap",
+            FailureKind::OutOfFuel => "out_of_fuel",
+            FailureKind::MemoryLimit => "memory_limit",
+            FailureKind::Deadline => "deadline",
+            FailureKind::Abi => "abi",
+            FailureKind::Host => "host",
+            FailureKind::Failed => "failed",
         }
     }
 }

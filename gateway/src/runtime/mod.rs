@@ -11,7 +11,7 @@ mod error;
 mod host;
 
 pub use effects::{decode_counter, Effects, Emit, Invoke, KvArithmeticError, KvWrite, Response};
-pub use error::{AbiViolation, InvokeError, LoadError};
+pub use error::{AbiViolation, FailureKind, InvokeError, LoadError};
 pub use host::{MAX_KEY_BYTES, MAX_KV_WRITES, MAX_LOG_LINES, MAX_LOG_LINE_BYTES};
 
 use host::{FunctionEnv, HostState};
@@ -256,7 +256,7 @@ impl Runtime {
     /// is kept warm, so the first event does not pay a cold start.
     pub fn deploy(&self, spec: FunctionSpec, wasm: &[u8]) -> Result<Function, LoadError> {
         let hash: [u8; 32] = Sha256::digest(wasm).into();
-        let version = hex(&hash[..6]);
+        let version = version_of(&hash);
         let module = self.compile(&spec.name, &hash, wasm)?;
         check_imports(&spec.name, &version, &module)?;
         check_exports(&spec.name, &version, &module)?;
@@ -675,6 +675,15 @@ fn unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// The version a module deploys as: the first 12 hex digits of its SHA-256.
+pub fn module_version(wasm: &[u8]) -> String {
+    version_of(&Sha256::digest(wasm).into())
+}
+
+fn version_of(hash: &[u8; 32]) -> String {
+    hex(&hash[..6])
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -9,9 +9,11 @@
 //! fsync covers many messages. Until a batch commits, reads see its KV writes
 //! through the [`overlay::Overlay`].
 
+mod dead_letters;
 mod overlay;
 mod schema;
 
+pub use dead_letters::{Attempt, DeadLetter, NewDeadLetter, Purge};
 pub use schema::{MigrationError, VERSION as SCHEMA_VERSION};
 
 use crate::runtime::{Effects, KvRead, KvWrite};
@@ -170,11 +172,23 @@ pub struct StoreStats {
     pub failures: AtomicU64,
     /// Outbox rows deleted undelivered by a `drop-oldest` policy.
     pub outbox_dropped: AtomicU64,
+    /// Dead letters written, and deleted to keep within a function's `keep`.
+    pub dead_letters: AtomicU64,
+    pub dead_letters_dropped: AtomicU64,
 }
 
 enum Request {
-    Commit { seq: u64, commit: Commit },
+    Commit {
+        seq: u64,
+        commit: Commit,
+        /// A dead letter this commit replays, deleted in the same transaction.
+        resolves: Option<i64>,
+    },
     DeleteOutbox(Vec<i64>),
+    DeadLetters {
+        op: dead_letters::DeadLetterOp,
+        reply: dead_letters::Reply,
+    },
 }
 
 type OutboxCallback = Box<dyn Fn(OutboxDestination) + Send + Sync>;
@@ -290,6 +304,11 @@ impl Store {
     /// once unless too much is pending, in which case it waits (backpressure).
     /// Reads from now on see the KV writes.
     pub fn submit(&self, commit: Commit) {
+        self.submit_resolving(commit, None);
+    }
+
+    /// [`Store::submit`], deleting dead letter `resolves` in the same transaction.
+    fn submit_resolving(&self, commit: Commit, resolves: Option<i64>) {
         if self.inner.closing.load(Ordering::SeqCst) {
             (commit.done)(Err(StoreError::Closed));
             return;
@@ -307,11 +326,21 @@ impl Store {
             lock(&self.inner.pending_ids).insert((commit.function.clone(), id.clone()));
         }
         let sent = match &submitter.tx {
-            Some(tx) => tx.send(Request::Commit { seq, commit }).map_err(|e| e.0),
-            None => Err(Request::Commit { seq, commit }),
+            Some(tx) => tx
+                .send(Request::Commit {
+                    seq,
+                    commit,
+                    resolves,
+                })
+                .map_err(|e| e.0),
+            None => Err(Request::Commit {
+                seq,
+                commit,
+                resolves,
+            }),
         };
         drop(submitter);
-        if let Err(Request::Commit { seq, commit }) = sent {
+        if let Err(Request::Commit { seq, commit, .. }) = sent {
             lock(&self.inner.overlay).discard(&[seq]);
             if let Some(id) = &commit.dedup {
                 lock(&self.inner.pending_ids).remove(&(commit.function.clone(), id.clone()));
@@ -734,8 +763,15 @@ impl StoreThread {
             };
             for request in batch {
                 match request {
-                    Request::Commit { seq, commit } => {
+                    Request::Commit {
+                        seq,
+                        commit,
+                        resolves,
+                    } => {
                         max_seq = Some(*seq);
+                        if let Some(id) = resolves {
+                            tx.execute("DELETE FROM dead_letters WHERE id = ?1", [id])?;
+                        }
                         let ns = commit.function.as_str();
                         if let Some(id) = &commit.dedup {
                             seen.execute(params![ns, id, now])?;
@@ -774,6 +810,17 @@ impl StoreThread {
                             )?;
                         }
                     }
+                    Request::DeadLetters { op, .. } => {
+                        let applied = dead_letters::apply(&tx, op)?;
+                        if let Some((topic, payload, function)) = &applied.publish {
+                            add_row(OutboxDestination::Local, topic, payload, 1, false, function)?;
+                        }
+                        if matches!(op, dead_letters::DeadLetterOp::Insert(_)) {
+                            written.dead_letters += 1;
+                        }
+                        written.replies.push(applied.result);
+                        written.dead_letters_dropped.extend(applied.dropped);
+                    }
                     Request::DeleteOutbox(ids) => {
                         for id in ids {
                             let row = unbox
@@ -809,13 +856,18 @@ impl StoreThread {
         let inner = &self.inner;
         let mut seqs = Vec::new();
         let mut commits = Vec::new();
+        let mut replies = Vec::new();
         for request in batch {
-            if let Request::Commit { seq, commit } = request {
-                seqs.push(seq);
-                if let Some(id) = &commit.dedup {
-                    lock(&inner.pending_ids).remove(&(commit.function.clone(), id.clone()));
+            match request {
+                Request::Commit { seq, commit, .. } => {
+                    seqs.push(seq);
+                    if let Some(id) = &commit.dedup {
+                        lock(&inner.pending_ids).remove(&(commit.function.clone(), id.clone()));
+                    }
+                    commits.push(commit);
                 }
-                commits.push(commit);
+                Request::DeadLetters { reply, .. } => replies.push(reply),
+                Request::DeleteOutbox(_) => {}
             }
         }
         {
@@ -841,6 +893,19 @@ impl StoreThread {
             stats
                 .outbox_dropped
                 .fetch_add(written.dropped.len() as u64, Ordering::Relaxed);
+            stats
+                .dead_letters
+                .fetch_add(written.dead_letters, Ordering::Relaxed);
+            stats
+                .dead_letters_dropped
+                .fetch_add(written.dead_letters_dropped.len() as u64, Ordering::Relaxed);
+            for (id, function) in &written.dead_letters_dropped {
+                tracing::warn!(
+                    id,
+                    function,
+                    "dead-letter queue full: oldest dead letter deleted (dead_letters.keep)"
+                );
+            }
             for (id, destination, topic, function) in &written.dropped {
                 tracing::warn!(
                     id,
@@ -862,6 +927,12 @@ impl StoreThread {
                 Err(_) => Err(StoreError::Closed),
             };
             (commit.done)(outcome);
+        }
+        for (i, reply) in replies.into_iter().enumerate() {
+            reply(match &result {
+                Ok(()) => Ok(written.replies.get(i).copied().unwrap_or(0)),
+                Err(_) => Err(StoreError::Closed),
+            });
         }
         inner.pending.release(n);
         if result.is_ok() && !written.destinations.is_empty() {
@@ -930,6 +1001,11 @@ struct Written {
     deleted: u64,
     /// Rows dropped by `drop-oldest`: id, destination, topic, function.
     dropped: Vec<(i64, OutboxDestination, String, String)>,
+    /// Dead letters inserted, and deleted past `keep`: (id, function).
+    dead_letters: u64,
+    dead_letters_dropped: Vec<(i64, String)>,
+    /// Per dead-letter request, in batch order: its id or rows changed.
+    replies: Vec<i64>,
 }
 
 impl Written {

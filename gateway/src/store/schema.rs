@@ -47,6 +47,30 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX dedup_by_age ON dedup (seen_ms);
     "#,
+    // 2: the dead-letter queue: events that failed every attempt.
+    r#"
+    CREATE TABLE dead_letters (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        function    TEXT NOT NULL,
+        -- The context's request_id: a replay is a retry of the same request.
+        request_id  INTEGER NOT NULL,
+        -- The module version of the last failed attempt.
+        version     TEXT NOT NULL,
+        -- The event's topic (or what orders it: an HTTP path, a schedule).
+        topic       TEXT NOT NULL,
+        event_kind  TEXT NOT NULL,
+        -- The event exactly as the ABI encodes it (postcard `Event`).
+        event       BLOB NOT NULL,
+        -- The device-provided message id, recorded when a replay commits.
+        dedup       TEXT,
+        -- JSON array of {attempt, at_ms, kind, error}, oldest first.
+        attempts    TEXT NOT NULL,
+        received_ms INTEGER NOT NULL,
+        -- When the last attempt (or replay) failed.
+        failed_ms   INTEGER NOT NULL
+    );
+    CREATE INDEX dead_letters_by_function ON dead_letters (function, id);
+    "#,
 ];
 
 /// The version this binary writes.
