@@ -121,6 +121,14 @@ pub enum ConfigErrorKind {
         /// The name in the grant.
         name: String,
     },
+    /// `invoke` grants that lead back to where they started: a function
+    /// could invoke itself (directly or through others) without end, each
+    /// invocation committing the next, and nothing would ever stop it.
+    #[error("invoke grants form a loop ({cycle}); an invocation chain along it would never end")]
+    InvokeCycle {
+        /// The functions along the loop, `a -> b -> a`.
+        cycle: String,
+    },
     /// A field that the rest of the config makes necessary is missing.
     #[error("`{field}` is required {when}")]
     Missing {

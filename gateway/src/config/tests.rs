@@ -358,6 +358,7 @@ invoke = ["a", "ghost"]
             "gateway.toml:12: functions[0].limits.memory_mb: 0 is out of range: must be between 1 and 4096",
             "gateway.toml:13: functions[0].limits.concurrency: 0 is out of range: must be at least 1",
             "gateway.toml:16: functions[0].grants.invoke[1]: no function named \"ghost\" is configured",
+            "gateway.toml:16: functions[0].grants.invoke: invoke grants form a loop (a -> a); an invocation chain along it would never end",
         ]
     );
     // The whole report prints one problem per line.

@@ -99,7 +99,71 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
         }
         self::function(&mut c, &path, function, config);
     }
+    let grants: Vec<(&str, &[String])> = config
+        .functions
+        .iter()
+        .map(|f| (f.name.as_str(), f.grants.invoke.as_slice()))
+        .collect();
+    for (i, cycle) in invoke_cycles(&grants) {
+        c.push(
+            functions.index(i).key("grants").key("invoke"),
+            Kind::InvokeCycle {
+                cycle: cycle.join(" -> "),
+            },
+        );
+    }
     c.errors
+}
+
+/// Loops in the invoke grants, each once: `(index of the function it is
+/// reported at, the names along it back to that function)`. A loop is
+/// reported at its function with the lowest index, so `a -> b -> a` is one
+/// problem, not two.
+///
+/// Grants name functions explicitly (no wildcards), so every chain of
+/// invokes the gateway could ever run follows these edges: no loop here,
+/// no endless chain at run time.
+pub(crate) fn invoke_cycles(grants: &[(&str, &[String])]) -> Vec<(usize, Vec<String>)> {
+    let index: HashMap<&str, usize> = grants
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| (*name, i))
+        .collect();
+    let targets = |i: usize| -> Vec<usize> {
+        grants[i]
+            .1
+            .iter()
+            .filter_map(|name| index.get(name.as_str()).copied())
+            .collect()
+    };
+    let mut cycles = Vec::new();
+    for start in 0..grants.len() {
+        // Depth-first over functions after `start` only, so each loop is
+        // found from its lowest member; `visited` keeps it linear per start.
+        let mut visited = vec![false; grants.len()];
+        let mut stack: Vec<(usize, Vec<usize>)> = vec![(start, targets(start))];
+        let mut found = None;
+        while let Some((_, next)) = stack.last_mut() {
+            let Some(to) = next.pop() else {
+                stack.pop();
+                continue;
+            };
+            if to == start {
+                found = Some(stack.iter().map(|(f, _)| *f).collect::<Vec<_>>());
+                break;
+            }
+            if to > start && !visited[to] {
+                visited[to] = true;
+                stack.push((to, targets(to)));
+            }
+        }
+        if let Some(path) = found {
+            let mut names: Vec<String> = path.iter().map(|&f| grants[f].0.to_owned()).collect();
+            names.push(grants[start].0.to_owned());
+            cycles.push((start, names));
+        }
+    }
+    cycles
 }
 
 fn is_gateway_id(id: &str) -> bool {
@@ -420,6 +484,45 @@ fn limits(c: &mut Checker, path: &FieldPath, limits: &Limits) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cycles(grants: &[(&str, &[&str])]) -> Vec<(usize, String)> {
+        let owned: Vec<(&str, Vec<String>)> = grants
+            .iter()
+            .map(|(name, to)| (*name, to.iter().map(|s| s.to_string()).collect()))
+            .collect();
+        let borrowed: Vec<(&str, &[String])> =
+            owned.iter().map(|(n, to)| (*n, to.as_slice())).collect();
+        invoke_cycles(&borrowed)
+            .into_iter()
+            .map(|(i, names)| (i, names.join(" -> ")))
+            .collect()
+    }
+
+    #[test]
+    fn invoke_loops_are_found_once_each() {
+        assert_eq!(cycles(&[("a", &["a"])]), [(0, "a -> a".to_owned())]);
+        assert_eq!(
+            cycles(&[("a", &["b"]), ("b", &["c"]), ("c", &["a"])]),
+            [(0, "a -> b -> c -> a".to_owned())]
+        );
+        // Reported at the lowest member, wherever the chain enters it.
+        assert_eq!(
+            cycles(&[("entry", &["x"]), ("x", &["y"]), ("y", &["x"])]),
+            [(1, "x -> y -> x".to_owned())]
+        );
+        assert_eq!(
+            cycles(&[("a", &["a", "b"]), ("b", &["b"])]),
+            [(0, "a -> a".to_owned()), (1, "b -> b".to_owned())]
+        );
+    }
+
+    #[test]
+    fn invoke_chains_without_loops_are_fine() {
+        assert!(cycles(&[("a", &["b", "c"]), ("b", &["c"]), ("c", &[])]).is_empty());
+        // Unknown names are reported elsewhere; here they lead nowhere.
+        assert!(cycles(&[("a", &["nope"])]).is_empty());
+        assert!(cycles(&[]).is_empty());
+    }
 
     #[test]
     fn gateway_ids_are_safe_in_client_ids_and_topics() {
