@@ -47,6 +47,10 @@ const SUBSCRIBE_WAIT: Duration = Duration::from_secs(10);
 pub enum GatewayError {
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// A module read fine but does not deploy (not Wasm, wrong ABI, bad
+    /// imports): the file is named, since that is what the operator fixes.
+    #[error("{path}: {error}")]
+    Module { path: String, error: LoadError },
     #[cfg(feature = "embedded-broker")]
     #[error(transparent)]
     Broker(#[from] crate::broker::BrokerError),
@@ -203,7 +207,12 @@ impl Gateway {
         let runtime = Runtime::new();
         let mut deployed = Vec::with_capacity(modules.len());
         for module in &modules {
-            let function = runtime.deploy(function_spec(&module.config), &module.wasm)?;
+            let function = runtime
+                .deploy(function_spec(&module.config), &module.wasm)
+                .map_err(|error| GatewayError::Module {
+                    path: module.config.wasm.display().to_string(),
+                    error,
+                })?;
             tracing::info!(
                 function = function.name(),
                 version = function.version(),
