@@ -153,6 +153,29 @@ impl GatewayProcess {
         gateway
     }
 
+    /// Like [`GatewayProcess::start`] with a config of the test's own:
+    /// `write` gets the gateway's (empty) temporary directory, may put files
+    /// there (modules, a pre-made data directory) and returns the TOML.
+    #[track_caller]
+    pub fn start_toml(write: impl FnOnce(&Path) -> String) -> GatewayProcess {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, write(dir.path())).expect("write config");
+        let mut gateway = GatewayProcess {
+            dir,
+            config: path,
+            child: None,
+            runs: 0,
+        };
+        gateway.restart();
+        gateway
+    }
+
+    /// The gateway's temporary directory (config, logs, usually its data).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// Starts the gateway again on the same config (after `stop` or `kill`).
     #[track_caller]
     pub fn restart(&mut self) {
