@@ -104,6 +104,16 @@ pub fn render(run: &LocalRun) -> String {
         if report.logs_dropped > 0 {
             let _ = writeln!(out, "  ({} more log lines dropped)", report.logs_dropped);
         }
+        if report.refused_count > 0 {
+            let _ = writeln!(out, "refused");
+            for reason in &report.refused {
+                let _ = writeln!(out, "  {reason}");
+            }
+            let more = report.refused_count - report.refused.len();
+            if more > 0 {
+                let _ = writeln!(out, "  ({more} more)");
+            }
+        }
         let cost = &report.cost;
         let _ = writeln!(
             out,
@@ -208,6 +218,8 @@ pub fn to_json(run: &LocalRun) -> Value {
                     "message": l.message,
                 })).collect::<Vec<_>>(),
                 "logs_dropped": report.logs_dropped,
+                "refused": report.refused,
+                "refused_count": report.refused_count,
                 "cost": {
                     "fuel": report.cost.fuel,
                     "memory_bytes": report.cost.memory_bytes,

@@ -105,6 +105,8 @@ pub struct FunctionMetrics {
     /// Events that found the function's queue full and waited for room
     /// (while they wait, the ingress reads no more and the broker holds the rest).
     pub throttled: AtomicU64,
+    /// Emits and invokes the host refused (bad topics, outside the grants).
+    pub refused: AtomicU64,
     /// From arrival at the gateway to the end of the invocation.
     pub latency: Histogram,
 }
@@ -122,6 +124,7 @@ impl FunctionMetrics {
             retries: self.retries.load(Ordering::Relaxed),
             dead_letters: self.dead_letters.load(Ordering::Relaxed),
             throttled: self.throttled.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
             latency: self.latency.snapshot(),
         }
     }
@@ -140,6 +143,7 @@ pub struct FunctionSnapshot {
     pub retries: u64,
     pub dead_letters: u64,
     pub throttled: u64,
+    pub refused: u64,
     pub latency: HistogramSnapshot,
 }
 

@@ -408,6 +408,40 @@ fn wildcard_and_system_topics_are_refused_with_a_status() {
     gw.assert_still_serving();
 }
 
+/// A guest may ignore the status; the refusal is in the report anyway (the
+/// daemon logs it and counts it), described, and a storm of them is counted.
+#[test]
+fn refused_emits_and_invokes_are_reported_even_when_the_guest_ignores_them() {
+    let gw = Gateway::new();
+    let mut spec = FunctionSpec::permissive("careless");
+    spec.grants.local = vec!["out/#".into()];
+    let data = r#"(data (i32.const 100) "$SYS/x") (data (i32.const 120) "elsewhere")"#;
+    let storm = "(block (loop (drop (call $emit (i32.const 120) (i32.const 9) (i32.const 32) (i32.const 5) (i32.const 1))) (local.set 1 (i32.add (local.get 1) (i32.const 1))) (br_if 0 (i32.lt_u (local.get 1) (i32.const 20)))))";
+    let body = format!(
+        "(drop (call $emit (i32.const 100) (i32.const 6) (i32.const 32) (i32.const 5) (i32.const 1))) {storm} {EMIT_HELLO} i32.const 0"
+    );
+    let f = gw
+        .runtime
+        .deploy(spec, &guest_with(data, &body))
+        .expect("deploys");
+    let report = invoke(&f);
+    assert_eq!(report.refused_count, 21);
+    assert_eq!(report.refused.len(), 8, "the first few are described");
+    assert!(
+        report.refused[0].contains("\"$SYS/x\" refused"),
+        "{:?}",
+        report.refused
+    );
+    assert!(
+        report.refused[1].contains("\"elsewhere\" denied"),
+        "{:?}",
+        report.refused
+    );
+    let effects = report.outcome.expect("the guest ignored the statuses");
+    assert_eq!(effects.emits.len(), 1, "only the granted emit is kept");
+    gw.assert_still_serving();
+}
+
 #[test]
 fn emit_outside_the_grants_is_denied() {
     let gw = Gateway::new();

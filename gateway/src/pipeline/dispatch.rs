@@ -306,6 +306,19 @@ impl Worker {
             for line in &report.logs {
                 log_guest_line(&f, line.level, &line.message);
             }
+            for reason in &report.refused {
+                tracing::warn!(function = f.name(), version = f.version(), "{reason}");
+            }
+            if report.refused_count > report.refused.len() {
+                tracing::warn!(
+                    function = f.name(),
+                    more = report.refused_count - report.refused.len(),
+                    "more emits or invokes refused in this invocation"
+                );
+            }
+            self.metrics
+                .refused
+                .fetch_add(report.refused_count as u64, Ordering::Relaxed);
             let error = match report.outcome {
                 Ok(effects) => {
                     inc(&self.metrics.succeeded);

@@ -480,6 +480,7 @@ fn log_function_totals(function: &str, metrics: &FunctionMetrics) {
         retries = s.retries,
         dead_letters = s.dead_letters,
         throttled = s.throttled,
+        refused = s.refused,
         dropped = s.dropped,
         duplicates = s.duplicates,
         acked = s.acked,

@@ -31,6 +31,18 @@ pub(crate) struct FunctionEnv {
     pub config: BTreeMap<String, String>,
 }
 
+/// Refusals described per invocation; a storm of them is counted, not kept.
+pub(crate) const MAX_REFUSED_KEPT: usize = 8;
+
+/// Records an emit or invoke the host answered with a refusal.
+fn refuse(caller: &mut Caller<'_, HostState>, what: impl FnOnce() -> String) {
+    let call = &mut caller.data_mut().call;
+    call.refused_count += 1;
+    if call.refused.len() < MAX_REFUSED_KEPT {
+        call.refused.push(what());
+    }
+}
+
 /// What one invocation accumulates; replaced wholesale before each call.
 #[derive(Default)]
 pub(crate) struct CallState {
@@ -38,6 +50,11 @@ pub(crate) struct CallState {
     pub effects: Effects,
     pub logs: Vec<LogLine>,
     pub logs_dropped: usize,
+    /// Emits and invokes the host refused (bad topic, outside the grants),
+    /// described; counted past [`MAX_REFUSED_KEPT`]. The guest only sees a
+    /// status it may ignore, so the operator needs these.
+    pub refused: Vec<String>,
+    pub refused_count: usize,
     pub violation: Option<AbiViolation>,
     pub host_failure: Option<String>,
     pub kv: Option<Arc<dyn KvRead>>,
@@ -346,6 +363,9 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors
                 return Ok(status(Status::InvalidArgument));
             };
             if !wasmgate_abi::is_valid_publish_topic(&topic) {
+                refuse(&mut caller, || {
+                    format!("emit to {topic:?} refused: not a topic one may publish to (wildcards, '$' topics)")
+                });
                 return Ok(status(Status::InvalidArgument));
             }
             if !caller
@@ -354,6 +374,9 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors
                 .grants
                 .allows_emit(&topic, options.destination)
             {
+                refuse(&mut caller, || {
+                    format!("emit to {topic:?} denied: outside the function's grants")
+                });
                 return Ok(status(Status::Denied));
             }
             caller.data_mut().call.effects.emits.push(Emit {
@@ -530,6 +553,9 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors
                 return Ok(status(Status::InvalidArgument));
             };
             if !caller.data().env.grants.allows_invoke(&function) {
+                refuse(&mut caller, || {
+                    format!("invoke of {function:?} denied: not in grants.invoke")
+                });
                 return Ok(status(Status::Denied));
             }
             caller

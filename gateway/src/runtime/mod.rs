@@ -181,6 +181,10 @@ pub struct Report {
     pub logs: Vec<LogLine>,
     /// Log lines past [`MAX_LOG_LINES`], counted but not kept.
     pub logs_dropped: usize,
+    /// Emits and invokes the host refused, described (the first few), and
+    /// how many there were. A guest may ignore the status; these may not be.
+    pub refused: Vec<String>,
+    pub refused_count: usize,
     pub cost: Cost,
 }
 
@@ -439,6 +443,8 @@ impl Function {
                         outcome: Err(error),
                         logs: Vec::new(),
                         logs_dropped: 0,
+                        refused: Vec::new(),
+                        refused_count: 0,
                         cost: Cost {
                             fuel: 0,
                             memory_bytes: 0,
@@ -469,6 +475,8 @@ impl Function {
             outcome,
             logs: call.logs,
             logs_dropped: call.logs_dropped,
+            refused: call.refused,
+            refused_count: call.refused_count,
             cost: Cost {
                 fuel,
                 memory_bytes,
