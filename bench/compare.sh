@@ -32,49 +32,16 @@ DEVICES=${DEVICES:-100}
 SETTLE=${SETTLE:-10}
 IDLE=${IDLE:-5}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/wg-bench-target}
-MOSQUITTO=${MOSQUITTO:-$(command -v mosquitto || echo /usr/sbin/mosquitto)}
 NODE_RED=${NODE_RED:-1}
 NODE_RED_DIR=${NODE_RED_DIR:-/var/tmp/wasmgate-node-red}
 WASM="$ROOT/functions/examples/wasm/vending_telemetry.wasm"
-RESULTS="$ROOT/bench/results"
-STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 
-say() { printf '== %s\n' "$*" >&2; }
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
-if [ -n "${WASMGATE:-}" ]; then
-    WG=$WASMGATE
-    say "using the prebuilt $WG"
-else
-    say "building wasmgate (release) into $CARGO_TARGET_DIR"
-    cargo build --release -p wasmgate --manifest-path "$ROOT/Cargo.toml" >&2
-    WG="$CARGO_TARGET_DIR/release/wasmgate"
-fi
-
+wasmgate_binary
 # On disk, not tmpfs: wasmgate's commits fsync, as on a gateway's SD card.
-WORK=$(mktemp -d /var/tmp/wasmgate-compare.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-# Waits until FILE has a line matching PATTERN (or gives up after 30 s).
-wait_for() {
-    local file=$1 pattern=$2
-    for _ in $(seq 300); do
-        grep -q "$pattern" "$file" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "gave up waiting for '$pattern' in $file:" >&2
-    cat "$file" >&2
-    return 1
-}
+scratch WORK /var/tmp/wasmgate-compare.XXXXXX
 
 # stop PID: SIGTERM, then wait for it.
 stop() {
@@ -106,26 +73,9 @@ if [ -n "$NR_JS" ]; then
 fi
 
 # ---- mosquitto ----
-PORT=$(free_port)
-cat > "$WORK/mosquitto.conf" <<CONF
-listener $PORT 127.0.0.1
-allow_anonymous true
-# As root (containers) mosquitto would switch to the mosquitto user; harmless otherwise.
-user root
-persistence false
 # No limits: a gateway's session may hold a whole burst unacked.
-max_queued_messages 0
-max_inflight_messages 0
-log_dest file $WORK/mosquitto.log
-CONF
-"$MOSQUITTO" -c "$WORK/mosquitto.conf" &
-MOSQ=$!
-PIDS+=("$MOSQ")
-BROKER="127.0.0.1:$PORT"
-for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
-    sleep 0.1
-done
+start_mosquitto "$WORK" "max_queued_messages 0
+max_inflight_messages 0"
 say "mosquitto $($MOSQUITTO -h 2>&1 | head -1 | awk '{print $3}') on $BROKER (pid $MOSQ)"
 
 # A persistent session left at the broker would queue every later run's

@@ -31,61 +31,17 @@ SETTLE=${SETTLE:-60}
 MODES=${MODES:-full normal memory}
 ROUNDS=${ROUNDS:-3}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/wasmgate-target}
-MOSQUITTO=${MOSQUITTO:-$(command -v mosquitto || echo /usr/sbin/mosquitto)}
 WASM="$ROOT/functions/examples/wasm/vending_telemetry.wasm"
-RESULTS="$ROOT/bench/results"
-STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 
-say() { printf '== %s\n' "$*" >&2; }
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 command -v strace >/dev/null || { echo "strace is needed: apt-get install strace" >&2; exit 2; }
-if [ -n "${WASMGATE:-}" ]; then
-    WG=$WASMGATE
-else
-    say "building wasmgate (release) into $CARGO_TARGET_DIR"
-    cargo build --release -p wasmgate --manifest-path "$ROOT/Cargo.toml" >&2
-    WG="$CARGO_TARGET_DIR/release/wasmgate"
-fi
-
-WORK=$(mktemp -d /var/tmp/wasmgate-durability.XXXXXX)
-SHM=$(mktemp -d /dev/shm/wasmgate-durability.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK" "$SHM"
-}
-trap cleanup EXIT
-
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$WORK/mosquitto.conf" <<CONF
-listener $PORT 127.0.0.1
-allow_anonymous true
-user root
-persistence false
-max_queued_messages 0
-max_inflight_messages 1000
-log_dest file $WORK/mosquitto.log
-CONF
-"$MOSQUITTO" -c "$WORK/mosquitto.conf" &
-MOSQ=$!
-PIDS+=("$MOSQ")
-BROKER="127.0.0.1:$PORT"
-for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
-    sleep 0.1
-done
-
-wait_for() {
-    local file=$1 pattern=$2
-    for _ in $(seq 300); do
-        grep -q "$pattern" "$file" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "gave up waiting for '$pattern' in $file:" >&2
-    cat "$file" >&2
-    return 1
-}
+wasmgate_binary
+scratch WORK /var/tmp/wasmgate-durability.XXXXXX
+scratch SHM /dev/shm/wasmgate-durability.XXXXXX
+start_mosquitto "$WORK" "max_queued_messages 0
+max_inflight_messages 1000"
 
 for round in $(seq "$ROUNDS"); do
 for mode in $MODES; do

@@ -21,55 +21,20 @@ COUNTS=${COUNTS:-"1 10 100 1000"}
 IDLE=${IDLE:-5}
 EMBEDDED=${EMBEDDED:-1}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/wg-bench-target}
-MOSQUITTO=${MOSQUITTO:-$(command -v mosquitto || echo /usr/sbin/mosquitto)}
 WASM=${WASM:-"$ROOT/functions/examples/wasm/vending_telemetry.wasm"}
-RESULTS="$ROOT/bench/results"
-STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 
-say() { printf '== %s\n' "$*" >&2; }
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
-if [ -n "${WASMGATE:-}" ]; then
-    WG=$WASMGATE
-    say "using the prebuilt $WG"
-else
-    say "building wasmgate (release) into $CARGO_TARGET_DIR"
-    cargo build --release -p wasmgate --manifest-path "$ROOT/Cargo.toml" >&2
-    WG="$CARGO_TARGET_DIR/release/wasmgate"
-fi
-
-WORK=$(mktemp -d /var/tmp/wasmgate-footprint.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+wasmgate_binary
+scratch WORK /var/tmp/wasmgate-footprint.XXXXXX
 
 # 1,000 functions hold 1,000 MQTT sessions: the broker and the gateway each
 # need a descriptor per session (the systemd unit sets LimitNOFILE=65536).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 say "open files limit $(ulimit -n)"
 
-PORT=$(free_port)
-cat > "$WORK/mosquitto.conf" <<CONF
-listener $PORT 127.0.0.1
-allow_anonymous true
-user root
-persistence false
-max_connections -1
-log_dest file $WORK/mosquitto.log
-CONF
-"$MOSQUITTO" -c "$WORK/mosquitto.conf" &
-PIDS+=("$!")
-for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
-    sleep 0.1
-done
+start_mosquitto "$WORK" "max_connections -1"
 
 EMB=()
 [ "$EMBEDDED" = 1 ] && EMB=(--embedded-port "$(free_port)")

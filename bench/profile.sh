@@ -29,11 +29,9 @@ QOS=${QOS:-1}
 CONCURRENCY=${CONCURRENCY:-1}
 SYNCHRONOUS=${SYNCHRONOUS:-full}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/wg-bench-target}
-MOSQUITTO=${MOSQUITTO:-$(command -v mosquitto || echo /usr/sbin/mosquitto)}
 WASM="$ROOT/functions/examples/wasm/vending_telemetry.wasm"
-RESULTS="$ROOT/bench/results"
-STAMP=$(date -u +%Y%m%dT%H%M%SZ)
-say() { printf '== %s\n' "$*" >&2; }
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 case "$TOOL" in
     perf) command -v perf >/dev/null || { say "perf not found (apt-get install linux-perf)"; exit 1; } ;;
@@ -52,31 +50,9 @@ else
     WG="$CARGO_TARGET_DIR/profiling/wasmgate"
 fi
 
-WORK=$(mktemp -d /var/tmp/wasmgate-profile.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$WORK/mosquitto.conf" <<CONF
-listener $PORT 127.0.0.1
-allow_anonymous true
-user root
-persistence false
-max_queued_messages 0
-max_inflight_messages 0
-log_dest file $WORK/mosquitto.log
-CONF
-"$MOSQUITTO" -c "$WORK/mosquitto.conf" &
-PIDS+=("$!")
-for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
-    sleep 0.1
-done
+scratch WORK /var/tmp/wasmgate-profile.XXXXXX
+start_mosquitto "$WORK" "max_queued_messages 0
+max_inflight_messages 0"
 
 mkdir -p "$WORK/data"
 cat > "$WORK/gateway.toml" <<TOML

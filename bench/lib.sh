@@ -1,0 +1,86 @@
+# Shared by the bench scripts (compare, durability, footprint, profile):
+# sourced after `set -euo pipefail` and ROOT. What each script needs from
+# the machine is the same: a scratch directory cleaned up on exit, child
+# processes stopped on exit, a mosquitto on a free port, a built wasmgate.
+
+MOSQUITTO=${MOSQUITTO:-$(command -v mosquitto || echo /usr/sbin/mosquitto)}
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+RESULTS="$ROOT/bench/results"
+
+say() { printf '== %s\n' "$*" >&2; }
+
+# Children to stop and directories to remove when the script exits, however.
+PIDS=()
+SCRATCH=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if [ "${#SCRATCH[@]}" -gt 0 ]; then rm -rf "${SCRATCH[@]}"; fi
+}
+trap cleanup EXIT
+
+# scratch VAR DIR-TEMPLATE: sets VAR to a new directory (a mktemp template),
+# removed on exit. (Not `VAR=$(scratch ..)`: a subshell could not register it.)
+scratch() {
+    local dir
+    dir=$(mktemp -d "$2")
+    SCRATCH+=("$dir")
+    printf -v "$1" '%s' "$dir"
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# wait_for FILE PATTERN: until FILE has a line matching PATTERN (30 s at most).
+wait_for() {
+    local file=$1 pattern=$2
+    for _ in $(seq 300); do
+        grep -q "$pattern" "$file" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "gave up waiting for '$pattern' in $file:" >&2
+    cat "$file" >&2
+    return 1
+}
+
+# wasmgate_binary: sets WG to $WASMGATE if given, else builds the release
+# binary into CARGO_TARGET_DIR.
+wasmgate_binary() {
+    if [ -n "${WASMGATE:-}" ]; then
+        WG=$WASMGATE
+        say "using the prebuilt $WG"
+    else
+        say "building wasmgate (release) into $CARGO_TARGET_DIR"
+        cargo build --release -p wasmgate --manifest-path "$ROOT/Cargo.toml" >&2
+        WG="$CARGO_TARGET_DIR/release/wasmgate"
+    fi
+}
+
+# start_mosquitto DIR [CONFIG-LINES]: a non-persistent, anonymous mosquitto
+# on a free loopback port, its config and log in DIR; sets PORT, MOSQ (pid)
+# and BROKER (host:port). Fails if it is not listening within 10 s.
+start_mosquitto() {
+    local dir=$1 extra=${2:-}
+    PORT=$(free_port)
+    cat > "$dir/mosquitto.conf" <<CONF
+listener $PORT 127.0.0.1
+allow_anonymous true
+# As root (containers) mosquitto would switch to the mosquitto user; harmless otherwise.
+user root
+persistence false
+log_dest file $dir/mosquitto.log
+$extra
+CONF
+    "$MOSQUITTO" -c "$dir/mosquitto.conf" &
+    MOSQ=$!
+    PIDS+=("$MOSQ")
+    BROKER="127.0.0.1:$PORT"
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "mosquitto is not listening on $BROKER:" >&2
+    cat "$dir/mosquitto.log" >&2
+    return 1
+}
