@@ -140,17 +140,7 @@ impl GatewayProcess {
     /// Writes `config`, starts the gateway and waits for "gateway running".
     #[track_caller]
     pub fn start(config: &GatewayConfig) -> GatewayProcess {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("gateway.toml");
-        std::fs::write(&path, config.to_toml(&dir.path().join("data"))).expect("write config");
-        let mut gateway = GatewayProcess {
-            dir,
-            config: path,
-            child: None,
-            runs: 0,
-        };
-        gateway.restart();
-        gateway
+        Self::start_toml(|dir| config.to_toml(&dir.join("data")))
     }
 
     /// Like [`GatewayProcess::start`] with a config of the test's own:
