@@ -145,6 +145,16 @@ pub enum ConfigErrorKind {
         /// Why it is ignored.
         when: &'static str,
     },
+    /// A field that the rest of the config rules out.
+    #[error("`{field}` cannot be used {with}: {hint}")]
+    Conflict {
+        /// The field that has to go (or change).
+        field: &'static str,
+        /// What it conflicts with, as in `with \`dedup_key\``.
+        with: &'static str,
+        /// What to do about it.
+        hint: &'static str,
+    },
     /// `broker.listen` is not an `ip:port` socket address.
     #[error(
         "invalid listen address {value:?}: {message} (expected ip:port, like \"0.0.0.0:1883\")"

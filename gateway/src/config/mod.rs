@@ -203,6 +203,29 @@ pub enum BrokerMode {
     External,
 }
 
+/// The MQTT version the gateway speaks to a broker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Protocol {
+    /// MQTT 3.1.1: what every broker speaks.
+    #[default]
+    #[serde(rename = "3.1.1")]
+    V311,
+    /// MQTT 5: user properties, and PUBACKs that say why a message was refused
+    /// (AWS IoT Core, HiveMQ, EMQX, mosquitto all speak it).
+    #[serde(rename = "5")]
+    V5,
+}
+
+impl Protocol {
+    /// As written in the config.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Protocol::V311 => "3.1.1",
+            Protocol::V5 => "5",
+        }
+    }
+}
+
 /// The local broker.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -210,6 +233,12 @@ pub struct BrokerConfig {
     /// `"embedded"` (default) or `"external"`.
     #[serde(default)]
     pub mode: BrokerMode,
+    /// External only: `"3.1.1"` (default) or `"5"`. MQTT 5 hands the
+    /// functions their messages' user properties and allows a trigger's
+    /// `dedup_property`. (The embedded broker's listener speaks 3.1.1 to
+    /// every device, so it stays 3.1.1.)
+    #[serde(default)]
+    pub protocol: Protocol,
     /// Embedded only: the `ip:port` devices connect to. Default `"0.0.0.0:1883"`;
     /// see [`BrokerConfig::listen_addr`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -294,6 +323,12 @@ pub struct UpstreamConfig {
     /// Many results per upstream message (cellular links); off by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<BatchConfig>,
+    /// `"3.1.1"` (default) or `"5"`. With MQTT 5 a broker that refuses a
+    /// message says so in its PUBACK (not authorized, quota exceeded...);
+    /// the gateway then keeps the message and retries it later, where with
+    /// 3.1.1 such a broker silently drops it or closes the connection.
+    #[serde(default)]
+    pub protocol: Protocol,
 }
 
 /// Upstream batching: results wait up to `max_delay_ms` to travel together
@@ -531,6 +566,12 @@ pub struct TriggerConfig {
     /// acknowledged without running again. None by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup_key: Option<String>,
+    /// The same with the id in an MQTT 5 user property of that name
+    /// (`"msg-id"`), leaving the payload alone: for devices that do not send
+    /// JSON. Needs `broker.protocol = "5"`; not together with `dedup_key`.
+    /// None by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup_property: Option<String>,
 }
 
 /// Resource limits of a function.

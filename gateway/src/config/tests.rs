@@ -632,6 +632,36 @@ fn the_default_config_shows_the_real_retry_and_dead_letter_defaults() {
 }
 
 #[test]
+fn mqtt_5_is_chosen_per_connection_and_3_1_1_is_the_default() {
+    let config = valid(&format!(
+        "[broker]\nmode = \"external\"\nhost = \"10.0.0.2\"\nprotocol = \"5\"\n[upstream]\nhost = \"cloud\"\nprotocol = \"5\"\n{ONE_FUNCTION}"
+    ));
+    assert_eq!(config.broker.protocol, Protocol::V5);
+    assert_eq!(
+        config.upstream.as_ref().map(|u| u.protocol),
+        Some(Protocol::V5)
+    );
+    let defaults = valid(&format!("[upstream]\nhost = \"cloud\"\n{ONE_FUNCTION}"));
+    assert_eq!(defaults.broker.protocol, Protocol::V311);
+    assert_eq!(
+        defaults.upstream.as_ref().map(|u| u.protocol),
+        Some(Protocol::V311)
+    );
+    let text = toml::to_string(&config).unwrap();
+    assert_eq!(valid(&text), config, "re-serialized as:\n{text}");
+}
+
+#[test]
+fn an_unknown_protocol_version_is_a_schema_error() {
+    let errors = errors("[upstream]\nhost = \"cloud\"\nprotocol = \"4\"\n");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("gateway.toml:3: upstream.protocol: ") && errors[0].contains("3.1.1"),
+        "{errors:?}"
+    );
+}
+
+#[test]
 fn retries_default_to_failures_that_may_pass_next_time() {
     let config = valid(ONE_FUNCTION);
     let retry = &config.functions[0].retry;
@@ -687,4 +717,41 @@ fn an_unknown_failure_kind_is_a_schema_error_with_its_line() {
         found[0]
     );
     assert!(found[0].contains("oops"), "{}", found[0]);
+}
+
+#[test]
+fn the_embedded_broker_stays_mqtt_3_1_1() {
+    assert_eq!(
+        errors("[broker]\nprotocol = \"5\"\n"),
+        ["gateway.toml:2: broker.protocol: `protocol = \"5\"` cannot be used with mode = \"embedded\": the embedded broker speaks MQTT 3.1.1 to devices; use mode = \"external\" with an MQTT 5 broker (mosquitto, EMQX, HiveMQ)"]
+    );
+}
+
+#[test]
+fn a_dedup_property_needs_mqtt_5_and_excludes_a_dedup_key() {
+    const MQTT5: &str = "[broker]\nmode = \"external\"\nhost = \"10.0.0.2\"\nprotocol = \"5\"\n";
+    let ok = valid(&format!(
+        "{MQTT5}[[functions]]\nname = \"f\"\nwasm = \"f.wasm\"\ntriggers = [{{ mqtt = \"a/#\", dedup_property = \"msg-id\" }}]\n"
+    ));
+    assert_eq!(
+        ok.functions[0].triggers[0].dedup_property.as_deref(),
+        Some("msg-id")
+    );
+
+    let both = format!(
+        "{MQTT5}[[functions]]\nname = \"f\"\nwasm = \"f.wasm\"\ntriggers = [\n  {{ mqtt = \"a/#\", dedup_key = \"id\", dedup_property = \"msg-id\" }},\n  {{ mqtt = \"b/#\", dedup_property = \"\" }},\n]\n"
+    );
+    assert_eq!(
+        errors(&both),
+        [
+            "gateway.toml:9: functions[0].triggers[0].dedup_property: `dedup_property` cannot be used with `dedup_key`: a trigger takes its message id from one place; keep one of them",
+            "gateway.toml:10: functions[0].triggers[1].dedup_property: invalid value \"\": expected the name of an MQTT 5 user property",
+        ]
+    );
+
+    let v311 = "[[functions]]\nname = \"f\"\nwasm = \"f.wasm\"\ntriggers = [{ mqtt = \"a/#\", dedup_property = \"msg-id\" }]\n";
+    assert_eq!(
+        errors(v311),
+        ["gateway.toml:4: functions[0].triggers[0].dedup_property: `dedup_property` cannot be used with broker.protocol = \"3.1.1\": user properties are MQTT 5; set protocol = \"5\" in [broker]"]
+    );
 }

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 
 use super::error::{ConfigError, ConfigErrorKind as Kind, FieldPath};
 use super::{
-    BrokerConfig, BrokerMode, Config, DeadLetterConfig, FunctionConfig, Limits, RetryConfig,
-    TlsConfig, UpstreamConfig, MAX_MEMORY_MB,
+    BrokerConfig, BrokerMode, Config, DeadLetterConfig, FunctionConfig, Limits, Protocol,
+    RetryConfig, TlsConfig, TriggerConfig, UpstreamConfig, MAX_MEMORY_MB,
 };
 use crate::router::{validate_filter, validate_topic_name};
 
@@ -213,6 +213,16 @@ fn broker(c: &mut Checker, path: &FieldPath, broker: &BrokerConfig) {
                     );
                 }
             }
+            if broker.protocol == Protocol::V5 {
+                c.push(
+                    path.key("protocol"),
+                    Kind::Conflict {
+                        field: "protocol = \"5\"",
+                        with: EMBEDDED,
+                        hint: "the embedded broker speaks MQTT 3.1.1 to devices; use mode = \"external\" with an MQTT 5 broker (mosquitto, EMQX, HiveMQ)",
+                    },
+                );
+            }
         }
         BrokerMode::External => {
             if broker.listen.is_some() {
@@ -382,6 +392,7 @@ fn function(c: &mut Checker, path: &FieldPath, function: &FunctionConfig, config
         // QoS 2's exactly-once handshake is not supported: delivery is
         // at-least-once end to end, and functions see duplicates anyway.
         c.range(trigger_path.key("qos"), trigger.qos.into(), 0, 1);
+        dedup(c, &trigger_path, trigger, config.broker.protocol);
     }
 
     limits(c, &path.key("limits"), &function.limits);
@@ -448,6 +459,44 @@ fn dead_letters(c: &mut Checker, path: &FieldPath, dead_letters: &DeadLetterConf
                 },
             );
         }
+    }
+}
+
+/// A trigger's dedup id comes from one place: a JSON field or, over MQTT 5,
+/// a user property.
+fn dedup(c: &mut Checker, path: &FieldPath, trigger: &TriggerConfig, protocol: Protocol) {
+    let Some(property) = &trigger.dedup_property else {
+        return;
+    };
+    let path = path.key("dedup_property");
+    if property.is_empty() {
+        c.push(
+            path.clone(),
+            Kind::InvalidValue {
+                value: String::new(),
+                expected: "the name of an MQTT 5 user property",
+            },
+        );
+    }
+    if trigger.dedup_key.is_some() {
+        c.push(
+            path.clone(),
+            Kind::Conflict {
+                field: "dedup_property",
+                with: "with `dedup_key`",
+                hint: "a trigger takes its message id from one place; keep one of them",
+            },
+        );
+    }
+    if protocol != Protocol::V5 {
+        c.push(
+            path,
+            Kind::Conflict {
+                field: "dedup_property",
+                with: "with broker.protocol = \"3.1.1\"",
+                hint: "user properties are MQTT 5; set protocol = \"5\" in [broker]",
+            },
+        );
     }
 }
 
