@@ -70,6 +70,30 @@ impl OwnedEvent {
         }
     }
 
+    /// An MQTT 5 message with its user properties, in the order sent
+    /// (names may repeat). Encoded once here, so lending it is free.
+    pub fn mqtt_with_properties(
+        topic: impl Into<String>,
+        payload: impl Into<Vec<u8>>,
+        qos: u8,
+        retain: bool,
+        properties: &[(String, String)],
+    ) -> Self {
+        let pairs: Vec<Pair<'_>> = properties
+            .iter()
+            .map(|(name, value)| Pair { name, value })
+            .collect();
+        OwnedEvent::Mqtt {
+            topic: topic.into(),
+            payload: payload.into(),
+            qos,
+            retain,
+            // postcard cannot fail to encode strings into a Vec; none
+            // encode as nothing, like an MQTT 3.1.1 message.
+            user_properties: Seq::<Pair>::encode(&pairs).unwrap_or_default(),
+        }
+    }
+
     /// Several events delivered to one invocation.
     pub fn batch(events: &[OwnedEvent]) -> Self {
         let lent: Vec<Event<'_>> = events.iter().map(OwnedEvent::as_event).collect();
@@ -492,6 +516,30 @@ mod tests {
         assert!(parse_err(json!({"mqqt": {}})).contains("unknown event kind"));
         assert!(parse_err(json!([])).contains("exactly one key"));
         assert!(parse_err(json!({"batch": [{"mqtt": {}}]})).contains("batch[0].mqtt.topic"));
+    }
+
+    #[test]
+    fn mqtt_5_user_properties_reach_the_envelope_in_order() {
+        let props = [
+            ("msg-id".to_owned(), "a-1".to_owned()),
+            ("source".to_owned(), "vm-1".to_owned()),
+            ("msg-id".to_owned(), "a-2".to_owned()),
+        ];
+        let event = OwnedEvent::mqtt_with_properties("a/b", b"x".to_vec(), 1, false, &props);
+        let Event::Mqtt(m) = event.as_event() else {
+            panic!()
+        };
+        let got: Vec<Pair> = m.user_properties.iter().collect::<Result<_, _>>().unwrap();
+        let want: Vec<Pair> = props
+            .iter()
+            .map(|(name, value)| Pair { name, value })
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(
+            OwnedEvent::mqtt_with_properties("a/b", b"x".to_vec(), 1, false, &[]),
+            OwnedEvent::mqtt("a/b", b"x".to_vec(), 1, false),
+            "no properties encode like MQTT 3.1.1"
+        );
     }
 
     #[test]

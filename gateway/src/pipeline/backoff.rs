@@ -35,6 +35,11 @@ impl Backoff {
         capped.mul_f64(jitter)
     }
 
+    /// Delays handed out since the last reset.
+    pub fn attempts(&self) -> u32 {
+        self.attempt
+    }
+
     /// After a successful connection.
     pub fn reset(&mut self) {
         self.attempt = 0;

@@ -43,7 +43,8 @@ pub struct Job {
     /// What to acknowledge once the job's effects are durable; `None` for
     /// QoS 0 messages.
     pub ack: Option<Ack>,
-    /// The device-provided message id, when the trigger has a `dedup_key`.
+    /// The device-provided message id, when the trigger has a `dedup_key`
+    /// or a `dedup_property`.
     pub dedup: Option<String>,
 }
 

@@ -19,11 +19,11 @@
 use super::acks::AckQueue;
 use super::backoff::Backoff;
 use super::dispatch::{Ack, Job, Queues};
+use super::mqtt::{self, Client, EventLoop, Message, PollError, Polled};
 use super::Endpoint;
 use crate::event::OwnedEvent;
 use crate::metrics::{inc, FunctionMetrics};
 use crate::router::Router;
-use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, Publish, QoS, SubscribeFilter};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -34,8 +34,29 @@ use tokio::sync::{mpsc, watch};
 pub struct Trigger {
     pub filter: String,
     pub qos: u8,
-    /// JSON field (dot path) holding a device-provided message id.
-    pub dedup_key: Option<String>,
+    /// Where a device-provided message id is, if the trigger deduplicates.
+    pub dedup: Option<Dedup>,
+}
+
+/// Where a trigger finds a message's id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dedup {
+    /// A JSON field (dot path) of the payload.
+    JsonField(String),
+    /// An MQTT 5 user property of this name.
+    Property(String),
+}
+
+impl Dedup {
+    /// The message's id; `None` (so no deduplication) when it has none.
+    pub fn id(&self, message: &Message) -> Option<String> {
+        match self {
+            Dedup::JsonField(path) => dedup_id(&message.payload, path),
+            Dedup::Property(name) => {
+                mqtt::property(&message.user_properties, name).map(str::to_owned)
+            }
+        }
+    }
 }
 
 /// The id at `path` (`"id"`, `"meta.id"`) in a JSON payload, as a string;
@@ -53,7 +74,7 @@ pub fn dedup_id(payload: &[u8], path: &str) -> Option<String> {
 /// The client half of a session, shared with the workers that acknowledge.
 #[derive(Debug)]
 pub struct Session {
-    client: AsyncClient,
+    client: Client,
     /// Messages of the current connection awaiting their ack, in arrival
     /// order. Reset when the connection drops: the broker redelivers those,
     /// and a packet id from the old connection may name another message now.
@@ -84,13 +105,10 @@ impl AckHandle {
     pub fn ack(self) -> bool {
         let mut acks = self.session.acks();
         for pkid in acks.done(self.ticket) {
-            // Only the packet id matters for an ack (QoS 1 throughout).
-            let mut publish = Publish::new("", QoS::AtLeastOnce, Vec::new());
-            publish.pkid = pkid;
             // The request channel has room for every packet id there is,
             // so this fails only when the event loop is gone, and then the
             // broker redelivers anyway.
-            let _ = self.session.client.try_ack(&publish);
+            let _ = self.session.client.try_ack(pkid);
         }
         true
     }
@@ -127,12 +145,21 @@ pub fn start(
     metrics: Arc<FunctionMetrics>,
     draining: Arc<AtomicBool>,
 ) -> Started {
-    let mut options = endpoint.options(spec.client_id.clone());
-    // A persistent session: what devices publish while the gateway is down
-    // or busy waits at the broker.
-    options.set_clean_session(false);
-    options.set_manual_acks(true);
-    let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+    let settings = mqtt::Settings {
+        client_id: spec.client_id.clone(),
+        // A persistent session: what devices publish while the gateway is
+        // down or busy waits at the broker.
+        persistent: true,
+        manual_acks: true,
+        // The session publishes nothing; rumqttc's default.
+        outgoing_window: 100,
+        // MQTT 5 lets the gateway bound what the broker sends ahead of the
+        // acks itself: a queue's worth, so the forwarder's buffer stays
+        // within one queue (3.1.1 leaves this to the broker's config).
+        incoming_window: Some(u16::try_from(spec.queue.max(1)).unwrap_or(u16::MAX)),
+        capacity: REQUEST_CAPACITY,
+    };
+    let (client, eventloop) = Client::new(endpoint, &settings);
     let session = Arc::new(Session {
         client,
         acks: Mutex::new(AckQueue::default()),
@@ -207,37 +234,38 @@ impl Reader {
         );
         let mut connected_once = false;
 
+        let filters: Vec<(String, u8)> = self
+            .spec
+            .triggers
+            .iter()
+            .map(|t| (t.filter.clone(), t.qos))
+            .collect();
         loop {
             match eventloop.poll().await {
-                Ok(Event::Incoming(Incoming::ConnAck(connack))) => {
+                Ok(Polled::ConnAck { session_present }) => {
                     backoff.reset();
-                    let filters = self
-                        .spec
-                        .triggers
-                        .iter()
-                        .map(|t| SubscribeFilter::new(t.filter.clone(), qos(t.qos)));
-                    if let Err(e) = self.session.client.try_subscribe_many(filters) {
+                    if let Err(e) = self.session.client.try_subscribe_many(&filters) {
                         tracing::error!(function, "cannot subscribe: {e}");
                     }
                     if connected_once {
                         tracing::info!(
                             function,
-                            session_present = connack.session_present,
+                            session_present,
                             "reconnected to the local broker"
                         );
                     }
                     connected_once = true;
                 }
-                Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                Ok(Polled::SubAck) => {
                     self.subscribed.send_replace(true);
                 }
-                Ok(Event::Incoming(Incoming::Publish(publish))) => {
-                    self.on_publish(publish, &router, &mut matched);
+                Ok(Polled::Publish(message)) => {
+                    self.on_publish(message, &router, &mut matched);
                 }
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+                Ok(Polled::Disconnected) => return,
                 Ok(_) => {}
-                Err(rumqttc::ConnectionError::RequestsDone) => return,
-                Err(e) => {
+                Err(PollError::RequestsDone) => return,
+                Err(PollError::Connection(e)) => {
                     {
                         let mut acks = self.session.acks();
                         acks.reset();
@@ -256,23 +284,22 @@ impl Reader {
         }
     }
 
-    fn on_publish(&self, publish: Publish, router: &Router, matched: &mut Vec<usize>) {
+    fn on_publish(&self, message: Message, router: &Router, matched: &mut Vec<usize>) {
         let function = self.spec.function.as_str();
         if self.draining.load(Ordering::SeqCst) {
             // Not acked: the broker keeps it for the next start.
             return;
         }
-        let ticket =
-            (publish.qos != QoS::AtMostOnce).then(|| self.session.acks().arrive(publish.pkid));
+        let ticket = (message.qos > 0).then(|| self.session.acks().arrive(message.pkid));
         let ack = ticket.map(|ticket| {
             Ack::Mqtt(AckHandle {
                 session: self.session.clone(),
                 ticket,
             })
         });
-        router.route_into(&publish.topic, matched);
+        router.route_into(&message.topic, matched);
         let Some(&trigger) = matched.first() else {
-            tracing::warn!(function, topic = %publish.topic, "message matches no trigger; acknowledged and ignored");
+            tracing::warn!(function, topic = %message.topic, "message matches no trigger; acknowledged and ignored");
             if let Some(Ack::Mqtt(handle)) = ack {
                 handle.ack();
             }
@@ -280,16 +307,17 @@ impl Reader {
         };
         inc(&self.metrics.received);
         let dedup = self.spec.triggers[trigger]
-            .dedup_key
-            .as_deref()
-            .and_then(|path| dedup_id(&publish.payload, path));
+            .dedup
+            .as_ref()
+            .and_then(|dedup| dedup.id(&message));
         let qos0 = ack.is_none();
         let job = Job {
-            event: OwnedEvent::mqtt(
-                publish.topic,
-                publish.payload.to_vec(),
-                publish.qos as u8,
-                publish.retain,
+            event: OwnedEvent::mqtt_with_properties(
+                message.topic,
+                message.payload,
+                message.qos,
+                message.retain,
+                &message.user_properties,
             ),
             arrived: Instant::now(),
             ack,
@@ -308,13 +336,6 @@ impl Reader {
     }
 }
 
-fn qos(q: u8) -> QoS {
-    match q {
-        0 => QoS::AtMostOnce,
-        _ => QoS::AtLeastOnce,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,6 +347,35 @@ mod tests {
             dedup_id(br#"{"meta":{"seq":42}}"#, "meta.seq").as_deref(),
             Some("42")
         );
+    }
+
+    fn message(payload: &[u8], properties: &[(&str, &str)]) -> Message {
+        Message {
+            topic: "a/b".into(),
+            payload: payload.to_vec(),
+            qos: 1,
+            retain: false,
+            pkid: 1,
+            user_properties: properties
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_trigger_takes_its_id_from_the_payload_or_a_user_property() {
+        let m = message(br#"{"id":"from-json"}"#, &[("msg-id", "from-property")]);
+        assert_eq!(
+            Dedup::JsonField("id".into()).id(&m).as_deref(),
+            Some("from-json")
+        );
+        assert_eq!(
+            Dedup::Property("msg-id".into()).id(&m).as_deref(),
+            Some("from-property")
+        );
+        let bare = message(b"not json", &[]);
+        assert_eq!(Dedup::Property("msg-id".into()).id(&bare), None);
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod backoff;
 mod batch;
 mod dispatch;
 mod ingress;
+mod mqtt;
 mod outbox;
 mod retry;
 #[cfg(feature = "tls")]
@@ -19,14 +20,13 @@ pub use batch::{decode as decode_batch, BatchError, BatchSettings, Compression};
 pub use dispatch::FailurePolicy;
 pub use retry::{RetryPolicy, Stop};
 
-use crate::config::{BrokerMode, Config, FunctionConfig};
+use crate::config::{BrokerMode, Config, FunctionConfig, Protocol};
 use crate::metrics::FunctionMetrics;
 use crate::runtime::{FunctionSpec, Grants, Limits, LoadError, Runtime};
 use crate::store::{OutboxDestination, Store, StoreError, StoreOptions};
 use dispatch::{Dispatcher, Sinks};
 use ingress::{IngressSpec, Session, Trigger};
 use outbox::Drain;
-use rumqttc::MqttOptions;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -77,6 +77,8 @@ pub struct Endpoint {
     pub port: u16,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// MQTT 3.1.1 or 5 (see `mqtt.rs` for the options of each).
+    pub protocol: Protocol,
     /// TLS settings, built and checked once at start.
     #[cfg(feature = "tls")]
     pub tls: Option<Arc<rustls::ClientConfig>>,
@@ -90,6 +92,7 @@ impl Endpoint {
         username: Option<&String>,
         password: Option<&crate::config::Secret>,
         tls: Option<&crate::config::TlsConfig>,
+        protocol: Protocol,
     ) -> Result<Endpoint, GatewayError> {
         #[cfg(feature = "tls")]
         let tls = tls.map(tls::client_config).transpose()?;
@@ -102,27 +105,10 @@ impl Endpoint {
             port,
             username: username.cloned(),
             password: password.map(|p| p.expose().to_owned()),
+            protocol,
             #[cfg(feature = "tls")]
             tls,
         })
-    }
-
-    fn options(&self, client_id: String) -> MqttOptions {
-        let mut options = MqttOptions::new(client_id, self.host.clone(), self.port);
-        #[cfg(feature = "tls")]
-        if let Some(tls) = &self.tls {
-            options.set_transport(rumqttc::Transport::tls_with_config(
-                rumqttc::TlsConfiguration::Rustls(tls.clone()),
-            ));
-        }
-        options.set_keep_alive(Duration::from_secs(30));
-        // Room for 1 MB payloads and then some; what a function cannot
-        // handle it fails on visibly, rather than the connection dropping.
-        options.set_max_packet_size(4 << 20, 4 << 20);
-        if let Some(user) = &self.username {
-            options.set_credentials(user.clone(), self.password.clone().unwrap_or_default());
-        }
-        options
     }
 }
 
@@ -320,7 +306,11 @@ impl Gateway {
                     .map(|t| Trigger {
                         filter: t.mqtt.clone(),
                         qos: t.qos,
-                        dedup_key: t.dedup_key.clone(),
+                        dedup: match (&t.dedup_key, &t.dedup_property) {
+                            (Some(key), _) => Some(ingress::Dedup::JsonField(key.clone())),
+                            (None, Some(name)) => Some(ingress::Dedup::Property(name.clone())),
+                            (None, None) => None,
+                        },
                     })
                     .collect(),
                 queue: f.limits.queue as usize,
@@ -395,6 +385,15 @@ impl Gateway {
             .sum()
     }
 
+    /// Outbox rows a broker refused so far (MQTT 5 PUBACKs with a failure
+    /// reason code); each is kept and retried.
+    pub fn refused(&self) -> u64 {
+        self.drains
+            .iter()
+            .map(|d| d.refused.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// The durable store (KV, outbox).
     pub fn store(&self) -> &Store {
         &self.sinks.store
@@ -445,6 +444,13 @@ impl Gateway {
         }
         self.invoke_task.abort();
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let count = |of: fn(&Drain) -> &std::sync::atomic::AtomicU64| -> u64 {
+            self.drains
+                .iter()
+                .map(|d| of(d).load(Ordering::Relaxed))
+                .sum()
+        };
+        let (delivered, refused) = (count(|d| &d.delivered), count(|d| &d.refused));
         for drain in self.drains {
             drain.close(remaining.max(Duration::from_secs(1))).await;
         }
@@ -464,6 +470,7 @@ impl Gateway {
         for (name, metrics) in &totals {
             log_function_totals(name, metrics);
         }
+        tracing::info!(delivered, refused, "outbox totals");
         tracing::info!("gateway stopped");
     }
 }
@@ -526,6 +533,7 @@ fn connect_to(config: &Config) -> Result<(Endpoint, Option<EmbeddedBrokerHandle>
                 broker.username.as_ref(),
                 broker.password.as_ref(),
                 broker.tls.as_ref(),
+                broker.protocol,
             )?,
             None,
         )),
@@ -545,6 +553,7 @@ fn upstream_endpoint(config: &Config) -> Result<Option<Endpoint>, GatewayError> 
                 u.username.as_ref(),
                 u.password.as_ref(),
                 u.tls.as_ref(),
+                u.protocol,
             )
         })
         .transpose()
@@ -571,6 +580,8 @@ fn start_embedded(
         config.broker.username.as_ref(),
         config.broker.password.as_ref(),
         None,
+        // Validation keeps MQTT 5 to external brokers.
+        Protocol::V311,
     )?;
     Ok((endpoint, Some(broker)))
 }

@@ -10,13 +10,33 @@
 //! With upstream batching, a published message may carry many rows
 //! ([`super::batch`]); the bookkeeping is per message, and its rows are
 //! deleted together on its PUBACK.
+//!
+//! MQTT 3.1.1 and 5 share this loop (see `mqtt.rs`). What MQTT 5 adds is a
+//! PUBACK that refuses a message (not authorized, quota exceeded, payload
+//! format invalid...). A refused row is not delivered, so it is not deleted:
+//! it keeps its place in the window and is sent again after a backoff of its
+//! own, which grows with each refusal. A cloud that throttles thus slows the
+//! drain down (64 refused rows fill the window) instead of being flooded, and
+//! a row it never takes is retried every few minutes and logged each time,
+//! not dropped. Brokers often close the connection after a refusal (AWS IoT
+//! Core on a publish its policy denies, mosquitto on an ACL denial), so
+//! refused rows are remembered across reconnects and skipped until they are
+//! due; otherwise the first refused row would be resent first on every new
+//! connection and nothing behind it would ever get through. For the same
+//! reason the reconnect backoff starts over only once a row is delivered or
+//! refused for the first time, or on connecting while no row waits for a
+//! retry. And a broker that hangs up with our later publishes unread resets
+//! the TCP connection, which can discard the refusing PUBACK itself; so
+//! after a connection that ended with rows unanswered, the next one starts
+//! with one row in flight and doubles that with each delivery (like TCP's
+//! slow start): a refusal then arrives with nothing behind it to lose it.
 
 use super::backoff::Backoff;
 use super::batch::{self, BatchSettings, Unit};
+use super::mqtt::{self, Client, PollError, Polled};
 use super::Endpoint;
 use crate::store::{OutboxDestination, OutboxRow, Store};
-use rumqttc::{AsyncClient, Event, Incoming, Outgoing, QoS};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,11 +48,17 @@ const WINDOW: usize = 64;
 /// another path (a restart, a failed wake) are found at the latest then.
 const TICK: Duration = Duration::from_millis(500);
 
+/// The first retry of a refused row; each refusal doubles it, up to the cap.
+const REFUSED_RETRY: Duration = Duration::from_secs(1);
+const REFUSED_RETRY_CAP: Duration = Duration::from_secs(300);
+
 /// What the event-loop task reports to the drainer.
 enum Report {
     Connected,
     Sent(u16),
     Acked(u16),
+    /// The broker answered with a failure reason code (MQTT 5).
+    Refused(u16, String),
     Closed(String),
 }
 
@@ -43,6 +69,9 @@ pub struct Drain {
     stop: Arc<AtomicBool>,
     /// Rows delivered (acknowledged, or sent at QoS 0).
     pub delivered: Arc<AtomicU64>,
+    /// Refusals by the broker (MQTT 5 PUBACKs with a failure reason code);
+    /// a row refused three times counts three times.
+    pub refused: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -57,6 +86,7 @@ impl Drain {
         let wake = Arc::new(Notify::new());
         let stop = Arc::new(AtomicBool::new(false));
         let delivered = Arc::new(AtomicU64::new(0));
+        let refused = Arc::new(AtomicU64::new(0));
         let drainer = Drainer {
             store,
             destination,
@@ -66,11 +96,13 @@ impl Drain {
             wake: wake.clone(),
             stop: stop.clone(),
             delivered: delivered.clone(),
+            refused: refused.clone(),
         };
         Drain {
             wake,
             stop,
             delivered,
+            refused,
             task: tokio::spawn(drainer.run()),
         }
     }
@@ -96,26 +128,176 @@ struct Drainer {
     wake: Arc<Notify>,
     stop: Arc<AtomicBool>,
     delivered: Arc<AtomicU64>,
+    refused: Arc<AtomicU64>,
 }
 
-/// Per-connection bookkeeping of messages in flight.
-#[derive(Default)]
+/// Bookkeeping of messages in flight: pure, no I/O, so that both protocol
+/// versions share it and it is tested on its own. Packet ids belong to one
+/// connection ([`InFlight::reconnect`] forgets them); refused rows do not.
 struct InFlight {
+    /// Messages the broker may owe an answer for at once: [`WINDOW`], or
+    /// less while slow-starting after a connection that ended badly.
+    limit: usize,
+    /// Rows per message (more than 1 with batching), to count refused rows
+    /// in messages.
+    per_message: usize,
+    /// Whether the broker refused a message on this connection.
+    refused_here: bool,
     /// Messages handed to the client, waiting for their packet id (FIFO),
-    /// each with the rows it carries.
-    unsent: VecDeque<(Vec<i64>, QoS)>,
+    /// each with the rows it carries and its QoS.
+    unsent: VecDeque<(Vec<i64>, u8)>,
     /// Packet id -> rows, waiting for PUBACK.
     by_pkid: HashMap<u16, Vec<i64>>,
-    /// Highest row id read from the outbox on this connection.
+    /// Refused rows -> when to send them again. They hold their place in
+    /// the window meanwhile.
+    waiting: BTreeMap<i64, Instant>,
+    /// Each refused row's backoff, kept across its retries until it is
+    /// delivered (or the connection ends).
+    refusals: HashMap<i64, Backoff>,
+    /// Where this connection's scan of the outbox (in id order) has got to:
+    /// every row up to here was handed to the client, passed over, or held.
     last: i64,
     /// Batching: rows read but held back as a partial batch, and since when.
     held: Vec<OutboxRow>,
     held_since: Option<Instant>,
 }
 
+impl Default for InFlight {
+    fn default() -> Self {
+        InFlight::new(1)
+    }
+}
+
 impl InFlight {
+    fn new(per_message: usize) -> Self {
+        InFlight {
+            limit: WINDOW,
+            per_message: per_message.max(1),
+            refused_here: false,
+            unsent: VecDeque::new(),
+            by_pkid: HashMap::new(),
+            waiting: BTreeMap::new(),
+            refusals: HashMap::new(),
+            last: 0,
+            held: Vec::new(),
+            held_since: None,
+        }
+    }
+
+    /// A new connection: nothing is in flight on it yet, so everything not
+    /// delivered is read from the outbox again, except refused rows, which
+    /// still wait for their time. If the last connection ended with rows
+    /// unanswered or refused, this one slow-starts.
+    fn reconnect(&mut self) {
+        if self.outstanding() > 0 || self.refused_here {
+            self.limit = 1;
+        }
+        self.refused_here = false;
+        self.unsent.clear();
+        self.by_pkid.clear();
+        self.last = 0;
+        self.held.clear();
+        self.held_since = None;
+    }
+
+    /// How many more rows may be handed to the client now.
+    fn room(&self) -> usize {
+        WINDOW
+            .saturating_sub(self.len())
+            .min(self.limit.saturating_sub(self.outstanding()))
+    }
+
+    /// The scan reached `row`: whether it waits for a retry, and so is
+    /// passed over now (it is sent again when due).
+    fn scanned(&mut self, row: i64) -> bool {
+        self.last = self.last.max(row);
+        self.waiting.contains_key(&row)
+    }
+
+    /// Messages taking room in the window (refused rows as the messages
+    /// they will make).
     fn len(&self) -> usize {
+        self.unsent.len() + self.by_pkid.len() + self.waiting.len().div_ceil(self.per_message)
+    }
+
+    /// Messages the broker has yet to answer.
+    fn outstanding(&self) -> usize {
         self.unsent.len() + self.by_pkid.len()
+    }
+
+    /// A message carrying `rows` was handed to the client.
+    fn handed(&mut self, rows: Vec<i64>, qos: u8) {
+        self.unsent.push_back((rows, qos));
+    }
+
+    /// The client sent the oldest unsent message as `pkid`; returns its
+    /// rows if that delivered them (QoS 0 has no acknowledgement).
+    fn sent(&mut self, pkid: u16) -> Option<Vec<i64>> {
+        let (rows, qos) = self.unsent.pop_front()?;
+        if qos == 0 {
+            self.limit = (self.limit * 2).min(WINDOW);
+            return Some(rows);
+        }
+        self.by_pkid.insert(pkid, rows);
+        None
+    }
+
+    /// The broker took `pkid`; returns its rows, now delivered.
+    fn acked(&mut self, pkid: u16) -> Option<Vec<i64>> {
+        let rows = self.by_pkid.remove(&pkid)?;
+        for row in &rows {
+            self.refusals.remove(row);
+        }
+        self.limit = (self.limit * 2).min(WINDOW);
+        Some(rows)
+    }
+
+    /// The broker refused `pkid`: its rows wait for their next try,
+    /// together (the backoff of the first row sets the time). Returns the
+    /// rows, how many times the first has been refused, and the wait.
+    fn refused(&mut self, pkid: u16, now: Instant) -> Option<(Vec<i64>, u32, Duration)> {
+        let rows = self.by_pkid.remove(&pkid)?;
+        let first = *rows.first()?;
+        self.refused_here = true;
+        let backoff = self
+            .refusals
+            .entry(first)
+            .or_insert_with(|| Backoff::new(REFUSED_RETRY, REFUSED_RETRY_CAP, first as u64));
+        let delay = backoff.next_delay();
+        let refusals = backoff.attempts();
+        for row in &rows {
+            self.waiting.insert(*row, now + delay);
+        }
+        Some((rows, refusals, delay))
+    }
+
+    /// Refused rows whose wait is over, oldest row first, among those the
+    /// scan has passed (a later one is passed over when reached, and comes
+    /// back here after that, so it is never sent twice on one connection).
+    /// They stay waiting until [`InFlight::retry`].
+    fn due(&self, now: Instant) -> Vec<i64> {
+        self.waiting
+            .iter()
+            .filter(|(row, at)| **at <= now && **row <= self.last)
+            .map(|(row, _)| *row)
+            .collect()
+    }
+
+    /// A due row is sent again (hand it to the client next), or `forget` it.
+    fn retry(&mut self, row: i64) {
+        self.waiting.remove(&row);
+    }
+
+    /// When the next refused row is due, if any.
+    fn next_due(&self) -> Option<Instant> {
+        self.waiting.values().min().copied()
+    }
+
+    /// A refused row that is no longer in the outbox (the drop-oldest
+    /// policy deleted it).
+    fn forget(&mut self, row: i64) {
+        self.waiting.remove(&row);
+        self.refusals.remove(&row);
     }
 }
 
@@ -131,33 +313,62 @@ impl Drainer {
             Duration::from_secs(30),
             self.client_id.len() as u64,
         );
+        let mut flight = InFlight::new(self.batching.as_ref().map_or(1, |b| b.max_messages));
+        let settings = mqtt::Settings {
+            client_id: self.client_id.clone(),
+            persistent: false,
+            manual_acks: false,
+            outgoing_window: WINDOW as u16,
+            incoming_window: None,
+            capacity: WINDOW * 2,
+        };
         loop {
-            let mut options = self.endpoint.options(self.client_id.clone());
-            options.set_clean_session(true);
-            options.set_inflight(WINDOW as u16);
-            let (client, mut eventloop) = AsyncClient::new(options, WINDOW * 2);
+            let (client, mut eventloop) = Client::new(&self.endpoint, &settings);
             let (tx, mut reports) = mpsc::unbounded_channel();
             let events = tokio::spawn(async move {
+                let report = |polled: Polled| match polled {
+                    Polled::ConnAck { .. } => Some(Report::Connected),
+                    Polled::Sent(pkid) => Some(Report::Sent(pkid)),
+                    Polled::PubAck {
+                        pkid,
+                        refused: None,
+                    } => Some(Report::Acked(pkid)),
+                    Polled::PubAck {
+                        pkid,
+                        refused: Some(reason),
+                    } => Some(Report::Refused(pkid, reason)),
+                    Polled::Disconnected => Some(Report::Closed("disconnected".into())),
+                    _ => None,
+                };
                 loop {
-                    let report = match eventloop.poll().await {
-                        Ok(Event::Incoming(Incoming::ConnAck(_))) => Report::Connected,
-                        Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Report::Sent(pkid),
-                        Ok(Event::Incoming(Incoming::PubAck(ack))) => Report::Acked(ack.pkid),
-                        Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                            Report::Closed("disconnected".into())
+                    let next = match eventloop.poll().await {
+                        Ok(polled) => match report(polled) {
+                            Some(next) => next,
+                            None => continue,
+                        },
+                        Err(error) => {
+                            // What arrived just before the connection failed
+                            // (a refusal, then the broker hanging up) counts.
+                            for polled in eventloop.leftovers() {
+                                if let Some(next) = report(polled) {
+                                    let _ = tx.send(next);
+                                }
+                            }
+                            Report::Closed(match error {
+                                PollError::RequestsDone => "client gone".into(),
+                                PollError::Connection(e) => e,
+                            })
                         }
-                        Ok(_) => continue,
-                        Err(e) => Report::Closed(e.to_string()),
                     };
-                    let closed = matches!(report, Report::Closed(_));
-                    if tx.send(report).is_err() || closed {
+                    let closed = matches!(next, Report::Closed(_));
+                    if tx.send(next).is_err() || closed {
                         return;
                     }
                 }
             });
 
             let outcome = self
-                .connection(&client, &mut reports, name, &mut backoff)
+                .connection(&client, &mut reports, name, &mut backoff, &mut flight)
                 .await;
             events.abort();
             match outcome {
@@ -177,92 +388,178 @@ impl Drainer {
     /// Serves one connection; `Ok` when stopped cleanly, `Err` when it dropped.
     async fn connection(
         &self,
-        client: &AsyncClient,
+        client: &Client,
         reports: &mut mpsc::UnboundedReceiver<Report>,
         name: &str,
         backoff: &mut Backoff,
+        flight: &mut InFlight,
     ) -> Result<(), String> {
+        flight.reconnect();
         match reports.recv().await {
-            Some(Report::Connected) => backoff.reset(),
+            Some(Report::Connected) if flight.waiting.is_empty() => backoff.reset(),
+            Some(Report::Connected) => {}
             Some(Report::Closed(reason)) => return Err(reason),
             _ => return Err("event loop ended".into()),
         }
         tracing::debug!(outbox = name, "connected");
-        let mut flight = InFlight::default();
         let mut acked = Vec::new();
         loop {
-            // Fill the window from the outbox, in id order.
-            if flight.len() < WINDOW {
-                let per_message = self.batching.as_ref().map_or(1, |b| b.max_messages);
-                let rows = self
-                    .fetch(flight.last, (WINDOW - flight.len()) * per_message)
-                    .await;
-                if let Some(row) = rows.last() {
-                    flight.last = row.id;
+            if let Err(error) = self.send(client, flight).await {
+                // The event loop is gone; what it reported before it went
+                // (a refusal, then the broker hanging up) still counts.
+                while let Ok(report) = reports.try_recv() {
+                    self.apply(Some(report), flight, &mut acked, backoff, name)?;
                 }
-                for unit in self.units(rows, &mut flight) {
-                    let qos = if unit.qos == 0 {
-                        QoS::AtMostOnce
-                    } else {
-                        QoS::AtLeastOnce
-                    };
-                    flight.unsent.push_back((unit.rows, qos));
-                    client
-                        .publish(unit.topic, qos, unit.retain, unit.payload)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
+                self.store.delete_outbox(acked);
+                return Err(error);
             }
+            // Stopping: done once the broker has answered everything sent.
+            // Refused rows stay in the outbox for the next start.
             if self.stop.load(Ordering::SeqCst)
-                && flight.len() == 0
+                && flight.outstanding() == 0
                 && flight.held.is_empty()
-                && self.fetch(flight.last, 1).await.is_empty()
+                && (flight.room() == 0 || self.fetch(flight.last, 1).await.is_empty())
             {
                 self.store.delete_outbox(std::mem::take(&mut acked));
-                let _ = client.disconnect().await;
+                client.disconnect().await;
                 return Ok(());
             }
-            // A partial batch is sent when its wait is over, wake-up or not.
+            // A partial batch is sent when its wait is over, a refused row
+            // when it is due, wake-up or not.
             let tick = match (&self.batching, flight.held_since) {
                 (Some(b), Some(since)) => TICK.min(b.max_delay.saturating_sub(since.elapsed())),
                 _ => TICK,
             };
+            let tick = Instant::now() + tick;
+            let until = flight.next_due().map_or(tick, |due| due.min(tick));
             let report = tokio::select! {
                 report = reports.recv() => report,
                 () = self.wake.notified() => continue,
-                () = tokio::time::sleep(tick) => continue,
+                () = tokio::time::sleep_until(until.into()) => continue,
             };
-            match report {
-                Some(Report::Sent(pkid)) => {
-                    if let Some((rows, qos)) = flight.unsent.pop_front() {
-                        if qos == QoS::AtMostOnce {
-                            self.delivered
-                                .fetch_add(rows.len() as u64, Ordering::Relaxed);
-                            acked.extend(rows);
-                        } else {
-                            flight.by_pkid.insert(pkid, rows);
-                        }
-                    }
-                }
-                Some(Report::Acked(pkid)) => {
-                    if let Some(rows) = flight.by_pkid.remove(&pkid) {
-                        self.delivered
-                            .fetch_add(rows.len() as u64, Ordering::Relaxed);
-                        acked.extend(rows);
-                    }
-                }
-                Some(Report::Connected) => {}
-                Some(Report::Closed(reason)) => {
-                    self.store.delete_outbox(acked);
-                    return Err(reason);
-                }
-                None => return Err("event loop ended".into()),
-            }
+            self.apply(report, flight, &mut acked, backoff, name)?;
             // Delete in batches: each delete rides on the next group commit.
-            if acked.len() >= 32 || (flight.len() == 0 && !acked.is_empty()) {
+            if acked.len() >= 32 || (flight.outstanding() == 0 && !acked.is_empty()) {
                 self.store.delete_outbox(std::mem::take(&mut acked));
             }
         }
+    }
+
+    /// Fills the window: new rows from the outbox in id order, then refused
+    /// rows whose wait is over. Those go last because a broker may hang up
+    /// on refusing one again, and the new rows before it then still count.
+    async fn send(&self, client: &Client, flight: &mut InFlight) -> Result<(), String> {
+        let room = flight.room();
+        if room > 0 {
+            // Enough rows to fill the room even if every waiting one is
+            // among them; those are passed over.
+            let want = room * flight.per_message;
+            let mut rows = Vec::new();
+            for row in self.fetch(flight.last, want + flight.waiting.len()).await {
+                if rows.len() == want {
+                    break;
+                }
+                if !flight.scanned(row.id) {
+                    rows.push(row);
+                }
+            }
+            // Also when nothing new came: a held partial batch may be due.
+            for unit in self.units(rows, flight) {
+                self.publish(client, flight, unit).await?;
+            }
+        }
+        let mut retry = Vec::new();
+        for id in flight.due(Instant::now()) {
+            if flight.room() == 0 || retry.len() == flight.room() * flight.per_message {
+                // Slow-starting: the rest go when there is room.
+                break;
+            }
+            // Re-read from the outbox, which holds the row; memory does not.
+            match self.fetch(id - 1, 1).await.pop() {
+                Some(row) if row.id == id => {
+                    flight.retry(id);
+                    retry.push(row);
+                }
+                // Deleted by the drop-oldest policy meanwhile.
+                _ => flight.forget(id),
+            }
+        }
+        for unit in self.retry_units(retry) {
+            self.publish(client, flight, unit).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes in one report of the event loop; `Err` when the connection is
+    /// over (acknowledged rows deleted first).
+    fn apply(
+        &self,
+        report: Option<Report>,
+        flight: &mut InFlight,
+        acked: &mut Vec<i64>,
+        backoff: &mut Backoff,
+        name: &str,
+    ) -> Result<(), String> {
+        match report {
+            Some(Report::Sent(pkid)) => {
+                if let Some(rows) = flight.sent(pkid) {
+                    self.delivered
+                        .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                    acked.extend(rows);
+                    backoff.reset();
+                }
+            }
+            Some(Report::Acked(pkid)) => {
+                if let Some(rows) = flight.acked(pkid) {
+                    self.delivered
+                        .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                    acked.extend(rows);
+                    backoff.reset();
+                }
+            }
+            Some(Report::Refused(pkid, reason)) => {
+                if let Some((rows, refusals, retry_in)) = flight.refused(pkid, Instant::now()) {
+                    self.refused.fetch_add(1, Ordering::Relaxed);
+                    // A row refused for the first time is progress too:
+                    // the next connection passes it over. A retry
+                    // refused again is not, so if the broker hangs up
+                    // after each one, reconnects slow down.
+                    if refusals == 1 {
+                        backoff.reset();
+                    }
+                    tracing::warn!(
+                        outbox = name,
+                        row = rows[0],
+                        rows = rows.len(),
+                        reason = %reason,
+                        refusals,
+                        ?retry_in,
+                        "broker refused a message; it stays in the outbox and is retried"
+                    );
+                }
+            }
+            Some(Report::Connected) => {}
+            Some(Report::Closed(reason)) => {
+                self.store.delete_outbox(std::mem::take(acked));
+                return Err(reason);
+            }
+            None => return Err("event loop ended".into()),
+        }
+        Ok(())
+    }
+
+    /// Hands a message to the client.
+    async fn publish(
+        &self,
+        client: &Client,
+        flight: &mut InFlight,
+        unit: Unit,
+    ) -> Result<(), String> {
+        let qos = u8::from(unit.qos != 0);
+        flight.handed(unit.rows, qos);
+        client
+            .publish(unit.topic, qos, unit.retain, unit.payload)
+            .await
     }
 
     /// The messages to publish for `rows` (just read, in id order): one per
@@ -293,6 +590,19 @@ impl Drainer {
         units
     }
 
+    /// Refused rows going again: as they went (singly, or batched at once;
+    /// they have waited long enough).
+    fn retry_units(&self, rows: Vec<OutboxRow>) -> Vec<Unit> {
+        match &self.batching {
+            None => rows.into_iter().map(Unit::single).collect(),
+            Some(settings) => {
+                let (mut units, rest) = batch::group(rows, settings);
+                units.extend(batch::flush(rest, settings));
+                units
+            }
+        }
+    }
+
     async fn fetch(&self, after: i64, limit: usize) -> Vec<OutboxRow> {
         let store = self.store.clone();
         let destination = self.destination;
@@ -307,5 +617,148 @@ impl Drainer {
             }
             Err(_) => Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_is_delivered_by_its_puback_or_at_once_at_qos_0() {
+        let mut flight = InFlight::default();
+        flight.handed(vec![1], 1);
+        flight.handed(vec![2], 0);
+        assert_eq!(flight.sent(7), None, "QoS 1 waits for its PUBACK");
+        assert_eq!(flight.sent(0), Some(vec![2]), "QoS 0 is done once sent");
+        assert_eq!(flight.acked(7), Some(vec![1]));
+        assert_eq!(flight.len(), 0);
+        assert_eq!(flight.acked(7), None, "an ack is taken once");
+    }
+
+    #[test]
+    fn a_refused_row_keeps_its_place_in_the_window_until_it_is_due() {
+        let now = Instant::now();
+        let mut flight = InFlight::default();
+        assert!(!flight.scanned(5));
+        flight.handed(vec![5], 1);
+        flight.sent(1);
+        let (row, refusals, delay) = flight.refused(1, now).expect("row 5 was in flight");
+        assert_eq!((row, refusals), (vec![5], 1));
+        assert!(
+            delay >= REFUSED_RETRY / 2 && delay < REFUSED_RETRY,
+            "{delay:?}"
+        );
+        assert_eq!(flight.len(), 1, "still takes room in the window");
+        assert_eq!(flight.outstanding(), 0, "but the broker owes nothing");
+        assert_eq!(flight.next_due(), Some(now + delay));
+        assert!(flight.due(now).is_empty(), "not before its time");
+        assert_eq!(flight.due(now + delay), vec![5]);
+        flight.retry(5);
+        assert_eq!(flight.len(), 0);
+    }
+
+    #[test]
+    fn each_refusal_of_a_row_waits_longer_and_delivery_forgets_them() {
+        let now = Instant::now();
+        let mut flight = InFlight::default();
+        let mut delays = Vec::new();
+        flight.scanned(9);
+        for pkid in 1..=4 {
+            flight.handed(vec![9], 1);
+            flight.sent(pkid);
+            let (_, refusals, delay) = flight.refused(pkid, now).expect("in flight");
+            assert_eq!(refusals, u32::from(pkid));
+            delays.push(delay);
+            assert_eq!(flight.due(now + REFUSED_RETRY_CAP), vec![9]);
+            flight.retry(9);
+        }
+        // Jitter scales by [0.5, 1), so doubling the base always grows it.
+        assert!(delays.windows(2).all(|w| w[0] < w[1]), "{delays:?}");
+        flight.handed(vec![9], 1);
+        flight.sent(5);
+        assert_eq!(flight.acked(5), Some(vec![9]));
+        flight.handed(vec![9], 1);
+        flight.sent(6);
+        let (_, refusals, _) = flight.refused(6, now).expect("in flight");
+        assert_eq!(refusals, 1, "a delivered row starts over");
+    }
+
+    #[test]
+    fn refused_rows_are_passed_over_after_a_reconnect_until_they_are_due() {
+        let now = Instant::now();
+        let mut flight = InFlight::default();
+        for (row, pkid) in [(1, 10), (2, 11)] {
+            flight.scanned(row);
+            flight.handed(vec![row], 1);
+            flight.sent(pkid);
+        }
+        let (_, _, delay) = flight.refused(10, now).expect("in flight");
+        flight.reconnect();
+        assert_eq!((flight.outstanding(), flight.last), (0, 0));
+        assert!(
+            flight.due(now + delay).is_empty(),
+            "not before the scan passed it"
+        );
+        assert!(flight.scanned(1), "row 1 waits for its retry");
+        assert!(!flight.scanned(2), "row 2 was unanswered: sent again");
+        assert_eq!(flight.due(now), Vec::<i64>::new());
+        assert_eq!(flight.due(now + delay), vec![1]);
+    }
+
+    #[test]
+    fn after_a_bad_end_a_connection_starts_with_one_row_and_doubles() {
+        let mut flight = InFlight::default();
+        assert_eq!(flight.room(), WINDOW);
+        flight.handed(vec![1], 1);
+        flight.handed(vec![2], 1);
+        flight.sent(1);
+        flight.reconnect();
+        assert_eq!(flight.room(), 1, "rows were unanswered");
+        flight.handed(vec![1], 1);
+        assert_eq!(flight.room(), 0);
+        flight.sent(7);
+        flight.acked(7);
+        assert_eq!(flight.room(), 2);
+        for pkid in 8..20 {
+            flight.handed(vec![i64::from(pkid)], 1);
+            flight.sent(pkid);
+            flight.acked(pkid);
+        }
+        assert_eq!(flight.room(), WINDOW, "back to the full window");
+        flight.reconnect();
+        assert_eq!(flight.room(), WINDOW, "a clean end keeps it");
+    }
+
+    #[test]
+    fn a_refused_batch_waits_as_one_and_counts_as_the_messages_it_makes() {
+        let now = Instant::now();
+        let mut flight = InFlight::new(100);
+        for row in 1..=150 {
+            flight.scanned(row);
+        }
+        flight.handed((1..=100).collect(), 1);
+        flight.handed((101..=150).collect(), 1);
+        flight.sent(1);
+        flight.sent(2);
+        let (rows, _, delay) = flight.refused(1, now).expect("in flight");
+        assert_eq!(rows.len(), 100);
+        flight.refused(2, now);
+        assert_eq!(flight.len(), 2, "150 rows at 100 a message");
+        assert_eq!(flight.due(now + REFUSED_RETRY_CAP).len(), 150);
+        assert!(flight.due(now + delay).contains(&100));
+    }
+
+    #[test]
+    fn refused_rows_come_due_oldest_first() {
+        let now = Instant::now();
+        let mut flight = InFlight::default();
+        for (row, pkid) in [(3, 1), (2, 2)] {
+            flight.scanned(row);
+            flight.handed(vec![row], 1);
+            flight.sent(pkid);
+            flight.refused(pkid, now);
+        }
+        assert_eq!(flight.due(now + REFUSED_RETRY), vec![2, 3]);
     }
 }
