@@ -54,6 +54,10 @@ pub struct GatewayConfig {
     pub store: Option<String>,
     /// The trigger's `dedup_key` (exactly-once effects).
     pub dedup_key: Option<String>,
+    /// The trigger's `dedup_property` (the id in an MQTT 5 user property).
+    pub dedup_property: Option<String>,
+    /// `broker.protocol` (`"3.1.1"` or `"5"`); the default when `None`.
+    pub broker_protocol: Option<String>,
 }
 
 impl GatewayConfig {
@@ -66,12 +70,14 @@ impl GatewayConfig {
             upstream: None,
             store: None,
             dedup_key: None,
+            dedup_property: None,
+            broker_protocol: None,
         }
     }
 
     /// The TOML file, as a user would write it.
     pub fn to_toml(&self, data_dir: &Path) -> String {
-        let broker = match self.broker {
+        let mut broker = match self.broker {
             BrokerMode::Embedded { port } => {
                 format!("mode = \"embedded\"\nlisten = \"127.0.0.1:{port}\"")
             }
@@ -79,6 +85,9 @@ impl GatewayConfig {
                 format!("mode = \"external\"\nhost = \"127.0.0.1\"\nport = {port}")
             }
         };
+        if let Some(protocol) = &self.broker_protocol {
+            broker += &format!("\nprotocol = {protocol:?}");
+        }
         let mut limits = String::new();
         if let Some(n) = self.concurrency {
             limits += &format!("concurrency = {n}\n");
@@ -93,11 +102,13 @@ impl GatewayConfig {
             .iter()
             .filter_map(|(name, body)| body.as_ref().map(|body| format!("[{name}]\n{body}\n")))
             .collect::<String>();
-        let dedup = self
-            .dedup_key
-            .as_ref()
-            .map(|key| format!(", dedup_key = {key:?}"))
-            .unwrap_or_default();
+        let dedup = [
+            ("dedup_key", &self.dedup_key),
+            ("dedup_property", &self.dedup_property),
+        ]
+        .iter()
+        .filter_map(|(field, value)| value.as_ref().map(|v| format!(", {field} = {v:?}")))
+        .collect::<String>();
         format!(
             r#"gateway_id = "e2e"
 data_dir = {data_dir:?}

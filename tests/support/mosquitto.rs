@@ -147,6 +147,18 @@ impl Mosquitto {
         let _ = child.wait();
     }
 
+    /// SIGHUP: mosquitto reloads its config (ACL and password files
+    /// included) without dropping any connection.
+    #[track_caller]
+    pub fn reload(&self) {
+        let child = self.child.as_ref().expect("mosquitto is running");
+        let status = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -HUP failed");
+    }
+
     /// A crash (SIGKILL): nothing is saved.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
