@@ -47,6 +47,11 @@ const WINDOW: usize = 64;
 /// How often the outbox is looked at without a wake-up: rows added by
 /// another path (a restart, a failed wake) are found at the latest then.
 const TICK: Duration = Duration::from_millis(500);
+/// Free window slots that make a refill worth a read while messages are
+/// still in flight. Refilling one slot per PUBACK cost a blocking-pool hop
+/// and a SELECT per message; waiting for a quarter of the window keeps the
+/// pipe full (three quarters are still in flight) at a sixteenth the reads.
+const REFILL_AT: usize = WINDOW / 4;
 
 /// The first retry of a refused row; each refusal doubles it, up to the cap.
 const REFUSED_RETRY: Duration = Duration::from_secs(1);
@@ -160,6 +165,10 @@ struct InFlight {
     /// Batching: rows read but held back as a partial batch, and since when.
     held: Vec<OutboxRow>,
     held_since: Option<Instant>,
+    /// The store's in-memory feed generation once a read of the table came
+    /// back short after starting it: from then on new rows are taken from
+    /// memory ([`crate::store`]'s `feed`), until the feed stops.
+    feed: Option<u64>,
 }
 
 impl Default for InFlight {
@@ -181,6 +190,7 @@ impl InFlight {
             last: 0,
             held: Vec::new(),
             held_since: None,
+            feed: None,
         }
     }
 
@@ -198,6 +208,16 @@ impl InFlight {
         self.last = 0;
         self.held.clear();
         self.held_since = None;
+        // The scan starts over from the table.
+        self.feed = None;
+    }
+
+    /// Whether a refill is worth a read now: a quarter of the window free
+    /// (of what slow start allows), or nothing unanswered, so that a lone
+    /// message is not kept waiting for room.
+    fn may_refill(&self) -> bool {
+        let room = self.room();
+        room > 0 && (room >= REFILL_AT.min(self.limit.div_ceil(4)) || self.outstanding() == 0)
     }
 
     /// How many more rows may be handed to the client now.
@@ -403,8 +423,13 @@ impl Drainer {
         }
         tracing::debug!(outbox = name, "connected");
         let mut acked = Vec::new();
+        // Whether the outbox may hold rows beyond `flight.last`: set by a
+        // wake-up (the store commits, then wakes us), the tick and a new
+        // connection; cleared by a read that came back short of its limit.
+        // A PUBACK alone adds no rows, so it does not cause a read.
+        let mut unread = true;
         loop {
-            if let Err(error) = self.send(client, flight).await {
+            if let Err(error) = self.send(client, flight, &mut unread).await {
                 // The event loop is gone; what it reported before it went
                 // (a refusal, then the broker hanging up) still counts.
                 while let Ok(report) = reports.try_recv() {
@@ -418,24 +443,37 @@ impl Drainer {
             if self.stop.load(Ordering::SeqCst)
                 && flight.outstanding() == 0
                 && flight.held.is_empty()
-                && (flight.room() == 0 || self.fetch(flight.last, 1).await.is_empty())
+                && (flight.room() == 0
+                    || self
+                        .read_table(flight.last, 1)
+                        .await
+                        .is_none_or(|rows| rows.is_empty()))
             {
                 self.store.delete_outbox(std::mem::take(&mut acked));
                 client.disconnect().await;
                 return Ok(());
             }
             // A partial batch is sent when its wait is over, a refused row
-            // when it is due, wake-up or not.
+            // when it is due, wake-up or not (a partial batch once the
+            // window has room: until then, only a PUBACK helps).
             let tick = match (&self.batching, flight.held_since) {
-                (Some(b), Some(since)) => TICK.min(b.max_delay.saturating_sub(since.elapsed())),
+                (Some(b), Some(since)) if flight.may_refill() => {
+                    TICK.min(b.max_delay.saturating_sub(since.elapsed()))
+                }
                 _ => TICK,
             };
             let tick = Instant::now() + tick;
             let until = flight.next_due().map_or(tick, |due| due.min(tick));
             let report = tokio::select! {
                 report = reports.recv() => report,
-                () = self.wake.notified() => continue,
-                () = tokio::time::sleep_until(until.into()) => continue,
+                () = self.wake.notified() => {
+                    unread = true;
+                    continue;
+                }
+                () = tokio::time::sleep_until(until.into()) => {
+                    unread = true;
+                    continue;
+                }
             };
             self.apply(report, flight, &mut acked, backoff, name)?;
             // Delete in batches: each delete rides on the next group commit.
@@ -448,20 +486,45 @@ impl Drainer {
     /// Fills the window: new rows from the outbox in id order, then refused
     /// rows whose wait is over. Those go last because a broker may hang up
     /// on refusing one again, and the new rows before it then still count.
-    async fn send(&self, client: &Client, flight: &mut InFlight) -> Result<(), String> {
-        let room = flight.room();
-        if room > 0 {
+    ///
+    /// New rows are read only when `unread` says there may be some (a
+    /// PUBACK adds none) and [`InFlight::may_refill`]: one read per quarter
+    /// window rather than one per PUBACK. `unread` is cleared when the read
+    /// got everything there was.
+    async fn send(
+        &self,
+        client: &Client,
+        flight: &mut InFlight,
+        unread: &mut bool,
+    ) -> Result<(), String> {
+        let held_due = match (&self.batching, flight.held_since) {
+            (Some(b), Some(since)) => since.elapsed() >= b.max_delay,
+            _ => false,
+        };
+        if flight.may_refill() && (*unread || held_due) {
             // Enough rows to fill the room even if every waiting one is
             // among them; those are passed over.
-            let want = room * flight.per_message;
+            let want = flight.room() * flight.per_message;
+            let limit = want + flight.waiting.len();
+            let (fetched, caught_up) = self.fetch(flight, limit).await;
+            let complete = fetched.len() < limit;
             let mut rows = Vec::new();
-            for row in self.fetch(flight.last, want + flight.waiting.len()).await {
+            let mut cut = false;
+            for row in fetched {
                 if rows.len() == want {
+                    cut = true;
                     break;
                 }
                 if !flight.scanned(row.id) {
                     rows.push(row);
                 }
+            }
+            *unread = cut || !complete;
+            // The feed holds what is committed from its start on; what the
+            // table read returned must all have been taken for the feed to
+            // hold every row still to scan.
+            if let (Some(generation), false) = (caught_up, cut) {
+                flight.feed = Some(generation);
             }
             // Also when nothing new came: a held partial batch may be due.
             for unit in self.units(rows, flight) {
@@ -475,7 +538,11 @@ impl Drainer {
                 break;
             }
             // Re-read from the outbox, which holds the row; memory does not.
-            match self.fetch(id - 1, 1).await.pop() {
+            match self
+                .read_table(id - 1, 1)
+                .await
+                .and_then(|mut rows| rows.pop())
+            {
                 Some(row) if row.id == id => {
                     flight.retry(id);
                     retry.push(row);
@@ -603,19 +670,47 @@ impl Drainer {
         }
     }
 
-    async fn fetch(&self, after: i64, limit: usize) -> Vec<OutboxRow> {
+    /// Up to `limit` rows after `flight.last`: from the store's in-memory
+    /// feed while it holds every row still to scan, otherwise from the
+    /// table. With a table read that got to the end, also the generation of
+    /// the feed started just before it, which the caller may switch to.
+    async fn fetch(&self, flight: &mut InFlight, limit: usize) -> (Vec<OutboxRow>, Option<u64>) {
+        if let Some(generation) = flight.feed {
+            let fed = self
+                .store
+                .outbox_feed(self.destination, generation, flight.last, limit);
+            if let Some(rows) = fed {
+                return (rows, None);
+            }
+            tracing::debug!(outbox = ?self.destination, "in-memory feed stopped; reading the table");
+            flight.feed = None;
+        }
+        // Start the feed *before* reading: a row committed after this point
+        // is in the feed, one committed before it is in what we read.
+        let generation = self.store.outbox_feed_start(self.destination);
+        match self.read_table(flight.last, limit).await {
+            Some(rows) => {
+                let caught_up = (rows.len() < limit).then_some(generation);
+                (rows, caught_up)
+            }
+            None => (Vec::new(), None),
+        }
+    }
+
+    /// Reads the table on the blocking pool; `None` when it could not.
+    async fn read_table(&self, after: i64, limit: usize) -> Option<Vec<OutboxRow>> {
         let store = self.store.clone();
         let destination = self.destination;
         let rows =
             tokio::task::spawn_blocking(move || store.outbox_after(destination, after, limit))
                 .await;
         match rows {
-            Ok(Ok(rows)) => rows,
+            Ok(Ok(rows)) => Some(rows),
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "cannot read the outbox");
-                Vec::new()
+                None
             }
-            Err(_) => Vec::new(),
+            Err(_) => None,
         }
     }
 }

@@ -365,3 +365,47 @@ fn block_holds_new_commits_until_delivery_makes_room() {
     blocked.join().unwrap();
     assert_eq!(store.outbox_len(OutboxDestination::Local).unwrap(), 1);
 }
+
+#[test]
+fn the_outbox_feed_hands_over_exactly_the_rows_the_table_holds_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    commit(&store, "f", effects(&[], &[("t/before", "0")]));
+    let generation = store.outbox_feed_start(OutboxDestination::Local);
+    // The drainer's read after starting the feed sees what came before.
+    let read = store.outbox_after(OutboxDestination::Local, 0, 10).unwrap();
+    assert_eq!(read.len(), 1);
+    for n in 1..=3 {
+        commit(&store, "f", effects(&[], &[(&format!("t/{n}"), "x")]));
+    }
+    let fed = store
+        .outbox_feed(OutboxDestination::Local, generation, read[0].id, 10)
+        .expect("the feed is on");
+    let table = store
+        .outbox_after(OutboxDestination::Local, read[0].id, 10)
+        .unwrap();
+    assert_eq!(fed, table, "same rows, same ids, same order");
+    assert_eq!(
+        store.outbox_feed(OutboxDestination::Upstream, generation, 0, 10),
+        None,
+        "a destination whose feed was never started reads the table"
+    );
+}
+
+#[test]
+fn drop_oldest_stops_the_feed_so_dropped_rows_are_not_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = StoreOptions::new(dir.path().join("wasmgate.db"));
+    options.outbox_max_bytes = 3_000;
+    options.local_when_full = WhenFull::DropOldest;
+    let store = Store::open(options).unwrap();
+    let generation = store.outbox_feed_start(OutboxDestination::Local);
+    for n in 0..5 {
+        commit(&store, "f", big_emit(n));
+    }
+    assert!(store.stats().outbox_dropped.load(Ordering::Relaxed) > 0);
+    assert_eq!(
+        store.outbox_feed(OutboxDestination::Local, generation, 0, 10),
+        None
+    );
+}
