@@ -574,7 +574,7 @@ fn bytes_that_are_not_wasm_are_refused_at_deploy() {
 }
 
 #[test]
-fn a_warm_instance_serves_the_next_event_and_a_failed_one_is_discarded() {
+fn the_first_event_starts_cold_then_its_instance_serves_the_next_and_a_failed_one_is_discarded() {
     let gw = Gateway::new();
     // Fails when a global counter is odd: state survives only in warm instances.
     let f = gw.deploy(&guest_with(
@@ -583,16 +583,22 @@ fn a_warm_instance_serves_the_next_event_and_a_failed_one_is_discarded() {
          (if (i32.eq (global.get $n) (i32.const 2)) (then unreachable))
          (i32.const 0)",
     ));
-    assert_eq!(f.cold_starts(), 1, "deploy made one instance");
+    assert_eq!(f.cold_starts(), 0, "deploy keeps no instance");
+    assert_eq!(
+        f.warm_instances(),
+        0,
+        "idle functions hold no instance memory"
+    );
     let first = invoke(&f);
     assert_eq!(
         first.cost.start,
-        Start::Warm,
-        "the deploy instance is reused"
+        Start::Cold,
+        "the first event instantiates"
     );
     assert!(first.outcome.is_ok());
+    assert_eq!(f.warm_instances(), 1, "and keeps that instance warm");
     let second = invoke(&f);
-    assert_eq!(second.cost.start, Start::Warm);
+    assert_eq!(second.cost.start, Start::Warm, "the first event's instance");
     assert!(
         second.outcome.is_err(),
         "the same instance, now with n = 2, traps"
