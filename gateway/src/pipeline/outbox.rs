@@ -169,6 +169,10 @@ struct InFlight {
     /// back short after starting it: from then on new rows are taken from
     /// memory ([`crate::store`]'s `feed`), until the feed stops.
     feed: Option<u64>,
+    /// When the table was last read. It is read at least every [`TICK`]
+    /// even while the feed serves: rows another process (`wasmgate dlq
+    /// replay`) commits are in the table only.
+    table_read_at: Option<Instant>,
 }
 
 impl Default for InFlight {
@@ -191,6 +195,7 @@ impl InFlight {
             held: Vec::new(),
             held_since: None,
             feed: None,
+            table_read_at: None,
         }
     }
 
@@ -675,7 +680,8 @@ impl Drainer {
     /// table. With a table read that got to the end, also the generation of
     /// the feed started just before it, which the caller may switch to.
     async fn fetch(&self, flight: &mut InFlight, limit: usize) -> (Vec<OutboxRow>, Option<u64>) {
-        if let Some(generation) = flight.feed {
+        let fresh = flight.table_read_at.is_some_and(|at| at.elapsed() < TICK);
+        if let Some(generation) = flight.feed.filter(|_| fresh) {
             let fed = self
                 .store
                 .outbox_feed(self.destination, generation, flight.last, limit);
@@ -688,6 +694,8 @@ impl Drainer {
         // Start the feed *before* reading: a row committed after this point
         // is in the feed, one committed before it is in what we read.
         let generation = self.store.outbox_feed_start(self.destination);
+        flight.feed = None;
+        flight.table_read_at = Some(Instant::now());
         match self.read_table(flight.last, limit).await {
             Some(rows) => {
                 let caught_up = (rows.len() < limit).then_some(generation);

@@ -694,6 +694,9 @@ struct StoreThread {
     inner: Arc<Inner>,
     options: StoreOptions,
     last_dedup_prune: Instant,
+    /// The last outbox id this store inserted, to notice rows another
+    /// process (`wasmgate dlq replay`) inserted in between.
+    last_outbox_id: Option<i64>,
 }
 
 impl StoreThread {
@@ -704,6 +707,7 @@ impl StoreThread {
             options,
             // Prune on the first commit after a start.
             last_dedup_prune: Instant::now() - Duration::from_secs(3_600),
+            last_outbox_id: None,
         }
     }
 
@@ -898,7 +902,12 @@ impl StoreThread {
         Ok(written)
     }
 
-    fn finish(&self, batch: Vec<Request>, result: Result<(), StoreError>, mut written: Written) {
+    fn finish(
+        &mut self,
+        batch: Vec<Request>,
+        result: Result<(), StoreError>,
+        mut written: Written,
+    ) {
         let inner = &self.inner;
         let mut seqs = Vec::new();
         let mut commits = Vec::new();
@@ -966,6 +975,18 @@ impl StoreThread {
             let mut feeds = lock(&inner.feeds);
             for (_, destination, _, _) in &written.dropped {
                 feeds[*destination as usize].stop();
+            }
+            // Ids come from one sequence in commit order, and one
+            // transaction's are consecutive. A gap before this one's means
+            // another process inserted rows the feeds never saw; a drainer
+            // taking our later rows from memory would pass over theirs. So
+            // every feed stops and the drainers read the table, in id order.
+            let ids = written.fed.iter().flatten().map(|r| r.id);
+            if let (Some(first), Some(last)) = (ids.clone().min(), ids.max()) {
+                if self.last_outbox_id.is_none_or(|before| first != before + 1) {
+                    feeds.iter_mut().for_each(Feed::stop);
+                }
+                self.last_outbox_id = Some(last);
             }
             for (feed, rows) in feeds.iter_mut().zip(std::mem::take(&mut written.fed)) {
                 if !rows.is_empty() {

@@ -409,3 +409,21 @@ fn drop_oldest_stops_the_feed_so_dropped_rows_are_not_sent() {
         None
     );
 }
+
+#[test]
+fn rows_another_process_inserts_stop_the_feed_so_none_is_passed_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let ours = open(&dir);
+    commit(&ours, "f", effects(&[], &[("t/1", "x")]));
+    let generation = ours.outbox_feed_start(OutboxDestination::Local);
+    // `wasmgate dlq replay` commits through a store of its own.
+    let other = open(&dir);
+    commit(&other, "f", effects(&[], &[("t/other", "x")]));
+    other.close();
+    commit(&ours, "f", effects(&[], &[("t/2", "x")]));
+    assert_eq!(
+        ours.outbox_feed(OutboxDestination::Local, generation, 0, 10),
+        None,
+        "the feed holds t/2 but not t/other, so the table must be read"
+    );
+}
