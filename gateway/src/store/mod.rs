@@ -422,13 +422,13 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<OutboxRow>, StoreError> {
         self.with_reader(|conn| {
-            // No `LIMIT ?`: SQLite re-prepares a statement whose LIMIT is a
-            // bound parameter on every bind, which made this read-back ~8% of
-            // the instructions per message (BENCHMARKS.md, section 3). The
-            // `(destination, id)` index returns rows in id order without a
-            // sort, so stepping only `limit` rows and dropping the rest of
-            // the result is as cheap as a LIMIT, and the statement stays
-            // cached.
+            // No `LIMIT ?`: a bound LIMIT makes SQLite re-prepare the
+            // statement on every bind. The `(destination, id)` index returns
+            // rows in id order without a sort, so stepping only `limit` rows
+            // is as cheap as a LIMIT. Measured (BENCHMARKS.md, section 6):
+            // SQLite still re-prepares this statement once per call
+            // (~85,000 instructions; the cause is not pinned down), so the
+            // drainer keeps calls rare rather than relying on the cache.
             let mut stmt = conn.prepare_cached(
                 "SELECT id, topic, payload, qos, retain, function FROM outbox
                  WHERE destination = ?1 AND id > ?2 ORDER BY id",
