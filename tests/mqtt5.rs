@@ -106,15 +106,9 @@ impl Setup {
     }
 
     fn diagnostics(&self) -> String {
-        let tail = |text: String| {
-            let lines: Vec<&str> = text.lines().collect();
-            lines[lines.len().saturating_sub(40)..].join("\n")
-        };
-        format!(
-            "gateway log (end):\n{}\nlocal mosquitto (end):\n{}\nupstream mosquitto (end):\n{}",
-            tail(self.gateway.logs()),
-            tail(self.local.log()),
-            tail(self.cloud.log())
+        support::diagnostics(
+            &self.gateway,
+            &[("local", &self.local), ("upstream", &self.cloud)],
         )
     }
 

@@ -7,3 +7,20 @@ pub mod gateway;
 pub mod mosquitto;
 pub mod mqtt;
 pub mod rig;
+
+/// The last 40 lines of the gateway's log (every run) and of each broker's,
+/// for a failing assertion's message.
+pub fn diagnostics(
+    gateway: &gateway::GatewayProcess,
+    brokers: &[(&str, &mosquitto::Mosquitto)],
+) -> String {
+    let tail = |text: String| {
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    };
+    let mut out = format!("gateway log (end):\n{}", tail(gateway.logs()));
+    for (name, broker) in brokers {
+        out += &format!("\n{name} mosquitto log (end):\n{}", tail(broker.log()));
+    }
+    out
+}

@@ -60,15 +60,9 @@ impl Rig {
 
     /// The ends of the gateway's and the broker's logs, for failure messages.
     pub fn diagnostics(&self) -> String {
-        let tail = |text: String| {
-            let lines: Vec<&str> = text.lines().collect();
-            lines[lines.len().saturating_sub(40)..].join("\n")
-        };
-        let mut out = format!("gateway log (end):\n{}", tail(self.gateway.logs()));
-        if let Some(mosquitto) = &self.mosquitto {
-            out += &format!("\nmosquitto log (end):\n{}", tail(mosquitto.log()));
-        }
-        out
+        let brokers: Vec<(&str, &Mosquitto)> =
+            self.mosquitto.iter().map(|m| ("local", m)).collect();
+        super::diagnostics(&self.gateway, &brokers)
     }
 
     /// The port devices connect to.
