@@ -140,17 +140,7 @@ mode = "external"
 host = "127.0.0.1"
 port = $PORT
 
-[[functions]]
-name = "vending"
-wasm = "$WASM"
-triggers = [{ mqtt = "vending/+/telemetry", qos = $Q }]
-
-[functions.grants]
-local = ["vending/+/alert"]
-upstream = ["telemetry/#"]
-
-[functions.config]
-max_temp_c = "8"
+$(vending_function "$Q")
 TOML
     "$WG" config check "$WORK/gateway-q$Q.toml" >&2
     "$WG" run --config "$WORK/gateway-q$Q.toml" 2> "$WORK/q$Q-wasmgate.log" &

@@ -66,17 +66,7 @@ port = $PORT
 [store]
 synchronous = "$sync"
 
-[[functions]]
-name = "vending"
-wasm = "$WASM"
-triggers = [{ mqtt = "vending/+/telemetry", qos = 1 }]
-
-[functions.grants]
-local = ["vending/+/alert"]
-upstream = ["telemetry/#"]
-
-[functions.config]
-max_temp_c = "8"
+$(vending_function 1)
 TOML
     "$WG" config check "$WORK/$mode.toml" >&2
     say "round $round, $mode: $data, synchronous = $sync"

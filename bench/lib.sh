@@ -84,3 +84,22 @@ CONF
     cat "$dir/mosquitto.log" >&2
     return 1
 }
+
+# vending_function QOS: the [[functions]] table the comparisons run: the
+# vending example (WASM), alerts to the local broker, summaries "upstream"
+# (also the local broker, as no [upstream] is configured).
+vending_function() {
+    cat <<TOML
+[[functions]]
+name = "vending"
+wasm = "$WASM"
+triggers = [{ mqtt = "vending/+/telemetry", qos = $1 }]
+
+[functions.grants]
+local = ["vending/+/alert"]
+upstream = ["telemetry/#"]
+
+[functions.config]
+max_temp_c = "8"
+TOML
+}
