@@ -143,7 +143,7 @@ impl Setup {
 
     /// Records summaries until `done`; fails the test on a stall.
     #[track_caller]
-    fn collect(&self, summaries: &mut Upstream, mut done: impl FnMut(&Upstream) -> bool) {
+    fn collect(&self, summaries: &mut Summaries, mut done: impl FnMut(&Summaries) -> bool) {
         if done(summaries) {
             return;
         }
@@ -154,34 +154,9 @@ impl Setup {
         assert!(
             finished,
             "summaries stopped at {} unique\n{}",
-            summaries.count(),
+            summaries.unique(),
             self.diagnostics()
         );
-    }
-}
-
-/// The summaries that arrived upstream, duplicates kept, and the set of
-/// sequence numbers among them (kept as they arrive: thousands of results
-/// must not cost a rescan each).
-#[derive(Default)]
-struct Upstream {
-    summaries: Summaries,
-    seen: BTreeSet<u64>,
-}
-
-impl Upstream {
-    /// Records a summary; ignores the probe and anything else.
-    #[track_caller]
-    fn record(&mut self, message: &Message) {
-        let machine = message.topic.strip_prefix("telemetry/vending/");
-        if machine.is_some_and(|m| m != PROBE) {
-            self.summaries.record(message);
-            self.seen.insert(message.json()["ts"].as_u64().expect("ts"));
-        }
-    }
-
-    fn count(&self) -> u64 {
-        self.seen.len() as u64
     }
 }
 
@@ -231,23 +206,24 @@ impl Rng {
 /// message stream (by how many results have arrived upstream), restarting
 /// it each time, and waits until every input's result has arrived.
 #[track_caller]
-fn stream_through_crashes(setup: &mut Setup, n: u64, kills: usize) -> Upstream {
+fn stream_through_crashes(setup: &mut Setup, n: u64, kills: usize) -> Summaries {
     let mut rng = Rng::from_env();
     let mut points: Vec<u64> = (0..kills).map(|_| n / 20 + rng.below(n * 8 / 10)).collect();
     points.sort_unstable();
     let started = std::time::Instant::now();
     let publisher = publish_all(setup.device(), 1..=n, 5.0);
-    let mut summaries = Upstream::default();
+    let mut summaries = Summaries::default();
     for point in points {
-        setup.collect(&mut summaries, |s| s.count() >= point);
+        setup.collect(&mut summaries, |s| s.unique() as u64 >= point);
         setup.gateway.kill();
         eprintln!("SIGKILL after {point} results ({:?})", started.elapsed());
         setup.gateway.restart();
     }
     publisher.join().expect("the device");
-    setup.collect(&mut summaries, |s| s.count() == n);
+    setup.collect(&mut summaries, |s| s.unique() as u64 == n);
     eprintln!("all {n} results upstream after {:?}", started.elapsed());
-    let missing: Vec<u64> = (1..=n).filter(|s| !summaries.seen.contains(s)).collect();
+    let seen = summaries.seqs();
+    let missing: Vec<u64> = (1..=n).filter(|s| !seen.contains(s)).collect();
     assert!(missing.is_empty(), "lost: {missing:?}");
     summaries
 }
@@ -263,7 +239,7 @@ fn sigkill_during_a_stream_loses_nothing_and_a_dedup_key_makes_effects_exact() {
         config.dedup_key = Some("ts".into());
     });
     let summaries = stream_through_crashes(&mut setup, N, KILLS);
-    let duplicates = summaries.summaries.duplicates();
+    let duplicates = summaries.duplicates();
     eprintln!("{N} messages, {KILLS} SIGKILLs: {duplicates} duplicate summaries upstream");
     // Per kill: rows published but not acknowledged (the window), plus rows
     // acknowledged whose delete had not committed yet (batched by 32, up to
@@ -301,7 +277,7 @@ fn sigkill_during_a_stream_without_dedup_counts_each_duplicate() {
     // What the duplicates seen upstream allow for: each extra run of `seq`
     // adds one vend and its price, and also sends one more summary.
     let mut extra = BTreeMap::<String, i64>::new();
-    for (m, seqs) in &summaries.summaries.by_machine {
+    for (m, seqs) in &summaries.by_machine {
         let mut counts = BTreeMap::<u64, i64>::new();
         for &seq in seqs {
             *counts.entry(seq).or_default() += 1;
@@ -330,7 +306,7 @@ fn sigkill_during_a_stream_without_dedup_counts_each_duplicate() {
         .iter()
         .map(|m| actual[&format!("{m}/vends")] - expected[&format!("{m}/vends")])
         .sum();
-    let duplicates = summaries.summaries.duplicates();
+    let duplicates = summaries.duplicates();
     eprintln!(
         "{N} messages, {KILLS} SIGKILLs: {ran_twice} ran again, {duplicates} duplicate summaries upstream"
     );
@@ -422,8 +398,8 @@ fn upstream_down_for_the_whole_stream_then_everything_drains_in_order() {
 
     bring_upstream_back(&mut setup, &subscriber);
     let more = publish_all(setup.device(), BACKLOG + 1..=BACKLOG + MORE, 20.0);
-    let mut summaries = Upstream::default();
-    setup.collect(&mut summaries, |s| s.count() == BACKLOG + MORE);
+    let mut summaries = Summaries::default();
+    setup.collect(&mut summaries, |s| s.unique() as u64 == BACKLOG + MORE);
     more.join().expect("the device");
 
     // One function worker (concurrency 1) commits in arrival order, and the
@@ -462,8 +438,8 @@ fn local_broker_down_and_up_loses_nothing() {
             device.wait_acked(Duration::from_secs(300));
         }
     });
-    let mut summaries = Upstream::default();
-    setup.collect(&mut summaries, |s| s.count() as usize >= 500);
+    let mut summaries = Summaries::default();
+    setup.collect(&mut summaries, |s| s.unique() >= 500);
     setup.local.stop();
     // Long enough for the gateway to notice, back off and retry.
     std::thread::sleep(Duration::from_secs(2));
@@ -471,7 +447,7 @@ fn local_broker_down_and_up_loses_nothing() {
     publisher.join().expect("the device");
     assert!(!stop.load(Ordering::SeqCst));
 
-    setup.collect(&mut summaries, |s| s.count() == N);
+    setup.collect(&mut summaries, |s| s.unique() as u64 == N);
     wait_for_alerts(&setup, &(1..=N).collect());
     assert!(
         !setup
@@ -506,7 +482,7 @@ fn upstream_batches_carry_every_result_in_order() {
     bring_upstream_back(&mut setup, &subscriber);
     let more = publish_all(setup.device(), BACKLOG + 1..=BACKLOG + MORE, 20.0);
 
-    let mut upstream = Upstream::default();
+    let mut upstream = Summaries::default();
     let mut batches = 0;
     let all = setup.summaries().collect_until(STALL, |message| {
         assert_eq!(message.topic, "wasmgate/e2e/batch");
@@ -516,13 +492,13 @@ fn upstream_batches_carry_every_result_in_order() {
         for (topic, payload) in entries {
             upstream.record(&Message { topic, payload });
         }
-        upstream.count() == BACKLOG + MORE
+        upstream.unique() as u64 == BACKLOG + MORE
     });
     more.join().expect("the device");
     assert!(
         all,
         "{} of {} results arrived in {batches} batches\n{}",
-        upstream.count(),
+        upstream.unique() as u64,
         BACKLOG + MORE,
         setup.diagnostics()
     );
@@ -537,8 +513,8 @@ fn upstream_batches_carry_every_result_in_order() {
 
 /// Each machine's summaries, first arrivals only, in publishing order.
 #[track_caller]
-fn assert_in_order(upstream: &Upstream) {
-    for (m, seqs) in &upstream.summaries.by_machine {
+fn assert_in_order(upstream: &Summaries) {
+    for (m, seqs) in &upstream.by_machine {
         let mut first = Vec::new();
         let mut once = BTreeSet::new();
         for &seq in seqs {
@@ -585,12 +561,12 @@ fn outbox_full_drop_oldest_drops_the_oldest_visibly() {
     );
     bring_upstream_back(&mut setup, &subscriber);
     let expected = N - dropped.len() as u64;
-    let mut summaries = Upstream::default();
-    setup.collect(&mut summaries, |s| s.count() == expected);
+    let mut summaries = Summaries::default();
+    setup.collect(&mut summaries, |s| s.unique() as u64 == expected);
     // Drop-oldest in one outbox filled in order: the first ones are gone.
     let first_kept = N - expected + 1;
     assert_eq!(
-        summaries.seen,
+        summaries.seqs(),
         (first_kept..=N).collect::<BTreeSet<_>>(),
         "not exactly the oldest {} were dropped",
         dropped.len()
@@ -635,8 +611,8 @@ fn outbox_full_block_holds_messages_at_the_broker_until_it_drains() {
     );
 
     bring_upstream_back(&mut setup, &subscriber);
-    let mut summaries = Upstream::default();
-    setup.collect(&mut summaries, |s| s.count() == N);
+    let mut summaries = Summaries::default();
+    setup.collect(&mut summaries, |s| s.unique() as u64 == N);
     assert!(setup.gateway.log_lines_with(&[DROPPED]).is_empty());
     wait_for_alerts(&setup, &(1..=N).collect());
 }
@@ -706,8 +682,8 @@ fn upstream_over_mutual_tls() {
     for seq in 1..=50 {
         device.publish(&telemetry_topic(machine(seq)), telemetry(seq, 5.0));
     }
-    let mut summaries = Upstream::default();
-    setup.collect(&mut summaries, |s| s.count() as usize == 50);
+    let mut summaries = Summaries::default();
+    setup.collect(&mut summaries, |s| s.unique() == 50);
     // With `use_identity_as_username`, mosquitto names the client by its
     // certificate's common name.
     assert!(

@@ -126,6 +126,9 @@ pub fn telemetry(ts: u64, temp_c: f32) -> String {
 #[derive(Debug, Default)]
 pub struct Summaries {
     pub by_machine: BTreeMap<String, Vec<u64>>,
+    /// Distinct (machine, ts), kept as they arrive: tests ask for the count
+    /// after every message, and a rescan each time is quadratic.
+    distinct: BTreeSet<(String, u64)>,
 }
 
 impl Summaries {
@@ -147,6 +150,7 @@ impl Summaries {
             .entry(machine.to_owned())
             .or_default()
             .push(ts);
+        self.distinct.insert((machine.to_owned(), ts));
     }
 
     /// Records every summary among `messages`.
@@ -159,10 +163,12 @@ impl Summaries {
 
     /// Distinct (machine, ts) pairs seen.
     pub fn unique(&self) -> usize {
-        self.by_machine
-            .values()
-            .map(|seen| seen.iter().collect::<BTreeSet<_>>().len())
-            .sum()
+        self.distinct.len()
+    }
+
+    /// Every sequence number seen, whatever the machine.
+    pub fn seqs(&self) -> BTreeSet<u64> {
+        self.distinct.iter().map(|(_, ts)| *ts).collect()
     }
 
     /// Summaries seen more than once (at-least-once redelivery).
