@@ -131,11 +131,11 @@ pub async fn run(
     let modules = vec![
         FunctionModule {
             config: config.functions[0].clone(),
-            wasm: VENDING_WASM.to_vec(),
+            wasm: VENDING_WASM.into(),
         },
         FunctionModule {
             config: config.functions[1].clone(),
-            wasm: ROBOT_WASM.to_vec(),
+            wasm: ROBOT_WASM.into(),
         },
     ];
     let gateway = Gateway::start(&config, modules).await?;
