@@ -6,7 +6,7 @@
 
 use crate::config::Config;
 use crate::metrics::HistogramSnapshot;
-use crate::pipeline::{FunctionModule, Gateway, GatewayError, SHUTDOWN_GRACE};
+use crate::pipeline::{FunctionModule, Gateway, GatewayError, ModuleSource, SHUTDOWN_GRACE};
 use crate::simulate;
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use std::future::Future;
@@ -131,11 +131,11 @@ pub async fn run(
     let modules = vec![
         FunctionModule {
             config: config.functions[0].clone(),
-            wasm: VENDING_WASM.into(),
+            wasm: ModuleSource::Bytes(VENDING_WASM.into()),
         },
         FunctionModule {
             config: config.functions[1].clone(),
-            wasm: ROBOT_WASM.into(),
+            wasm: ModuleSource::Bytes(ROBOT_WASM.into()),
         },
     ];
     let gateway = Gateway::start(&config, modules).await?;

@@ -29,7 +29,7 @@ use ingress::{IngressSpec, Session, Trigger};
 use outbox::Drain;
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -113,43 +113,57 @@ impl Endpoint {
     }
 }
 
-/// A function ready to deploy: its config and its module's bytes.
+/// A function ready to deploy: its config and where its module comes from.
 #[derive(Debug, Clone)]
 pub struct FunctionModule {
     pub config: FunctionConfig,
-    /// Shared by every function that names the same file.
-    pub wasm: Arc<[u8]>,
+    pub wasm: ModuleSource,
 }
 
-/// Reads every function's module from disk, naming the function on failure.
+/// A module's bytes, or the file to read them from when it is deployed.
 ///
-/// A file named by several functions is read once. Each read copy used to
-/// live until start-up finished, and the allocator kept the freed space: at
-/// 1,000 functions deployed from one 88 KB module that was 86 MiB of
-/// resident memory doing nothing (BENCHMARKS.md section 8).
+/// Files are read one at a time, each just before its deploy, and dropped
+/// after it: wasmi keeps what it needs, and reading every module up front
+/// held them all at once until start-up ended. glibc then kept the freed
+/// space, so the resident memory stayed at that peak: 88 KB per function at
+/// 1,000 functions with one module (BENCHMARKS.md section 8).
+#[derive(Debug, Clone)]
+pub enum ModuleSource {
+    File(PathBuf),
+    Bytes(Arc<[u8]>),
+}
+
+impl ModuleSource {
+    fn read(&self, function: &str) -> Result<Arc<[u8]>, LoadError> {
+        match self {
+            ModuleSource::Bytes(bytes) => Ok(bytes.clone()),
+            ModuleSource::File(path) => std::fs::read(path)
+                .map(Arc::from)
+                .map_err(|error| read_error(function, path, error)),
+        }
+    }
+}
+
+fn read_error(function: &str, path: &Path, error: std::io::Error) -> LoadError {
+    LoadError::Read {
+        function: function.to_owned(),
+        path: path.display().to_string(),
+        error,
+    }
+}
+
+/// Checks every function's module file can be opened, naming the function
+/// on failure, so a typo stops the start before anything is opened. The
+/// bytes are read at deploy ([`ModuleSource`]).
 pub fn load_modules(config: &Config) -> Result<Vec<FunctionModule>, LoadError> {
-    let mut read: HashMap<&Path, Arc<[u8]>> = HashMap::new();
     config
         .functions
         .iter()
         .map(|f| {
-            let wasm = match read.get(f.wasm.as_path()) {
-                Some(wasm) => wasm.clone(),
-                None => {
-                    let wasm: Arc<[u8]> = std::fs::read(&f.wasm)
-                        .map_err(|error| LoadError::Read {
-                            function: f.name.clone(),
-                            path: f.wasm.display().to_string(),
-                            error,
-                        })?
-                        .into();
-                    read.insert(&f.wasm, wasm.clone());
-                    wasm
-                }
-            };
+            std::fs::File::open(&f.wasm).map_err(|error| read_error(&f.name, &f.wasm, error))?;
             Ok(FunctionModule {
                 config: f.clone(),
-                wasm,
+                wasm: ModuleSource::File(f.wasm.clone()),
             })
         })
         .collect()
@@ -210,8 +224,10 @@ impl Gateway {
         let runtime = Runtime::new();
         let mut deployed = Vec::with_capacity(modules.len());
         for module in &modules {
-            let function = runtime
-                .deploy(function_spec(&module.config), &module.wasm)
+            let function = module
+                .wasm
+                .read(&module.config.name)
+                .and_then(|wasm| runtime.deploy(function_spec(&module.config), &wasm))
                 .map_err(|error| GatewayError::Module {
                     path: module.config.wasm.display().to_string(),
                     error,
@@ -651,7 +667,7 @@ mod tests {
     }
 
     #[test]
-    fn functions_naming_one_file_share_one_copy_of_it() {
+    fn module_files_are_checked_up_front_and_read_at_deploy() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (dir.path().join("a.wasm"), dir.path().join("b.wasm"));
         std::fs::write(&a, b"module a").unwrap();
@@ -660,10 +676,18 @@ mod tests {
             load_modules(&config_with(&[("one", &a), ("two", &b), ("three", &a)])).unwrap();
         let names: Vec<_> = modules.iter().map(|m| m.config.name.as_str()).collect();
         assert_eq!(names, ["one", "two", "three"]);
-        assert_eq!(&*modules[0].wasm, b"module a");
-        assert_eq!(&*modules[1].wasm, b"module b");
-        assert!(Arc::ptr_eq(&modules[0].wasm, &modules[2].wasm));
-        assert!(!Arc::ptr_eq(&modules[0].wasm, &modules[1].wasm));
+        // Nothing is held until deploy asks for it; then the file as it is.
+        assert!(matches!(&modules[2].wasm, ModuleSource::File(p) if p == &a));
+        std::fs::write(&a, b"module a, rebuilt").unwrap();
+        assert_eq!(&*modules[0].wasm.read("one").unwrap(), b"module a, rebuilt");
+        assert_eq!(&*modules[1].wasm.read("two").unwrap(), b"module b");
+        // A file gone between the check and the deploy is still a named error.
+        std::fs::remove_file(&b).unwrap();
+        let text = modules[1].wasm.read("two").unwrap_err().to_string();
+        assert!(
+            text.contains("function two") && text.contains("b.wasm"),
+            "{text}"
+        );
     }
 
     #[test]
