@@ -21,7 +21,29 @@ import sys
 import time
 
 
-def config(n, work, wasm, mode, port, warm=None):
+def leb128(n):
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def distinct_copy(wasm, work, i):
+    """The module with a custom section naming copy i appended: the same code,
+    a different file and content hash, so nothing is shared between functions."""
+    path = os.path.join(work, "modules", f"{i}.wasm")
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        name, payload = b"copy", str(i).encode()
+        body = leb128(len(name)) + name + payload
+        with open(wasm, "rb") as src, open(path, "wb") as dst:
+            dst.write(src.read() + b"\x00" + leb128(len(body)) + body)
+    return path
+
+
+def config(n, work, wasm, mode, port, warm=None, distinct=False):
     lines = [f'gateway_id = "fp{n}"', f'data_dir = "{work}/data-{mode}-{n}"', "", "[broker]"]
     if mode == "external":
         lines += ['mode = "external"', 'host = "127.0.0.1"', f"port = {port}"]
@@ -32,7 +54,7 @@ def config(n, work, wasm, mode, port, warm=None):
             "",
             "[[functions]]",
             f'name = "vending-{i}"',
-            f'wasm = "{wasm}"',
+            f'wasm = "{distinct_copy(wasm, work, i) if distinct else wasm}"',
             f'triggers = [{{ mqtt = "site-{i}/vending/+/telemetry", qos = 1 }}]',
         ]
         if warm is not None:
@@ -79,7 +101,7 @@ def measure(n, args, mode, port):
     work = args.work
     cfg = os.path.join(work, f"gateway-{mode}-{n}.toml")
     with open(cfg, "w") as f:
-        f.write(config(n, work, args.wasm, mode, port, args.warm_instances))
+        f.write(config(n, work, args.wasm, mode, port, args.warm_instances, args.distinct_modules))
     sock_path = os.path.join(work, f"notify-{mode}-{n}.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(sock_path)
@@ -147,6 +169,8 @@ def main():
     ap.add_argument("--counts", type=int, nargs="+", default=[1, 10, 100, 1000])
     ap.add_argument("--idle", type=float, default=5.0)
     ap.add_argument("--warm-instances", type=int, help="each function's limits.warm_instances (default: the gateway's)")
+    ap.add_argument("--distinct-modules", action="store_true",
+                    help="give each function its own copy of the module (nothing shared)")
     ap.add_argument("--ready-timeout", type=float, default=120.0)
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
@@ -200,6 +224,7 @@ def main():
         "wasm_bytes": os.path.getsize(a.wasm),
         "idle_s": a.idle,
         "warm_instances": a.warm_instances,
+        "distinct_modules": a.distinct_modules,
         "rows": rows,
     }
     with open(a.out, "w") as f:

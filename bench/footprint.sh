@@ -12,7 +12,8 @@
 # Needs: cargo, mosquitto, python3 (stdlib only). Settings (environment):
 # COUNTS ("1 10 100 1000"), IDLE (5 s), EMBEDDED (1: also the embedded
 # broker), WASM (the function; default the committed vending-telemetry),
-# WARM (each function's limits.warm_instances; default the gateway's), CARGO_TARGET_DIR (/var/tmp/wg-bench-target), WASMGATE (a prebuilt
+# WARM (each function's limits.warm_instances; default the gateway's), DISTINCT=1 (each
+# function its own copy of the module, so nothing is shared), CARGO_TARGET_DIR (/var/tmp/wg-bench-target), WASMGATE (a prebuilt
 # binary: skips the build), MOSQUITTO.
 set -euo pipefail
 
@@ -41,5 +42,5 @@ EMB=()
 mkdir -p "$RESULTS"
 # shellcheck disable=SC2086 # COUNTS is a list
 python3 "$ROOT/bench/footprint.py" --wasmgate "$WG" --wasm "$WASM" --work "$WORK" \
-    --broker-port "$PORT" "${EMB[@]}" --counts $COUNTS --idle "$IDLE" ${WARM:+--warm-instances "$WARM"} \
+    --broker-port "$PORT" "${EMB[@]}" --counts $COUNTS --idle "$IDLE" ${WARM:+--warm-instances "$WARM"} ${DISTINCT:+--distinct-modules} \
     --out "$RESULTS/footprint-$STAMP.json"
