@@ -151,8 +151,9 @@ pub fn start(
         // down or busy waits at the broker.
         persistent: true,
         manual_acks: true,
-        // The session publishes nothing; rumqttc's default.
-        outgoing_window: 100,
+        // The session publishes nothing, and rumqttc preallocates a slot per
+        // in-flight publish (~7 KB per session at its default of 100).
+        outgoing_window: 1,
         // MQTT 5 lets the gateway bound what the broker sends ahead of the
         // acks itself: a queue's worth, so the forwarder's buffer stays
         // within one queue (3.1.1 leaves this to the broker's config).
