@@ -143,20 +143,8 @@ impl Setup {
 
     /// Records summaries until `done`; fails the test on a stall.
     #[track_caller]
-    fn collect(&self, summaries: &mut Summaries, mut done: impl FnMut(&Summaries) -> bool) {
-        if done(summaries) {
-            return;
-        }
-        let finished = self.summaries().collect_until(STALL, |message| {
-            summaries.record(&message);
-            done(summaries)
-        });
-        assert!(
-            finished,
-            "summaries stopped at {} unique\n{}",
-            summaries.unique(),
-            self.diagnostics()
-        );
+    fn collect(&self, summaries: &mut Summaries, done: impl FnMut(&Summaries) -> bool) {
+        summaries.collect_from(self.summaries(), STALL, done, || self.diagnostics());
     }
 }
 

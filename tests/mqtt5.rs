@@ -12,14 +12,14 @@ mod support;
 
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use rumqttc::v5::mqttbytes::QoS;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use support::gateway::{wasmgate, BrokerMode, GatewayConfig, GatewayProcess};
 use support::mosquitto::{Mosquitto, GATEWAY_SETTINGS};
-use support::mqtt::{unique_id, wait_until, Message, MqttClient};
-use support::rig::{telemetry_topic, PROBE};
+use support::mqtt::{unique_id, wait_until, MqttClient};
+use support::rig::{telemetry_topic, Summaries};
 
 /// Longest a stream of results may pause before a test calls it a stall.
 const STALL: Duration = Duration::from_secs(60);
@@ -31,39 +31,6 @@ fn vend(seq: u64) -> String {
         r#"{{"ts":{seq},"temp_c":5.0,"stock":[{{"slot":"A1","count":9}}],"sale":{{"slot":"A1","price_cents":{}}}}}"#,
         100 + seq
     )
-}
-
-/// Sequence numbers of the summaries among `messages`, duplicates kept,
-/// per machine; the probe and anything else ignored.
-#[derive(Debug, Default)]
-struct Summaries(BTreeMap<String, Vec<u64>>);
-
-impl Summaries {
-    #[track_caller]
-    fn record(&mut self, message: &Message) {
-        let Some(machine) = message.topic.strip_prefix("telemetry/vending/") else {
-            return;
-        };
-        if machine == PROBE {
-            return;
-        }
-        let ts = message.json()["ts"].as_u64().expect("a summary has a ts");
-        self.0.entry(machine.to_owned()).or_default().push(ts);
-    }
-
-    fn unique(&self) -> usize {
-        self.0
-            .values()
-            .map(|v| v.iter().collect::<BTreeSet<_>>().len())
-            .sum()
-    }
-
-    fn of(&self, machine: &str) -> BTreeSet<u64> {
-        self.0
-            .get(machine)
-            .map(|v| v.iter().copied().collect())
-            .unwrap_or_default()
-    }
 }
 
 /// A gateway between a local mosquitto and an upstream one it reaches over
@@ -114,20 +81,8 @@ impl Setup {
 
     /// Records summaries until `done`; fails the test on a stall.
     #[track_caller]
-    fn collect(&self, summaries: &mut Summaries, mut done: impl FnMut(&Summaries) -> bool) {
-        if done(summaries) {
-            return;
-        }
-        let finished = self.summaries.collect_until(STALL, |message| {
-            summaries.record(&message);
-            done(summaries)
-        });
-        assert!(
-            finished,
-            "summaries stopped at {} unique\n{}",
-            summaries.unique(),
-            self.diagnostics()
-        );
+    fn collect(&self, summaries: &mut Summaries, done: impl FnMut(&Summaries) -> bool) {
+        summaries.collect_from(&self.summaries, STALL, done, || self.diagnostics());
     }
 
     /// Whether the upstream mosquitto logged the gateway connecting with
@@ -385,10 +340,14 @@ fn a_dedup_property_runs_a_resent_message_once() {
     let mut seen = Summaries::default();
     let finished = summaries.collect_until(STALL, |message| {
         seen.record(&message);
-        seen.0.get("vm-1").is_some_and(|v| v.contains(&5))
+        seen.by_machine.get("vm-1").is_some_and(|v| v.contains(&5))
     });
     assert!(finished, "no summary for ts 5\n{}", gateway.logs());
-    assert_eq!(seen.0["vm-1"], [1, 2, 3, 3, 4, 5], "one result per id");
+    assert_eq!(
+        seen.by_machine["vm-1"],
+        [1, 2, 3, 3, 4, 5],
+        "one result per id"
+    );
 
     let status = gateway.stop();
     assert!(status.success(), "SIGTERM: {status}");

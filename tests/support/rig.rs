@@ -161,6 +161,31 @@ impl Summaries {
         }
     }
 
+    /// Records summaries from `subscriber` until `done`; fails the test
+    /// when none arrives for `stall`, with `diagnostics` (the logs' ends).
+    #[track_caller]
+    pub fn collect_from(
+        &mut self,
+        subscriber: &MqttClient,
+        stall: Duration,
+        mut done: impl FnMut(&Summaries) -> bool,
+        diagnostics: impl FnOnce() -> String,
+    ) {
+        if done(self) {
+            return;
+        }
+        let finished = subscriber.collect_until(stall, |message| {
+            self.record(&message);
+            done(self)
+        });
+        assert!(
+            finished,
+            "summaries stopped at {} unique\n{}",
+            self.unique(),
+            diagnostics()
+        );
+    }
+
     /// Distinct (machine, ts) pairs seen.
     pub fn unique(&self) -> usize {
         self.distinct.len()
@@ -176,6 +201,14 @@ impl Summaries {
         self.by_machine.values().map(Vec::len).sum::<usize>() - self.unique()
     }
 
+    /// The sequence numbers seen from one machine.
+    pub fn of(&self, machine: &str) -> BTreeSet<u64> {
+        self.by_machine
+            .get(machine)
+            .map(|v| v.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
     /// For each machine, the sequence numbers in `expected` never seen.
     pub fn missing(
         &self,
@@ -185,11 +218,7 @@ impl Summaries {
         machines
             .iter()
             .filter_map(|m| {
-                let seen: BTreeSet<u64> = self
-                    .by_machine
-                    .get(m)
-                    .map(|v| v.iter().copied().collect())
-                    .unwrap_or_default();
+                let seen = self.of(m);
                 let missing: Vec<u64> = expected.clone().filter(|ts| !seen.contains(ts)).collect();
                 (!missing.is_empty()).then(|| {
                     format!(
