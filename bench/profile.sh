@@ -11,8 +11,9 @@
 #
 # The binary is built with the `profiling` profile: the release settings
 # (opt-level "s", panic = "abort") with symbols and line tables, and without
-# LTO so it builds in a few minutes; defined on the command line below, so
-# Cargo.toml stays as it is. Reports go to bench/results/profile-<stamp>-*.
+# LTO so it builds in a few minutes, but wasmi in one codegen unit as its
+# tail-call dispatch needs (see Cargo.toml); defined on the command line
+# below, so Cargo.toml stays as it is. Reports go to bench/results/profile-<stamp>-*.
 #
 # Needs: cargo, mosquitto, perf or valgrind, python3. Settings (environment):
 # TOOL (perf), COUNT (20000 for perf, 2000 for callgrind), RATE (0: flat out),
@@ -46,7 +47,10 @@ else
     cargo build -p wasmgate --manifest-path "$ROOT/Cargo.toml" --profile profiling \
         --config 'profile.profiling.inherits="release"' --config 'profile.profiling.lto=false' \
         --config 'profile.profiling.codegen-units=16' --config 'profile.profiling.strip=false' \
-        --config 'profile.profiling.debug="line-tables-only"' >&2
+        --config 'profile.profiling.debug="line-tables-only"' \
+        --config 'profile.profiling.package.wasmi.codegen-units=1' \
+        --config 'profile.profiling.package.wasmi_core.codegen-units=1' \
+        --config 'profile.profiling.package.wasmi_ir.codegen-units=1' >&2
     WG="$CARGO_TARGET_DIR/profiling/wasmgate"
 fi
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end smoke test of a real ARM binary under qemu-user, as CI runs it:
 # start it with the embedded broker, publish telemetry, receive the function's
-# alert, stop it, and check that its KV state survives a restart.
+# alert, stop it, and check that its KV state survives a restart. First, a
+# function that loops until its fuel runs out must end in "out of fuel" and not
+# crash the process (boards/testdata/spin.wat says why).
 #
 #   boards/qemu-smoke.sh aarch64-unknown-linux-gnu path/to/wasmgate
 #
@@ -74,6 +76,17 @@ round() {
 }
 
 echo "qemu-smoke: $target: $("${run[@]}" "$binary" --version)"
+
+# 20 million ops of every kind; exit 1 is the function's failure, a signal
+# (134: the stack overflowed) is the gateway's.
+status=0
+"${run[@]}" "$binary" invoke "$repo/boards/testdata/spin.wasm" \
+  --event "$repo/functions/examples/vending-telemetry/event.json" \
+  --fuel 20000000 --timeout-ms 300000 --json >"$work/spin.json" 2>&1 || status=$?
+if [ "$status" != 1 ] || ! grep -q '"error": "out_of_fuel"' "$work/spin.json"; then
+  cat "$work/spin.json"; echo "qemu-smoke: spin.wasm: expected out_of_fuel and exit 1, got exit $status" >&2; exit 1
+fi
+echo "qemu-smoke: $target: spin.wasm ran 20 million ops and ran out of fuel cleanly"
 start; round; stop
 start; round; stop
 vends=$("${run[@]}" "$binary" kv --config "$work/gateway.toml" get vending vm-1/vends)

@@ -188,6 +188,54 @@ fn infinite_loop_in_the_handler_runs_out_of_fuel() {
     gw.assert_still_serving();
 }
 
+const SPIN_WAT: &str = include_str!("../../boards/testdata/spin.wat");
+const SPIN_WASM: &[u8] = include_bytes!("../../boards/testdata/spin.wasm");
+
+/// `boards/testdata/spin.wat` loops over many kinds of op until its fuel runs
+/// out. wasmi's tail-call dispatch keeps the native stack flat only if every
+/// op's handler jumps to the next (see the `wasmi` entry in Cargo.toml); one
+/// that calls instead grows the stack each time it runs, so this loop would
+/// overflow it and abort the process instead of ending in "out of fuel".
+#[test]
+fn spin_a_long_loop_over_many_kinds_of_op_runs_out_of_fuel_cleanly() {
+    let gw = Gateway::new();
+    let limits = Limits {
+        fuel: 20_000_000,
+        timeout: Duration::from_secs(120),
+        ..Limits::default()
+    };
+    let f = gw.deploy_with(limits, &wat(SPIN_WAT));
+    let error = expect_error(invoke(&f));
+    assert!(
+        matches!(
+            error,
+            InvokeError::OutOfFuel {
+                fuel: 20_000_000,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    gw.assert_still_serving();
+}
+
+/// boards/qemu-smoke.sh runs the committed spin.wasm on ARM, where the wat
+/// crate does not run; this keeps it the module spin.wat describes.
+#[test]
+fn spin_wasm_is_spin_wat_compiled() {
+    let compiled = wat(SPIN_WAT);
+    if std::env::var_os("WASMGATE_BLESS").is_some() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../boards/testdata/spin.wasm");
+        std::fs::write(path, &compiled).expect("writes spin.wasm");
+        return;
+    }
+    assert!(
+        compiled == SPIN_WASM,
+        "boards/testdata/spin.wasm is stale; regenerate it with \
+         WASMGATE_BLESS=1 cargo test -p wasmgate --test sandbox -- spin"
+    );
+}
+
 #[test]
 fn infinite_loop_with_plenty_of_fuel_hits_the_deadline() {
     let gw = Gateway::new();
