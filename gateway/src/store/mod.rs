@@ -546,15 +546,20 @@ impl KvRead for Store {
         // Holding the overlay while reading keeps the store thread from
         // pruning writes between our snapshot and our look at the overlay.
         let overlay = lock(&self.inner.overlay);
+        // One statement, so one snapshot holds both the value and the
+        // sequence it is current to, without a BEGIN and COMMIT to parse and
+        // run per read (a message reads two or three keys). `value` is NOT
+        // NULL, so NULL means no such key.
         let read = self.with_reader(|conn| {
-            let tx = conn.transaction()?;
-            let value: Option<Vec<u8>> = tx
-                .prepare_cached("SELECT value FROM kv WHERE namespace = ?1 AND key = ?2")?
-                .query_row([namespace, key], |r| r.get(0))
-                .optional()?;
-            let seq = committed_seq(&tx)?;
-            tx.finish()?;
-            Ok((value, seq))
+            let row = conn
+                .prepare_cached(
+                    "SELECT (SELECT value FROM kv WHERE namespace = ?1 AND key = ?2), \
+                            (SELECT value FROM meta WHERE key = 'committed_seq')",
+                )?
+                .query_row([namespace, key], |r| {
+                    Ok((r.get::<_, Option<Vec<u8>>>(0)?, r.get::<_, i64>(1)?))
+                })?;
+            Ok((row.0, row.1 as u64))
         });
         let (value, seq) = read.map_err(|e| e.to_string())?;
         Ok(overlay.read(namespace, key, seq, value))
