@@ -457,7 +457,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Ok(config) => config,
         Err(code) => return Ok(code),
     };
-    let runtime = tokio_runtime(GATEWAY_REACTOR_THREADS)?;
+    let runtime = tokio_runtime()?;
     runtime.block_on(async {
         // Signal handlers go in before the gateway starts, so that a SIGTERM
         // during start-up stops it cleanly rather than killing it.
@@ -469,7 +469,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 fn simulate(args: wasmgate::simulate::SimulateArgs) -> anyhow::Result<ExitCode> {
     let options = args.into_options();
-    let runtime = tokio_runtime(2)?;
+    let runtime = tokio_runtime()?;
     let _context = runtime.enter(); // signal handlers need the runtime
     let summary = runtime.block_on(wasmgate::simulate::run(options, shutdown_signal()))?;
     println!("{summary}");
@@ -477,28 +477,17 @@ fn simulate(args: wasmgate::simulate::SimulateArgs) -> anyhow::Result<ExitCode> 
 }
 
 fn bench(args: wasmgate::bench::BenchArgs) -> anyhow::Result<ExitCode> {
-    let runtime = tokio_runtime(2)?;
+    let runtime = tokio_runtime()?;
     let _context = runtime.enter(); // signal handlers need the runtime
     let output = runtime.block_on(wasmgate::bench::command(args, shutdown_signal()))?;
     print!("{output}");
     Ok(ExitCode::SUCCESS)
 }
 
-/// The gateway's async threads only move bytes: invocations run on the
-/// function workers' own threads, commits on the store's, and blocking reads
-/// go through `spawn_blocking`. One reactor thread did that with fewer
-/// wake-ups than two: flat out at QoS 1, 0.36-0.53 instead of 0.99-1.38
-/// context switches per message on the tokio threads, and 66 instead of 68-76
-/// µs of CPU per message (three interleaved pairs; BENCHMARKS.md section 9).
-/// The load tool and the pass-through keep two: the pass-through, whose
-/// only work is async, ran 24-26k msg/s with two and 17-20k with one.
-const GATEWAY_REACTOR_THREADS: usize = 1;
-
-/// A multi-thread runtime even with one worker: its tasks run on their own
-/// thread while the main thread waits in `block_on`.
-fn tokio_runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+/// Two reactor threads are plenty: invocations run on the workers' own threads.
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
+        .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")
@@ -776,7 +765,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         report_every: Duration::from_secs(args.report_every),
         data_dir: args.data_dir,
     };
-    let runtime = tokio_runtime(2)?;
+    let runtime = tokio_runtime()?;
     let _context = runtime.enter(); // signal handlers need the runtime
     runtime.block_on(wasmgate::demo::run(options, shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)
