@@ -31,10 +31,11 @@ const OUTBOX_WINDOW: usize = 64;
 /// the store's queue or its current group commit. That last part is not a
 /// fixed number: it is the upstream acknowledgements that arrive while a
 /// delete waits for its commit (the 2 ms window, then the transaction), so it
-/// grows with throughput. The bound was two windows and 32 until the
-/// tail-call interpreter made the gateway faster: then eight runs of the
-/// dedup test on 2 cores cost 574-1,021 duplicates for 5 kills (115-204 per
-/// kill), over its 800. Three windows for that part leave room.
+/// grows with throughput. The bound was one window for it (800 for the
+/// dedup test's 5 kills) until the tail-call interpreter made the gateway
+/// faster: then five runs of the dedup test alone on 2 cores cost 276-765,
+/// eight more 311-548, and a build with one tokio thread (not kept) up to
+/// 1,021 and a CI failure at 843. Three windows for that part leave room.
 const RESENT_PER_KILL: usize = OUTBOX_WINDOW + 32 + 3 * OUTBOX_WINDOW;
 /// Messages the local mosquitto delivers to the gateway's session before
 /// it must acknowledge them (`max_inflight_messages` in `GATEWAY_SETTINGS`).
