@@ -551,7 +551,7 @@ impl KvRead for Store {
         // run per read (a message reads two or three keys). `value` is NOT
         // NULL, so NULL means no such key.
         let read = self.with_reader(|conn| {
-            let row = conn
+            let (value, seq) = conn
                 .prepare_cached(
                     "SELECT (SELECT value FROM kv WHERE namespace = ?1 AND key = ?2), \
                             (SELECT value FROM meta WHERE key = 'committed_seq')",
@@ -559,7 +559,7 @@ impl KvRead for Store {
                 .query_row([namespace, key], |r| {
                     Ok((r.get::<_, Option<Vec<u8>>>(0)?, r.get::<_, i64>(1)?))
                 })?;
-            Ok((row.0, row.1 as u64))
+            Ok((value, seq as u64))
         });
         let (value, seq) = read.map_err(|e| e.to_string())?;
         Ok(overlay.read(namespace, key, seq, value))
