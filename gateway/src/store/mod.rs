@@ -693,6 +693,34 @@ impl Permits {
     }
 }
 
+/// One group commit's requests: `first`, then what else is queued, up to
+/// `max`, after sleeping out `window`. Sleeping, rather than waiting in
+/// `recv_timeout`, lets the requests pile up without waking the store
+/// thread for each and without costing each sender a futex wake: one context
+/// switch per batch, not per message. After a `backlog` (the last batch
+/// stopped at `max` with more waiting) the next batch is full already, so it
+/// does not wait.
+fn next_batch<T>(
+    first: T,
+    rx: &mpsc::Receiver<T>,
+    window: Duration,
+    max: usize,
+    backlog: bool,
+    sleep: impl FnOnce(Duration),
+) -> Vec<T> {
+    let mut batch = vec![first];
+    if !backlog && !window.is_zero() {
+        sleep(window);
+    }
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(request) => batch.push(request),
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
 /// The thread that owns the write connection.
 struct StoreThread {
     conn: Connection,
@@ -718,24 +746,10 @@ impl StoreThread {
 
     fn run(mut self, rx: mpsc::Receiver<Request>) {
         let max = self.options.group_commit_max.max(1);
-        // The last batch stopped at `max` with more waiting: the next one is
-        // full already, so it does not wait out the window.
         let mut backlog = false;
         while let Ok(first) = rx.recv() {
-            let mut batch = vec![first];
-            if !backlog && !self.options.group_commit_delay.is_zero() {
-                // Sleep out the window, then take what arrived. Waiting in
-                // `recv_timeout` instead woke this thread for every request,
-                // and cost each sender a futex wake: a context switch per
-                // message where one per batch does.
-                std::thread::sleep(self.options.group_commit_delay);
-            }
-            while batch.len() < max {
-                match rx.try_recv() {
-                    Ok(request) => batch.push(request),
-                    Err(_) => break,
-                }
-            }
+            let window = self.options.group_commit_delay;
+            let batch = next_batch(first, &rx, window, max, backlog, std::thread::sleep);
             backlog = batch.len() == max;
             self.commit_until_done(batch);
         }

@@ -427,3 +427,56 @@ fn rows_another_process_inserts_stop_the_feed_so_none_is_passed_over() {
         "the feed holds t/2 but not t/other, so the table must be read"
     );
 }
+
+/// Runs `next_batch` on what is queued now, recording the sleeps it asks for.
+fn batch_of(
+    rx: &std::sync::mpsc::Receiver<u32>,
+    window: Duration,
+    max: usize,
+    backlog: bool,
+) -> (Vec<u32>, Vec<Duration>) {
+    let first = rx.try_recv().expect("a request is queued");
+    let mut slept = Vec::new();
+    let batch = next_batch(first, rx, window, max, backlog, |d| slept.push(d));
+    (batch, slept)
+}
+
+#[test]
+fn a_group_commit_sleeps_out_its_window_once_then_takes_what_is_queued() {
+    let (tx, rx) = channel();
+    for request in 1..=3 {
+        tx.send(request).unwrap();
+    }
+    let window = Duration::from_millis(2);
+    assert_eq!(
+        batch_of(&rx, window, 512, false),
+        (vec![1, 2, 3], vec![window])
+    );
+}
+
+#[test]
+fn after_a_full_batch_the_next_does_not_wait_out_the_window() {
+    let (tx, rx) = channel();
+    for request in 1..=5 {
+        tx.send(request).unwrap();
+    }
+    let window = Duration::from_millis(50);
+    let (batch, slept) = batch_of(&rx, window, 2, false);
+    assert_eq!((batch.clone(), slept), (vec![1, 2], vec![window]));
+    // Full: more may be waiting, so no sleep.
+    let (batch, slept) = batch_of(&rx, window, 2, batch.len() == 2);
+    assert_eq!((batch.clone(), slept), (vec![3, 4], vec![]));
+    let (batch, slept) = batch_of(&rx, window, 2, batch.len() == 2);
+    assert_eq!((batch, slept), (vec![5], vec![]));
+}
+
+#[test]
+fn a_zero_window_commits_what_is_queued_without_sleeping() {
+    let (tx, rx) = channel();
+    tx.send(1).unwrap();
+    tx.send(2).unwrap();
+    assert_eq!(
+        batch_of(&rx, Duration::ZERO, 512, false),
+        (vec![1, 2], vec![])
+    );
+}
