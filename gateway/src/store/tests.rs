@@ -428,6 +428,15 @@ fn rows_another_process_inserts_stop_the_feed_so_none_is_passed_over() {
     );
 }
 
+/// A queue holding `requests`, as the store thread's would.
+fn queued(requests: std::ops::RangeInclusive<u32>) -> std::sync::mpsc::Receiver<u32> {
+    let (tx, rx) = channel();
+    for request in requests {
+        tx.send(request).unwrap();
+    }
+    rx
+}
+
 /// Runs `next_batch` on what is queued now, recording the sleeps it asks for.
 fn batch_of(
     rx: &std::sync::mpsc::Receiver<u32>,
@@ -443,10 +452,7 @@ fn batch_of(
 
 #[test]
 fn a_group_commit_sleeps_out_its_window_once_then_takes_what_is_queued() {
-    let (tx, rx) = channel();
-    for request in 1..=3 {
-        tx.send(request).unwrap();
-    }
+    let rx = queued(1..=3);
     let window = Duration::from_millis(2);
     assert_eq!(
         batch_of(&rx, window, 512, false),
@@ -456,10 +462,7 @@ fn a_group_commit_sleeps_out_its_window_once_then_takes_what_is_queued() {
 
 #[test]
 fn after_a_full_batch_the_next_does_not_wait_out_the_window() {
-    let (tx, rx) = channel();
-    for request in 1..=5 {
-        tx.send(request).unwrap();
-    }
+    let rx = queued(1..=5);
     let window = Duration::from_millis(50);
     let (batch, slept) = batch_of(&rx, window, 2, false);
     assert_eq!((batch.clone(), slept), (vec![1, 2], vec![window]));
@@ -472,9 +475,7 @@ fn after_a_full_batch_the_next_does_not_wait_out_the_window() {
 
 #[test]
 fn a_zero_window_commits_what_is_queued_without_sleeping() {
-    let (tx, rx) = channel();
-    tx.send(1).unwrap();
-    tx.send(2).unwrap();
+    let rx = queued(1..=2);
     assert_eq!(
         batch_of(&rx, Duration::ZERO, 512, false),
         (vec![1, 2], vec![])
