@@ -45,15 +45,15 @@ wait_for() {
 }
 
 # wasmgate_binary: sets WG to $WASMGATE if given, else builds the release
-# binary into CARGO_TARGET_DIR.
+# binary as it ships (boards/link-ordered.sh: the functions a gateway runs
+# laid out together) into CARGO_TARGET_DIR.
 wasmgate_binary() {
     if [ -n "${WASMGATE:-}" ]; then
         WG=$WASMGATE
         say "using the prebuilt $WG"
     else
-        say "building wasmgate (release) into $CARGO_TARGET_DIR"
-        cargo build --release -p wasmgate --manifest-path "$ROOT/Cargo.toml" >&2
-        WG="$CARGO_TARGET_DIR/release/wasmgate"
+        say "building wasmgate (release, link-ordered) into $CARGO_TARGET_DIR"
+        WG=$("$ROOT/boards/link-ordered.sh" | tail -1)
     fi
 }
 

@@ -18,7 +18,9 @@
 #   armv7-unknown-linux-gnueabihf  Pi 2/3/Zero 2 W on a 32-bit OS, BeagleBone Black
 #   aarch64-unknown-linux-musl     static binary for any aarch64 Linux
 #
-# The glibc targets use the linkers and qemu runners in .cargo/config.toml;
+# The glibc targets use the linkers and qemu runners in .cargo/config.toml,
+# and are linked by boards/link-ordered.sh (the functions a gateway runs laid
+# out together: less of the binary resident; rust-lld, from the toolchain);
 # cc-rs finds the same cross gcc for C code (bundled SQLite) by the target
 # name. Debian has no C compiler with musl headers for aarch64, so the musl
 # target is built with `cargo zigbuild` (zig as C compiler and linker; both
@@ -156,11 +158,15 @@ needs_glibc() {
 
 built=() summary=()
 for target in "${targets[@]}"; do
-    build=(cargo build)
-    is_musl "$target" && build=(cargo zigbuild)
-    echo "==> ${build[*]} --release -p wasmgate --target $target ${cargo_args[*]}"
     start=$(date +%s)
-    "${build[@]}" --release -p wasmgate --bin wasmgate --target "$target" "${cargo_args[@]}"
+    if is_musl "$target"; then
+        # zig links; the hot functions are not laid out together (link-ordered.sh needs lld).
+        echo "==> cargo zigbuild --release -p wasmgate --target $target ${cargo_args[*]}"
+        cargo zigbuild --release -p wasmgate --bin wasmgate --target "$target" "${cargo_args[@]}"
+    else
+        echo "==> boards/link-ordered.sh --target $target -- ${cargo_args[*]}"
+        boards/link-ordered.sh --target "$target" -- "${cargo_args[@]}" >/dev/null
+    fi
     seconds=$(($(date +%s) - start))
     binary="$TARGET_DIR/$target/release/wasmgate"
     mkdir -p "$DIST/$target"
