@@ -536,14 +536,7 @@ fn kv(args: KvArgs) -> anyhow::Result<ExitCode> {
         Ok(config) => config,
         Err(code) => return Ok(code),
     };
-    let path = config.data_dir.join("wasmgate.db");
-    if !path.exists() {
-        anyhow::bail!(
-            "{} does not exist yet (the gateway creates it on its first run)",
-            path.display()
-        );
-    }
-    let store = wasmgate::store::Store::open(wasmgate::store::StoreOptions::new(&path))?;
+    let store = open_store(&config)?;
     let known = |function: &str| -> anyhow::Result<()> {
         if config.function(function).is_none() {
             anyhow::bail!(
@@ -606,7 +599,8 @@ fn kv(args: KvArgs) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
-/// Opens the database of the config's data_dir, which must exist.
+/// Opens the database of the config's data_dir, which must exist, for an
+/// operator's command (`kv`, `dlq`): the gateway may be running beside it.
 fn open_store(config: &Config) -> anyhow::Result<wasmgate::store::Store> {
     let path = config.data_dir.join("wasmgate.db");
     if !path.exists() {
@@ -615,9 +609,9 @@ fn open_store(config: &Config) -> anyhow::Result<wasmgate::store::Store> {
             path.display()
         );
     }
-    Ok(wasmgate::store::Store::open(
-        wasmgate::store::StoreOptions::new(&path),
-    )?)
+    let mut options = wasmgate::store::StoreOptions::new(&path);
+    options.operator = true;
+    Ok(wasmgate::store::Store::open(options)?)
 }
 
 fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {

@@ -94,6 +94,13 @@ pub struct StoreOptions {
     /// Per destination: local, upstream (invokes always block).
     pub local_when_full: WhenFull,
     pub upstream_when_full: WhenFull,
+    /// An operator's tool (`wasmgate kv`, `wasmgate dlq`) committing beside
+    /// a gateway that may be running: its commits leave the committed
+    /// sequence number alone. That number is the gateway's: its readers
+    /// take the writes above it from their overlay (store/overlay.rs), and
+    /// another store's commit numbered from the same count would mark the
+    /// gateway's pending writes as committed before they are.
+    pub operator: bool,
 }
 
 impl StoreOptions {
@@ -108,6 +115,7 @@ impl StoreOptions {
             outbox_max_bytes: 256 << 20,
             local_when_full: WhenFull::Block,
             upstream_when_full: WhenFull::Block,
+            operator: false,
         }
     }
 }
@@ -915,7 +923,7 @@ impl StoreThread {
             }
         }
         drop_oldest_over_budget(&self.inner, &self.options, &tx, &mut written)?;
-        if let Some(seq) = max_seq {
+        if let Some(seq) = max_seq.filter(|_| !self.options.operator) {
             tx.execute(
                 "UPDATE meta SET value = ?1 WHERE key = 'committed_seq'",
                 [seq as i64],

@@ -481,3 +481,40 @@ fn a_zero_window_commits_what_is_queued_without_sleeping() {
         (vec![1, 2], vec![])
     );
 }
+
+#[test]
+fn an_operators_commit_beside_a_running_gateway_hides_none_of_its_pending_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wasmgate.db");
+    let mut options = StoreOptions::new(&path);
+    options.group_commit_delay = Duration::from_secs(2);
+    let gateway = Store::open(options).unwrap();
+    commit(&gateway, "f", effects(&[("n", KvWrite::Add(1))], &[]));
+    let (tx, rx) = channel();
+    gateway.submit(Commit {
+        function: "f".into(),
+        effects: effects(&[("n", KvWrite::Add(1))], &[]),
+        dedup: None,
+        done: Box::new(move |r| tx.send(r.is_ok()).unwrap()),
+    });
+    // Inside the gateway's 2 s window, `wasmgate kv put` commits through a
+    // store of its own, with the sequence number the pending write has.
+    let mut operator = StoreOptions::new(&path);
+    operator.operator = true;
+    let operator = Store::open(operator).unwrap();
+    operator
+        .commit_now("f", effects(&[("price", KvWrite::Put(b"2".to_vec()))], &[]))
+        .unwrap();
+    operator.close();
+    assert_eq!(gateway.get("f", "price").unwrap(), Some(b"2".to_vec()));
+    assert_eq!(
+        gateway.get("f", "n").unwrap(),
+        counter(2),
+        "the pending write still counts"
+    );
+    assert!(
+        rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        "committed"
+    );
+    assert_eq!(gateway.get("f", "n").unwrap(), counter(2));
+}
