@@ -99,7 +99,10 @@ pub struct StoreOptions {
     /// sequence number alone. That number is the gateway's: its readers
     /// take the writes above it from their overlay (store/overlay.rs), and
     /// another store's commit numbered from the same count would mark the
-    /// gateway's pending writes as committed before they are.
+    /// gateway's pending writes as committed before they are. Nor does it
+    /// hold commits for outbox room: its count of the outbox's bytes is
+    /// read once at open and only the gateway's drainer makes room, so a
+    /// full outbox (an uplink down for days) would hold it for good.
     pub operator: bool,
 }
 
@@ -249,7 +252,10 @@ impl Store {
     /// Opens (creating and migrating if needed) the database and starts the
     /// store thread. Refuses a database that is corrupt, locked or newer,
     /// without changing it.
-    pub fn open(options: StoreOptions) -> Result<Store, StoreError> {
+    pub fn open(mut options: StoreOptions) -> Result<Store, StoreError> {
+        if options.operator {
+            options.outbox_max_bytes = u64::MAX;
+        }
         let path = options.path.clone();
         let open_err = |error: String| StoreError::Open {
             path: path.clone(),

@@ -518,3 +518,28 @@ fn an_operators_commit_beside_a_running_gateway_hides_none_of_its_pending_writes
     );
     assert_eq!(gateway.get("f", "n").unwrap(), counter(2));
 }
+
+#[test]
+fn an_operators_commit_is_not_held_by_a_full_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wasmgate.db");
+    let gateway = Store::open(StoreOptions::new(&path)).unwrap();
+    commit(&gateway, "f", big_emit(4_000));
+    gateway.close();
+    // `wasmgate dlq replay` while the uplink is down: the outbox is over the
+    // budget, and only the gateway's drainer could make room.
+    let mut options = StoreOptions::new(&path);
+    options.outbox_max_bytes = 1_000;
+    options.operator = true;
+    let operator = Store::open(options).unwrap();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let result = operator.commit_now("f", effects(&[], &[("t/replayed", "x")]));
+        tx.send(result.is_ok()).unwrap();
+        operator.close();
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_secs(20)).unwrap(),
+        "committed without waiting for room"
+    );
+}
