@@ -801,7 +801,15 @@ impl StoreThread {
         let now = now_ms();
         let mut written = Written::default();
         let mut max_seq = None;
-        let tx = self.conn.transaction()?;
+        // IMMEDIATE: take the write lock first, waiting (busy_timeout) while
+        // another process (`wasmgate kv put`, `dlq replay`) holds it. A
+        // deferred transaction reads first (increments do) and, when that
+        // process commits before our first write, fails with a stale
+        // snapshot (SQLITE_BUSY_SNAPSHOT, which no timeout waits out): a
+        // retry, a logged error and 100 ms lost for every message behind it.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         {
             let mut get =
                 tx.prepare_cached("SELECT value FROM kv WHERE namespace = ?1 AND key = ?2")?;

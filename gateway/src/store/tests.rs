@@ -543,3 +543,33 @@ fn an_operators_commit_is_not_held_by_a_full_outbox() {
         "committed without waiting for room"
     );
 }
+
+#[test]
+fn a_commit_waits_for_another_writer_instead_of_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wasmgate.db");
+    let gateway = Store::open(StoreOptions::new(&path)).unwrap();
+    commit(&gateway, "f", effects(&[("n", KvWrite::Add(1))], &[]));
+    // Another process (`wasmgate kv put`) holds the write lock for 300 ms and
+    // commits; meanwhile the gateway commits an increment, which reads first.
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    other
+        .execute(
+            "INSERT INTO kv (namespace, key, value, updated_ms) VALUES ('f', 'm', x'01', 0)",
+            [],
+        )
+        .unwrap();
+    let holder = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        other.execute_batch("COMMIT").unwrap();
+    });
+    commit(&gateway, "f", effects(&[("n", KvWrite::Add(1))], &[]));
+    holder.join().unwrap();
+    assert_eq!(gateway.get("f", "n").unwrap(), counter(2));
+    assert_eq!(
+        gateway.stats().failures.load(Ordering::Relaxed),
+        0,
+        "waited for the lock; no failed transaction to retry"
+    );
+}
