@@ -53,7 +53,13 @@ wasmgate_binary() {
         say "using the prebuilt $WG"
     else
         say "building wasmgate (release, link-ordered) into $CARGO_TARGET_DIR"
-        WG=$("$ROOT/boards/link-ordered.sh" | tail -1)
+        local built copy_dir
+        built=$("$ROOT/boards/link-ordered.sh" | tail -1)
+        # A copy: another build in the same target dir replaces cargo's
+        # file, and every run of a script must measure the same binary.
+        scratch copy_dir /var/tmp/wasmgate-bin.XXXXXX
+        cp "$built" "$copy_dir/wasmgate"
+        WG="$copy_dir/wasmgate"
     fi
 }
 

@@ -68,10 +68,12 @@ EMBEDDED_PORT=$(free_port)
 trace embedded "mode = \"embedded\"
 listen = \"127.0.0.1:$EMBEDDED_PORT\"" "127.0.0.1:$EMBEDDED_PORT"
 
+# Into place only once it is whole: a failed run leaves the committed list as it was.
 {
     echo "# The functions of wasmgate a gateway ran, hashes taken out, each with its size(s)"
     echo "# in the build below. Laid out first by boards/link-ordered.sh. Regenerate with"
     echo "# bench/link-order.sh. $(rustc --version), $host, $(git -C "$ROOT" rev-parse --short HEAD)."
     python3 "$ROOT/boards/link-order.py" from-callgrind "$WORK/external.callgrind" "$WORK/embedded.callgrind" --binary "$WG"
-} > "$ROOT/gateway/link-order.txt"
+} > "$WORK/link-order.txt"
+mv "$WORK/link-order.txt" "$ROOT/gateway/link-order.txt"
 say "wrote gateway/link-order.txt ($(grep -vc '^#' "$ROOT/gateway/link-order.txt") functions)"

@@ -5,8 +5,8 @@ gateway executes first, together, so that they share pages.
 Why: the kernel maps a binary's code 64 KiB at a time around each page a
 process touches (fault-around). Left to itself the linker scatters the ~1.3 MB
 of code that start-up, a message and idling execute over the whole 5 MB of
-text, so nearly all of it ends up resident: 5.6 MiB of the 9.2 MiB idle RSS
-(BENCHMARKS.md section 10). Laid out together, 2.8 MiB.
+text, so nearly all of it ends up resident: 5.5-5.6 MiB of the 9.0-9.1 MiB
+idle RSS (BENCHMARKS.md section 10). Laid out together, 2.9-3.1 MiB.
 
 Two steps, because symbol names carry hashes that change with the target,
 the profile, the toolchain and Cargo.lock:
