@@ -156,14 +156,19 @@ fn non_zero_return_discards_effects() {
     gw.assert_still_serving();
 }
 
+/// The default limits with this fuel and wall-clock budget.
+fn budget(fuel: u64, timeout: Duration) -> Limits {
+    Limits {
+        fuel,
+        timeout,
+        ..Limits::default()
+    }
+}
+
 #[test]
 fn infinite_loop_in_the_handler_runs_out_of_fuel() {
     let gw = Gateway::new();
-    let limits = Limits {
-        fuel: 3_000_000,
-        timeout: Duration::from_secs(60),
-        ..Limits::default()
-    };
+    let limits = budget(3_000_000, Duration::from_secs(60));
     let f = gw.deploy_with(
         limits,
         &guest(&format!("{EMIT_HELLO} (loop (br 0)) (i32.const 0)")),
@@ -199,11 +204,7 @@ const SPIN_WASM: &[u8] = include_bytes!("../../boards/testdata/spin.wasm");
 #[test]
 fn spin_a_long_loop_over_many_kinds_of_op_runs_out_of_fuel_cleanly() {
     let gw = Gateway::new();
-    let limits = Limits {
-        fuel: 20_000_000,
-        timeout: Duration::from_secs(120),
-        ..Limits::default()
-    };
+    let limits = budget(20_000_000, Duration::from_secs(120));
     let f = gw.deploy_with(limits, &wat(SPIN_WAT));
     let error = expect_error(invoke(&f));
     assert!(
@@ -239,11 +240,7 @@ fn spin_wasm_is_spin_wat_compiled() {
 #[test]
 fn infinite_loop_with_plenty_of_fuel_hits_the_deadline() {
     let gw = Gateway::new();
-    let limits = Limits {
-        fuel: u64::MAX,
-        timeout: Duration::from_millis(50),
-        ..Limits::default()
-    };
+    let limits = budget(u64::MAX, Duration::from_millis(50));
     let f = gw.deploy_with(limits, &guest("(loop (br 0)) (i32.const 0)"));
     let error = expect_error(invoke(&f));
     assert!(matches!(error, InvokeError::Deadline { .. }), "{error}");
