@@ -11,8 +11,8 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
-use support::gateway::{wasmgate, BrokerMode, GatewayConfig};
-use support::mqtt::{wait_until, MqttClient};
+use support::gateway::{example_wasm, wasmgate, BrokerMode, GatewayConfig, GatewayProcess};
+use support::mqtt::{free_port, wait_until, MqttClient};
 use support::rig::{alert_topic, telemetry, telemetry_topic, Broker, Rig, Summaries};
 
 /// For one message to make it through (debug build, busy CI machine).
@@ -433,6 +433,83 @@ fn sigterm_finishes_in_flight_work_and_exits_zero(broker: Broker) {
         );
         assert_eq!(summaries.duplicates(), 0, "a clean stop redelivers nothing");
     }
+}
+
+/// The enrichment example (the function `bench/compare.sh` races against
+/// Node-RED): each device's object goes upstream as sent, with the site,
+/// the time received and the temperature in Fahrenheit added; what is not a
+/// JSON object fails visibly and the stream goes on.
+#[test]
+fn telemetry_enrich_forwards_each_object_upstream_with_fields_added() {
+    let port = free_port();
+    let gateway = GatewayProcess::start_toml(|dir| {
+        format!(
+            r#"gateway_id = "e2e"
+data_dir = {data:?}
+
+[broker]
+mode = "embedded"
+listen = "127.0.0.1:{port}"
+
+[[functions]]
+name = "enrich"
+wasm = {wasm:?}
+triggers = [{{ mqtt = "+/+/telemetry", qos = 1 }}]
+[functions.grants]
+upstream = ["telemetry/#"]
+[functions.config]
+site = "plant-7"
+"#,
+            data = dir.join("data").display().to_string(),
+            wasm = example_wasm("telemetry_enrich.wasm").display().to_string(),
+        )
+    });
+    let cloud = MqttClient::connect(port, "cloud");
+    cloud.subscribe("telemetry/#");
+    let device = MqttClient::connect(port, "vm-7");
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    device.publish("vending/vm-7/telemetry", "[1, 2]");
+    device.publish(
+        "vending/vm-7/telemetry",
+        r#"{"machine":"vm-7","seq":2,"temp_c":9.5,"stock":[{"slot":"A1","count":1}]}"#,
+    );
+    device.publish("robots/r-2/telemetry", r#"{"robot":"r-2","seq":3}"#);
+
+    let first = cloud
+        .next_message(ONE)
+        .unwrap_or_else(|| panic!("no enriched message; log:\n{}", gateway.logs()));
+    assert_eq!(first.topic, "telemetry/vending/vm-7");
+    let json = first.json();
+    assert_eq!(json["seq"], 2, "the array was not forwarded: {json}");
+    assert_eq!(json["machine"], "vm-7", "{json}");
+    assert_eq!(json["stock"][0]["slot"], "A1", "{json}");
+    assert_eq!(json["site"], "plant-7", "{json}");
+    assert_eq!(json["temp_f"], 49.1, "{json}");
+    let received = json["received_ms"].as_u64().expect("received_ms");
+    assert!(received >= before, "received_ms {received} < {before}");
+
+    let second = cloud.next_message(ONE).expect("the robot's message");
+    assert_eq!(second.topic, "telemetry/robots/r-2");
+    let json = second.json();
+    assert_eq!(json["robot"], "r-2", "{json}");
+    assert!(json.get("temp_f").is_none(), "no temp_c, no temp_f: {json}");
+    // The guest says why; the gateway keeps the event as a dead letter.
+    let refused = wait_until(ONE, || {
+        !gateway
+            .log_lines_with(&["ERROR", "telemetry is not a JSON object", "vending/vm-7"])
+            .is_empty()
+            && !gateway
+                .log_lines_with(&["moved to the dead-letter queue", "enrich"])
+                .is_empty()
+    });
+    assert!(
+        refused,
+        "the array's failure is not logged:\n{}",
+        gateway.logs()
+    );
 }
 
 /// The test config, with `broker_extra` added to `[broker]`, and the given module and filter.

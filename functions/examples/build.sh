@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-crates=(vending-telemetry robot-telemetry hello-http)
+crates=(vending-telemetry robot-telemetry hello-http telemetry-enrich)
 target_dir="${CARGO_TARGET_DIR:-target}"
 
 args=()

@@ -7,7 +7,12 @@ use wasmgate_abi::{
 };
 use wasmi::{Caller, Engine, ExternType, Linker, Module, Store, ValType};
 
-const MODULES: [&str; 3] = ["vending_telemetry", "robot_telemetry", "hello_http"];
+const MODULES: [&str; 4] = [
+    "vending_telemetry",
+    "robot_telemetry",
+    "hello_http",
+    "telemetry_enrich",
+];
 
 #[track_caller]
 fn wasm(name: &str) -> Vec<u8> {
@@ -321,6 +326,28 @@ fn vending_module_fails_visibly_on_bad_json() {
             .any(|l| l.1.contains("telemetry is not valid JSON")),
         "{errors:?}"
     );
+}
+
+#[test]
+fn enrich_module_forwards_the_object_with_fields_added_under_wasmi() {
+    let mut vm = Instance::new("telemetry_enrich");
+    vm.store
+        .data_mut()
+        .config
+        .insert("site".into(), "plant-7".into());
+    let telemetry = br#"{"machine":"vm-17","seq":3,"temp_c":6.8}"#;
+    assert_eq!(vm.handle(mqtt("vending/vm-17/telemetry", telemetry)), 0);
+    let host = vm.host();
+    assert_eq!(host.emits.len(), 1);
+    let (topic, payload, flags) = &host.emits[0];
+    assert_eq!(topic, "telemetry/vending/vm-17");
+    assert_eq!(*flags, EmitOptions::upstream().to_flags());
+    assert_eq!(
+        std::str::from_utf8(payload).unwrap(),
+        r#"{"machine":"vm-17","seq":3,"temp_c":6.8,"site":"plant-7","received_ms":1764160000000,"temp_f":44.2}"#
+    );
+    assert_ne!(vm.handle(mqtt("vending/vm-17/telemetry", b"[1,2]")), 0);
+    assert_eq!(vm.host().emits.len(), 1, "nothing sent for a non-object");
 }
 
 #[test]
