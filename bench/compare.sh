@@ -1,33 +1,42 @@
 #!/usr/bin/env bash
-# One run, one mosquitto, four systems under the same load:
+# One run, one mosquitto, every system under the same load:
 #   (a) the broker alone: the bench publishes telemetry and subscribes to it (echo)
 #   (b) a raw Rust pass-through: `wasmgate bench passthrough` (subscribe,
 #       republish, ack after the republish is acked; no function, no SQLite)
-#   (c) `wasmgate run` with vending-telemetry, broker.mode = "external"
+#   (c) `wasmgate run`, broker.mode = "external", with a function per workload
 #   (d) Node-RED (from npm, in a scratch directory): mqtt in -> function node
-#       doing vending-telemetry's computation -> mqtt out. Optional: skipped,
-#       with a line saying so, when node or npm is missing or NODE_RED=0.
+#       doing the same computation -> mqtt out. Optional: skipped, with a
+#       line saying so, when node or npm is missing or NODE_RED=0.
+# Workloads (WORKLOADS, both by default):
+#   enrich   telemetry-enrich: parse the device's JSON object, add three
+#            fields, forward it upstream. The small JSON enrichment the
+#            headline ratios (wasmgate, node-red) are about.
+#   vending  vending-telemetry: running totals in KV (durable in wasmgate,
+#            in memory in Node-RED), an alert when warm or low, a summary
+#            upstream (wasmgate-vending, node-red-vending).
 # each at QoS 0 and QoS 1, flat out and at a fixed rate. Each contestant's
 # idle RSS is read from /proc before its load starts. Prints a table and the
 # ratios wasmgate / pass-through and wasmgate / Node-RED, and writes every
 # report as JSON and a plot as SVG to bench/results/.
 #
 #   bench/compare.sh                      20,000 messages; flat out and 2,000 msg/s
-#   COUNT=5000 RATE=1000 QOS_LEVELS=1 bench/compare.sh
+#   COUNT=5000 RATE=1000 QOS_LEVELS=1 WORKLOADS=enrich bench/compare.sh
 #
 # Needs: cargo, mosquitto and mosquitto_pub (apt-get install mosquitto
 # mosquitto-clients), python3 (stdlib only). Optional: node and npm.
 # Settings (environment): COUNT (20000), RATE (2000), QOS_LEVELS ("0 1"),
-# DEVICES (100), SETTLE (10 s), IDLE (5 s before the idle RSS is read),
-# CARGO_TARGET_DIR (/var/tmp/wg-bench-target), WASMGATE (a prebuilt binary:
-# skips the build), MOSQUITTO (mosquitto binary), NODE_RED (0 skips it),
-# NODE_RED_DIR (/var/tmp/wasmgate-node-red, where npm installs it).
+# WORKLOADS ("enrich vending"), DEVICES (100), SETTLE (10 s), IDLE (5 s
+# before the idle RSS is read), CARGO_TARGET_DIR (/var/tmp/wg-bench-target),
+# WASMGATE (a prebuilt binary: skips the build), MOSQUITTO (mosquitto
+# binary), NODE_RED (0 skips it), NODE_RED_DIR (/var/tmp/wasmgate-node-red,
+# where npm installs it).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 COUNT=${COUNT:-20000}
 RATE=${RATE:-2000}
 QOS_LEVELS=${QOS_LEVELS:-"0 1"}
+WORKLOADS=${WORKLOADS:-"enrich vending"}
 DEVICES=${DEVICES:-100}
 SETTLE=${SETTLE:-10}
 IDLE=${IDLE:-5}
@@ -35,6 +44,13 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/wg-bench-target}
 NODE_RED=${NODE_RED:-1}
 NODE_RED_DIR=${NODE_RED_DIR:-/var/tmp/wasmgate-node-red}
 WASM="$ROOT/functions/examples/wasm/vending_telemetry.wasm"
+ENRICH_WASM="$ROOT/functions/examples/wasm/telemetry_enrich.wasm"
+for workload in $WORKLOADS; do
+    case "$workload" in
+        enrich | vending) ;;
+        *) say "WORKLOADS: unknown workload '$workload' (enrich, vending)"; exit 2 ;;
+    esac
+done
 
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
@@ -129,36 +145,43 @@ for Q in $QOS_LEVELS; do
     wait "$PT" || true
     forget wasmgate-passthrough wasmgate-passthrough-out
 
-    # (c) wasmgate with vending-telemetry, the settings of `wasmgate config init`.
-    mkdir -p "$WORK/data-q$Q"
-    cat > "$WORK/gateway-q$Q.toml" <<TOML
+    for workload in $WORKLOADS; do
+        # Contestant names: the enrichment is the headline pair.
+        suffix=""
+        [ "$workload" = vending ] && suffix="-vending"
+
+        # (c) wasmgate, the settings of `wasmgate config init`.
+        mkdir -p "$WORK/data-q$Q-$workload"
+        cat > "$WORK/gateway-q$Q-$workload.toml" <<TOML
 gateway_id = "bench"
-data_dir = "$WORK/data-q$Q"
+data_dir = "$WORK/data-q$Q-$workload"
 
 [broker]
 mode = "external"
 host = "127.0.0.1"
 port = $PORT
 
-$(vending_function "$Q")
+$(if [ "$workload" = vending ]; then vending_function "$Q"; else enrich_function "$Q"; fi)
 TOML
-    "$WG" config check "$WORK/gateway-q$Q.toml" >&2
-    "$WG" run --config "$WORK/gateway-q$Q.toml" 2> "$WORK/q$Q-wasmgate.log" &
-    GW=$!
-    PIDS+=("$GW")
-    wait_for "$WORK/q$Q-wasmgate.log" "gateway running"
-    idle_rss "q$Q-wasmgate" "$GW"
-    bench "q$Q-wasmgate" "wasmgate + vending-telemetry" --results 'telemetry/#' --pid "$GW" --pid "$MOSQ"
-    stop "$GW"
-    forget wasmgate-bench-vending wasmgate-bench-out
+        "$WG" config check "$WORK/gateway-q$Q-$workload.toml" >&2
+        "$WG" run --config "$WORK/gateway-q$Q-$workload.toml" 2> "$WORK/q$Q-wasmgate$suffix.log" &
+        GW=$!
+        PIDS+=("$GW")
+        wait_for "$WORK/q$Q-wasmgate$suffix.log" "gateway running"
+        idle_rss "q$Q-wasmgate$suffix" "$GW"
+        if [ "$workload" = vending ]; then label="wasmgate + vending-telemetry"; else label="wasmgate + telemetry-enrich"; fi
+        bench "q$Q-wasmgate$suffix" "$label" --results 'telemetry/#' --pid "$GW" --pid "$MOSQ"
+        stop "$GW"
+        forget "wasmgate-bench-$workload" wasmgate-bench-out
 
-    # (d) Node-RED: the same computation in a function node; state in flow
-    # context (memory, Node-RED's default), the output published at QoS Q.
-    if [ -n "$NR_JS" ]; then
-        NR_USER="$WORK/node-red-q$Q"
-        mkdir -p "$NR_USER"
-        python3 "$ROOT/bench/node_red_flow.py" --port "$PORT" --qos "$Q" > "$NR_USER/flows.json"
-        cat > "$NR_USER/settings.js" <<JS
+        # (d) Node-RED: the same computation in a function node (vending's
+        # state in flow context: memory, Node-RED's default), the output
+        # published at QoS Q.
+        if [ -n "$NR_JS" ]; then
+            NR_USER="$WORK/node-red-q$Q-$workload"
+            mkdir -p "$NR_USER"
+            python3 "$ROOT/bench/node_red_flow.py" --port "$PORT" --qos "$Q" --function "$workload" > "$NR_USER/flows.json"
+            cat > "$NR_USER/settings.js" <<JS
 // Generated by bench/compare.sh: no editor, no admin API, no HTTP nodes;
 // the runtime's HTTP server only on localhost, on a free port.
 module.exports = {
@@ -176,15 +199,16 @@ module.exports = {
     logging: { console: { level: "info", metrics: false, audit: false } },
 };
 JS
-        node "$NR_JS" --settings "$NR_USER/settings.js" --userDir "$NR_USER" > "$WORK/q$Q-node-red.log" 2>&1 &
-        NR=$!
-        PIDS+=("$NR")
-        wait_for "$WORK/q$Q-node-red.log" "Connected to broker"
-        # Node-RED does not log its SUBACK; the idle wait covers it.
-        idle_rss "q$Q-node-red" "$NR"
-        bench "q$Q-node-red" "Node-RED $NR_VERSION" --results 'telemetry/#' --pid "$NR" --pid "$MOSQ"
-        stop "$NR"
-    fi
+            node "$NR_JS" --settings "$NR_USER/settings.js" --userDir "$NR_USER" > "$WORK/q$Q-node-red$suffix.log" 2>&1 &
+            NR=$!
+            PIDS+=("$NR")
+            wait_for "$WORK/q$Q-node-red$suffix.log" "Connected to broker"
+            # Node-RED does not log its SUBACK; the idle wait covers it.
+            idle_rss "q$Q-node-red$suffix" "$NR"
+            bench "q$Q-node-red$suffix" "Node-RED $NR_VERSION $workload" --results 'telemetry/#' --pid "$NR" --pid "$MOSQ"
+            stop "$NR"
+        fi
+    done
 done
 
 # Collect, print, compare, plot.

@@ -3,8 +3,9 @@
 table and the ratios, writes one JSON document and an SVG plot. Python
 standard library only.
 
-Files read from --work, for each QoS Q and contestant NAME
-(echo, passthrough, wasmgate, node-red):
+Files read from --work, for each QoS Q and contestant NAME (echo,
+passthrough; wasmgate and node-red running the enrichment; wasmgate-vending
+and node-red-vending running vending-telemetry):
   qQ-NAME-flat.json, qQ-NAME-rate.json   `wasmgate bench --json` reports
   qQ-NAME-idle.txt                       VmRSS (KiB) before the load, one per pid
   qQ-NAME-{flat,rate}.load               1-minute load average at the start
@@ -20,10 +21,20 @@ import time
 CONTESTANTS = [
     ("echo", "broker echo"),
     ("passthrough", "pass-through (Rust)"),
-    ("wasmgate", "wasmgate"),
-    ("node-red", "Node-RED"),
+    ("wasmgate", "wasmgate, enrich"),
+    ("node-red", "Node-RED, enrich"),
+    ("wasmgate-vending", "wasmgate, vending"),
+    ("node-red-vending", "Node-RED, vending"),
 ]
-COLOURS = {"echo": "#9e9e9e", "passthrough": "#4c78a8", "wasmgate": "#f58518", "node-red": "#b5182b"}
+COLOURS = {"echo": "#9e9e9e", "passthrough": "#4c78a8", "wasmgate": "#f58518", "node-red": "#b5182b",
+           "wasmgate-vending": "#fdbf6f", "node-red-vending": "#e377c2"}
+# Ratios printed: (wasmgate contestant, the one it is measured against).
+PAIRS = [
+    ("wasmgate", "passthrough"),
+    ("wasmgate", "node-red"),
+    ("wasmgate-vending", "passthrough"),
+    ("wasmgate-vending", "node-red-vending"),
+]
 
 
 def read_json(path):
@@ -106,14 +117,11 @@ def print_table(rows, rate):
 def ratios(rows, qos_levels):
     out = {}
     for q in qos_levels:
-        w = rows.get((q, "wasmgate"))
-        if not w:
-            continue
-        for other in ("passthrough", "node-red"):
-            o = rows.get((q, other))
-            if not o:
+        for mine, other in PAIRS:
+            w, o = rows.get((q, mine)), rows.get((q, other))
+            if not w or not o:
                 continue
-            out[f"q{q}_wasmgate_over_{other}"] = {
+            out[f"q{q}_{mine}_over_{other}"] = {
                 "throughput": ratio(w["throughput"], o["throughput"]),
                 "p50": ratio(w["p50_ms"], o["p50_ms"]),
                 "p99": ratio(w["p99_ms"], o["p99_ms"]),
@@ -128,7 +136,7 @@ def print_ratios(rs):
     print()
     print("ratios (throughput: higher is better for wasmgate; the rest: lower is)")
     for key, r in rs.items():
-        print(f"  {key:<36} throughput {fmt(r['throughput'])}x  p50 {fmt(r['p50'])}x  p99 {fmt(r['p99'])}x"
+        print(f"  {key:<45} throughput {fmt(r['throughput'])}x  p50 {fmt(r['p50'])}x  p99 {fmt(r['p99'])}x"
               f"  cpu/msg {fmt(r['cpu_per_msg'])}x  rss idle {fmt(r['rss_idle'])}x  rss load {fmt(r['rss_load'])}x")
 
 

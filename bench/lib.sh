@@ -109,3 +109,21 @@ upstream = ["telemetry/#"]
 max_temp_c = "8"
 TOML
 }
+
+# enrich_function QOS: the [[functions]] table of the enrichment workload:
+# telemetry-enrich (WASM), each device's object forwarded "upstream" (the
+# local broker, as no [upstream] is configured) with three fields added.
+enrich_function() {
+    cat <<TOML
+[[functions]]
+name = "enrich"
+wasm = "$ENRICH_WASM"
+triggers = [{ mqtt = "vending/+/telemetry", qos = $1 }]
+
+[functions.grants]
+upstream = ["telemetry/#"]
+
+[functions.config]
+site = "bench"
+TOML
+}

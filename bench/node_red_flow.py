@@ -2,19 +2,50 @@
 """Prints the Node-RED flows.json that bench/compare.sh runs: mqtt in ->
 function node -> mqtt out, on one broker, at one QoS.
 
-The function node does what functions/examples/vending-telemetry does per
-message: take the machine from the topic, parse the telemetry JSON, keep
-running totals per machine (sales_cents, vends, last_temp_c; in flow context,
-which is Node-RED's default in-memory store), emit an alert to
-vending/<machine>/alert when too warm or a slot is low, and a summary to
-telemetry/vending/<machine>.
+The function node does per message what one of the example functions does:
 
-    python3 bench/node_red_flow.py --port 1883 --qos 1 > flows.json
+- `enrich` (functions/examples/telemetry-enrich): take kind and device from
+  `<kind>/<device>/telemetry`, parse the JSON object, add `site`,
+  `received_ms` and `temp_f` (to one decimal, rounded half away from zero),
+  publish it to telemetry/<kind>/<device>.
+- `vending` (functions/examples/vending-telemetry): take the machine from the
+  topic, parse the telemetry JSON, keep running totals per machine
+  (sales_cents, vends, last_temp_c; in flow context, which is Node-RED's
+  default in-memory store), emit an alert to vending/<machine>/alert when too
+  warm or a slot is low, and a summary to telemetry/vending/<machine>.
+
+    python3 bench/node_red_flow.py --port 1883 --qos 1 --function enrich > flows.json
 """
 import argparse
 import json
 
-FUNCTION = r"""
+ENRICH = r"""
+const parts = msg.topic.split('/');
+if (parts.length !== 3 || parts[2] !== 'telemetry' || !parts[0] || !parts[1]) {
+    node.error('not a <kind>/<device>/telemetry topic: ' + msg.topic);
+    return null;
+}
+let t;
+try {
+    t = JSON.parse(msg.payload);
+} catch (e) {
+    node.error('telemetry is not a JSON object on ' + msg.topic);
+    return null;
+}
+if (t === null || typeof t !== 'object' || Array.isArray(t)) {
+    node.error('telemetry is not a JSON object on ' + msg.topic);
+    return null;
+}
+t.site = SITE;
+t.received_ms = Date.now();
+if (typeof t.temp_c === 'number' && Math.abs(t.temp_c) <= 1e6) {
+    const tenths = t.temp_c * 18 + 320;
+    t.temp_f = Math.sign(tenths) * Math.round(Math.abs(tenths)) / 10;
+}
+return { topic: 'telemetry/' + parts[0] + '/' + parts[1], payload: JSON.stringify(t) };
+"""
+
+VENDING = r"""
 const parts = msg.topic.split('/');
 if (parts.length !== 3 || parts[0] !== 'vending' || parts[2] !== 'telemetry' || !parts[1]) {
     node.error('not a vending/<machine>/telemetry topic: ' + msg.topic);
@@ -59,7 +90,12 @@ return [out];
 """
 
 
-def flows(port: int, qos: int) -> list:
+FUNCTIONS = {"enrich": ("telemetry-enrich", ENRICH), "vending": ("vending-telemetry", VENDING)}
+
+
+def flows(port: int, qos: int, function: str = "vending", site: str = "bench") -> list:
+    name, body = FUNCTIONS[function]
+    body = body.strip().replace("SITE", json.dumps(site))
     return [
         {"id": "wgtab", "type": "tab", "label": "wasmgate bench", "disabled": False},
         {
@@ -99,8 +135,8 @@ def flows(port: int, qos: int) -> list:
             "id": "wgfn",
             "type": "function",
             "z": "wgtab",
-            "name": "vending-telemetry",
-            "func": FUNCTION.strip(),
+            "name": name,
+            "func": body,
             "outputs": 1,
             "timeout": 0,
             "noerr": 0,
@@ -131,8 +167,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--qos", type=int, choices=(0, 1), required=True)
+    parser.add_argument("--function", choices=sorted(FUNCTIONS), default="vending")
+    parser.add_argument("--site", default="bench", help="enrich: the site added to each message")
     args = parser.parse_args()
-    print(json.dumps(flows(args.port, args.qos), indent=2))
+    print(json.dumps(flows(args.port, args.qos, args.function, args.site), indent=2))
 
 
 if __name__ == "__main__":
