@@ -43,6 +43,7 @@ mod error;
 mod events;
 mod glue;
 mod host;
+pub mod json;
 mod line;
 
 #[cfg(target_arch = "wasm32")]

@@ -6,7 +6,7 @@
 //! - `"site"`: where it was received (config `site`, default `"edge"`);
 //! - `"received_ms"`: when the gateway ran the function, Unix milliseconds;
 //! - `"temp_f"`: `temp_c` in Fahrenheit to one decimal, when the object has
-//!   a numeric `temp_c` (omitted beyond ±1,000,000).
+//!   a numeric `temp_c` (omitted otherwise, and beyond ±1,000,000).
 //!
 //! ```json
 //! {"machine":"vm-17","temp_c":6.8}
@@ -14,9 +14,10 @@
 //! ```
 //!
 //! The device's own bytes are forwarded as they came: the object is checked
-//! (it must be valid JSON, and `temp_c` a number or null) but not re-encoded,
-//! so fields this function does not know about, their order and their number
-//! formatting all survive. The added fields come last; if the device already
+//! against the JSON grammar ([`wasmgate_sdk::json`]) but not re-encoded, so
+//! fields this function does not know about, their order and their number
+//! formatting all survive, and nothing upstream receives what a JSON reader
+//! would refuse. The added fields come last; if the device already
 //! sends one of them, the object has that key twice and most JSON readers
 //! keep the last, the gateway's.
 //!
@@ -25,8 +26,7 @@
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
 use heapless::{String, Vec};
-use serde::Deserialize;
-use wasmgate_sdk::{Ctx, Error, Event, LogLevel, LogLine};
+use wasmgate_sdk::{json, Ctx, Error, Event, LogLevel, LogLine};
 
 /// Returned (and logged) when a payload is not a JSON object.
 pub const BAD_TELEMETRY: i32 = 10;
@@ -38,14 +38,6 @@ pub const TOO_LARGE: i32 = 12;
 /// The largest enriched object; a payload that would grow past it is refused.
 pub const MAX_OUTPUT: usize = 8192;
 const DEFAULT_SITE: &str = "edge";
-
-/// The only field read; serde-json-core still walks (and so validates) the
-/// rest of the object to skip it.
-#[derive(Debug, Deserialize)]
-struct Probe {
-    #[serde(default)]
-    temp_c: Option<f64>,
-}
 
 pub fn handle(event: &Event<'_>, ctx: &mut Ctx<'_>) -> Result<(), Error> {
     for event in wasmgate_sdk::events(event) {
@@ -62,16 +54,15 @@ fn enrich(topic: &str, payload: &[u8], ctx: &mut Ctx<'_>) -> Result<(), Error> {
         log_with_topic(ctx, "not a <kind>/<device>/telemetry topic: ", topic);
         return Err(Error::user(BAD_TOPIC, "unexpected topic"));
     };
-    let probe: Probe = match serde_json_core::from_slice(payload) {
-        Ok((probe, _)) => probe,
-        Err(_) => {
-            log_with_topic(
-                ctx,
-                "telemetry is not a JSON object (or temp_c is not a number) on ",
-                topic,
-            );
-            return Err(Error::user(BAD_TELEMETRY, "telemetry is not a JSON object"));
+    let mut temp_c = None;
+    let found = json::object(payload, |name, value| {
+        if name == b"temp_c" {
+            temp_c = Some(value);
         }
+    });
+    let Ok(object) = found else {
+        log_with_topic(ctx, "telemetry is not a JSON object on ", topic);
+        return Err(Error::user(BAD_TELEMETRY, "telemetry is not a JSON object"));
     };
 
     let mut site_buf = [0u8; 128];
@@ -79,11 +70,15 @@ fn enrich(topic: &str, payload: &[u8], ctx: &mut Ctx<'_>) -> Result<(), Error> {
     let added = Added {
         site,
         received_ms: ctx.now_ms(),
-        temp_f_tenths: probe.temp_c.and_then(fahrenheit_tenths),
+        // Checked JSON, so a number's text is a valid float for `parse`;
+        // a string, `null` or anything else is not a temperature.
+        temp_f_tenths: temp_c
+            .and_then(|text| core::str::from_utf8(text).ok()?.parse::<f64>().ok())
+            .and_then(fahrenheit_tenths),
     };
     let mut out = Vec::<u8, MAX_OUTPUT>::new();
     added
-        .append_to(payload, &mut out)
+        .append_to(payload, object, &mut out)
         .map_err(|_| Error::user(TOO_LARGE, "enriched telemetry over 8 KiB"))?;
 
     let mut to = String::<160>::new();
@@ -127,20 +122,21 @@ struct Added<'a> {
 struct Full;
 
 impl Added<'_> {
-    /// `object` (a JSON object, already validated) with these fields added
-    /// before its closing brace.
-    fn append_to<const N: usize>(&self, object: &[u8], out: &mut Vec<u8, N>) -> Result<(), Full> {
-        let object = trim_end(object);
-        // Validated as an object, so it ends in `}` after whitespace.
-        let body = &object[..object.len() - 1];
-        out.extend_from_slice(body).map_err(|_| Full)?;
-        if trim_end(body).last() != Some(&b'{') {
+    /// `text` (the JSON object `object` was found in) with these fields
+    /// added before its closing brace.
+    fn append_to<const N: usize>(
+        &self,
+        text: &[u8],
+        object: json::Object,
+        out: &mut Vec<u8, N>,
+    ) -> Result<(), Full> {
+        out.extend_from_slice(&text[..object.close])
+            .map_err(|_| Full)?;
+        if !object.empty {
             out.push(b',').map_err(|_| Full)?;
         }
         out.extend_from_slice(br#""site":"#).map_err(|_| Full)?;
-        let mut site = [0u8; 2 * 128 + 2];
-        let len = serde_json_core::to_slice(self.site, &mut site).map_err(|_| Full)?;
-        out.extend_from_slice(&site[..len]).map_err(|_| Full)?;
+        push_json_string(out, self.site)?;
         out.extend_from_slice(br#","received_ms":"#)
             .map_err(|_| Full)?;
         push_int(out, self.received_ms as i128)?;
@@ -158,12 +154,30 @@ impl Added<'_> {
     }
 }
 
-fn trim_end(bytes: &[u8]) -> &[u8] {
-    let end = bytes
-        .iter()
-        .rposition(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
-        .map_or(0, |i| i + 1);
-    &bytes[..end]
+/// `text` as a JSON string: quotes, backslashes and control characters escaped.
+fn push_json_string<const N: usize>(out: &mut Vec<u8, N>, text: &str) -> Result<(), Full> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"').map_err(|_| Full)?;
+    for &byte in text.as_bytes() {
+        let escaped: &[u8] = match byte {
+            b'"' => br#"\""#,
+            b'\\' => br"\\",
+            b'\n' => br"\n",
+            b'\r' => br"\r",
+            b'\t' => br"\t",
+            0..=0x1f => &[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(byte >> 4)],
+                HEX[usize::from(byte & 0xf)],
+            ],
+            _ => core::slice::from_ref(&byte),
+        };
+        out.extend_from_slice(escaped).map_err(|_| Full)?;
+    }
+    out.push(b'"').map_err(|_| Full)
 }
 
 /// Decimal digits without `core::fmt`, which is large and slow in Wasm.
@@ -256,11 +270,14 @@ mod tests {
             enriched(&mut host, "robots/r2/telemetry", r#"{"battery":0.8}"#),
             r#"{"battery":0.8,"site":"edge","received_ms":1764160000123}"#
         );
-        host.clear_outputs();
-        assert_eq!(
-            enriched(&mut host, TOPIC, r#"{"temp_c":null}"#),
-            r#"{"temp_c":null,"site":"edge","received_ms":1764160000123}"#
-        );
+        for not_a_number in ["null", r#""hot""#, "[5]", "true"] {
+            host.clear_outputs();
+            let payload = format!(r#"{{"temp_c":{not_a_number}}}"#);
+            assert_eq!(
+                enriched(&mut host, TOPIC, &payload),
+                format!(r#"{{"temp_c":{not_a_number},"site":"edge","received_ms":1764160000123}}"#)
+            );
+        }
         assert_eq!(host.emits()[0].topic, "telemetry/vending/vm-17");
     }
 
@@ -291,12 +308,14 @@ mod tests {
     #[test]
     fn the_site_comes_from_the_config_and_is_escaped() {
         let mut host = host();
-        host.set_config("site", "plant \"7\"");
+        host.set_config("site", "plant \"7\" \\ é\n\u{1}");
         let out = enriched(&mut host, TOPIC, r#"{"a":1}"#);
         assert_eq!(
             out,
-            r#"{"a":1,"site":"plant \"7\"","received_ms":1764160000123}"#
+            r#"{"a":1,"site":"plant \"7\" \\ é\n\u0001","received_ms":1764160000123}"#
         );
+        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(json["site"], "plant \"7\" \\ é\n\u{1}");
     }
 
     #[track_caller]
@@ -316,7 +335,7 @@ mod tests {
             "[1,2]",
             "42",
             r#"{"temp_c": 5"#,
-            r#"{"temp_c": "hot"}"#,
+            r#"{"temp_c": tru}"#,
             r#"{"a":1} {"b":2}"#,
             r#"{"a":1}x"#,
         ] {
