@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Profiles wasmgate's hot path under load: `wasmgate run` with vending-telemetry
-# on a mosquitto, while `wasmgate bench` sends COUNT messages at QoS QOS.
+# (or, WORKLOAD=enrich, telemetry-enrich) on a mosquitto, while `wasmgate bench` sends COUNT messages at QoS QOS.
 #
 #   TOOL=perf bench/profile.sh        perf record (cpu-clock, DWARF call graphs)
 #                                     for the length of the load; flat and
@@ -16,7 +16,7 @@
 # below, so Cargo.toml stays as it is. Reports go to bench/results/profile-<stamp>-*.
 #
 # Needs: cargo, mosquitto, perf or valgrind, python3. Settings (environment):
-# TOOL (perf), COUNT (20000 for perf, 2000 for callgrind), RATE (0: flat out),
+# TOOL (perf), WORKLOAD (vending or enrich), COUNT (20000 for perf, 2000 for callgrind), RATE (0: flat out),
 # QOS (1), CONCURRENCY (the function's, default 1), SYNCHRONOUS (store's, default
 # full), KEEP (a path to copy perf.data or the callgrind dump to), CARGO_TARGET_DIR (/var/tmp/wg-bench-target), WASMGATE (a prebuilt
 # binary with symbols: skips the build).
@@ -30,7 +30,12 @@ QOS=${QOS:-1}
 CONCURRENCY=${CONCURRENCY:-1}
 SYNCHRONOUS=${SYNCHRONOUS:-full}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/wg-bench-target}
-WASM="$ROOT/functions/examples/wasm/vending_telemetry.wasm"
+WORKLOAD=${WORKLOAD:-vending}
+case "$WORKLOAD" in
+    vending) WASM="$ROOT/functions/examples/wasm/vending_telemetry.wasm" ;;
+    enrich) WASM="$ROOT/functions/examples/wasm/telemetry_enrich.wasm" ;;
+    *) echo "WORKLOAD must be vending or enrich" >&2; exit 2 ;;
+esac
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
 
@@ -72,7 +77,7 @@ port = $PORT
 synchronous = "$SYNCHRONOUS"
 
 [[functions]]
-name = "vending"
+name = "$WORKLOAD"
 wasm = "$WASM"
 triggers = [{ mqtt = "vending/+/telemetry", qos = $QOS }]
 limits = { concurrency = $CONCURRENCY }
