@@ -139,14 +139,14 @@ impl Added<'_> {
         push_json_string(out, self.site)?;
         out.extend_from_slice(br#","received_ms":"#)
             .map_err(|_| Full)?;
-        push_int(out, self.received_ms as i128)?;
+        push_uint(out, self.received_ms)?;
         if let Some(tenths) = self.temp_f_tenths {
             out.extend_from_slice(br#","temp_f":"#).map_err(|_| Full)?;
             if tenths < 0 {
                 out.push(b'-').map_err(|_| Full)?;
             }
             let tenths = tenths.unsigned_abs();
-            push_int(out, (tenths / 10) as i128)?;
+            push_uint(out, tenths / 10)?;
             out.push(b'.').map_err(|_| Full)?;
             out.push(b'0' + (tenths % 10) as u8).map_err(|_| Full)?;
         }
@@ -180,13 +180,10 @@ fn push_json_string<const N: usize>(out: &mut Vec<u8, N>, text: &str) -> Result<
     out.push(b'"').map_err(|_| Full)
 }
 
-/// Decimal digits without `core::fmt`, which is large and slow in Wasm.
-fn push_int<const N: usize>(out: &mut Vec<u8, N>, mut n: i128) -> Result<(), Full> {
-    if n < 0 {
-        out.push(b'-').map_err(|_| Full)?;
-        n = -n;
-    }
-    let mut digits = [0u8; 40];
+/// Decimal digits without `core::fmt`, which is large and slow in Wasm (and
+/// in u64: i128 division is a software routine on wasm32).
+fn push_uint<const N: usize>(out: &mut Vec<u8, N>, mut n: u64) -> Result<(), Full> {
+    let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {
         i -= 1;
