@@ -303,6 +303,20 @@ mod tests {
     }
 
     #[test]
+    fn digits_cover_the_whole_u64_range() {
+        for (n, text) in [
+            (0, "0"),
+            (7, "7"),
+            (10, "10"),
+            (u64::MAX, "18446744073709551615"),
+        ] {
+            let mut out = Vec::<u8, 32>::new();
+            push_uint(&mut out, n).unwrap();
+            assert_eq!(out, text.as_bytes());
+        }
+    }
+
+    #[test]
     fn the_site_comes_from_the_config_and_is_escaped() {
         let mut host = host();
         host.set_config("site", "plant \"7\" \\ é\n\u{1}");
