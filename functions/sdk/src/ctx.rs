@@ -2,6 +2,7 @@
 
 use crate::error::{check, Error};
 use crate::host::{DefaultHost, Host};
+use crate::line::LogLine;
 use core::str::FromStr;
 use wasmgate_abi::{Context, EmitOptions, LogLevel, Status};
 
@@ -104,6 +105,16 @@ impl<'a, H: Host + ?Sized> Ctx<'a, H> {
     /// A log line; see also the `error!`/`warn!`/`info!`/`debug!` macros.
     pub fn log(&mut self, level: LogLevel, msg: &str) {
         self.host.log(level, msg);
+    }
+
+    /// A log line joined from `parts` (cut at [`LogLine::CAPACITY`]), for
+    /// the common "what happened: which topic" without `core::fmt`.
+    pub fn log_parts(&mut self, level: LogLevel, parts: &[&str]) {
+        let mut line = LogLine::new();
+        for part in parts {
+            line.push_str(part);
+        }
+        self.host.log(level, line.as_str());
     }
 
     /// Wall-clock time, Unix milliseconds.

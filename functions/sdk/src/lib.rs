@@ -57,7 +57,7 @@ pub use error::{codes, Error};
 pub use events::{events, Events};
 pub use glue::run;
 pub use host::{DefaultHost, Host};
-pub use line::LogLine;
+pub use line::{decimal, LogLine};
 
 /// The ABI crate, for everything not re-exported below.
 pub use wasmgate_abi as abi;

@@ -61,22 +61,10 @@ impl LogLine {
 
     /// Appends a decimal integer without going through `core::fmt`.
     pub fn push_int(&mut self, n: i64) {
-        let mut digits = [0u8; 20];
-        let mut at = digits.len();
-        let mut rest = n.unsigned_abs();
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (rest % 10) as u8;
-            rest /= 10;
-            if rest == 0 {
-                break;
-            }
-        }
         if n < 0 {
             self.push_str("-");
         }
-        // ASCII digits are always valid UTF-8.
-        self.push_str(core::str::from_utf8(&digits[at..]).unwrap_or("?"));
+        self.push_str(decimal(n.unsigned_abs(), &mut [0; 20]));
     }
 }
 
@@ -97,6 +85,24 @@ impl fmt::Debug for LogLine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self.as_str(), f)
     }
+}
+
+/// `n` in decimal, written into `buf`: for functions that build text
+/// without `core::fmt`, which is large in Wasm and slow under an
+/// interpreter. (`u64`, not a wider type: 128-bit division is a software
+/// routine on wasm32.)
+pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // ASCII digits are always valid UTF-8.
+    core::str::from_utf8(&buf[at..]).unwrap_or("?")
 }
 
 #[cfg(test)]
@@ -141,5 +147,9 @@ mod tests {
         line.push_str(" ");
         line.push_int(i64::MIN);
         assert_eq!(line.as_str(), "0 -42 -9223372036854775808");
+        assert_eq!(
+            super::decimal(u64::MAX, &mut [0; 20]),
+            "18446744073709551615"
+        );
     }
 }

@@ -22,7 +22,7 @@
 
 use heapless::String;
 use serde::{Deserialize, Serialize};
-use wasmgate_sdk::{Ctx, Error, Event, LogLevel, LogLine};
+use wasmgate_sdk::{Ctx, Error, Event, LogLevel};
 
 /// Returned (and logged) when a payload is not the telemetry JSON above.
 pub const BAD_TELEMETRY: i32 = 10;
@@ -73,13 +73,16 @@ pub fn handle(event: &Event<'_>, ctx: &mut Ctx<'_>) -> Result<(), Error> {
 
 fn on_telemetry(topic: &str, payload: &[u8], ctx: &mut Ctx<'_>) -> Result<(), Error> {
     let Some(robot) = robot_of(topic) else {
-        log_with_topic(ctx, "not a robots/<id>/telemetry topic: ", topic);
+        ctx.log_parts(
+            LogLevel::Error,
+            &["not a robots/<id>/telemetry topic: ", topic],
+        );
         return Err(Error::user(BAD_TOPIC, "unexpected topic"));
     };
     let t: Telemetry = match serde_json_core::from_slice(payload) {
         Ok((t, _)) => t,
         Err(_) => {
-            log_with_topic(ctx, "invalid telemetry JSON on ", topic);
+            ctx.log_parts(LogLevel::Error, &["invalid telemetry JSON on ", topic]);
             return Err(Error::user(BAD_TELEMETRY, "telemetry is not valid JSON"));
         }
     };
@@ -170,13 +173,6 @@ fn join(parts: &[&str]) -> Result<String<128>, Error> {
             .map_err(|_| Error::msg("robot id too long"))?;
     }
     Ok(out)
-}
-
-fn log_with_topic(ctx: &mut Ctx<'_>, what: &str, topic: &str) {
-    let mut line = LogLine::new();
-    line.push_str(what);
-    line.push_str(topic);
-    ctx.log(LogLevel::Error, line.as_str());
 }
 
 wasmgate_sdk::export!(handle);

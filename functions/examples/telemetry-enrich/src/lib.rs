@@ -26,7 +26,7 @@
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
 use heapless::{String, Vec};
-use wasmgate_sdk::{json, Ctx, Error, Event, LogLevel, LogLine};
+use wasmgate_sdk::{decimal, json, Ctx, Error, Event, LogLevel};
 
 /// Returned (and logged) when a payload is not a JSON object.
 pub const BAD_TELEMETRY: i32 = 10;
@@ -51,7 +51,10 @@ pub fn handle(event: &Event<'_>, ctx: &mut Ctx<'_>) -> Result<(), Error> {
 
 fn enrich(topic: &str, payload: &[u8], ctx: &mut Ctx<'_>) -> Result<(), Error> {
     let Some((kind, device)) = parse_topic(topic) else {
-        log_with_topic(ctx, "not a <kind>/<device>/telemetry topic: ", topic);
+        ctx.log_parts(
+            LogLevel::Error,
+            &["not a <kind>/<device>/telemetry topic: ", topic],
+        );
         return Err(Error::user(BAD_TOPIC, "unexpected topic"));
     };
     let mut temp_c = None;
@@ -61,7 +64,10 @@ fn enrich(topic: &str, payload: &[u8], ctx: &mut Ctx<'_>) -> Result<(), Error> {
         }
     });
     let Ok(object) = found else {
-        log_with_topic(ctx, "telemetry is not a JSON object on ", topic);
+        ctx.log_parts(
+            LogLevel::Error,
+            &["telemetry is not a JSON object on ", topic],
+        );
         return Err(Error::user(BAD_TELEMETRY, "telemetry is not a JSON object"));
     };
 
@@ -139,14 +145,16 @@ impl Added<'_> {
         push_json_string(out, self.site)?;
         out.extend_from_slice(br#","received_ms":"#)
             .map_err(|_| Full)?;
-        push_uint(out, self.received_ms)?;
+        out.extend_from_slice(decimal(self.received_ms, &mut [0; 20]).as_bytes())
+            .map_err(|_| Full)?;
         if let Some(tenths) = self.temp_f_tenths {
             out.extend_from_slice(br#","temp_f":"#).map_err(|_| Full)?;
             if tenths < 0 {
                 out.push(b'-').map_err(|_| Full)?;
             }
             let tenths = tenths.unsigned_abs();
-            push_uint(out, tenths / 10)?;
+            out.extend_from_slice(decimal(tenths / 10, &mut [0; 20]).as_bytes())
+                .map_err(|_| Full)?;
             out.push(b'.').map_err(|_| Full)?;
             out.push(b'0' + (tenths % 10) as u8).map_err(|_| Full)?;
         }
@@ -178,29 +186,6 @@ fn push_json_string<const N: usize>(out: &mut Vec<u8, N>, text: &str) -> Result<
         out.extend_from_slice(escaped).map_err(|_| Full)?;
     }
     out.push(b'"').map_err(|_| Full)
-}
-
-/// Decimal digits without `core::fmt`, which is large and slow in Wasm (and
-/// in u64: i128 division is a software routine on wasm32).
-fn push_uint<const N: usize>(out: &mut Vec<u8, N>, mut n: u64) -> Result<(), Full> {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]).map_err(|_| Full)
-}
-
-fn log_with_topic(ctx: &mut Ctx<'_>, what: &str, topic: &str) {
-    let mut line = LogLine::new();
-    line.push_str(what);
-    line.push_str(topic);
-    ctx.log(LogLevel::Error, line.as_str());
 }
 
 wasmgate_sdk::export!(handle);
@@ -300,20 +285,6 @@ mod tests {
         let mut host = host();
         let out = enriched(&mut host, TOPIC, r#"{"temp_c":-18}"#);
         assert!(out.ends_with(r#","temp_f":-0.4}"#), "{out}");
-    }
-
-    #[test]
-    fn digits_cover_the_whole_u64_range() {
-        for (n, text) in [
-            (0, "0"),
-            (7, "7"),
-            (10, "10"),
-            (u64::MAX, "18446744073709551615"),
-        ] {
-            let mut out = Vec::<u8, 32>::new();
-            push_uint(&mut out, n).unwrap();
-            assert_eq!(out, text.as_bytes());
-        }
     }
 
     #[test]

@@ -22,7 +22,7 @@
 use heapless::String;
 use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
-use wasmgate_sdk::{Ctx, Error, Event, LogLevel, LogLine};
+use wasmgate_sdk::{Ctx, Error, Event, LogLevel};
 
 /// Returned (and logged) when a payload is not the telemetry JSON above.
 pub const BAD_TELEMETRY: i32 = 10;
@@ -120,13 +120,16 @@ pub fn handle(event: &Event<'_>, ctx: &mut Ctx<'_>) -> Result<(), Error> {
 
 fn on_telemetry(topic: &str, payload: &[u8], ctx: &mut Ctx<'_>) -> Result<(), Error> {
     let Some(machine) = machine_of(topic) else {
-        log_with_topic(ctx, "not a vending/<machine>/telemetry topic: ", topic);
+        ctx.log_parts(
+            LogLevel::Error,
+            &["not a vending/<machine>/telemetry topic: ", topic],
+        );
         return Err(Error::user(BAD_TOPIC, "unexpected topic"));
     };
     let telemetry: Telemetry = match serde_json_core::from_slice(payload) {
         Ok((telemetry, _)) => telemetry,
         Err(_) => {
-            log_with_topic(ctx, "invalid telemetry JSON on ", topic);
+            ctx.log_parts(LogLevel::Error, &["invalid telemetry JSON on ", topic]);
             return Err(Error::user(BAD_TELEMETRY, "telemetry is not valid JSON"));
         }
     };
@@ -211,13 +214,6 @@ fn json<'b>(value: &impl Serialize, buf: &'b mut [u8]) -> Result<&'b [u8], Error
     let len = serde_json_core::to_slice(value, buf)
         .map_err(|_| Error::msg("output JSON over its buffer"))?;
     Ok(&buf[..len])
-}
-
-fn log_with_topic(ctx: &mut Ctx<'_>, what: &str, topic: &str) {
-    let mut line = LogLine::new();
-    line.push_str(what);
-    line.push_str(topic);
-    ctx.log(LogLevel::Error, line.as_str());
 }
 
 wasmgate_sdk::export!(handle);
