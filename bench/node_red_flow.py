@@ -95,7 +95,9 @@ FUNCTIONS = {"enrich": ("telemetry-enrich", ENRICH), "vending": ("vending-teleme
 
 def flows(port: int, qos: int, function: str = "vending", site: str = "bench") -> list:
     name, body = FUNCTIONS[function]
-    body = body.strip().replace("SITE", json.dumps(site))
+    body = body.strip()
+    if function == "enrich":
+        body = body.replace("SITE", json.dumps(site))
     return [
         {"id": "wgtab", "type": "tab", "label": "wasmgate bench", "disabled": False},
         {

@@ -198,7 +198,22 @@ fn copied_out<'b>(call: &'static str, ret: i32, buf: &'b [u8]) -> Result<Option<
 #[cfg(test)]
 mod tests {
     use crate::testing::FakeHost;
-    use crate::{Destination, EmitOptions, Error, LogLevel, Status};
+    use crate::{Destination, EmitOptions, Error, LogLevel, LogLine, Status};
+
+    #[test]
+    fn log_parts_joins_its_parts_into_one_line_cut_at_the_capacity() {
+        let mut host = FakeHost::new();
+        host.ctx()
+            .log_parts(LogLevel::Warn, &["bad JSON on ", "vending/vm-1/telemetry"]);
+        assert!(host.logged(LogLevel::Warn, "bad JSON on vending/vm-1/telemetry"));
+        let long = "x".repeat(LogLine::CAPACITY);
+        host.ctx().log_parts(LogLevel::Info, &["head ", &long]);
+        let line = &host.logs().last().unwrap().message;
+        assert!(
+            line.starts_with("head x") && line.len() <= LogLine::CAPACITY,
+            "{line}"
+        );
+    }
 
     #[test]
     fn emits_default_to_qos_1_on_the_local_broker() {

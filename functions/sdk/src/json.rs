@@ -64,16 +64,11 @@ pub fn object<'a>(
     s.whitespace();
     s.expect(b'{')?;
     s.whitespace();
-    let mut empty = true;
-    if s.peek() != Some(b'}') {
-        empty = false;
+    let empty = s.peek() == Some(b'}');
+    if !empty {
         loop {
             let name_start = s.at + 1;
-            s.string()?;
-            let name = &text[name_start..s.at - 1];
-            s.whitespace();
-            s.expect(b':')?;
-            s.whitespace();
+            let name = &text[name_start..s.member_name()?];
             let value_start = s.at;
             s.value()?;
             member(name, &text[value_start..s.at]);
@@ -148,7 +143,7 @@ impl Scanner<'_> {
                         stack = (stack << 1) | u128::from(is_object);
                         depth += 1;
                         if is_object {
-                            self.member_name()?;
+                            let _ = self.member_name()?;
                         }
                         continue;
                     }
@@ -172,7 +167,7 @@ impl Scanner<'_> {
                         self.at += 1;
                         self.whitespace();
                         if in_object {
-                            self.member_name()?;
+                            let _ = self.member_name()?;
                         }
                         break;
                     }
@@ -187,14 +182,15 @@ impl Scanner<'_> {
         }
     }
 
-    /// `"name"` and its colon, inside a nested object; leaves the scanner
-    /// at the value.
-    fn member_name(&mut self) -> Result<(), InvalidJson> {
+    /// `"name"` and its colon; leaves the scanner at the value and returns
+    /// where the name ends (its closing quote).
+    fn member_name(&mut self) -> Result<usize, InvalidJson> {
         self.string()?;
+        let name_end = self.at - 1;
         self.whitespace();
         self.expect(b':')?;
         self.whitespace();
-        Ok(())
+        Ok(name_end)
     }
 
     /// A string, from its opening quote to just past its closing one. The
