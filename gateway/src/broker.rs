@@ -1,84 +1,523 @@
-//! The embedded MQTT broker: rumqttd inside the gateway process, so a fresh
-//! board needs nothing else and devices connect straight to the gateway.
+//! The embedded MQTT broker: rumqttd, in a child process of the gateway, so
+//! that a fresh board needs nothing else and devices connect straight to it.
 //!
-//! The gateway talks to it over loopback exactly as it would to mosquitto,
-//! so both modes share one ingress path and one set of tests.
+//! Why a child process and not a thread: release builds abort on a panic,
+//! and rumqttd is a large body of code that devices' bytes and timing reach
+//! (its router alone has dozens of `unwrap`s on connection state). In its
+//! own process a broker crash takes down only the broker: the
+//! [`EmbeddedBroker`] supervisor starts a new one within a fraction of a
+//! second, on the same ports, and the gateway's sessions reconnect as they
+//! would to an external broker. Devices reconnect too. What the broker held
+//! in memory (retained messages, queued QoS 1 messages of absent sessions)
+//! is gone with it, as it would be after any restart of rumqttd: where that
+//! matters, run mosquitto with persistence and `mode = "external"`. Nothing
+//! the gateway acknowledged is at risk: its effects are in SQLite first.
 //!
-//! rumqttd keeps sessions in memory: messages it holds for the gateway do not
-//! survive the process. Where that matters, run mosquitto with persistence
-//! and `mode = "external"`.
+//! The child is `wasmgate embedded-broker` (the same binary; its pages are
+//! shared with the gateway's). It reads its [`BrokerSettings`] as one JSON
+//! line on stdin, answers `ready <port>` on stdout once both listeners take
+//! connections, and exits when its stdin closes: when the gateway stops,
+//! and also when it is killed, so a broker never outlives its gateway and
+//! holds the port. It runs in its own process group and ignores SIGINT and
+//! SIGTERM, so a Ctrl-C or `systemctl stop` lets the gateway finish its
+//! in-flight work and acknowledgements through the broker before it goes.
+//!
+//! Two listeners: devices connect to `broker.listen`; the gateway's own
+//! sessions to a loopback port with a user and password made at each start.
+//! Each listener has its own connection cap, so devices (or a flood of
+//! connections from the LAN) can never take the gateway's own sessions' room.
 
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Largest MQTT payload the embedded broker accepts. Above the 1 MB a camera
 /// still or firmware chunk may need; functions refuse what they cannot handle.
 pub const MAX_PAYLOAD_BYTES: usize = 2 << 20;
 
+/// The largest message the embedded broker takes, topic included, as an
+/// emit's payload limit must respect: the payload limit less room for a
+/// topic (MQTT allows 65,535 bytes) and the fixed header.
+pub const MAX_EMIT_BYTES: usize = MAX_PAYLOAD_BYTES - 65_535 - 16;
+
+/// How long a device may take from TCP connect to its CONNECT packet. A
+/// real device sends it at once; a connection that sends nothing holds a
+/// file descriptor until then.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Devices connected at once, at most (the device listener's own cap).
+pub const MAX_DEVICE_CONNECTIONS: usize = 1_024;
+
+/// How long a first start waits for the broker to listen.
+const READY_WAIT: Duration = Duration::from_secs(10);
+
+/// Name of the gateway's own user on the internal listener.
+const INTERNAL_USER: &str = "wasmgate-gateway";
+
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("embedded broker: cannot listen on {addr}: {error} (is another broker running there? set broker.listen or use mode = \"external\")")]
-    Bind {
-        addr: SocketAddr,
-        error: std::io::Error,
-    },
+    Bind { addr: SocketAddr, error: String },
     #[error("embedded broker: did not start listening on {addr} within {waited:?}")]
     NotReady { addr: SocketAddr, waited: Duration },
+    #[error("embedded broker: cannot start its process ({exe}): {error}")]
+    Spawn { exe: String, error: String },
     #[error("embedded broker: {0}")]
     Start(String),
 }
 
-/// A running embedded broker. It runs on its own threads until the process
-/// exits; rumqttd has no shutdown, and the gateway stops it by exiting.
+/// What the broker process runs with; the gateway sends it as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerSettings {
+    /// Where devices connect.
+    pub listen: SocketAddr,
+    /// The gateway's own listener, on loopback; port 0 until the first
+    /// start has picked one (restarts keep it).
+    pub internal: SocketAddr,
+    /// The gateway's credentials on the internal listener.
+    pub internal_user: String,
+    pub internal_password: String,
+    /// Connections the gateway itself needs (one per function, the drains)
+    /// and may have at once on the internal listener.
+    pub internal_connections: usize,
+    /// Devices connected at once, at most.
+    pub max_device_connections: usize,
+    /// See [`CONNECT_TIMEOUT`].
+    pub connect_timeout_ms: u64,
+    pub max_payload_bytes: usize,
+}
+
+impl BrokerSettings {
+    /// Settings for a gateway that needs `sessions` connections of its own.
+    pub fn new(listen: SocketAddr, sessions: usize) -> Self {
+        BrokerSettings {
+            listen,
+            internal: SocketAddr::from(([127, 0, 0, 1], 0)),
+            internal_user: INTERNAL_USER.to_owned(),
+            internal_password: random_password(),
+            // A margin for sessions that reconnect before the broker saw the
+            // old connection go.
+            internal_connections: sessions * 2 + 8,
+            max_device_connections: MAX_DEVICE_CONNECTIONS,
+            connect_timeout_ms: CONNECT_TIMEOUT.as_millis() as u64,
+            max_payload_bytes: MAX_PAYLOAD_BYTES,
+        }
+    }
+}
+
+/// 128 bits from the kernel, as hex; the time and pid if that fails (the
+/// listener is on loopback: this keeps out other local users' processes,
+/// not an attacker with the gateway's own privileges).
+fn random_password() -> String {
+    let mut bytes = [0u8; 16];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if read.is_err() {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+            ^ u128::from(std::process::id()) << 64;
+        bytes = seed.to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A running embedded broker and its supervisor; stopped on drop.
 #[derive(Debug)]
 pub struct EmbeddedBroker {
-    addr: SocketAddr,
+    settings: BrokerSettings,
+    shared: Arc<Shared>,
+    supervisor: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    stopping: AtomicBool,
+    /// The current broker process: its stdin (closing it stops the process)
+    /// and the process, for a kill when it does not stop.
+    stdin: Mutex<Option<ChildStdin>>,
+    child: Mutex<Option<Child>>,
+    pid: AtomicU32,
+    restarts: AtomicU64,
 }
 
 impl EmbeddedBroker {
-    /// Starts rumqttd on `listen` and waits until it accepts connections.
-    pub fn start(listen: SocketAddr) -> Result<Self, BrokerError> {
-        // rumqttd reports a failed bind only in a log line from its own
-        // thread, so find out first, while the error can still be returned.
-        TcpListener::bind(listen).map_err(|error| BrokerError::Bind {
-            addr: listen,
-            error,
-        })?;
-        let mut broker = rumqttd::Broker::new(config(listen));
-        let thread = std::thread::Builder::new()
-            .name("embedded-broker".into())
-            .spawn(move || broker.start().map_err(|e| e.to_string()))
-            .map_err(|e| BrokerError::Start(e.to_string()))?;
-
-        let local = connect_addr(listen);
-        let waited = Duration::from_secs(5);
-        let deadline = Instant::now() + waited;
-        loop {
-            if thread.is_finished() {
-                let reason = match thread.join() {
-                    Ok(Err(e)) => e,
-                    _ => "stopped unexpectedly".into(),
-                };
-                return Err(BrokerError::Start(reason));
+    /// Starts the broker process and waits until it listens. A port still
+    /// held by a broker that is going away (a gateway restarted at once
+    /// after a kill) is retried for a few seconds.
+    pub fn start(mut settings: BrokerSettings) -> Result<Self, BrokerError> {
+        let shared = Arc::new(Shared::default());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (child, stdin, stdout, port) = loop {
+            match launch(&settings) {
+                Ok(started) => break started,
+                Err(BrokerError::Bind { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(e),
             }
-            if TcpStream::connect_timeout(&local, Duration::from_millis(100)).is_ok() {
-                tracing::info!(%listen, "embedded broker listening");
-                return Ok(EmbeddedBroker { addr: local });
-            }
-            if Instant::now() >= deadline {
-                return Err(BrokerError::NotReady {
-                    addr: listen,
-                    waited,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        };
+        settings.internal.set_port(port);
+        shared.pid.store(child.id(), Ordering::Relaxed);
+        *lock(&shared.stdin) = Some(stdin);
+        *lock(&shared.child) = Some(child);
+        tracing::info!(listen = %settings.listen, pid = shared.pid.load(Ordering::Relaxed), "embedded broker listening");
+        let supervisor = {
+            let (settings, shared) = (settings.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name("broker-supervisor".into())
+                .spawn(move || supervise(settings, shared, stdout))
+                .map_err(|e| BrokerError::Start(format!("cannot start its supervisor: {e}")))?
+        };
+        Ok(EmbeddedBroker {
+            settings,
+            shared,
+            supervisor: Some(supervisor),
+        })
     }
 
-    /// Where the gateway's own clients connect (loopback when listening on all interfaces).
+    /// Where the gateway's own clients connect.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.settings.internal
+    }
+
+    /// The gateway's user name and password on [`EmbeddedBroker::addr`].
+    pub fn credentials(&self) -> (&str, &str) {
+        (
+            &self.settings.internal_user,
+            &self.settings.internal_password,
+        )
+    }
+
+    /// The broker process's id (changes with each restart).
+    pub fn pid(&self) -> u32 {
+        self.shared.pid.load(Ordering::Relaxed)
+    }
+
+    /// How many times the broker process died and was started again.
+    pub fn restarts(&self) -> u64 {
+        self.shared.restarts.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for EmbeddedBroker {
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        // Closing stdin is the stop signal; the supervisor sees the exit.
+        drop(lock(&self.shared.stdin).take());
+        let Some(supervisor) = self.supervisor.take() else {
+            return;
+        };
+        let (done_tx, done) = mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let _ = supervisor.join();
+            let _ = done_tx.send(());
+        });
+        if done.recv_timeout(Duration::from_secs(3)).is_err() {
+            if let Some(child) = lock(&self.shared.child).as_mut() {
+                tracing::warn!(pid = child.id(), "embedded broker did not stop; killing it");
+                let _ = child.kill();
+            }
+            let _ = done.recv_timeout(Duration::from_secs(2));
+        }
+        drop(waiter);
+    }
+}
+
+/// Restarts the broker whenever it dies, until the gateway stops it.
+fn supervise(mut settings: BrokerSettings, shared: Arc<Shared>, mut stdout: ChildStdout) {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        // The child writes nothing after `ready`: EOF means it is gone.
+        let mut sink = [0u8; 64];
+        while matches!(stdout.read(&mut sink), Ok(n) if n > 0) {}
+        let status = reap(&shared);
+        if shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let status = match status {
+            Some(Ok(status)) => status.to_string(),
+            Some(Err(e)) => e.to_string(),
+            None => "gone".into(),
+        };
+        tracing::error!(
+            pid = shared.pid.load(Ordering::Relaxed),
+            %status,
+            "embedded broker exited; starting it again (devices and the gateway's sessions reconnect)"
+        );
+        // Restart until it works or the gateway stops.
+        loop {
+            std::thread::sleep(delay);
+            if shared.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            match launch(&settings) {
+                Ok((child, stdin, out, port)) => {
+                    settings.internal.set_port(port);
+                    shared.pid.store(child.id(), Ordering::Relaxed);
+                    shared.restarts.fetch_add(1, Ordering::Relaxed);
+                    *lock(&shared.stdin) = Some(stdin);
+                    *lock(&shared.child) = Some(child);
+                    if shared.stopping.load(Ordering::SeqCst) {
+                        // Stopped while starting: close the new one too.
+                        drop(lock(&shared.stdin).take());
+                    }
+                    tracing::info!(
+                        pid = shared.pid.load(Ordering::Relaxed),
+                        "embedded broker running again"
+                    );
+                    stdout = out;
+                    delay = Duration::from_millis(50);
+                    break;
+                }
+                Err(e) => {
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    tracing::error!(error = %e, retry_in = ?delay, "embedded broker did not start");
+                }
+            }
+        }
+    }
+}
+
+/// Waits for the broker process to end, without holding the lock across
+/// the wait: a stopping gateway may need it to kill a broker that hangs.
+fn reap(shared: &Shared) -> Option<std::io::Result<std::process::ExitStatus>> {
+    loop {
+        match lock(&shared.child).as_mut().map(Child::try_wait) {
+            None => return None,
+            Some(Ok(None)) => {}
+            Some(Ok(Some(status))) => return Some(Ok(status)),
+            Some(Err(e)) => return Some(Err(e)),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The program to run as the broker: this one, unless `WASMGATE_EXE` says
+/// otherwise (a program embedding the library under another name).
+fn broker_exe() -> Result<std::path::PathBuf, BrokerError> {
+    if let Some(exe) = std::env::var_os("WASMGATE_EXE") {
+        return Ok(exe.into());
+    }
+    std::env::current_exe().map_err(|e| BrokerError::Spawn {
+        exe: "the current executable".into(),
+        error: e.to_string(),
+    })
+}
+
+/// Starts one broker process and waits for its `ready` line: the process,
+/// its stdin and stdout, and the internal listener's port.
+fn launch(settings: &BrokerSettings) -> Result<(Child, ChildStdin, ChildStdout, u16), BrokerError> {
+    let exe = broker_exe()?;
+    let spawn_error = |error: std::io::Error| BrokerError::Spawn {
+        exe: exe.display().to_string(),
+        error: error.to_string(),
+    };
+    let mut command = Command::new(&exe);
+    command
+        .arg("embedded-broker")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        // systemd's readiness protocol is the gateway's, not the broker's.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID");
+    #[cfg(unix)]
+    {
+        // Out of the terminal's process group: a Ctrl-C is for the gateway,
+        // which then stops the broker after its last acknowledgements.
+        use std::os::unix::process::CommandExt;
+        command.process_group(0);
+    }
+    let mut child = command.spawn().map_err(spawn_error)?;
+    let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(BrokerError::Start("no pipes to the broker process".into()));
+    };
+    let fail = |mut child: Child, error: BrokerError| {
+        let _ = child.kill();
+        let _ = child.wait();
+        Err(error)
+    };
+    let line = serde_json::to_string(settings).unwrap_or_default();
+    if let Err(e) = writeln!(stdin, "{line}").and_then(|()| stdin.flush()) {
+        return fail(
+            child,
+            BrokerError::Start(format!("cannot configure it: {e}")),
+        );
+    }
+    // Read the answer on a thread of its own, so that a broker that hangs
+    // cannot hold the gateway's start for longer than READY_WAIT.
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = tx.send(line);
+        reader.into_inner()
+    });
+    let answer = rx.recv_timeout(READY_WAIT);
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(_) => {
+            return fail(
+                child,
+                BrokerError::NotReady {
+                    addr: settings.listen,
+                    waited: READY_WAIT,
+                },
+            )
+        }
+    };
+    let Ok(stdout) = reader.join() else {
+        return fail(child, BrokerError::Start("lost its output".into()));
+    };
+    match parse_answer(answer.trim(), settings.listen) {
+        Ok(port) => Ok((child, stdin, stdout, port)),
+        Err(e) => fail(child, e),
+    }
+}
+
+/// The child's first line: `ready PORT`, or why it could not start.
+fn parse_answer(answer: &str, listen: SocketAddr) -> Result<u16, BrokerError> {
+    if let Some(port) = answer.strip_prefix("ready ") {
+        return port
+            .parse()
+            .map_err(|_| BrokerError::Start(format!("unexpected answer {answer:?}")));
+    }
+    if let Some(error) = answer.strip_prefix("bind-error ") {
+        return Err(BrokerError::Bind {
+            addr: listen,
+            error: error.to_owned(),
+        });
+    }
+    if let Some(error) = answer.strip_prefix("error ") {
+        return Err(BrokerError::Start(error.to_owned()));
+    }
+    Err(BrokerError::Start(if answer.is_empty() {
+        "the broker process exited before it was ready (its log is above)".into()
+    } else {
+        format!("unexpected answer {answer:?}")
+    }))
+}
+
+/// `wasmgate embedded-broker`: the broker process's side. Returns when the
+/// gateway closes stdin (or the broker could not start: the reason went to
+/// stdout for the gateway).
+pub fn child_main() -> std::process::ExitCode {
+    let stdin = std::io::stdin();
+    let mut line = String::new();
+    let mut out = std::io::stdout();
+    let answer = |out: &mut std::io::Stdout, text: String| {
+        let _ = writeln!(out, "{text}");
+        let _ = out.flush();
+    };
+    if stdin.lock().read_line(&mut line).is_err() {
+        return std::process::ExitCode::FAILURE;
+    }
+    let mut settings: BrokerSettings = match serde_json::from_str(&line) {
+        Ok(settings) => settings,
+        Err(e) => {
+            answer(&mut out, format!("error bad settings: {e}"));
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    ignore_stop_signals();
+    // rumqttd reports a failed bind only in a log line from its own
+    // thread, so find out first, while the error can still be returned.
+    if let Err(e) = TcpListener::bind(settings.listen) {
+        answer(&mut out, format!("bind-error {e}"));
+        return std::process::ExitCode::FAILURE;
+    }
+    if settings.internal.port() == 0 {
+        match TcpListener::bind(settings.internal).and_then(|l| l.local_addr()) {
+            Ok(addr) => settings.internal = addr,
+            Err(e) => {
+                answer(&mut out, format!("error internal listener: {e}"));
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
+    let mut broker = rumqttd::Broker::new(config(&settings));
+    let thread = std::thread::Builder::new()
+        .name("rumqttd".into())
+        .spawn(move || broker.start().map_err(|e| e.to_string()));
+    let thread = match thread {
+        Ok(thread) => thread,
+        Err(e) => {
+            answer(&mut out, format!("error cannot start a thread: {e}"));
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let deadline = Instant::now() + READY_WAIT;
+    let addrs = [connect_addr(settings.listen), settings.internal];
+    loop {
+        if thread.is_finished() {
+            let reason = match thread.join() {
+                Ok(Err(e)) => e,
+                _ => "stopped unexpectedly".into(),
+            };
+            answer(&mut out, format!("error {reason}"));
+            return std::process::ExitCode::FAILURE;
+        }
+        let listening = addrs
+            .iter()
+            .all(|a| TcpStream::connect_timeout(a, Duration::from_millis(100)).is_ok());
+        if listening {
+            break;
+        }
+        if Instant::now() >= deadline {
+            answer(
+                &mut out,
+                format!("error not listening after {READY_WAIT:?}"),
+            );
+            return std::process::ExitCode::FAILURE;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    answer(&mut out, format!("ready {}", settings.internal.port()));
+    // Runs until the gateway closes our stdin (it stopped, or died).
+    let mut rest = Vec::new();
+    let _ = stdin.lock().read_to_end(&mut rest);
+    std::process::ExitCode::SUCCESS
+}
+
+/// A broker process outlives SIGINT and SIGTERM: the gateway stops it by
+/// closing its stdin once the gateway's last acknowledgements are out.
+fn ignore_stop_signals() {
+    #[cfg(unix)]
+    {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build();
+        let Ok(runtime) = runtime else { return };
+        std::thread::spawn(move || {
+            runtime.block_on(async {
+                use tokio::signal::unix::{signal, SignalKind};
+                let (Ok(mut int), Ok(mut term)) = (
+                    signal(SignalKind::interrupt()),
+                    signal(SignalKind::terminate()),
+                ) else {
+                    return;
+                };
+                loop {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
+                    tracing::debug!(
+                        "embedded broker: stop signal ignored; it stops with the gateway"
+                    );
+                }
+            })
+        });
     }
 }
 
@@ -96,36 +535,53 @@ fn connect_addr(listen: SocketAddr) -> SocketAddr {
 
 /// Sized for a gateway, not a cloud broker: segments bound the memory each
 /// topic's log may use.
-fn config(listen: SocketAddr) -> rumqttd::Config {
-    let connections = rumqttd::ConnectionSettings {
-        connection_timeout_ms: 60_000,
-        max_payload_size: MAX_PAYLOAD_BYTES,
+pub fn config(settings: &BrokerSettings) -> rumqttd::Config {
+    let connections = |auth: Option<HashMap<String, String>>| rumqttd::ConnectionSettings {
+        connection_timeout_ms: u16::try_from(settings.connect_timeout_ms).unwrap_or(u16::MAX),
+        max_payload_size: settings.max_payload_bytes,
         max_inflight_count: 100,
-        auth: None,
+        auth,
         external_auth: None,
         dynamic_filters: true,
     };
-    let server = rumqttd::ServerSettings {
-        name: "v4".into(),
+    let server = |name: &str, listen, auth| rumqttd::ServerSettings {
+        name: name.into(),
         listen,
         tls: None,
-        next_connection_delay_ms: 1,
-        connections,
+        next_connection_delay_ms: 0,
+        connections: connections(auth),
     };
+    let internal_auth = HashMap::from([(
+        settings.internal_user.clone(),
+        settings.internal_password.clone(),
+    )]);
     rumqttd::Config {
         id: 0,
         router: rumqttd::RouterConfig {
-            max_connections: 1_024,
+            max_connections: settings.max_device_connections + settings.internal_connections,
             max_outgoing_packet_count: 200,
-            max_segment_size: MAX_PAYLOAD_BYTES,
+            max_segment_size: settings.max_payload_bytes,
             max_segment_count: 4,
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
         },
-        v4: Some(HashMap::from([("v4".to_owned(), server)])),
+        v4: Some(HashMap::from([
+            (
+                "devices".to_owned(),
+                server("devices", settings.listen, None),
+            ),
+            (
+                "gateway".to_owned(),
+                server("gateway", settings.internal, Some(internal_auth)),
+            ),
+        ])),
         ..Default::default()
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -141,10 +597,44 @@ mod tests {
     }
 
     #[test]
-    fn a_taken_port_is_a_clear_error() {
-        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
-        let error = EmbeddedBroker::start(taken.local_addr().unwrap()).unwrap_err();
+    fn the_broker_process_answers_ready_or_why_not() {
+        let listen: SocketAddr = "0.0.0.0:1883".parse().unwrap();
+        assert_eq!(parse_answer("ready 40123", listen).unwrap(), 40123);
+        let error = parse_answer("bind-error Address in use", listen).unwrap_err();
         assert!(matches!(error, BrokerError::Bind { .. }), "{error}");
         assert!(error.to_string().contains("another broker"), "{error}");
+        let error = parse_answer("", listen).unwrap_err().to_string();
+        assert!(error.contains("exited before it was ready"), "{error}");
+    }
+
+    #[test]
+    fn settings_travel_to_the_broker_process_as_one_line() {
+        let settings = BrokerSettings::new("127.0.0.1:1883".parse().unwrap(), 3);
+        let line = serde_json::to_string(&settings).unwrap();
+        assert!(!line.contains('\n'));
+        assert_eq!(
+            serde_json::from_str::<BrokerSettings>(&line).unwrap(),
+            settings
+        );
+        assert_eq!(settings.internal_password.len(), 32);
+        assert_ne!(
+            settings.internal_password,
+            BrokerSettings::new(settings.listen, 3).internal_password
+        );
+    }
+
+    #[test]
+    fn the_gateway_has_a_listener_of_its_own_with_a_password() {
+        let settings = BrokerSettings::new("0.0.0.0:1883".parse().unwrap(), 10);
+        let config = config(&settings);
+        let servers = config.v4.unwrap();
+        assert!(servers["devices"].connections.auth.is_none());
+        let auth = servers["gateway"].connections.auth.clone().unwrap();
+        assert_eq!(auth[INTERNAL_USER], settings.internal_password);
+        assert!(servers["gateway"].listen.ip().is_loopback());
+        assert_eq!(
+            config.router.max_connections,
+            MAX_DEVICE_CONNECTIONS + settings.internal_connections
+        );
     }
 }

@@ -49,6 +49,11 @@ enum Command {
     /// throughput, latency, losses and the gateway's CPU and memory.
     #[command(after_help = wasmgate::bench::BENCH_HELP)]
     Bench(wasmgate::bench::BenchArgs),
+    /// The embedded broker's own process, which `wasmgate run` starts and
+    /// restarts; not for running by hand.
+    #[cfg(feature = "embedded-broker")]
+    #[command(hide = true)]
+    EmbeddedBroker,
 }
 
 #[derive(Debug, Args)]
@@ -312,6 +317,8 @@ fn main() -> ExitCode {
         Command::Invoke(args) => invoke(args),
         Command::Simulate(args) => simulate(args),
         Command::Bench(args) => bench(args),
+        #[cfg(feature = "embedded-broker")]
+        Command::EmbeddedBroker => return wasmgate::broker::child_main(),
     };
     match result {
         Ok(code) => code,

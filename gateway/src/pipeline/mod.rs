@@ -605,13 +605,17 @@ fn start_embedded(
         .broker
         .listen_addr()
         .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 1883)));
-    let broker = crate::broker::EmbeddedBroker::start(listen)?;
+    // One session per function, and the local, upstream and invoke drains.
+    let sessions = config.functions.len() + 3;
+    let broker =
+        crate::broker::EmbeddedBroker::start(crate::broker::BrokerSettings::new(listen, sessions))?;
     let addr = broker.addr();
+    let (user, password) = broker.credentials();
     let endpoint = Endpoint::from_config(
         &addr.ip().to_string(),
         addr.port(),
-        config.broker.username.as_ref(),
-        config.broker.password.as_ref(),
+        Some(&user.to_owned()),
+        Some(&crate::config::Secret::new(password)),
         None,
         // Validation keeps MQTT 5 to external brokers.
         Protocol::V311,
