@@ -21,7 +21,7 @@ use super::retry::{Jitter, RetryPolicy, Stop};
 use crate::event::OwnedEvent;
 use crate::metrics::{inc, FunctionMetrics};
 use crate::runtime::{Function, KvRead};
-use crate::store::{Attempt, Commit, NewDeadLetter, OutboxDestination, Store};
+use crate::store::{Attempt, Commit, NewDeadLetter, OutboxDestination, Seen, Store};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -53,8 +53,9 @@ pub struct Job {
 pub enum Ack {
     /// An MQTT message: PUBACK it.
     Mqtt(AckHandle),
-    /// A fan-out invoke waiting in the outbox: delete its row.
-    Outbox { store: Store, id: i64 },
+    /// A fan-out invoke waiting in the outbox: its row is deleted in the
+    /// transaction that commits the invocation (or its dead letter).
+    Outbox { id: i64 },
 }
 
 impl Ack {
@@ -62,10 +63,16 @@ impl Ack {
     fn ack(self) -> bool {
         match self {
             Ack::Mqtt(handle) => handle.ack(),
-            Ack::Outbox { store, id } => {
-                store.delete_outbox(vec![id]);
-                true
-            }
+            // Settled already, in the commit itself.
+            Ack::Outbox { .. } => true,
+        }
+    }
+
+    /// The outbox row this event consumes, if it came from one.
+    fn outbox_row(&self) -> Option<i64> {
+        match self {
+            Ack::Outbox { id } => Some(*id),
+            Ack::Mqtt(_) => None,
         }
     }
 }
@@ -274,29 +281,20 @@ impl Worker {
     /// way once its dead letter commits.
     fn handle(&mut self, job: Job) {
         let f = self.function.clone();
+        let settles = job.ack.as_ref().and_then(Ack::outbox_row);
         let done = Done {
             metrics: self.metrics.clone(),
             in_flight: self.in_flight.clone(),
             ack: job.ack,
             arrived: job.arrived,
         };
-        if let Some(id) = &job.dedup {
-            match self.sinks.store.seen(f.name(), id) {
-                Ok(true) => {
-                    // Already processed: a redelivery after a crash or a
-                    // device resending. Acknowledge without running again.
-                    inc(&self.metrics.duplicates);
-                    done.finish(true);
-                    return;
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::error!(function = f.name(), error = %e, "cannot check the dedup id; the message stays unacknowledged");
-                    done.finish(false);
-                    return;
-                }
-            }
-        }
+        let done = match &job.dedup {
+            Some(id) => match self.check_dedup(id, done) {
+                Some(done) => done,
+                None => return,
+            },
+            None => done,
+        };
         let request_id = self.request_ids.fetch_add(1, Ordering::Relaxed);
         let event = job.event.as_event();
         let topic = ordering_key(&job.event);
@@ -330,6 +328,7 @@ impl Worker {
                         function: f.name().to_owned(),
                         effects,
                         dedup: job.dedup,
+                        settles,
                         done: Box::new(move |committed| done.finish(committed.is_ok())),
                     });
                     return;
@@ -382,10 +381,59 @@ impl Worker {
             job.event.as_event(),
             topic,
             request_id,
-            job.dedup,
+            (job.dedup, settles),
             attempts,
             done,
         );
+    }
+
+    /// Looks up a message's dedup id; gives `done` back if the message is
+    /// to run. A copy of a message already committed is acknowledged now;
+    /// a copy of one still committing is acknowledged when that commit
+    /// lands, and never before (the process could die in between, and the
+    /// copy is then what the broker redelivers). A read that fails (a
+    /// locked or failing disk) is retried, as commits are: giving up would
+    /// leave the message unacknowledged in the middle of its session's
+    /// acks, holding up every ack behind it.
+    fn check_dedup(&mut self, id: &str, done: Done) -> Option<Done> {
+        let f = self.function.clone();
+        let mut done = Some(done);
+        let mut delay = std::time::Duration::from_millis(50);
+        loop {
+            let wait = || -> crate::store::PendingWaiter {
+                let copy = done.take();
+                Box::new(move |committed| {
+                    if let Some(copy) = copy {
+                        copy.finish(committed);
+                    }
+                })
+            };
+            match self.sinks.store.seen(f.name(), id, wait) {
+                Ok(Seen::New) => return done,
+                Ok(Seen::Committed) => {
+                    // A redelivery after a crash, or a device resending.
+                    inc(&self.metrics.duplicates);
+                    if let Some(done) = done {
+                        done.finish(true);
+                    }
+                    return None;
+                }
+                Ok(Seen::Pending) => {
+                    inc(&self.metrics.duplicates);
+                    return None;
+                }
+                Err(e) => {
+                    tracing::error!(function = f.name(), error = %e, retry_in = ?delay, "cannot check the dedup id; retrying (the message stays unacknowledged meanwhile)");
+                    if !self.stop.sleep(delay) {
+                        if let Some(done) = done {
+                            done.finish(false);
+                        }
+                        return None;
+                    }
+                    delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                }
+            }
+        }
     }
 
     /// Hands an event that failed for good to the dead-letter queue; its
@@ -395,7 +443,7 @@ impl Worker {
         event: wasmgate_abi::Event<'_>,
         topic: &str,
         request_id: u64,
-        dedup: Option<String>,
+        (dedup, settles): (Option<String>, Option<i64>),
         attempts: Vec<Attempt>,
         done: Done,
     ) {
@@ -413,6 +461,7 @@ impl Worker {
             received_ms,
             keep: self.failures.keep,
             publish_to: self.failures.topic.clone(),
+            settles,
         };
         let metrics = self.metrics.clone();
         let (function, topic) = (f.name().to_owned(), topic.to_owned());
@@ -491,10 +540,7 @@ pub async fn drain_invokes(sinks: Arc<Sinks>, wake: Arc<tokio::sync::Notify>) {
                     payload: row.payload,
                 },
                 arrived: Instant::now(),
-                ack: Some(Ack::Outbox {
-                    store: sinks.store.clone(),
-                    id: row.id,
-                }),
+                ack: Some(Ack::Outbox { id: row.id }),
                 dedup: None,
             };
             if !queues.send(job).await {

@@ -44,6 +44,9 @@ pub struct NewDeadLetter {
     pub keep: u32,
     /// Also publish it (JSON) to this topic on the local broker.
     pub publish_to: Option<String>,
+    /// The outbox row of the event (a fan-out invoke), deleted in the same
+    /// transaction as the dead letter is written.
+    pub settles: Option<i64>,
 }
 
 /// A dead letter as stored.
@@ -254,6 +257,7 @@ impl Store {
                 function: letter.function.clone(),
                 effects,
                 dedup: letter.dedup.clone(),
+                settles: None,
                 done: Box::new(move |result| {
                     let _ = tx.send(result);
                 }),
@@ -325,12 +329,17 @@ impl Store {
         rx.recv().unwrap_or(Err(StoreError::Closed))
     }
 
+    /// Takes one of the store's permits, like a commit: a function that
+    /// fails every event as fast as it can must not queue dead letters
+    /// without bound while the disk is slow.
     fn dead_letter_op(&self, op: DeadLetterOp, reply: Reply) {
+        self.inner.pending.acquire();
         let sent = match &super::lock(&self.inner.submitter).tx {
             Some(tx) => tx.send(Request::DeadLetters { op, reply }).map_err(|e| e.0),
             None => Err(Request::DeadLetters { op, reply }),
         };
         if let Err(Request::DeadLetters { reply, .. }) = sent {
+            self.inner.pending.release(1);
             reply(Err(StoreError::Closed));
         }
     }
@@ -369,6 +378,7 @@ mod tests {
             received_ms: 1_000,
             keep,
             publish_to: publish_to.map(str::to_owned),
+            settles: None,
         }
     }
 
@@ -465,8 +475,9 @@ mod tests {
             store.get("vending", "fixed").unwrap().as_deref(),
             Some(&b"yes"[..])
         );
-        assert!(
-            store.seen("vending", "msg-1").unwrap(),
+        assert_eq!(
+            store.seen("vending", "msg-1", || Box::new(|_| {})).unwrap(),
+            crate::store::Seen::Committed,
             "its dedup id is recorded"
         );
         store.close();

@@ -21,7 +21,7 @@ use crate::runtime::{Effects, KvRead, KvWrite};
 use feed::Feed;
 use overlay::Overlay;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -145,6 +145,10 @@ pub struct Commit {
     /// The device-provided id of the message, recorded in the same
     /// transaction so that a redelivery is recognised ([`Store::seen`]).
     pub dedup: Option<String>,
+    /// An outbox row this invocation consumes (a fan-out invoke), deleted
+    /// in the same transaction: the invoke is settled exactly when its
+    /// effects are kept, so a crash cannot run it twice.
+    pub settles: Option<i64>,
     /// Called on the store thread once the transaction holding these effects
     /// is durable (`Ok`), or when the store gives up on it (`Err`, at shutdown).
     pub done: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
@@ -197,7 +201,11 @@ enum Request {
         /// A dead letter this commit replays, deleted in the same transaction.
         resolves: Option<i64>,
     },
-    DeleteOutbox(Vec<i64>),
+    /// Delivered rows; `done` runs once their delete is durable.
+    DeleteOutbox {
+        ids: Vec<i64>,
+        done: Option<DeletedCallback>,
+    },
     DeadLetters {
         op: dead_letters::DeadLetterOp,
         reply: dead_letters::Reply,
@@ -205,6 +213,26 @@ enum Request {
 }
 
 type OutboxCallback = Box<dyn Fn(OutboxDestination) + Send + Sync>;
+type DeletedCallback = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// Runs for a message whose id was pending when its copy arrived: `true`
+/// once the original's effects are committed, `false` if they never will be
+/// (the store shut down first).
+pub type PendingWaiter = Box<dyn FnOnce(bool) + Send>;
+
+/// What [`Store::seen`] found for a message id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Never processed: run it.
+    New,
+    /// Its effects are committed: acknowledge the copy without running it.
+    Committed,
+    /// Its effects are still waiting for their group commit; the waiter was
+    /// kept and runs when that commit ends. Until then the copy must not be
+    /// acknowledged: if the process died now, the original's effects would
+    /// be lost with it, and the copy is what the broker would redeliver.
+    Pending,
+}
 
 struct Submitter {
     next_seq: u64,
@@ -215,8 +243,9 @@ struct Inner {
     path: PathBuf,
     submitter: Mutex<Submitter>,
     overlay: Mutex<Overlay>,
-    /// Dedup ids submitted but not yet committed, as (function, id).
-    pending_ids: Mutex<HashSet<(String, String)>>,
+    /// Dedup ids submitted but not yet committed, as (function, id), with
+    /// the copies that arrived meanwhile and wait for that commit.
+    pending_ids: Mutex<HashMap<(String, String), Vec<PendingWaiter>>>,
     dedup_retention: Duration,
     /// Outbox bytes per destination (index = `OutboxDestination as usize`).
     outbox_bytes: Mutex<[u64; 3]>,
@@ -232,6 +261,18 @@ struct Inner {
     feeds: Mutex<[Feed; 3]>,
     closing: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Inner {
+    /// A commit with a dedup id has ended: the id leaves the pending set,
+    /// and the copies that waited for it learn whether it was kept.
+    fn settle_pending_id(&self, commit: &Commit, committed: bool) {
+        let Some(id) = &commit.dedup else { return };
+        let waiters = lock(&self.pending_ids).remove(&(commit.function.clone(), id.clone()));
+        for waiter in waiters.into_iter().flatten() {
+            waiter(committed);
+        }
+    }
 }
 
 /// A handle to the store; cheap to clone and share across threads.
@@ -282,7 +323,7 @@ impl Store {
                 tx: Some(tx),
             }),
             overlay: Mutex::new(Overlay::default()),
-            pending_ids: Mutex::new(HashSet::new()),
+            pending_ids: Mutex::new(HashMap::new()),
             dedup_retention: options.dedup_retention,
             outbox_bytes: Mutex::new(outbox_bytes),
             room: Condvar::new(),
@@ -342,7 +383,9 @@ impl Store {
         submitter.next_seq += 1;
         lock(&self.inner.overlay).push(seq, &commit.function, &commit.effects.kv);
         if let Some(id) = &commit.dedup {
-            lock(&self.inner.pending_ids).insert((commit.function.clone(), id.clone()));
+            lock(&self.inner.pending_ids)
+                .entry((commit.function.clone(), id.clone()))
+                .or_default();
         }
         let sent = match &submitter.tx {
             Some(tx) => tx
@@ -361,9 +404,7 @@ impl Store {
         drop(submitter);
         if let Err(Request::Commit { seq, commit, .. }) = sent {
             lock(&self.inner.overlay).discard(&[seq]);
-            if let Some(id) = &commit.dedup {
-                lock(&self.inner.pending_ids).remove(&(commit.function.clone(), id.clone()));
-            }
+            self.inner.settle_pending_id(&commit, false);
             self.inner.pending.release(1);
             (commit.done)(Err(StoreError::Closed));
         }
@@ -402,29 +443,66 @@ impl Store {
         }
     }
 
-    /// Whether `function` already processed (or is committing) the message
-    /// with this device-provided id.
-    pub fn seen(&self, function: &str, id: &str) -> Result<bool, StoreError> {
-        // Pending first: once it leaves the pending set it is committed.
-        if lock(&self.inner.pending_ids).contains(&(function.to_owned(), id.to_owned())) {
-            return Ok(true);
+    /// Whether `function` already processed the message with this
+    /// device-provided id. If the original is still committing, `waiter`
+    /// is called for the copy (and kept) and the answer is
+    /// [`Seen::Pending`]; otherwise it is not called.
+    pub fn seen(
+        &self,
+        function: &str,
+        id: &str,
+        waiter: impl FnOnce() -> PendingWaiter,
+    ) -> Result<Seen, StoreError> {
+        {
+            // Pending first: once it leaves the pending set it is committed
+            // (or failed, and the table says so).
+            let mut pending = lock(&self.inner.pending_ids);
+            if let Some(waiters) = pending.get_mut(&(function.to_owned(), id.to_owned())) {
+                waiters.push(waiter());
+                return Ok(Seen::Pending);
+            }
         }
-        self.with_reader(|conn| {
+        let committed = self.with_reader(|conn| {
             Ok(conn
                 .prepare_cached("SELECT 1 FROM dedup WHERE function = ?1 AND key = ?2")?
                 .query_row([function, id], |_| Ok(()))
                 .optional()?
                 .is_some())
+        })?;
+        Ok(if committed {
+            Seen::Committed
+        } else {
+            Seen::New
         })
     }
 
     /// Removes delivered outbox rows (in the next group commit).
     pub fn delete_outbox(&self, ids: Vec<i64>) {
+        self.delete_outbox_then(ids, None);
+    }
+
+    /// Removes delivered outbox rows; `done` runs on the store thread once
+    /// the delete is durable (or failed at shutdown). The drainers hold a
+    /// row's window slot until then, which is what bounds what a crash can
+    /// send twice (see `pipeline/outbox.rs`). Not held by the store's
+    /// permits: each drainer has at most a window of rows in flight here.
+    pub fn delete_outbox_then(&self, ids: Vec<i64>, done: Option<DeletedCallback>) {
         if ids.is_empty() {
+            if let Some(done) = done {
+                done(Ok(()));
+            }
             return;
         }
-        if let Some(tx) = &lock(&self.inner.submitter).tx {
-            let _ = tx.send(Request::DeleteOutbox(ids));
+        let request = Request::DeleteOutbox { ids, done };
+        let sent = match &lock(&self.inner.submitter).tx {
+            Some(tx) => tx.send(request).map_err(|e| e.0),
+            None => Err(request),
+        };
+        if let Err(Request::DeleteOutbox {
+            done: Some(done), ..
+        }) = sent
+        {
+            done(Err(StoreError::Closed));
         }
     }
 
@@ -518,6 +596,7 @@ impl Store {
             function: function.to_owned(),
             effects,
             dedup: None,
+            settles: None,
             done: Box::new(move |result| {
                 let _ = tx.send(result);
             }),
@@ -833,6 +912,17 @@ impl StoreThread {
                 "SELECT destination, length(topic) + length(payload) FROM outbox WHERE id = ?1",
             )?;
             let mut unbox = tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
+            let mut unbox_row = |id: i64| {
+                let row = sized
+                    .query_row([id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+                    .optional()?;
+                if let Some((destination, bytes)) = row {
+                    unbox.execute([id])?;
+                    written.removed[destination as usize % 3] += bytes as u64;
+                    written.deleted += 1;
+                }
+                Ok::<(), rusqlite::Error>(())
+            };
             let mut seen = tx.prepare_cached(
                 "INSERT INTO dedup (function, key, seen_ms) VALUES (?1, ?2, ?3)
                  ON CONFLICT (function, key) DO UPDATE SET seen_ms = excluded.seen_ms",
@@ -880,6 +970,9 @@ impl StoreThread {
                         if let Some(id) = resolves {
                             tx.execute("DELETE FROM dead_letters WHERE id = ?1", [id])?;
                         }
+                        if let Some(id) = commit.settles {
+                            unbox_row(id)?;
+                        }
                         let ns = commit.function.as_str();
                         if let Some(id) = &commit.dedup {
                             seen.execute(params![ns, id, now])?;
@@ -919,6 +1012,11 @@ impl StoreThread {
                         }
                     }
                     Request::DeadLetters { op, .. } => {
+                        if let dead_letters::DeadLetterOp::Insert(letter) = op {
+                            if let Some(id) = letter.settles {
+                                unbox_row(id)?;
+                            }
+                        }
                         let applied = dead_letters::apply(&tx, op)?;
                         if let Some((topic, payload, function)) = &applied.publish {
                             add_row(OutboxDestination::Local, topic, payload, 1, false, function)?;
@@ -929,16 +1027,9 @@ impl StoreThread {
                         written.replies.push(applied.result);
                         written.dead_letters_dropped.extend(applied.dropped);
                     }
-                    Request::DeleteOutbox(ids) => {
+                    Request::DeleteOutbox { ids, .. } => {
                         for id in ids {
-                            let row = sized
-                                .query_row([id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
-                                .optional()?;
-                            if let Some((destination, bytes)) = row {
-                                unbox.execute([id])?;
-                                written.removed[destination as usize % 3] += bytes as u64;
-                                written.deleted += 1;
-                            }
+                            unbox_row(*id)?;
                         }
                     }
                 }
@@ -971,17 +1062,15 @@ impl StoreThread {
         let mut seqs = Vec::new();
         let mut commits = Vec::new();
         let mut replies = Vec::new();
+        let mut deleted = Vec::new();
         for request in batch {
             match request {
                 Request::Commit { seq, commit, .. } => {
                     seqs.push(seq);
-                    if let Some(id) = &commit.dedup {
-                        lock(&inner.pending_ids).remove(&(commit.function.clone(), id.clone()));
-                    }
                     commits.push(commit);
                 }
                 Request::DeadLetters { reply, .. } => replies.push(reply),
-                Request::DeleteOutbox(_) => {}
+                Request::DeleteOutbox { done, .. } => deleted.extend(done),
             }
         }
         {
@@ -1057,13 +1146,17 @@ impl StoreThread {
                 inner.room.notify_all();
             }
         }
-        let n = commits.len();
+        let n = commits.len() + replies.len();
+        let outcome = || match &result {
+            Ok(()) => Ok(()),
+            Err(_) => Err(StoreError::Closed),
+        };
         for commit in commits {
-            let outcome = match &result {
-                Ok(()) => Ok(()),
-                Err(_) => Err(StoreError::Closed),
-            };
-            (commit.done)(outcome);
+            inner.settle_pending_id(&commit, result.is_ok());
+            (commit.done)(outcome());
+        }
+        for done in deleted {
+            done(outcome());
         }
         for (i, reply) in replies.into_iter().enumerate() {
             reply(match &result {

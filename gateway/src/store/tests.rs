@@ -30,6 +30,7 @@ fn commit(store: &Store, function: &str, fx: Effects) {
         function: function.into(),
         effects: fx,
         dedup: None,
+        settles: None,
         done: Box::new(move |r| tx.send(r.is_ok()).unwrap()),
     });
     assert!(
@@ -80,6 +81,7 @@ fn done_runs_only_once_the_data_is_on_disk() {
         function: "f".into(),
         effects: effects(&[("k", KvWrite::Put(b"v".to_vec()))], &[]),
         dedup: None,
+        settles: None,
         done: Box::new(move |r| {
             // A separate connection, as after a crash, sees the value.
             let conn = Connection::open(&path).unwrap();
@@ -110,6 +112,7 @@ fn reads_see_submitted_writes_before_they_commit() {
         function: "f".into(),
         effects: effects(&[("n", KvWrite::Add(5))], &[]),
         dedup: None,
+        settles: None,
         done: Box::new(move |_| tx.send(()).unwrap()),
     });
     // Still inside the 300 ms group-commit window.
@@ -135,6 +138,7 @@ fn increments_from_many_threads_all_count() {
                         function: "f".into(),
                         effects: effects(&[("n", KvWrite::Add(1))], &[]),
                         dedup: None,
+                        settles: None,
                         done: Box::new(|_| {}),
                     });
                 }
@@ -159,6 +163,7 @@ fn group_commit_puts_many_invocations_in_one_transaction() {
             function: "f".into(),
             effects: effects(&[(&format!("k{i}"), KvWrite::Put(vec![1]))], &[("t", "p")]),
             dedup: None,
+            settles: None,
             done: Box::new(|_| {}),
         });
     }
@@ -259,6 +264,7 @@ fn sequence_numbers_continue_after_a_reopen() {
         function: "f".into(),
         effects: effects(&[("n", KvWrite::Add(1))], &[]),
         dedup: None,
+        settles: None,
         done: Box::new(|_| {}),
     });
     assert_eq!(store.get("f", "n").unwrap(), counter(2));
@@ -274,6 +280,7 @@ fn submit_after_close_fails_the_commit_without_acking() {
         function: "f".into(),
         effects: Effects::default(),
         dedup: None,
+        settles: None,
         done: Box::new(move |r| tx.send(r.is_ok()).unwrap()),
     });
     assert!(!rx.recv().unwrap());
@@ -285,24 +292,136 @@ fn a_dedup_id_is_seen_from_submit_on_and_after_a_reopen() {
     let mut options = StoreOptions::new(dir.path().join("wasmgate.db"));
     options.group_commit_delay = Duration::from_millis(200);
     let store = Store::open(options).unwrap();
-    assert!(!store.seen("f", "msg-1").unwrap());
+    let no_wait = || -> crate::store::PendingWaiter { panic!("nothing is pending") };
+    assert_eq!(store.seen("f", "msg-1", no_wait).unwrap(), Seen::New);
     let (tx, rx) = channel();
     store.submit(Commit {
         function: "f".into(),
         effects: Effects::default(),
         dedup: Some("msg-1".into()),
+        settles: None,
         done: Box::new(move |r| tx.send(r.is_ok()).unwrap()),
     });
-    assert!(store.seen("f", "msg-1").unwrap(), "pending counts as seen");
-    assert!(!store.seen("g", "msg-1").unwrap(), "per function");
+    let (copy_tx, copy) = channel();
+    let wait = move || -> crate::store::PendingWaiter {
+        Box::new(move |committed| copy_tx.send(committed).unwrap())
+    };
+    assert_eq!(store.seen("f", "msg-1", wait).unwrap(), Seen::Pending);
+    assert_eq!(
+        store.seen("g", "msg-1", no_wait).unwrap(),
+        Seen::New,
+        "per function"
+    );
     assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap());
+    assert!(
+        copy.recv_timeout(Duration::from_secs(10)).unwrap(),
+        "the copy learns the original is kept"
+    );
+    assert_eq!(
+        store.seen("f", "msg-1", no_wait).unwrap(),
+        Seen::Committed,
+        "durable"
+    );
     store.close();
     let store = open(&dir);
-    assert!(store.seen("f", "msg-1").unwrap(), "durable");
+    assert_eq!(
+        store.seen("f", "msg-1", no_wait).unwrap(),
+        Seen::Committed,
+        "after a reopen"
+    );
 }
 
 fn big_emit(n: usize) -> Effects {
     effects(&[], &[(&format!("t/{n}"), &"x".repeat(1_000))])
+}
+
+/// The bug this guards against: a copy of a message whose original was
+/// still in its group commit used to count as processed at once, so the
+/// copy was acknowledged before the original's effects were durable, and
+/// a crash in between lost the message and its effects.
+#[test]
+fn a_copy_of_a_message_still_committing_is_settled_only_by_that_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = StoreOptions::new(dir.path().join("wasmgate.db"));
+    // A slow disk: the original's commit takes its time.
+    options.group_commit_delay = Duration::from_millis(500);
+    let store = Store::open(options).unwrap();
+    store.submit(Commit {
+        function: "f".into(),
+        effects: effects(&[("n", KvWrite::Add(1))], &[]),
+        dedup: Some("msg-1".into()),
+        settles: None,
+        done: Box::new(|_| {}),
+    });
+    let (copy_tx, copy) = channel();
+    let wait = move || -> crate::store::PendingWaiter {
+        Box::new(move |committed| copy_tx.send(committed).unwrap())
+    };
+    assert_eq!(store.seen("f", "msg-1", wait).unwrap(), Seen::Pending);
+    assert!(
+        copy.recv_timeout(Duration::from_millis(100)).is_err(),
+        "the copy must not be settled while the original is uncommitted"
+    );
+    assert!(copy.recv_timeout(Duration::from_secs(10)).unwrap());
+    // Settled after the effects, never before them.
+    let reader = open_reader(&dir.path().join("wasmgate.db")).unwrap();
+    let n: Vec<u8> = reader
+        .query_row(
+            "SELECT value FROM kv WHERE namespace = 'f' AND key = 'n'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, counter(1).unwrap());
+}
+
+#[test]
+fn an_invocation_consumes_its_outbox_row_in_its_own_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let mut invoke = Effects::default();
+    invoke.invokes.push(crate::runtime::Invoke {
+        function: "g".into(),
+        payload: b"job".to_vec(),
+    });
+    commit(&store, "f", invoke);
+    let rows = store
+        .outbox_after(OutboxDestination::Invoke, 0, 10)
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    let (tx, rx) = channel();
+    store.submit(Commit {
+        function: "g".into(),
+        effects: effects(&[("done", KvWrite::Add(1))], &[]),
+        dedup: None,
+        settles: Some(rows[0].id),
+        done: Box::new(move |r| tx.send(r.is_ok()).unwrap()),
+    });
+    assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap());
+    assert!(store
+        .outbox_after(OutboxDestination::Invoke, 0, 10)
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.get("g", "done").unwrap(), counter(1));
+    assert_eq!(store.outbox_bytes(), 0, "its bytes are counted out");
+}
+
+#[test]
+fn a_delete_of_delivered_rows_reports_when_it_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    commit(&store, "f", effects(&[], &[("a/b", "x")]));
+    let rows = store.outbox_after(OutboxDestination::Local, 0, 10).unwrap();
+    let (tx, rx) = channel();
+    store.delete_outbox_then(
+        vec![rows[0].id],
+        Some(Box::new(move |r| tx.send(r.is_ok()).unwrap())),
+    );
+    assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap());
+    assert!(store
+        .outbox_after(OutboxDestination::Local, 0, 10)
+        .unwrap()
+        .is_empty());
 }
 
 #[test]
@@ -495,6 +614,7 @@ fn an_operators_commit_beside_a_running_gateway_hides_none_of_its_pending_writes
         function: "f".into(),
         effects: effects(&[("n", KvWrite::Add(1))], &[]),
         dedup: None,
+        settles: None,
         done: Box::new(move |r| tx.send(r.is_ok()).unwrap()),
     });
     // Inside the gateway's 2 s window, `wasmgate kv put` commits through a
