@@ -36,14 +36,18 @@ use super::batch::{self, BatchSettings, Unit};
 use super::mqtt::{self, Client, PollError, Polled};
 use super::Endpoint;
 use crate::store::{OutboxDestination, OutboxRow, Store};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
 
-/// Messages published and not yet acknowledged, per connection.
-const WINDOW: usize = 64;
+/// Messages published and not yet acknowledged, or acknowledged and not
+/// yet deleted from the outbox, per destination. This is also the bound on
+/// what a crash can send twice: after a restart every row still in the
+/// outbox goes again, and at most this many of them (times the rows per
+/// message, with batching) had already reached the broker.
+pub const WINDOW: usize = 64;
 /// How often the outbox is looked at without a wake-up: rows added by
 /// another path (a restart, a failed wake) are found at the latest then.
 const TICK: Duration = Duration::from_millis(500);
@@ -92,6 +96,7 @@ impl Drain {
         let stop = Arc::new(AtomicBool::new(false));
         let delivered = Arc::new(AtomicU64::new(0));
         let refused = Arc::new(AtomicU64::new(0));
+        let (deleted, deleted_rx) = mpsc::unbounded_channel();
         let drainer = Drainer {
             store,
             destination,
@@ -102,13 +107,14 @@ impl Drain {
             stop: stop.clone(),
             delivered: delivered.clone(),
             refused: refused.clone(),
+            deleted,
         };
         Drain {
             wake,
             stop,
             delivered,
             refused,
-            task: tokio::spawn(drainer.run()),
+            task: tokio::spawn(drainer.run(deleted_rx)),
         }
     }
 
@@ -134,6 +140,8 @@ struct Drainer {
     stop: Arc<AtomicBool>,
     delivered: Arc<AtomicU64>,
     refused: Arc<AtomicU64>,
+    /// Rows whose delete has committed, back from the store thread.
+    deleted: mpsc::UnboundedSender<Vec<i64>>,
 }
 
 /// Bookkeeping of messages in flight: pure, no I/O, so that both protocol
@@ -156,6 +164,12 @@ struct InFlight {
     /// Refused rows -> when to send them again. They hold their place in
     /// the window meanwhile.
     waiting: BTreeMap<i64, Instant>,
+    /// Rows the broker has taken whose delete is not yet committed. They
+    /// hold their place in the window until it is, across reconnects too
+    /// (they are passed over, not sent again): a slot freed at the PUBACK
+    /// would let the rows delivered but still in the outbox grow with the
+    /// drain rate times the commit latency, and a crash sends those again.
+    deleting: HashSet<i64>,
     /// Each refused row's backoff, kept across its retries until it is
     /// delivered (or the connection ends).
     refusals: HashMap<i64, Backoff>,
@@ -190,6 +204,7 @@ impl InFlight {
             unsent: VecDeque::new(),
             by_pkid: HashMap::new(),
             waiting: BTreeMap::new(),
+            deleting: HashSet::new(),
             refusals: HashMap::new(),
             last: 0,
             held: Vec::new(),
@@ -236,13 +251,28 @@ impl InFlight {
     /// passed over now (it is sent again when due).
     fn scanned(&mut self, row: i64) -> bool {
         self.last = self.last.max(row);
-        self.waiting.contains_key(&row)
+        self.waiting.contains_key(&row) || self.deleting.contains(&row)
     }
 
-    /// Messages taking room in the window (refused rows as the messages
-    /// they will make).
+    /// Messages taking room in the window (refused rows, and delivered rows
+    /// whose delete is pending, as the messages they make).
     fn len(&self) -> usize {
-        self.unsent.len() + self.by_pkid.len() + self.waiting.len().div_ceil(self.per_message)
+        self.unsent.len()
+            + self.by_pkid.len()
+            + self.waiting.len().div_ceil(self.per_message)
+            + self.deleting.len().div_ceil(self.per_message)
+    }
+
+    /// Delivered rows, now on their way out of the outbox.
+    fn delivered(&mut self, rows: &[i64]) {
+        self.deleting.extend(rows);
+    }
+
+    /// Their delete is committed: their slots are free.
+    fn deleted(&mut self, rows: &[i64]) {
+        for row in rows {
+            self.deleting.remove(row);
+        }
     }
 
     /// Messages the broker has yet to answer.
@@ -261,6 +291,7 @@ impl InFlight {
         let (rows, qos) = self.unsent.pop_front()?;
         if qos == 0 {
             self.limit = (self.limit * 2).min(WINDOW);
+            self.delivered(&rows);
             return Some(rows);
         }
         self.by_pkid.insert(pkid, rows);
@@ -274,6 +305,7 @@ impl InFlight {
             self.refusals.remove(row);
         }
         self.limit = (self.limit * 2).min(WINDOW);
+        self.delivered(&rows);
         Some(rows)
     }
 
@@ -327,7 +359,7 @@ impl InFlight {
 }
 
 impl Drainer {
-    async fn run(self) {
+    async fn run(self, mut deleted: mpsc::UnboundedReceiver<Vec<i64>>) {
         let name = match self.destination {
             OutboxDestination::Local => "local",
             OutboxDestination::Upstream => "upstream",
@@ -393,7 +425,13 @@ impl Drainer {
             });
 
             let outcome = self
-                .connection(&client, &mut reports, name, &mut backoff, &mut flight)
+                .connection(
+                    &client,
+                    (&mut reports, &mut deleted),
+                    name,
+                    &mut backoff,
+                    &mut flight,
+                )
                 .await;
             events.abort();
             match outcome {
@@ -414,7 +452,10 @@ impl Drainer {
     async fn connection(
         &self,
         client: &Client,
-        reports: &mut mpsc::UnboundedReceiver<Report>,
+        (reports, deleted): (
+            &mut mpsc::UnboundedReceiver<Report>,
+            &mut mpsc::UnboundedReceiver<Vec<i64>>,
+        ),
         name: &str,
         backoff: &mut Backoff,
         flight: &mut InFlight,
@@ -440,7 +481,7 @@ impl Drainer {
                 while let Ok(report) = reports.try_recv() {
                     self.apply(Some(report), flight, &mut acked, backoff, name)?;
                 }
-                self.store.delete_outbox(acked);
+                self.delete(acked);
                 return Err(error);
             }
             // Stopping: done once the broker has answered everything sent.
@@ -454,7 +495,7 @@ impl Drainer {
                         .await
                         .is_none_or(|rows| rows.is_empty()))
             {
-                self.store.delete_outbox(std::mem::take(&mut acked));
+                self.delete(std::mem::take(&mut acked));
                 client.disconnect().await;
                 return Ok(());
             }
@@ -471,6 +512,10 @@ impl Drainer {
             let until = flight.next_due().map_or(tick, |due| due.min(tick));
             let report = tokio::select! {
                 report = reports.recv() => report,
+                Some(rows) = deleted.recv() => {
+                    flight.deleted(&rows);
+                    continue;
+                }
                 () = self.wake.notified() => {
                     unread = true;
                     continue;
@@ -483,7 +528,7 @@ impl Drainer {
             self.apply(report, flight, &mut acked, backoff, name)?;
             // Delete in batches: each delete rides on the next group commit.
             if acked.len() >= 32 || (flight.outstanding() == 0 && !acked.is_empty()) {
-                self.store.delete_outbox(std::mem::take(&mut acked));
+                self.delete(std::mem::take(&mut acked));
             }
         }
     }
@@ -612,12 +657,32 @@ impl Drainer {
             }
             Some(Report::Connected) => {}
             Some(Report::Closed(reason)) => {
-                self.store.delete_outbox(std::mem::take(acked));
+                self.delete(std::mem::take(acked));
                 return Err(reason);
             }
             None => return Err("event loop ended".into()),
         }
         Ok(())
+    }
+
+    /// Deletes delivered rows; their window slots come free when the delete
+    /// has committed ([`InFlight::deleted`]).
+    fn delete(&self, rows: Vec<i64>) {
+        if rows.is_empty() {
+            return;
+        }
+        let back = self.deleted.clone();
+        let ids = rows.clone();
+        self.store.delete_outbox_then(
+            ids,
+            Some(Box::new(move |result| {
+                // At shutdown the delete may fail; the rows then stay
+                // delivered-but-kept, and go again at the next start.
+                if result.is_ok() {
+                    let _ = back.send(rows);
+                }
+            })),
+        );
     }
 
     /// Hands a message to the client.
@@ -735,8 +800,34 @@ mod tests {
         assert_eq!(flight.sent(7), None, "QoS 1 waits for its PUBACK");
         assert_eq!(flight.sent(0), Some(vec![2]), "QoS 0 is done once sent");
         assert_eq!(flight.acked(7), Some(vec![1]));
-        assert_eq!(flight.len(), 0);
         assert_eq!(flight.acked(7), None, "an ack is taken once");
+        flight.deleted(&[1, 2]);
+        assert_eq!(flight.len(), 0);
+    }
+
+    /// A slot freed at the PUBACK would let delivered rows pile up in the
+    /// outbox while their deletes wait for a commit, and a crash then
+    /// sends them all again: up to 608 rows after one kill at the defaults,
+    /// thousands with a slow disk. Held until the delete commits, they
+    /// stay within the window.
+    #[test]
+    fn a_delivered_row_holds_its_slot_until_its_delete_commits() {
+        let mut flight = InFlight::default();
+        for row in 1..=WINDOW as i64 {
+            flight.scanned(row);
+            flight.handed(vec![row], 1);
+            flight.sent(row as u16);
+            flight.acked(row as u16);
+        }
+        assert_eq!(flight.outstanding(), 0, "the broker owes nothing");
+        assert_eq!(flight.room(), 0, "but every delete is still pending");
+        // A new connection passes them over rather than sending them again.
+        flight.reconnect();
+        assert!(flight.scanned(1), "row 1 is on its way out of the outbox");
+        assert_eq!(flight.room(), 0);
+        flight.deleted(&[1, 2]);
+        assert_eq!(flight.room(), 2);
+        assert!(!flight.scanned(65), "a new row is sent");
     }
 
     #[test]
@@ -822,11 +913,13 @@ mod tests {
         assert_eq!(flight.room(), 0);
         flight.sent(7);
         flight.acked(7);
+        flight.deleted(&[1]);
         assert_eq!(flight.room(), 2);
         for pkid in 8..20 {
             flight.handed(vec![i64::from(pkid)], 1);
             flight.sent(pkid);
             flight.acked(pkid);
+            flight.deleted(&[i64::from(pkid)]);
         }
         assert_eq!(flight.room(), WINDOW, "back to the full window");
         flight.reconnect();
