@@ -12,9 +12,17 @@
 //! it must keep reading so that keep-alive replies are seen in time. What it
 //! reads goes to a forwarder task that does wait for room. That buffer is
 //! bounded by the broker's in-flight window (mosquitto's
-//! `max_inflight_messages`, rumqttd's `max_inflight_count`): the broker sends
-//! no more unacknowledged QoS 1 messages than that, which is where the
-//! backpressure lives.
+//! `max_inflight_messages`, rumqttd's `max_inflight_count`, MQTT 5's Receive
+//! Maximum, which the gateway sets to the queue): the broker sends no more
+//! unacknowledged QoS 1 messages than that, which is where the backpressure
+//! lives. Not every broker keeps to its window (mosquitto 2 was seen to send
+//! thousands unacknowledged with `max_inflight_messages 1000`), so the
+//! buffer is bounded too, at one queue's worth: while it is full the task
+//! stops reading, TCP's flow control stops the broker, and the broker holds
+//! the rest. It stops only until the function has taken one more event, so
+//! keep-alives still go out unless a single event takes longer than the
+//! keep-alive (30 s); then the broker drops the connection and redelivers
+//! what was not acknowledged, as after any disconnect.
 
 use super::acks::AckQueue;
 use super::backoff::Backoff;
@@ -165,7 +173,7 @@ pub fn start(
         client,
         acks: Mutex::new(AckQueue::default()),
     });
-    let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
+    let (jobs_tx, jobs_rx) = mpsc::channel(spec.queue.max(1));
     let (subscribed_tx, subscribed) = watch::channel(false);
     let backlog = Arc::new(AtomicUsize::new(0));
     let reader = Reader {
@@ -187,7 +195,7 @@ pub fn start(
 
 /// Moves jobs into the function's bounded queue, waiting for room.
 async fn forward(
-    mut jobs: mpsc::UnboundedReceiver<Job>,
+    mut jobs: mpsc::Receiver<Job>,
     queues: Queues,
     draining: Arc<AtomicBool>,
     backlog: Arc<AtomicUsize>,
@@ -209,7 +217,7 @@ struct Reader {
     spec: IngressSpec,
     metrics: Arc<FunctionMetrics>,
     draining: Arc<AtomicBool>,
-    jobs: mpsc::UnboundedSender<Job>,
+    jobs: mpsc::Sender<Job>,
     /// Jobs read but not yet in the queue.
     backlog: Arc<AtomicUsize>,
     subscribed: watch::Sender<bool>,
@@ -241,7 +249,17 @@ impl Reader {
             .iter()
             .map(|t| (t.filter.clone(), t.qos))
             .collect();
+        // Room for the next message in the buffer to the queue, taken
+        // before reading it: while there is none, nothing is read.
+        let mut room = None;
         loop {
+            if room.is_none() {
+                match self.jobs.clone().reserve_owned().await {
+                    Ok(permit) => room = Some(permit),
+                    // The forwarder is gone: shutting down.
+                    Err(_) => return,
+                }
+            }
             match eventloop.poll().await {
                 Ok(Polled::ConnAck { session_present }) => {
                     backoff.reset();
@@ -261,7 +279,7 @@ impl Reader {
                     self.subscribed.send_replace(true);
                 }
                 Ok(Polled::Publish(message)) => {
-                    self.on_publish(message, &router, &mut matched);
+                    self.on_publish(message, &router, &mut matched, &mut room);
                 }
                 Ok(Polled::Disconnected) => return,
                 Ok(_) => {}
@@ -285,7 +303,15 @@ impl Reader {
         }
     }
 
-    fn on_publish(&self, message: Message, router: &Router, matched: &mut Vec<usize>) {
+    /// Takes one message into the room reserved for it (which it uses up
+    /// unless the message is ignored or dropped).
+    fn on_publish(
+        &self,
+        message: Message,
+        router: &Router,
+        matched: &mut Vec<usize>,
+        room: &mut Option<mpsc::OwnedPermit<Job>>,
+    ) {
         let function = self.spec.function.as_str();
         if self.draining.load(Ordering::SeqCst) {
             // Not acked: the broker keeps it for the next start.
@@ -330,9 +356,9 @@ impl Reader {
             inc(&self.metrics.dropped);
             return;
         }
-        self.backlog.fetch_add(1, Ordering::SeqCst);
-        if self.jobs.send(job).is_err() {
-            self.backlog.fetch_sub(1, Ordering::SeqCst);
+        if let Some(permit) = room.take() {
+            self.backlog.fetch_add(1, Ordering::SeqCst);
+            permit.send(job);
         }
     }
 }
