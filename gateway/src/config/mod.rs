@@ -578,31 +578,36 @@ pub struct TriggerConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
-    /// Fuel per invocation, roughly one unit per Wasm instruction; at least 1.
-    /// Default 50,000,000.
+    /// Fuel per invocation, roughly one unit per Wasm instruction; 1 to
+    /// 10,000,000,000. Default 50,000,000.
     #[serde(default = "default_fuel")]
     pub fuel: u64,
     /// Linear memory per instance in MiB, 1 to 4096. Default 16.
     #[serde(default = "default_memory_mb")]
     pub memory_mb: u32,
-    /// Wall-clock deadline per invocation in milliseconds; at least 1. Default 1000.
+    /// Wall-clock deadline per invocation in milliseconds, 1 to 900,000 (15
+    /// minutes). Default 1000.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// Invocations of this function running at once; at least 1. Default 1.
+    /// Invocations of this function running at once, 1 to 64 (each is a
+    /// thread). Default 1.
     #[serde(default = "default_concurrency")]
     pub concurrency: u32,
-    /// Instances kept instantiated and ready; 0 instantiates on demand. Default 2.
+    /// Instances kept instantiated and ready, 0 to 64; 0 instantiates on
+    /// demand. Default 2.
     #[serde(default = "default_warm_instances")]
     pub warm_instances: u32,
-    /// Capacity of the function's bounded event queue; at least 1. When it
+    /// Capacity of the function's bounded event queue, 1 to 65,535. When it
     /// is full the gateway stops reading and the broker holds messages. Default 1024.
     #[serde(default = "default_queue")]
     pub queue: u32,
-    /// Messages one invocation may emit; 0 forbids emitting. Default 100.
+    /// Messages one invocation may emit, 0 to 10,000; 0 forbids emitting.
+    /// Default 100.
     #[serde(default = "default_max_emits")]
     pub max_emits: u32,
-    /// Payload bytes per emitted message, 1 to 268,435,455 (MQTT's maximum).
-    /// Default 262,144.
+    /// Payload bytes per emitted message, 1 to 268,435,455 (MQTT's maximum);
+    /// with the embedded broker at most 2,031,601 (its 2 MiB packets, less
+    /// room for the topic). Default 262,144.
     #[serde(default = "default_max_emit_bytes")]
     pub max_emit_bytes: u32,
     /// Bytes per KV value, 1 to 1,000,000,000 (SQLite's blob limit). Default 65,536.

@@ -17,7 +17,35 @@ pub const MAX_MQTT_PAYLOAD: u64 = 268_435_455;
 /// SQLite's default maximum length of a blob.
 pub const MAX_KV_VALUE_BYTES: u64 = 1_000_000_000;
 
-const NO_MAX: u64 = u64::MAX;
+/// Sane maxima: past these a value is a typo or would take the board down
+/// (threads, memory, file descriptors), so `config check` refuses it rather
+/// than `run` failing half-way through its start.
+pub mod max {
+    /// Worker threads per function.
+    pub const CONCURRENCY: u64 = 64;
+    /// Events queued per function (also MQTT 5's Receive Maximum, a u16).
+    pub const QUEUE: u64 = 65_535;
+    /// Instances kept warm per function (each holds its linear memory).
+    pub const WARM_INSTANCES: u64 = 64;
+    /// Emits (and invokes) per invocation.
+    pub const EMITS: u64 = 10_000;
+    /// Fuel per invocation: about a minute and a half of a Pi's time.
+    pub const FUEL: u64 = 10_000_000_000;
+    /// Wall-clock deadline per invocation, as AWS Lambda's (15 minutes).
+    pub const TIMEOUT_MS: u64 = 900_000;
+    /// Functions per gateway: each has a broker session of its own.
+    pub const FUNCTIONS: usize = 10_000;
+    /// Dead letters kept per function.
+    pub const DEAD_LETTERS: u64 = 1_000_000;
+    /// Retry backoff, in milliseconds (an hour).
+    pub const BACKOFF_MS: u64 = 3_600_000;
+    /// The group commit's wait, in milliseconds.
+    pub const GROUP_COMMIT_MS: u64 = 10_000;
+    /// Invocations per transaction.
+    pub const GROUP_COMMIT: u64 = 100_000;
+    /// The outbox's disk budget, in MiB (1 TiB).
+    pub const OUTBOX_MB: u64 = 1 << 20;
+}
 
 /// Collects problems as they are found.
 struct Checker {
@@ -79,6 +107,17 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
     broker(&mut c, &root.key("broker"), &config.broker);
     if let Some(upstream) = &config.upstream {
         self::upstream(&mut c, &root.key("upstream"), upstream);
+    }
+    store(&mut c, &root.key("store"), &config.store);
+    if config.functions.len() > max::FUNCTIONS {
+        c.push(
+            root.key("functions"),
+            Kind::OutOfRange {
+                value: config.functions.len() as u64,
+                min: 1,
+                max: max::FUNCTIONS as u64,
+            },
+        );
     }
 
     let mut names: HashMap<&str, usize> = HashMap::new();
@@ -396,6 +435,7 @@ fn function(c: &mut Checker, path: &FieldPath, function: &FunctionConfig, config
     }
 
     limits(c, &path.key("limits"), &function.limits);
+    emit_size(c, &path.key("limits"), &function.limits, &config.broker);
     retry(c, &path.key("retry"), &function.retry);
     dead_letters(c, &path.key("dead_letters"), &function.dead_letters);
 
@@ -443,12 +483,17 @@ fn retry(c: &mut Checker, path: &FieldPath, retry: &RetryConfig) {
         path.key("max_backoff_ms"),
         retry.max_backoff_ms,
         retry.initial_backoff_ms,
-        NO_MAX,
+        max::BACKOFF_MS,
     );
 }
 
 fn dead_letters(c: &mut Checker, path: &FieldPath, dead_letters: &DeadLetterConfig) {
-    c.range(path.key("keep"), dead_letters.keep.into(), 1, NO_MAX);
+    c.range(
+        path.key("keep"),
+        dead_letters.keep.into(),
+        1,
+        max::DEAD_LETTERS,
+    );
     if let Some(topic) = &dead_letters.topic {
         if validate_topic_name(topic).is_err() || topic.starts_with('$') {
             c.push(
@@ -500,22 +545,81 @@ fn dedup(c: &mut Checker, path: &FieldPath, trigger: &TriggerConfig, protocol: P
     }
 }
 
+fn store(c: &mut Checker, path: &FieldPath, store: &super::StoreConfig) {
+    c.range(
+        path.key("group_commit_ms"),
+        store.group_commit_ms,
+        0,
+        max::GROUP_COMMIT_MS,
+    );
+    c.range(
+        path.key("group_commit_max"),
+        store.group_commit_max.into(),
+        1,
+        max::GROUP_COMMIT,
+    );
+    c.range(
+        path.key("outbox_max_mb"),
+        store.outbox_max_mb.into(),
+        1,
+        max::OUTBOX_MB,
+    );
+}
+
+/// A local emit must fit through the local broker: the embedded one closes
+/// the connection on a packet over its limit, which would hold every row
+/// behind that one. (An external broker's limit is its own config; the
+/// outbox dead-letters what a broker keeps refusing.)
+fn emit_size(c: &mut Checker, path: &FieldPath, limits: &Limits, broker: &BrokerConfig) {
+    #[cfg(feature = "embedded-broker")]
+    let embedded_max = crate::broker::MAX_EMIT_BYTES as u64;
+    #[cfg(not(feature = "embedded-broker"))]
+    let embedded_max = MAX_MQTT_PAYLOAD;
+    if broker.mode == BrokerMode::Embedded && u64::from(limits.max_emit_bytes) > embedded_max {
+        c.push(
+            path.key("max_emit_bytes"),
+            Kind::Conflict {
+                field: "max_emit_bytes",
+                with: "with the embedded broker",
+                hint: "the embedded broker carries messages of up to 2 MiB (payload and topic); lower max_emit_bytes to 2,031,601 or less, or use an external broker",
+            },
+        );
+    }
+}
+
 fn limits(c: &mut Checker, path: &FieldPath, limits: &Limits) {
-    c.range(path.key("fuel"), limits.fuel, 1, NO_MAX);
+    c.range(path.key("fuel"), limits.fuel, 1, max::FUEL);
     c.range(
         path.key("memory_mb"),
         limits.memory_mb.into(),
         1,
         MAX_MEMORY_MB.into(),
     );
-    c.range(path.key("timeout_ms"), limits.timeout_ms, 1, NO_MAX);
+    c.range(
+        path.key("timeout_ms"),
+        limits.timeout_ms,
+        1,
+        max::TIMEOUT_MS,
+    );
     c.range(
         path.key("concurrency"),
         limits.concurrency.into(),
         1,
-        NO_MAX,
+        max::CONCURRENCY,
     );
-    c.range(path.key("queue"), limits.queue.into(), 1, NO_MAX);
+    c.range(path.key("queue"), limits.queue.into(), 1, max::QUEUE);
+    c.range(
+        path.key("warm_instances"),
+        limits.warm_instances.into(),
+        0,
+        max::WARM_INSTANCES,
+    );
+    c.range(
+        path.key("max_emits"),
+        limits.max_emits.into(),
+        0,
+        max::EMITS,
+    );
     c.range(
         path.key("max_emit_bytes"),
         limits.max_emit_bytes.into(),

@@ -59,6 +59,18 @@ pub enum GatewayError {
     NoEmbeddedBroker,
     #[error("cannot start worker threads: {0}")]
     Threads(#[from] std::io::Error),
+    #[error("function {function}: cannot start its {concurrency} worker thread(s) (functions.limits.concurrency): {error}; lower concurrency, or raise the system's thread limit (TasksMax= in the systemd unit, ulimit -u)")]
+    Workers {
+        function: String,
+        concurrency: u32,
+        error: std::io::Error,
+    },
+    #[error("{functions} functions need about {needed} file descriptors, but this process may open {limit} (LimitNOFILE= in the systemd unit, or ulimit -n); raise the limit or run fewer functions")]
+    FileDescriptors {
+        functions: usize,
+        needed: u64,
+        limit: u64,
+    },
     #[error("the config has no functions to run")]
     NoFunctions,
     #[error(transparent)]
@@ -219,6 +231,7 @@ impl Gateway {
         if modules.is_empty() {
             return Err(GatewayError::NoFunctions);
         }
+        check_file_descriptors(modules.len())?;
         // Deploy everything before connecting anything: a bad module stops
         // the start before any message is taken from the broker.
         let runtime = Runtime::new();
@@ -261,7 +274,7 @@ impl Gateway {
         let stop = Arc::new(Stop::default());
         let mut dispatchers = Vec::with_capacity(deployed.len());
         for (f, function) in &deployed {
-            dispatchers.push(Dispatcher::start(
+            let dispatcher = Dispatcher::start(
                 function.clone(),
                 f.limits.concurrency as usize,
                 f.limits.queue as usize,
@@ -269,7 +282,13 @@ impl Gateway {
                 Arc::new(FunctionMetrics::default()),
                 failure_policy(f),
                 stop.clone(),
-            )?);
+            )
+            .map_err(|error| GatewayError::Workers {
+                function: f.name.clone(),
+                concurrency: f.limits.concurrency,
+                error,
+            })?;
+            dispatchers.push(dispatcher);
         }
         sinks.set_functions(
             dispatchers
@@ -508,6 +527,38 @@ impl Gateway {
     }
 }
 
+/// File descriptors a gateway with `functions` functions needs: a broker
+/// connection per function and a few each for the store, drains, the
+/// embedded broker's pipes and the reactor. Checked at start so that a
+/// large config fails with a clear message, not with `EMFILE` half-way.
+fn check_file_descriptors(functions: usize) -> Result<(), GatewayError> {
+    let needed = functions as u64 * 2 + 64;
+    match open_files_limit() {
+        Some(limit) if limit < needed => Err(GatewayError::FileDescriptors {
+            functions,
+            needed,
+            limit,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The soft `RLIMIT_NOFILE` of this process, from `/proc/self/limits`
+/// (Linux); `None` where that cannot be read.
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    parse_open_files_limit(&limits)
+}
+
+fn parse_open_files_limit(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// What happened to one function's events in this run: one line per
 /// function at shutdown, for operators and the end-to-end tests.
 fn log_function_totals(function: &str, metrics: &FunctionMetrics) {
@@ -692,6 +743,18 @@ mod tests {
             text.contains("function two") && text.contains("b.wasm"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_open_files_limit_is_read_from_proc() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max open files            1024                 524288               files\n";
+        assert_eq!(parse_open_files_limit(limits), Some(1024));
+        let unlimited =
+            "Max open files            unlimited            unlimited            files\n";
+        assert_eq!(parse_open_files_limit(unlimited), None);
+        // On this machine it is there and plausible.
+        assert!(open_files_limit().is_some_and(|l| l >= 64));
     }
 
     #[test]
