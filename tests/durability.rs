@@ -26,17 +26,13 @@ const MACHINES: [&str; 4] = ["vm-1", "vm-2", "vm-3", "vm-4"];
 /// `pipeline/outbox.rs`).
 const OUTBOX_WINDOW: usize = 64;
 /// Summaries one SIGKILL may send upstream twice when no message ran twice:
-/// the rows in flight (a window), the acknowledged rows the drainer batches
-/// for deletion (up to 32), and the acknowledged rows whose delete waits in
-/// the store's queue or its current group commit. That last part is not a
-/// fixed number: it is the upstream acknowledgements that arrive while a
-/// delete waits for its commit (the 2 ms window, then the transaction), so it
-/// grows with throughput. The bound was one window for it (800 for the
-/// dedup test's 5 kills) until the tail-call interpreter made the gateway
-/// faster: then five runs of the dedup test alone on 2 cores cost 276-765,
-/// eight more 311-548, and a build with one tokio thread (not kept) up to
-/// 1,021 and a CI failure at 843. Three windows for that part leave room.
-const RESENT_PER_KILL: usize = OUTBOX_WINDOW + 32 + 3 * OUTBOX_WINDOW;
+/// every row still in the outbox goes again after a restart, and of those
+/// only the ones in the window can have reached the broker already: sent
+/// and unanswered, or acknowledged with their delete not yet committed (a
+/// delivered row keeps its slot until then). This used to be three windows
+/// and a batch more, and still grew with throughput, because a slot came
+/// free at the PUBACK while the delete waited for a later group commit.
+const RESENT_PER_KILL: usize = OUTBOX_WINDOW;
 /// Messages the local mosquitto delivers to the gateway's session before
 /// it must acknowledge them (`max_inflight_messages` in `GATEWAY_SETTINGS`).
 const LOCAL_INFLIGHT: usize = 1000;

@@ -412,6 +412,16 @@ fn parse_answer(answer: &str, listen: SocketAddr) -> Result<u16, BrokerError> {
 /// gateway closes stdin (or the broker could not start: the reason went to
 /// stdout for the gateway).
 pub fn child_main() -> std::process::ExitCode {
+    // A panic on any of rumqttd's threads or tasks ends the process, in
+    // every build: a broker with its router thread gone still accepts
+    // connections and answers none of them, which is worse than a restart.
+    // (Release builds abort on panic anyway; this makes debug builds, and
+    // so the tests, behave the same.)
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        std::process::abort();
+    }));
     let stdin = std::io::stdin();
     let mut line = String::new();
     let mut out = std::io::stdout();

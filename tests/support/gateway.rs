@@ -186,12 +186,18 @@ impl GatewayProcess {
             File::create(self.dir.path().join(format!("run-{}.{name}", self.runs)))
                 .expect("create log file")
         };
-        let child = Command::new(WASMGATE)
+        let mut command = Command::new(WASMGATE);
+        command
             .arg("run")
             .arg("--config")
             .arg(&self.config)
             // The gateway's default log filter, and plain text for grepping.
-            .env_remove("RUST_LOG")
+            .env_remove("RUST_LOG");
+        // To debug a failing test: WASMGATE_TEST_LOG=debug cargo test ...
+        if let Some(filter) = std::env::var_os("WASMGATE_TEST_LOG") {
+            command.env("RUST_LOG", filter);
+        }
+        let child = command
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log("stdout"))
