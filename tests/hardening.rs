@@ -266,3 +266,79 @@ fn a_redelivered_copy_is_not_acknowledged_before_its_original_commits() {
     });
     assert!(kept, "the message's effects were lost:\n{}", gateway.logs());
 }
+
+/// A guest that logs a newline and a forged gateway line after it, then
+/// terminal escapes (clear screen, red, BEL), and emits a payload and a KV
+/// key with the same.
+const FORGER: &str = r#"(module
+  (import "wasmgate" "log" (func $log (param i32 i32 i32)))
+  (import "wasmgate" "emit" (func $emit (param i32 i32 i32 i32 i32) (result i32)))
+  (import "wasmgate" "kv_put" (func $kv_put (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "ok\n2026-12-02T00:00:00.000000Z  INFO wasmgate::pipeline: FORGED gateway stopped\1b[2J\1b[31m\07")
+  (data (i32.const 200) "out/forger")
+  (func (export "wasmgate_abi_version") (result i32) i32.const 1)
+  (func (export "wasmgate_handle") (param i32) (result i32)
+    (call $log (i32.const 0) (i32.const 0) (i32.const 91))
+    (drop (call $emit (i32.const 200) (i32.const 10) (i32.const 0) (i32.const 91) (i32.const 1)))
+    (drop (call $kv_put (i32.const 0) (i32.const 91) (i32.const 0) (i32.const 3)))
+    (i32.const 0)))"#;
+
+#[test]
+fn a_guest_cannot_forge_log_lines_or_drive_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("forger.wasm");
+    std::fs::write(&wasm, wat::parse_str(FORGER).unwrap()).unwrap();
+    let event = dir.path().join("event.json");
+    std::fs::write(
+        &event,
+        r#"{"mqtt": {"topic": "in/forger", "payload": "x"}}"#,
+    )
+    .unwrap();
+    let clean = |text: &str, what: &str| {
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{what} has raw terminal controls: {text:?}"
+        );
+        assert!(
+            !text.lines().any(|l| l.starts_with("2026-12-02T00:00:00")),
+            "{what} has a forged line: {text}"
+        );
+    };
+    let out = wasmgate(
+        &[
+            "invoke",
+            wasm.to_str().unwrap(),
+            "--event",
+            event.to_str().unwrap(),
+        ],
+        ONE,
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    clean(&out.stdout, "invoke's report");
+    clean(&out.stderr, "invoke's stderr");
+    assert!(out.stdout.contains("ok\\n2026-12-02"), "{}", out.stdout);
+    assert!(out.stdout.contains("\\u{1b}[2J"), "{}", out.stdout);
+
+    // And in the daemon's log.
+    let port = free_port();
+    let gateway = GatewayProcess::start_toml(|dir| {
+        format!(
+            r#"data_dir = {data:?}
+[broker]
+listen = "127.0.0.1:{port}"
+[[functions]]
+name = "forger"
+wasm = {wasm:?}
+triggers = [{{ mqtt = "in/forger" }}]
+"#,
+            data = dir.join("data").display().to_string(),
+            wasm = wasm.display().to_string(),
+        )
+    });
+    let device = MqttClient::connect(port, "device");
+    device.publish("in/forger", "x");
+    let logged = wait_until(ONE, || !gateway.log_lines_with(&["FORGED"]).is_empty());
+    assert!(logged, "{}", gateway.logs());
+    clean(&gateway.logs(), "the gateway's log");
+}

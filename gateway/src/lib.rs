@@ -21,5 +21,6 @@ pub mod runtime;
 pub mod simulate;
 pub mod store;
 pub mod systemd;
+pub mod text;
 
 pub use pipeline::{run, Gateway, GatewayError};

@@ -6,6 +6,7 @@ use crate::event::OwnedEvent;
 use crate::runtime::{
     Effects, FunctionSpec, KvRead, KvWrite, LoadError, MemoryKv, Report, Runtime, Start,
 };
+use crate::text::escape;
 use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -131,7 +132,7 @@ pub fn render(run: &LocalRun) -> String {
     if !entries.is_empty() {
         let _ = writeln!(out, "\nkv after the run");
         for ((_, key), value) in entries {
-            let _ = writeln!(out, "  {key} = {}", show_value(&value));
+            let _ = writeln!(out, "  {} = {}", escape(&key), show_value(&value));
         }
     }
     out
@@ -154,7 +155,7 @@ fn render_effects(out: &mut String, effects: &Effects) {
             "  {:<8} qos{} {}{} {}",
             destination(emit.options.destination),
             emit.options.qos,
-            emit.topic,
+            escape(&emit.topic),
             if emit.options.retain {
                 " (retained)"
             } else {
@@ -166,15 +167,20 @@ fn render_effects(out: &mut String, effects: &Effects) {
     let _ = writeln!(out, "kv       {}", effects.kv.len());
     for (key, write) in &effects.kv {
         let _ = match write {
-            KvWrite::Put(value) => writeln!(out, "  {key} = {}", show_value(value)),
-            KvWrite::Delete => writeln!(out, "  {key} deleted"),
-            KvWrite::Add(delta) => writeln!(out, "  {key} += {delta}"),
+            KvWrite::Put(value) => writeln!(out, "  {} = {}", escape(key), show_value(value)),
+            KvWrite::Delete => writeln!(out, "  {} deleted", escape(key)),
+            KvWrite::Add(delta) => writeln!(out, "  {} += {delta}", escape(key)),
         };
     }
     if !effects.invokes.is_empty() {
         let _ = writeln!(out, "invokes  {} (not run locally)", effects.invokes.len());
         for invoke in &effects.invokes {
-            let _ = writeln!(out, "  {} {}", invoke.function, show_bytes(&invoke.payload));
+            let _ = writeln!(
+                out,
+                "  {} {}",
+                escape(&invoke.function),
+                show_bytes(&invoke.payload)
+            );
         }
     }
 }
@@ -263,12 +269,13 @@ pub fn show_value(value: &[u8]) -> String {
     }
 }
 
+/// A payload as text (escaped: it is the guest's), cut if long.
 fn show_bytes(bytes: &[u8]) -> String {
     match std::str::from_utf8(bytes) {
-        Ok(text) if text.len() <= 400 => text.to_owned(),
+        Ok(text) if text.len() <= 400 => escape(text).into_owned(),
         Ok(text) => {
             let cut: String = text.chars().take(200).collect();
-            format!("{cut}… ({} bytes)", bytes.len())
+            format!("{}… ({} bytes)", escape(&cut), bytes.len())
         }
         Err(_) => format!("<{} bytes of binary>", bytes.len()),
     }

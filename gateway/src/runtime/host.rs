@@ -273,7 +273,7 @@ fn committed(caller: &mut Caller<'_, HostState>, key: &str) -> HostResult<Option
     };
     let namespace = state.env.name.clone();
     kv.get(&namespace, key)
-        .map_err(|e| host_failure(caller, format!("KV read of {namespace}/{key}: {e}")))
+        .map_err(|e| host_failure(caller, format!("KV read of {namespace}/{key:?}: {e}")))
 }
 
 fn status(s: Status) -> i32 {
@@ -502,7 +502,9 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors
             let level = LogLevel::from_code(level).unwrap_or(LogLevel::Info);
             caller.data_mut().call.logs.push(LogLine {
                 level,
-                message: String::from_utf8_lossy(&bytes).into_owned(),
+                // Escaped once, here, for every place a line is shown:
+                // the gateway's log, `invoke`, dead letters.
+                message: crate::text::escape_bytes(&bytes),
             });
             Ok(())
         },
