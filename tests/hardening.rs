@@ -342,3 +342,43 @@ triggers = [{{ mqtt = "in/forger" }}]
     assert!(logged, "{}", gateway.logs());
     clean(&gateway.logs(), "the gateway's log");
 }
+
+/// `invoke --event /dev/zero` read until memory ran out, and so did a
+/// module path naming a device. Neither is a regular file: refused at once.
+#[test]
+fn files_that_never_end_are_refused_not_read() {
+    let wasm = support::gateway::example_wasm("vending_telemetry.wasm");
+    let event = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../functions/examples/vending-telemetry/event-hot.json");
+    for (module, event, named) in [
+        (
+            wasm.to_str().unwrap(),
+            "/dev/zero",
+            "/dev/zero is not a regular file",
+        ),
+        (
+            "/dev/zero",
+            event.to_str().unwrap(),
+            "/dev/zero is not a regular file",
+        ),
+    ] {
+        let out = wasmgate(&["invoke", module, "--event", event], ONE);
+        assert_eq!(out.code, Some(2), "{out:?}");
+        assert!(out.stderr.contains(named), "{}", out.stderr);
+    }
+    // A config naming a device as a function's module fails config check.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        "[[functions]]\nname = \"f\"\nwasm = \"/dev/zero\"\ntriggers = [{ mqtt = \"a/b\" }]\n",
+    )
+    .unwrap();
+    let out = wasmgate(&["config", "check", path.to_str().unwrap()], ONE);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("/dev/zero"), "{}", out.stderr);
+    // And a config that is itself a device.
+    let out = wasmgate(&["config", "check", "/dev/zero"], ONE);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("not a regular file"), "{}", out.stderr);
+}

@@ -182,7 +182,7 @@ impl BoardProfile {
     /// file stem.
     pub fn load(path: impl AsRef<Path>) -> Result<BoardProfile, BoardError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| BoardError::Read {
+        let text = crate::config::read_config_text(path).map_err(|source| BoardError::Read {
             path: path.to_owned(),
             source,
         })?;
@@ -295,7 +295,7 @@ impl BoardProfile {
     pub fn load_config(&self, path: impl AsRef<Path>) -> Result<Config, ConfigErrors> {
         let path = path.as_ref();
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let text = crate::config::read_config_text(path).map_err(|e| {
             let mut error = ConfigError::new(FieldPath::root(), ConfigErrorKind::Read(e));
             error.source_name = Some(name.as_str().into());
             ConfigErrors::new(vec![error])

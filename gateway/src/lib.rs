@@ -13,6 +13,7 @@ pub mod config;
 pub mod demo;
 pub mod dlq;
 pub mod event;
+pub mod files;
 pub mod local;
 pub mod metrics;
 pub mod pipeline;

@@ -330,9 +330,10 @@ fn main() -> ExitCode {
 }
 
 fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
-    let wasm = std::fs::read(&args.wasm)
+    use wasmgate::files::{read_limited, read_text, MAX_EVENT_FILE_BYTES, MAX_MODULE_BYTES};
+    let wasm = read_limited(&args.wasm, MAX_MODULE_BYTES, "module")
         .with_context(|| format!("cannot read the module {}", args.wasm.display()))?;
-    let text = std::fs::read_to_string(&args.event)
+    let text = read_text(&args.event, MAX_EVENT_FILE_BYTES, "event file")
         .with_context(|| format!("cannot read the event file {}", args.event.display()))?;
     let json: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("{} is not valid JSON", args.event.display()))?;
@@ -366,7 +367,7 @@ fn load_config(path: &Path, board: Option<&str>) -> Result<Config, ExitCode> {
         }
     };
     let name = path.display().to_string();
-    let text = match std::fs::read_to_string(path) {
+    let text = match wasmgate::config::read_config_text(path) {
         Ok(text) => text,
         Err(e) => {
             eprintln!(
@@ -711,8 +712,9 @@ fn dlq_replay(
         };
         if !modules.contains_key(&f.name) {
             let path = wasm.clone().unwrap_or_else(|| f.wasm.clone());
-            let bytes = std::fs::read(&path)
-                .with_context(|| format!("cannot read the module {}", path.display()))?;
+            let bytes =
+                wasmgate::files::read_limited(&path, wasmgate::files::MAX_MODULE_BYTES, "module")
+                    .with_context(|| format!("cannot read the module {}", path.display()))?;
             if let Some(want) = &version {
                 let found = wasmgate::runtime::module_version(&bytes);
                 if &found != want {

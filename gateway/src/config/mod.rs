@@ -739,7 +739,7 @@ impl Config {
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigErrors> {
         let path = path.as_ref();
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let text = read_config_text(path).map_err(|e| {
             let mut error = ConfigError::new(FieldPath::root(), ConfigErrorKind::Read(e));
             error.source_name = Some(name.as_str().into());
             ConfigErrors::new(vec![error])
@@ -841,7 +841,15 @@ impl Config {
         let errors = files
             .into_iter()
             .filter_map(|(path, file)| {
-                let kind = match std::fs::File::open(file).and_then(|f| f.metadata()) {
+                // Opened only once known to be a regular file: opening a
+                // FIFO would wait for a writer.
+                let opened = std::fs::metadata(file).and_then(|meta| {
+                    if meta.is_file() {
+                        std::fs::File::open(file)?;
+                    }
+                    Ok(meta)
+                });
+                let kind = match opened {
                     Ok(meta) if meta.is_file() => return None,
                     Ok(_) => ConfigErrorKind::NotAFile {
                         path: file.to_owned(),
@@ -1000,6 +1008,14 @@ fn deserialize(root: Spanned<DeTable<'_>>) -> Result<Config, Vec<toml::de::Error
     errors.sort_by_key(|e| e.span().map(|s| s.start));
     errors.dedup_by(|a, b| a.span() == b.span() && a.message() == b.message());
     Err(errors)
+}
+
+/// A config file's text: a regular file of at most
+/// [`crate::files::MAX_CONFIG_BYTES`] (so a config path that names a device
+/// or a FIFO is an error, not a hang).
+pub fn read_config_text(path: &Path) -> std::io::Result<String> {
+    crate::files::read_text(path, crate::files::MAX_CONFIG_BYTES, "config file")
+        .map_err(std::io::Error::from)
 }
 
 #[cfg(test)]

@@ -149,9 +149,11 @@ impl ModuleSource {
     fn read(&self, function: &str) -> Result<Arc<[u8]>, LoadError> {
         match self {
             ModuleSource::Bytes(bytes) => Ok(bytes.clone()),
-            ModuleSource::File(path) => std::fs::read(path)
-                .map(Arc::from)
-                .map_err(|error| read_error(function, path, error)),
+            ModuleSource::File(path) => {
+                crate::files::read_limited(path, crate::files::MAX_MODULE_BYTES, "module")
+                    .map(Arc::from)
+                    .map_err(|error| read_error(function, path, error.into()))
+            }
         }
     }
 }
@@ -172,7 +174,8 @@ pub fn load_modules(config: &Config) -> Result<Vec<FunctionModule>, LoadError> {
         .functions
         .iter()
         .map(|f| {
-            std::fs::File::open(&f.wasm).map_err(|error| read_error(&f.name, &f.wasm, error))?;
+            crate::files::check_module(&f.wasm)
+                .map_err(|error| read_error(&f.name, &f.wasm, error.into()))?;
             Ok(FunctionModule {
                 config: f.clone(),
                 wasm: ModuleSource::File(f.wasm.clone()),
