@@ -68,7 +68,7 @@ fn assert_message_flows(port: u16, gateway: &GatewayProcess, ts: u64) {
     cloud.subscribe("telemetry/vending/+");
     let device = MqttClient::connect(port, "device");
     device.publish(&telemetry_topic("vm-1"), telemetry(ts, 5.0));
-    let got = cloud.collect_until(ONE, |m| m.json()["ts"].as_u64() != Some(ts));
+    let got = cloud.collect_until(ONE, |m| m.json()["ts"].as_u64() == Some(ts));
     assert!(
         got,
         "message {ts} did not come through; gateway log:\n{}",
@@ -381,4 +381,95 @@ fn files_that_never_end_are_refused_not_read() {
     let out = wasmgate(&["config", "check", "/dev/zero"], ONE);
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(out.stderr.contains("not a regular file"), "{}", out.stderr);
+}
+
+/// Emits a 150,000-byte message to `big/out` on every event.
+const BIG_EMITTER: &str = r#"(module
+  (import "wasmgate" "emit" (func $emit (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 4)
+  (data (i32.const 0) "big/out")
+  (func (export "wasmgate_abi_version") (result i32) i32.const 1)
+  (func (export "wasmgate_handle") (param i32) (result i32)
+    (drop (call $emit (i32.const 0) (i32.const 7) (i32.const 1024) (i32.const 150000) (i32.const 1)))
+    (i32.const 0)))"#;
+
+/// One emit a broker refuses for good (over its packet size) used to stop
+/// all local delivery: the outbox sent it first on every connection, the
+/// broker hung up each time, and the healthy function's alerts waited
+/// forever. It now goes to the dead-letter queue with the reason, and the
+/// rows behind it go on. Over MQTT 5 the broker's CONNACK says its limit
+/// and the row is moved at once; over 3.1.1 it is moved after the broker
+/// hung up on it alone five times running.
+#[test]
+fn a_message_the_broker_never_takes_is_dead_lettered_and_the_rest_flow() {
+    for protocol in ["5", "3.1.1"] {
+        let local = Mosquitto::start_with(&format!("{GATEWAY_SETTINGS}max_packet_size 100000\n"));
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.wasm");
+        std::fs::write(&big, wat::parse_str(BIG_EMITTER).unwrap()).unwrap();
+        let vending = support::gateway::example_wasm("vending_telemetry.wasm");
+        let port = local.port();
+        let mut gateway = GatewayProcess::start_toml(|dir| {
+            format!(
+                r#"data_dir = {data:?}
+[broker]
+mode = "external"
+host = "127.0.0.1"
+port = {port}
+protocol = "{protocol}"
+
+[[functions]]
+name = "big"
+wasm = {big:?}
+triggers = [{{ mqtt = "in/big" }}]
+
+[[functions]]
+name = "vending"
+wasm = {vending:?}
+triggers = [{{ mqtt = "vending/+/telemetry" }}]
+[functions.grants]
+upstream = ["telemetry/#"]
+[functions.config]
+max_temp_c = "8"
+"#,
+                data = dir.join("data").display().to_string(),
+                big = big.display().to_string(),
+                vending = vending.display().to_string(),
+            )
+        });
+        let watcher = MqttClient::connect(port, "watcher");
+        watcher.subscribe("vending/+/alert");
+        let device = MqttClient::connect(port, "device");
+        device.publish("in/big", "go");
+        std::thread::sleep(Duration::from_millis(200));
+        device.publish(&telemetry_topic("vm-3"), telemetry(5, 12.0));
+        let alerted = watcher.collect_until(ONE, |m| m.topic.contains("vm-3"));
+        assert!(
+            alerted,
+            "MQTT {protocol}: the alert behind the oversized message never came:\n{}",
+            gateway.logs()
+        );
+        let out = wasmgate(
+            &[
+                "dlq",
+                "--config",
+                gateway.config_path().to_str().unwrap(),
+                "list",
+            ],
+            ONE,
+        );
+        assert!(
+            out.stdout.contains("big") && out.stdout.contains("undeliverable"),
+            "MQTT {protocol}: {out:?}"
+        );
+        let status = gateway.stop();
+        assert!(status.success());
+        assert!(
+            !gateway
+                .log_lines_with(&["outbox totals", "undeliverable=1"])
+                .is_empty(),
+            "{}",
+            gateway.logs()
+        );
+    }
 }

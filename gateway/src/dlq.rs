@@ -165,7 +165,7 @@ pub fn render_list(letters: &[DeadLetter]) -> String {
             l.attempts.len(),
             utc(l.failed_ms),
             last,
-            l.topic
+            crate::text::escape(&l.topic)
         );
     }
     out
@@ -247,6 +247,87 @@ pub fn replay(
             })
         }
     }
+}
+
+/// The event kind of a dead letter that is not an event that failed but
+/// a message no broker would take (see `pipeline/outbox.rs`); its event is
+/// the message, as an MQTT event, and replaying it puts it back in the
+/// outbox.
+pub const UNDELIVERABLE: &str = "undeliverable";
+
+/// How many dead letters of undeliverable messages a function keeps.
+const UNDELIVERABLE_KEEP: u32 = 10_000;
+
+/// A dead letter for an outbox row no broker would take, which deletes the
+/// row in the same transaction.
+pub fn undeliverable(row: &crate::store::OutboxRow, why: String) -> crate::store::NewDeadLetter {
+    let now = now_ms();
+    let event = Event::Mqtt(wasmgate_abi::MqttMessage {
+        topic: &row.topic,
+        payload: &row.payload,
+        qos: row.qos,
+        retain: row.retain,
+        user_properties: Seq::empty(),
+    });
+    let destination = match row.destination {
+        crate::store::OutboxDestination::Upstream => "upstream",
+        _ => "local",
+    };
+    crate::store::NewDeadLetter {
+        function: row.function.clone(),
+        request_id: 0,
+        version: "-".into(),
+        topic: row.topic.clone(),
+        event_kind: format!("{UNDELIVERABLE}-{destination}"),
+        event: encode_event(&event),
+        dedup: None,
+        attempts: vec![Attempt {
+            attempt: 1,
+            at_ms: now,
+            kind: UNDELIVERABLE.into(),
+            error: why,
+            version: "-".into(),
+        }],
+        received_ms: now,
+        keep: UNDELIVERABLE_KEEP,
+        publish_to: None,
+        settles: Some(row.id),
+    }
+}
+
+/// Puts an undeliverable message back in the outbox (and deletes its dead
+/// letter, in one transaction): once the broker's limit or ACL is fixed.
+/// `Ok(None)` if the letter is not an undeliverable message.
+pub fn requeue(store: &Store, letter: &DeadLetter) -> Result<Option<Effects>, ReplayError> {
+    let Some(destination) = letter.event_kind.strip_prefix(UNDELIVERABLE) else {
+        return Ok(None);
+    };
+    let event = decode_event(&letter.event).map_err(|e| ReplayError::Undecodable {
+        id: letter.id,
+        message: e.to_string(),
+    })?;
+    let Event::Mqtt(message) = event else {
+        return Err(ReplayError::Undecodable {
+            id: letter.id,
+            message: "an undeliverable message that is not an MQTT message".into(),
+        });
+    };
+    let mut effects = Effects::default();
+    effects.emits.push(crate::runtime::Emit {
+        topic: message.topic.to_owned(),
+        payload: message.payload.to_vec(),
+        options: wasmgate_abi::EmitOptions {
+            qos: message.qos,
+            retain: message.retain,
+            destination: if destination == "-upstream" {
+                wasmgate_abi::Destination::Upstream
+            } else {
+                wasmgate_abi::Destination::Local
+            },
+        },
+    });
+    store.commit_replay(letter, effects.clone())?;
+    Ok(Some(effects))
 }
 
 /// Unix milliseconds now.

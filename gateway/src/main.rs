@@ -703,6 +703,15 @@ fn dlq_replay(
     let mut modules: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut failed = 0;
     for letter in &letters {
+        // A message no broker would take goes back in the outbox as it was.
+        if wasmgate::dlq::requeue(store, letter)?.is_some() {
+            println!(
+                "dead letter {}: undeliverable message to {} put back in the outbox; removed from the queue",
+                letter.id,
+                wasmgate::text::escape(&letter.topic)
+            );
+            continue;
+        }
         let Some((_, f)) = config.function(&letter.function) else {
             anyhow::bail!(
                 "dead letter {}: function {:?} is not in the config any more; its limits and grants are unknown, so it cannot be replayed",

@@ -261,7 +261,9 @@ impl Reader {
                 }
             }
             match eventloop.poll().await {
-                Ok(Polled::ConnAck { session_present }) => {
+                Ok(Polled::ConnAck {
+                    session_present, ..
+                }) => {
                     backoff.reset();
                     if let Err(e) = self.session.client.try_subscribe_many(&filters) {
                         tracing::error!(function, "cannot subscribe: {e}");

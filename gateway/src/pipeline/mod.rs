@@ -92,6 +92,9 @@ pub struct Endpoint {
     pub password: Option<String>,
     /// MQTT 3.1.1 or 5 (see `mqtt.rs` for the options of each).
     pub protocol: Protocol,
+    /// The largest packet this broker takes, when known without asking
+    /// (the embedded broker's); MQTT 5 brokers say so in their CONNACK.
+    pub max_packet_bytes: Option<usize>,
     /// TLS settings, built and checked once at start.
     #[cfg(feature = "tls")]
     pub tls: Option<Arc<rustls::ClientConfig>>,
@@ -119,6 +122,7 @@ impl Endpoint {
             username: username.cloned(),
             password: password.map(|p| p.expose().to_owned()),
             protocol,
+            max_packet_bytes: None,
             #[cfg(feature = "tls")]
             tls,
         })
@@ -505,7 +509,11 @@ impl Gateway {
                 .map(|d| of(d).load(Ordering::Relaxed))
                 .sum()
         };
-        let (delivered, refused) = (count(|d| &d.delivered), count(|d| &d.refused));
+        let (delivered, refused, undeliverable) = (
+            count(|d| &d.delivered),
+            count(|d| &d.refused),
+            count(|d| &d.dead_lettered),
+        );
         for drain in self.drains {
             drain.close(remaining.max(Duration::from_secs(1))).await;
         }
@@ -525,7 +533,7 @@ impl Gateway {
         for (name, metrics) in &totals {
             log_function_totals(name, metrics);
         }
-        tracing::info!(delivered, refused, "outbox totals");
+        tracing::info!(delivered, refused, undeliverable, "outbox totals");
         tracing::info!("gateway stopped");
     }
 }
@@ -665,7 +673,7 @@ fn start_embedded(
         crate::broker::EmbeddedBroker::start(crate::broker::BrokerSettings::new(listen, sessions))?;
     let addr = broker.addr();
     let (user, password) = broker.credentials();
-    let endpoint = Endpoint::from_config(
+    let mut endpoint = Endpoint::from_config(
         &addr.ip().to_string(),
         addr.port(),
         Some(&user.to_owned()),
@@ -674,6 +682,7 @@ fn start_embedded(
         // Validation keeps MQTT 5 to external brokers.
         Protocol::V311,
     )?;
+    endpoint.max_packet_bytes = Some(crate::broker::MAX_PAYLOAD_BYTES);
     Ok((endpoint, Some(broker)))
 }
 

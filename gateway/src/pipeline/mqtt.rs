@@ -17,7 +17,7 @@ use std::time::Duration;
 
 /// Room for 1 MB payloads and then some; what a function cannot handle it
 /// fails on visibly, rather than the connection dropping.
-const MAX_PACKET: usize = 4 << 20;
+pub const MAX_PACKET: usize = 4 << 20;
 
 /// How a connection is set up beyond the endpoint.
 #[derive(Debug, Clone)]
@@ -55,6 +55,8 @@ pub struct Message {
 pub enum Polled {
     ConnAck {
         session_present: bool,
+        /// The largest packet the broker takes, if it says (MQTT 5).
+        max_packet: Option<usize>,
     },
     SubAck,
     Publish(Message),
@@ -235,6 +237,7 @@ fn from_v3(event: rumqttc::Event) -> Polled {
     match event {
         Event::Incoming(Incoming::ConnAck(ack)) => Polled::ConnAck {
             session_present: ack.session_present,
+            max_packet: None,
         },
         Event::Incoming(Incoming::SubAck(_)) => Polled::SubAck,
         Event::Incoming(Incoming::Publish(publish)) => Polled::Publish(Message {
@@ -259,6 +262,11 @@ fn from_v5(event: rumqttc::v5::Event) -> Polled {
     match event {
         Event::Incoming(Incoming::ConnAck(ack)) => Polled::ConnAck {
             session_present: ack.session_present,
+            max_packet: ack
+                .properties
+                .as_ref()
+                .and_then(|p| p.max_packet_size)
+                .map(|n| n as usize),
         },
         Event::Incoming(Incoming::SubAck(_)) => Polled::SubAck,
         Event::Incoming(Incoming::Publish(publish)) => Polled::Publish(message_v5(publish)),

@@ -30,6 +30,17 @@
 //! after a connection that ended with rows unanswered, the next one starts
 //! with one row in flight and doubles that with each delivery (like TCP's
 //! slow start): a refusal then arrives with nothing behind it to lose it.
+//!
+//! Some rows no broker will ever take: a message larger than its maximum
+//! packet (the embedded broker's, or what an MQTT 5 broker's CONNACK says),
+//! or one a 3.1.1 broker answers by hanging up every time. Left in place,
+//! such a row would be sent first on every connection and nothing behind
+//! it would get through. So a row too large for the broker goes to the
+//! dead-letter queue at once, with the sizes in its error, and a row that
+//! was the only one in flight when the connection dropped, [`STRIKES`]
+//! times running with nothing delivered in between, goes there too, with
+//! the broker's last words. `wasmgate dlq replay` puts it back in the
+//! outbox once the cause is fixed.
 
 use super::backoff::Backoff;
 use super::batch::{self, BatchSettings, Unit};
@@ -57,13 +68,22 @@ const TICK: Duration = Duration::from_millis(500);
 /// pipe full (three quarters are still in flight) at a sixteenth the reads.
 const REFILL_AT: usize = WINDOW / 4;
 
+/// Connections in a row that ended with one row alone in flight and
+/// unanswered before that row counts as one the broker will never take.
+pub const STRIKES: u32 = 5;
+
+/// Bytes of an MQTT PUBLISH beyond its topic and payload, at most: the
+/// fixed header (5), the topic's length (2) and the packet id (2).
+const PUBLISH_OVERHEAD: usize = 9;
+
 /// The first retry of a refused row; each refusal doubles it, up to the cap.
 const REFUSED_RETRY: Duration = Duration::from_secs(1);
 const REFUSED_RETRY_CAP: Duration = Duration::from_secs(300);
 
 /// What the event-loop task reports to the drainer.
 enum Report {
-    Connected,
+    /// With the broker's maximum packet size, if it said (MQTT 5).
+    Connected(Option<usize>),
     Sent(u16),
     Acked(u16),
     /// The broker answered with a failure reason code (MQTT 5).
@@ -81,6 +101,8 @@ pub struct Drain {
     /// Refusals by the broker (MQTT 5 PUBACKs with a failure reason code);
     /// a row refused three times counts three times.
     pub refused: Arc<AtomicU64>,
+    /// Rows no broker would take, moved to the dead-letter queue.
+    pub dead_lettered: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -96,6 +118,7 @@ impl Drain {
         let stop = Arc::new(AtomicBool::new(false));
         let delivered = Arc::new(AtomicU64::new(0));
         let refused = Arc::new(AtomicU64::new(0));
+        let dead_lettered = Arc::new(AtomicU64::new(0));
         let (deleted, deleted_rx) = mpsc::unbounded_channel();
         let drainer = Drainer {
             store,
@@ -108,12 +131,14 @@ impl Drain {
             delivered: delivered.clone(),
             refused: refused.clone(),
             deleted,
+            dead_lettered: dead_lettered.clone(),
         };
         Drain {
             wake,
             stop,
             delivered,
             refused,
+            dead_lettered,
             task: tokio::spawn(drainer.run(deleted_rx)),
         }
     }
@@ -142,6 +167,7 @@ struct Drainer {
     refused: Arc<AtomicU64>,
     /// Rows whose delete has committed, back from the store thread.
     deleted: mpsc::UnboundedSender<Vec<i64>>,
+    dead_lettered: Arc<AtomicU64>,
 }
 
 /// Bookkeeping of messages in flight: pure, no I/O, so that both protocol
@@ -173,6 +199,11 @@ struct InFlight {
     /// Each refused row's backoff, kept across its retries until it is
     /// delivered (or the connection ends).
     refusals: HashMap<i64, Backoff>,
+    /// Connections in a row that ended with this row alone and unanswered
+    /// in flight (see [`STRIKES`]); cleared by any delivery.
+    strikes: Option<(i64, u32)>,
+    /// The largest packet the broker takes, as far as we know.
+    max_packet: usize,
     /// Where this connection's scan of the outbox (in id order) has got to:
     /// every row up to here was handed to the client, passed over, or held.
     last: i64,
@@ -206,6 +237,8 @@ impl InFlight {
             waiting: BTreeMap::new(),
             deleting: HashSet::new(),
             refusals: HashMap::new(),
+            strikes: None,
+            max_packet: super::mqtt::MAX_PACKET,
             last: 0,
             held: Vec::new(),
             held_since: None,
@@ -222,14 +255,45 @@ impl InFlight {
         if self.outstanding() > 0 || self.refused_here {
             self.limit = 1;
         }
+        // Refills read the outbox from its start on the new connection.
+        self.last = 0;
         self.refused_here = false;
         self.unsent.clear();
         self.by_pkid.clear();
-        self.last = 0;
         self.held.clear();
         self.held_since = None;
         // The scan starts over from the table.
         self.feed = None;
+    }
+
+    /// The connection dropped. If one message was alone in flight and
+    /// unanswered (slow start after a bad end sends one), that is a strike
+    /// against its first row; returns it once it has [`STRIKES`]. The
+    /// caller moves it out of the way (see the module's docs).
+    fn ended_badly(&mut self) -> Option<i64> {
+        let alone = match (self.unsent.len(), self.by_pkid.len()) {
+            (1, 0) => self.unsent.front().map(|(rows, _)| rows.clone()),
+            (0, 1) => self.by_pkid.values().next().cloned(),
+            _ => None,
+        };
+        let Some(row) = alone.and_then(|rows| rows.first().copied()) else {
+            self.strikes = None;
+            return None;
+        };
+        let count = match self.strikes {
+            Some((r, n)) if r == row => n + 1,
+            _ => 1,
+        };
+        self.strikes = Some((row, count));
+        (count >= STRIKES).then(|| {
+            self.strikes = None;
+            row
+        })
+    }
+
+    /// Whether a row is too large for the broker to take.
+    fn too_large(&self, row: &OutboxRow) -> bool {
+        row.topic.len() + row.payload.len() + PUBLISH_OVERHEAD > self.max_packet
     }
 
     /// Whether a refill is worth a read now: a quarter of the window free
@@ -305,6 +369,7 @@ impl InFlight {
             self.refusals.remove(row);
         }
         self.limit = (self.limit * 2).min(WINDOW);
+        self.strikes = None;
         self.delivered(&rows);
         Some(rows)
     }
@@ -384,7 +449,7 @@ impl Drainer {
             let (tx, mut reports) = mpsc::unbounded_channel();
             let events = tokio::spawn(async move {
                 let report = |polled: Polled| match polled {
-                    Polled::ConnAck { .. } => Some(Report::Connected),
+                    Polled::ConnAck { max_packet, .. } => Some(Report::Connected(max_packet)),
                     Polled::Sent(pkid) => Some(Report::Sent(pkid)),
                     Polled::PubAck {
                         pkid,
@@ -440,6 +505,16 @@ impl Drainer {
                     if self.stop.load(Ordering::SeqCst) {
                         return;
                     }
+                    if let Some(row) = flight.ended_badly() {
+                        let why = format!(
+                            "the broker closed the connection each time this message was the one in flight ({STRIKES} times running; last: {reason})"
+                        );
+                        if let Some(row) =
+                            self.read_table(row - 1, 1).await.and_then(|mut r| r.pop())
+                        {
+                            self.dead_letter(row, why, &mut flight);
+                        }
+                    }
                     let delay = backoff.next_delay();
                     tracing::warn!(outbox = name, error = %reason, retry_in = ?delay, "broker connection lost; messages wait in the outbox");
                     tokio::time::sleep(delay).await;
@@ -461,12 +536,25 @@ impl Drainer {
         flight: &mut InFlight,
     ) -> Result<(), String> {
         flight.reconnect();
-        match reports.recv().await {
-            Some(Report::Connected) if flight.waiting.is_empty() => backoff.reset(),
-            Some(Report::Connected) => {}
+        let max_packet = match reports.recv().await {
+            Some(Report::Connected(max)) => {
+                if flight.waiting.is_empty() {
+                    backoff.reset();
+                }
+                max
+            }
             Some(Report::Closed(reason)) => return Err(reason),
             _ => return Err("event loop ended".into()),
-        }
+        };
+        flight.max_packet = [
+            Some(super::mqtt::MAX_PACKET),
+            self.endpoint.max_packet_bytes,
+            max_packet,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(super::mqtt::MAX_PACKET);
         tracing::debug!(outbox = name, "connected");
         let mut acked = Vec::new();
         // Whether the outbox may hold rows beyond `flight.last`: set by a
@@ -565,9 +653,19 @@ impl Drainer {
                     cut = true;
                     break;
                 }
-                if !flight.scanned(row.id) {
-                    rows.push(row);
+                if flight.scanned(row.id) {
+                    continue;
                 }
+                if flight.too_large(&row) {
+                    let why = format!(
+                        "{} bytes (topic and payload) is more than the broker takes ({} bytes a packet)",
+                        row.topic.len() + row.payload.len(),
+                        flight.max_packet
+                    );
+                    self.dead_letter(row, why, flight);
+                    continue;
+                }
+                rows.push(row);
             }
             *unread = cut || !complete;
             // The feed holds what is committed from its start on; what the
@@ -655,7 +753,7 @@ impl Drainer {
                     );
                 }
             }
-            Some(Report::Connected) => {}
+            Some(Report::Connected(_)) => {}
             Some(Report::Closed(reason)) => {
                 self.delete(std::mem::take(acked));
                 return Err(reason);
@@ -683,6 +781,45 @@ impl Drainer {
                 }
             })),
         );
+    }
+
+    /// Moves a row no broker will take to the dead-letter queue, so that the
+    /// rows behind it go on. Its slot is held until that commits, like a
+    /// delivered row's.
+    fn dead_letter(&self, row: OutboxRow, why: String, flight: &mut InFlight) {
+        flight.delivered(&[row.id]);
+        let destination = match row.destination {
+            OutboxDestination::Local => "local",
+            OutboxDestination::Upstream => "upstream",
+            OutboxDestination::Invoke => "invoke",
+        };
+        tracing::error!(
+            outbox = destination,
+            row = row.id,
+            topic = %row.topic,
+            function = %row.function,
+            "message moved to the dead-letter queue: {why}"
+        );
+        let letter = crate::dlq::undeliverable(&row, why);
+        let (store, back, counter) = (
+            self.store.clone(),
+            self.deleted.clone(),
+            self.dead_lettered.clone(),
+        );
+        let id = row.id;
+        // Taking a store permit may wait: not on the reactor.
+        tokio::task::spawn_blocking(move || {
+            store.dead_letter(letter, move |result| match result {
+                Ok(letter) => {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(row = id, "undeliverable message kept as dead letter {letter} (`wasmgate dlq show {letter}`; `dlq replay {letter}` sends it again)");
+                    let _ = back.send(vec![id]);
+                }
+                Err(e) => {
+                    tracing::error!(row = id, error = %e, "cannot write the dead letter; the message stays in the outbox");
+                }
+            })
+        });
     }
 
     /// Hands a message to the client.
