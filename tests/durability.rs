@@ -686,3 +686,101 @@ fn upstream_over_mutual_tls() {
         setup.cloud.log()
     );
 }
+
+/// The gateway's resident memory in KiB, from `/proc`.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Every fault at once, for a bounded time (`WASMGATE_SOAK_SECS`, default
+/// 45): a device that disconnects and reconnects every batch, the local
+/// broker restarted, the gateway SIGKILLed and restarted, and commits held
+/// back (a slow SD card), in a random order. Then: nothing the broker
+/// acknowledged to the device is lost, a dedup key keeps the effects exact,
+/// what came upstream twice is within one outbox window per kill, and the
+/// gateway's memory stayed bounded.
+#[test]
+fn soak_device_reconnects_broker_restarts_kills_and_slow_commits_together() {
+    let secs: u64 = std::env::var("WASMGATE_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(45);
+    let mut setup = Setup::start(PERSISTENT, "", |config, _| {
+        config.dedup_key = Some("ts".into());
+        config.store = Some("group_commit_ms = 40".into());
+    });
+    let mut rng = Rng::from_env();
+    let published = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let port = setup.local.port();
+    let device_id = unique_id("soak-device");
+    let device = {
+        let (published, stop) = (published.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut seq = 0;
+            while !stop.load(Ordering::SeqCst) {
+                // A fresh connection per batch: the device's Wi-Fi drops.
+                // It keeps its unacknowledged messages and sends them again
+                // (rumqttc does), so a batch is done once all are acked.
+                let device = MqttClient::connect_persistent(port, &device_id);
+                for _ in 0..200 {
+                    seq += 1;
+                    device.publish(&telemetry_topic(machine(seq)), vend(seq, 5.0));
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                device.wait_acked(Duration::from_secs(120));
+                published.store(seq, Ordering::SeqCst);
+            }
+        })
+    };
+    let (mut kills, mut restarts) = (0, 0);
+    let mut max_rss = 0;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(secs) {
+        let pause = Duration::from_millis(2_000 + rng.below(3_000));
+        let until = std::time::Instant::now() + pause;
+        while std::time::Instant::now() < until {
+            if setup.gateway.is_running() {
+                max_rss = max_rss.max(rss_kib(setup.gateway.pid()).unwrap_or(0));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        if rng.below(2) == 0 {
+            setup.gateway.kill();
+            setup.gateway.restart();
+            kills += 1;
+        } else {
+            setup.local.restart();
+            restarts += 1;
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    device.join().expect("the device");
+    let n = published.load(Ordering::SeqCst);
+    let mut summaries = Summaries::default();
+    setup.collect(&mut summaries, |s| s.unique() as u64 == n);
+    let seen = summaries.seqs();
+    let missing: Vec<u64> = (1..=n).filter(|s| !seen.contains(s)).collect();
+    assert!(missing.is_empty(), "lost: {missing:?}");
+    let duplicates = summaries.duplicates();
+    eprintln!(
+        "soak: {secs} s, {n} messages, {kills} SIGKILLs, {restarts} broker restarts: \
+         {duplicates} duplicate summaries, gateway RSS at most {max_rss} KiB"
+    );
+    let bound = kills * RESENT_PER_KILL;
+    assert!(
+        duplicates <= bound,
+        "{duplicates} duplicates, more than {bound}"
+    );
+    // A debug build; the release build stays near 12 MiB under load.
+    assert!(max_rss < 128 << 10, "RSS reached {max_rss} KiB");
+    let status = setup.gateway.stop();
+    assert!(status.success(), "SIGTERM: {status}");
+    assert_eq!(
+        kv_totals(&setup.gateway),
+        replay(1..=n),
+        "the counters differ from a replay of the inputs"
+    );
+}
