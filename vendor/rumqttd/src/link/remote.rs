@@ -93,6 +93,8 @@ impl<P: Protocol> RemoteLink<P> {
         // the Will Delay Interval has passed or the Session ends, whichever happens first
         let will_delay_interval = min(session_expiry, delay_interval);
 
+        // wasmgate: kept to tell the router if the CONNACK cannot be written.
+        let router_tx_on_error = router_tx.clone();
         let (link_tx, link_rx, notification) = LinkBuilder::new(client_id, router_tx)
             .tenant_id(tenant_id)
             .clean_session(clean_session)
@@ -110,7 +112,16 @@ impl<P: Protocol> RemoteLink<P> {
                 let mut new_props = props.clone().unwrap_or_default();
                 new_props.assigned_client_identifier = assigned_client_id;
                 *props = Some(new_props);
-                network.write(packet).await?;
+                // wasmgate: was `network.write(packet).await?`, which left the
+                // connection registered in the router (and its slot of
+                // `max_connections` taken) for good when the peer had already
+                // reset the socket: nothing else sends its Disconnect.
+                if let Err(e) = network.write(packet).await {
+                    drop(link_tx);
+                    drop(link_rx);
+                    router_tx_on_error.send((id, Event::Disconnect)).ok();
+                    return Err(e.into());
+                }
             }
         }
 

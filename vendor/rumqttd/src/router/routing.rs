@@ -244,7 +244,17 @@ impl Router {
             Event::NewMeter(tx) => self.handle_new_meter(tx),
             Event::NewAlert(tx) => self.handle_new_alert(tx),
             Event::DeviceData => self.handle_device_payload(id),
-            Event::Disconnect => self.handle_disconnection(id, None),
+            // wasmgate: a remote link sends Disconnect after dropping its end of
+            // the outgoing channel. If that end is alive, this is a late
+            // Disconnect for an id the router already disconnected (duplicate
+            // client id, protocol error, DISCONNECT packet) and has given to a
+            // new connection since: disconnecting that one would be wrong.
+            Event::Disconnect => match self.obufs.get(id) {
+                Some(outgoing) if !outgoing.handle.is_disconnected() => {
+                    info!(connection_id = id, "ignoring stale disconnect")
+                }
+                _ => self.handle_disconnection(id, None),
+            },
             Event::Ready => self.scheduler.reschedule(id, ScheduleReason::Ready),
             Event::Shadow(request) => {
                 retrieve_shadow(&mut self.datalog, &mut self.obufs[id], request)

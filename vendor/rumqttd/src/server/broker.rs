@@ -535,20 +535,28 @@ async fn remote<P: Protocol>(
         client_id = format!("{tenant_id}.{client_id}");
     }
 
-    if let Some(sender) = will_handlers.lock().unwrap().remove(&client_id) {
+    // wasmgate: take the previous sender out of the map before using it, so
+    // that the lock is not held (and poisoned) by what follows.
+    let previous = lock_wills(&will_handlers).remove(&client_id);
+    if let Some(sender) = previous {
         let awaiting_will = if clean_session {
             AwaitingWill::Fire
         } else {
             AwaitingWill::Cancel
         };
-        sender.try_send(awaiting_will).unwrap();
+        // wasmgate: was `.unwrap()`. The previous connection with this client id
+        // may be gone without having removed its sender (it ended before its
+        // link started: connection limit, CONNACK write to a reset socket), so
+        // the receiver is dropped and `try_send` fails. Nobody waits for its
+        // will then: nothing to do.
+        if let Err(e) = sender.try_send(awaiting_will) {
+            info!(error = ?e, "previous connection is no longer waiting on its will");
+        }
     }
 
     let (will_tx, will_rx) = flume::bounded::<AwaitingWill>(1);
-    will_handlers
-        .lock()
-        .unwrap()
-        .insert(client_id.clone(), will_tx);
+    // wasmgate: keep a clone to recognise our own entry when removing it.
+    lock_wills(&will_handlers).insert(client_id.clone(), will_tx.clone());
 
     // Start the link
     let mut link = match RemoteLink::new(
@@ -564,6 +572,10 @@ async fn remote<P: Protocol>(
         Ok(l) => l,
         Err(e) => {
             error!(error=?e, "Remote link error");
+            // wasmgate: this connection ends here; remove its will sender, or
+            // the next connection with this client id finds a sender whose
+            // receiver is gone (it used to panic on that).
+            remove_own_will(&will_handlers, &client_id, &will_tx);
             return;
         }
     };
@@ -593,14 +605,17 @@ async fn remote<P: Protocol>(
         }
     };
 
+    // this is important to stop the connection
+    // wasmgate: and drop it before sending Disconnect (it was after): the
+    // router ignores a Disconnect for a connection id whose link is still
+    // alive, i.e. an id it already disconnected and gave to a new connection.
+    drop(link);
+
     if send_disconnect {
         let disconnect = Event::Disconnect;
         let message = (connection_id, disconnect);
         router_tx.send(message).ok();
     }
-
-    // this is important to stop the connection
-    drop(link);
 
     let publish_will = match tokio::time::timeout(
         Duration::from_secs(will_delay_interval as u64),
@@ -611,7 +626,9 @@ async fn remote<P: Protocol>(
         Ok(w) => w.is_ok_and(|k| k == AwaitingWill::Fire),
         Err(_) => {
             // no need to keep the sender after timeout
-            will_handlers.lock().unwrap().remove(&client_id);
+            // wasmgate: only if it is still ours: a newer connection with this
+            // client id may have replaced it, and it was removing theirs.
+            remove_own_will(&will_handlers, &client_id, &will_tx);
             // as will delay interval has passed, publish the will message
             true
         }
@@ -625,5 +642,29 @@ async fn remote<P: Protocol>(
         // It won't matter in this case as we don't use it
         // but might affect logs?
         router_tx.send((connection_id, message)).ok();
+    }
+}
+
+type WillHandlers = Arc<Mutex<HashMap<String, Sender<AwaitingWill>>>>;
+
+// wasmgate: nothing panics while holding this lock now, but a poisoned map of
+// senders is still a map of senders: never let it take every later CONNECT down.
+fn lock_wills(
+    will_handlers: &WillHandlers,
+) -> std::sync::MutexGuard<'_, HashMap<String, Sender<AwaitingWill>>> {
+    will_handlers
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+// wasmgate: removes `client_id`'s entry only if it is `own`, this connection's
+// sender, not one a newer connection with the same client id put there.
+fn remove_own_will(will_handlers: &WillHandlers, client_id: &str, own: &Sender<AwaitingWill>) {
+    let mut handlers = lock_wills(will_handlers);
+    if handlers
+        .get(client_id)
+        .is_some_and(|sender| sender.same_channel(own))
+    {
+        handlers.remove(client_id);
     }
 }
