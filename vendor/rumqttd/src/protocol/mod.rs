@@ -655,7 +655,10 @@ pub fn valid_filter(filter: &str) -> bool {
 /// **NOTE**: make sure a topic is validated during a publish and filter is validated
 /// during a subscribe
 pub fn matches(topic: &str, filter: &str) -> bool {
-    if !topic.is_empty() && topic[..1].contains('$') {
+    // wasmgate: was `!topic.is_empty() && topic[..1].contains('$')`, which
+    // panics (byte 1 is not a char boundary) on every topic that starts with a
+    // multi-byte character, such as "é/x": any client could take the router down.
+    if topic.starts_with('$') {
         return false;
     }
 

@@ -5,7 +5,7 @@ use crate::protocol::{
     SubscribeReasonCode, UnsubAck, UnsubAckReason,
 };
 use crate::router::alertlog::alert;
-use crate::router::scheduler::{PauseReason, Tracker};
+use crate::router::scheduler::{PauseReason, Status, Tracker};
 use crate::router::{ConnectionEvents, Forward};
 use crate::segments::Position;
 use crate::*;
@@ -255,10 +255,25 @@ impl Router {
                 }
                 _ => self.handle_disconnection(id, None),
             },
-            Event::Ready => self.scheduler.reschedule(id, ScheduleReason::Ready),
-            Event::Shadow(request) => {
-                retrieve_shadow(&mut self.datalog, &mut self.obufs[id], request)
-            }
+            // wasmgate: a link sends Ready after writing a batch that ended in
+            // Unschedule, which paused it as Busy. By then the router may have
+            // disconnected it (its id vacant: `reschedule` panicked on the
+            // unwrap) or given its id to a new connection (not Busy: a debug
+            // assertion panicked). Only a Busy tracker is waiting for Ready.
+            Event::Ready => match self.scheduler.trackers.get(id).map(|t| t.status) {
+                Some(Status::Paused(PauseReason::Busy)) => {
+                    self.scheduler.reschedule(id, ScheduleReason::Ready)
+                }
+                status => debug!(connection_id = id, ?status, "ignoring stale ready"),
+            },
+            // wasmgate: was `&mut self.obufs[id]`, a panic for a vacant id
+            Event::Shadow(request) => match self.obufs.get_mut(id) {
+                Some(outgoing) => retrieve_shadow(&mut self.datalog, outgoing, request),
+                None => debug!(
+                    connection_id = id,
+                    "ignoring shadow request of a gone connection"
+                ),
+            },
             Event::SendAlerts => {
                 self.send_alerts();
             }
@@ -517,10 +532,14 @@ impl Router {
                     // reset the group cursor
                     if let Some(group_name) = &request.group {
                         // TODO: Test this more
-                        self.shared_subscriptions
-                            .get_mut(group_name)
-                            .expect("group must exists")
-                            .cursor = *cursor;
+                        // wasmgate: was `.expect("group must exists")`, but the
+                        // group was removed above if this client was its last
+                        // member: a persistent session with a shared
+                        // subscription and an unacked QoS 1 message panicked
+                        // the router when it disconnected.
+                        if let Some(group) = self.shared_subscriptions.get_mut(group_name) {
+                            group.cursor = *cursor;
+                        }
                     }
                 }
             }

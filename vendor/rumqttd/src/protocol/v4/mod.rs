@@ -349,7 +349,11 @@ impl Protocol for V4 {
             // currently we can't conditionally set them based on v5 or v4,
             // so we ignore them, as properties can't be there in v4.
             Packet::ConnAck(connack, _) => connack::write(&connack, buffer)?,
-            Packet::Publish(publish, None) => publish::write(&publish, buffer)?,
+            // wasmgate: was `Packet::Publish(publish, None)`: a message published
+            // with MQTT 5 properties (a v5 listener beside this one) reached the
+            // `unreachable!` below when forwarded to a 3.1.1 subscriber. 3.1.1 has
+            // no properties: drop them.
+            Packet::Publish(publish, _) => publish::write(&publish, buffer)?,
             Packet::PubAck(puback, None) => puback::write(&puback, buffer)?,
             Packet::Subscribe(subscribe, None) => subscribe::write(&subscribe, buffer)?,
             Packet::SubAck(suback, None) => suback::write(&suback, buffer)?,
@@ -361,9 +365,9 @@ impl Protocol for V4 {
             Packet::Disconnect(disconnect, None) => disconnect::write(&disconnect, buffer)?,
             Packet::PingReq(pingreq) => ping::pingreq::write(buffer)?,
             Packet::PingResp(pingresp) => ping::pingresp::write(buffer)?,
-            _ => unreachable!(
-                "This branch only matches for packets with Properties, which is not possible in v4",
-            ),
+            // wasmgate: an error, not `unreachable!`: nothing a peer sends should
+            // be able to end in a panic here.
+            _ => return Err(Error::InvalidProtocol),
         };
         Ok(size)
     }

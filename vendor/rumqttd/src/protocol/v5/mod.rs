@@ -382,52 +382,67 @@ impl Protocol for V5 {
         }
 
         let packet = packet.freeze();
-        let packet = match packet_type {
-            PacketType::Connect => {
-                let (connect, properties, will, willproperties, login) =
-                    connect::read(fixed_header, packet)?;
-                Packet::Connect(connect, properties, will, willproperties, login)
-            }
-            PacketType::Publish => {
-                let (publish, properties) = publish::read(fixed_header, packet)?;
-                Packet::Publish(publish, properties)
-            }
-            PacketType::PubAck => {
-                let (puback, properties) = puback::read(fixed_header, packet)?;
-                Packet::PubAck(puback, properties)
-            }
-            PacketType::Subscribe => {
-                let (subscribe, properties) = subscribe::read(fixed_header, packet)?;
-                Packet::Subscribe(subscribe, properties)
-            }
-            PacketType::SubAck => {
-                let (suback, properties) = suback::read(fixed_header, packet)?;
-                Packet::SubAck(suback, properties)
-            }
-            PacketType::Unsubscribe => {
-                let (unsubscribe, properties) = unsubscribe::read(fixed_header, packet)?;
-                Packet::Unsubscribe(unsubscribe, properties)
-            }
-            PacketType::PingReq => Packet::PingReq(PingReq),
-            PacketType::PingResp => Packet::PingResp(PingResp),
-            PacketType::Disconnect => {
-                let (disconnect, properties) = disconnect::read(fixed_header, packet)?;
-                Packet::Disconnect(disconnect, properties)
-            }
-            PacketType::PubRec => {
-                let (pubrec, properties) = pubrec::read(fixed_header, packet)?;
-                Packet::PubRec(pubrec, properties)
-            }
-            PacketType::PubRel => {
-                let (pubrel, properties) = pubrel::read(fixed_header, packet)?;
-                Packet::PubRel(pubrel, properties)
-            }
-            PacketType::PubComp => {
-                let (pubcomp, properties) = pubcomp::read(fixed_header, packet)?;
-                Packet::PubComp(pubcomp, properties)
-            }
-            _ => unreachable!(),
+        // wasmgate: in a closure, to map its errors below
+        let parse = move || -> Result<Packet, Error> {
+            Ok(match packet_type {
+                PacketType::Connect => {
+                    let (connect, properties, will, willproperties, login) =
+                        connect::read(fixed_header, packet)?;
+                    Packet::Connect(connect, properties, will, willproperties, login)
+                }
+                PacketType::Publish => {
+                    let (publish, properties) = publish::read(fixed_header, packet)?;
+                    Packet::Publish(publish, properties)
+                }
+                PacketType::PubAck => {
+                    let (puback, properties) = puback::read(fixed_header, packet)?;
+                    Packet::PubAck(puback, properties)
+                }
+                PacketType::Subscribe => {
+                    let (subscribe, properties) = subscribe::read(fixed_header, packet)?;
+                    Packet::Subscribe(subscribe, properties)
+                }
+                PacketType::SubAck => {
+                    let (suback, properties) = suback::read(fixed_header, packet)?;
+                    Packet::SubAck(suback, properties)
+                }
+                PacketType::Unsubscribe => {
+                    let (unsubscribe, properties) = unsubscribe::read(fixed_header, packet)?;
+                    Packet::Unsubscribe(unsubscribe, properties)
+                }
+                PacketType::PingReq => Packet::PingReq(PingReq),
+                PacketType::PingResp => Packet::PingResp(PingResp),
+                PacketType::Disconnect => {
+                    let (disconnect, properties) = disconnect::read(fixed_header, packet)?;
+                    Packet::Disconnect(disconnect, properties)
+                }
+                PacketType::PubRec => {
+                    let (pubrec, properties) = pubrec::read(fixed_header, packet)?;
+                    Packet::PubRec(pubrec, properties)
+                }
+                PacketType::PubRel => {
+                    let (pubrel, properties) = pubrel::read(fixed_header, packet)?;
+                    Packet::PubRel(pubrel, properties)
+                }
+                PacketType::PubComp => {
+                    let (pubcomp, properties) = pubcomp::read(fixed_header, packet)?;
+                    Packet::PubComp(pubcomp, properties)
+                }
+                // wasmgate: was `unreachable!()`, but CONNACK and UNSUBACK (which
+                // only a server sends) with a body get here: a client sending one
+                // panicked its link task.
+                _ => return Err(Error::InvalidPacketType(fixed_header.byte1 >> 4)),
+            })
         };
+        // wasmgate: the frame is complete and already cut from the stream, so
+        // a short property length inside it is a malformed packet. Passed on as
+        // InsufficientBytes, it made the network layer wait for more bytes and
+        // parse the next ones as a new packet (or, in `readv`, drop this one
+        // silently).
+        let packet = parse().map_err(|e| match e {
+            Error::InsufficientBytes(_) => Error::MalformedPacket,
+            e => e,
+        })?;
 
         Ok(packet)
     }
