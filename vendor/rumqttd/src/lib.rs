@@ -116,6 +116,13 @@ pub struct ServerSettings {
     pub tls: Option<TlsConfig>,
     pub next_connection_delay_ms: u64,
     pub connections: ConnectionSettings,
+    /// wasmgate: connections this listener holds at once, counted from the TCP
+    /// accept (so those that have not sent CONNECT yet count too). At the cap a
+    /// new connection is accepted and closed at once, and counted in
+    /// [`BrokerStats::connections_refused`]. `None`: no cap (upstream's
+    /// behaviour; the router's `max_connections` bounds sessions only).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
 }
 
 impl ServerSettings {
@@ -202,6 +209,33 @@ pub struct RouterConfig {
     // defaults to Round Robin
     #[serde(default)]
     pub shared_subscriptions_strategy: Strategy,
+    /// wasmgate: retained messages kept at once. A retained PUBLISH past the
+    /// bound is delivered to subscribers as usual but not retained (and any
+    /// older retained message on its topic is dropped, as the new one would
+    /// have replaced it); it is logged at warn and counted in
+    /// [`BrokerStats::retained_refused`]. `None`: unbounded (upstream).
+    #[serde(default)]
+    pub max_retained_count: Option<usize>,
+    /// wasmgate: bytes of retained messages (topic + payload) kept at once;
+    /// as `max_retained_count`. `None`: unbounded (upstream).
+    #[serde(default)]
+    pub max_retained_bytes: Option<usize>,
+}
+
+/// wasmgate: what a broker refused to hold, and its retained store; one per
+/// [`Broker`] (see [`Broker::stats`]), updated by its router and listeners.
+#[derive(Debug, Default)]
+pub struct BrokerStats {
+    /// Connections accepted and closed at once: their listener was at its
+    /// [`ServerSettings::max_connections`].
+    pub connections_refused: std::sync::atomic::AtomicU64,
+    /// Retained PUBLISHes delivered but not retained: past
+    /// [`RouterConfig::max_retained_count`] or `max_retained_bytes`.
+    pub retained_refused: std::sync::atomic::AtomicU64,
+    /// Retained messages held now.
+    pub retained_count: std::sync::atomic::AtomicU64,
+    /// Bytes (topics + payloads) of the retained messages held now.
+    pub retained_bytes: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

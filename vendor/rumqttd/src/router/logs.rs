@@ -14,6 +14,12 @@ use crate::Storage;
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::time::Instant;
+// wasmgate: for the retained store's bounds
+use crate::BrokerStats;
+use bytes::Bytes;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tracing::warn;
 
 type PubWithProp = (Publish, Option<PublishProperties>);
 
@@ -59,6 +65,11 @@ pub struct DataLog {
     /// Map of subscription filter name to filter index
     filter_indexes: HashMap<Filter, FilterIdx>,
     retained_publishes: HashMap<Topic, PublishData>,
+    /// wasmgate: bytes (topic + payload) of `retained_publishes`, for
+    /// `config.max_retained_bytes`
+    retained_bytes: usize,
+    /// wasmgate: where refusals and the retained store's size are reported
+    pub(crate) stats: Arc<BrokerStats>,
     /// List of filters associated with a topic
     publish_filters: HashMap<Topic, Vec<FilterIdx>>,
 }
@@ -87,6 +98,8 @@ impl DataLog {
             publish_filters,
             filter_indexes,
             retained_publishes,
+            retained_bytes: 0,
+            stats: Arc::default(),
         })
     }
 
@@ -255,18 +268,71 @@ impl DataLog {
         inflight
     }
 
+    /// wasmgate: returns whether the message was retained: not if that would
+    /// take the store past `max_retained_count` or `max_retained_bytes`.
     pub fn insert_to_retained_publishes(
         &mut self,
         publish: Publish,
         publish_properties: Option<PublishProperties>,
         topic: Topic,
-    ) {
+    ) -> bool {
+        // wasmgate: the bounds. A new retained message replaces the old one
+        // whether or not it is kept: a subscriber must not get an older value
+        // as if it were the last one.
+        if let Some(old) = self.retained_publishes.remove(&topic) {
+            self.retained_bytes -= retained_size(&old.publish);
+        }
+        let size = retained_size(&publish);
+        let count_ok = self
+            .config
+            .max_retained_count
+            .map_or(true, |max| self.retained_publishes.len() < max);
+        let bytes_ok = self
+            .config
+            .max_retained_bytes
+            .map_or(true, |max| self.retained_bytes.saturating_add(size) <= max);
+        if !(count_ok && bytes_ok) {
+            self.stats.retained_refused.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                topic,
+                size,
+                retained_count = self.retained_publishes.len(),
+                retained_bytes = self.retained_bytes,
+                "retained store full (max_retained_count/max_retained_bytes): delivered, not retained"
+            );
+            self.report_retained();
+            return false;
+        }
+
+        // wasmgate: copies, so that a retained message holds its own bytes and
+        // not the whole network read buffer its frame was cut from (which can
+        // be twice the payload and more): the byte bound is then what it says.
+        let publish = Publish {
+            topic: Bytes::copy_from_slice(&publish.topic),
+            payload: Bytes::copy_from_slice(&publish.payload),
+            ..publish
+        };
         let pub_with_props = (publish, publish_properties);
+        self.retained_bytes += size;
         self.retained_publishes.insert(topic, pub_with_props.into());
+        self.report_retained();
+        true
     }
 
     pub fn remove_from_retained_publishes(&mut self, topic: Topic) {
-        self.retained_publishes.remove(&topic);
+        // wasmgate: and its bytes
+        if let Some(old) = self.retained_publishes.remove(&topic) {
+            self.retained_bytes -= retained_size(&old.publish);
+            self.report_retained();
+        }
+    }
+
+    // wasmgate: the retained store's size, for `BrokerStats`
+    fn report_retained(&self) {
+        let count = self.retained_publishes.len() as u64;
+        self.stats.retained_count.store(count, Ordering::Relaxed);
+        let bytes = self.retained_bytes as u64;
+        self.stats.retained_bytes.store(bytes, Ordering::Relaxed);
     }
 
     pub fn read_retained_messages(&mut self, filter: &str) -> Vec<PubWithProp> {
@@ -274,6 +340,8 @@ impl DataLog {
         let now = Instant::now();
 
         // discard expired retained messages
+        // wasmgate: and their bytes
+        let retained_bytes = &mut self.retained_bytes;
         self.retained_publishes.retain(|_, pubdata| {
             // Keep data if no properties exists, which implies no message expiry!
             let Some(properties) = pubdata.properties.as_mut() else {
@@ -294,10 +362,13 @@ impl DataLog {
                 // set message_expiry_interval to (original value - time spent waiting in server)
                 // ref: https://docs.oasis-open.org/mqtt/mqtt/v5.0/os/mqtt-v5.0-os.html#_Toc3901112
                 *message_expiry_interval -= time_spent;
+            } else {
+                *retained_bytes -= retained_size(&pubdata.publish);
             }
 
             is_valid
         });
+        self.report_retained();
 
         // no need to include timestamp when returning
         self.retained_publishes
@@ -306,6 +377,11 @@ impl DataLog {
             .map(|(_, p)| (p.publish.clone(), p.properties.clone()))
             .collect()
     }
+}
+
+// wasmgate: what a retained message counts against `max_retained_bytes`
+fn retained_size(publish: &Publish) -> usize {
+    publish.topic.len() + publish.payload.len()
 }
 
 pub struct Data<T> {
@@ -448,6 +524,8 @@ mod test {
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Strategy::RoundRobin,
+            max_retained_count: None,
+            max_retained_bytes: None,
         };
         let mut data = DataLog::new(config).unwrap();
         data.next_native_offset("topic/a");
@@ -468,6 +546,8 @@ mod test {
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Strategy::RoundRobin,
+            max_retained_count: None,
+            max_retained_bytes: None,
         };
         let mut data = DataLog::new(config).unwrap();
         data.next_native_offset("+/+");

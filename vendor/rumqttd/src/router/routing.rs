@@ -146,6 +146,12 @@ impl Router {
         }
     }
 
+    /// wasmgate: this router's counters, shared with whoever asks before it is
+    /// spawned (see [`crate::Broker::stats`]).
+    pub fn stats(&self) -> std::sync::Arc<BrokerStats> {
+        self.datalog.stats.clone()
+    }
+
     /// Gets handle to the router. This is not a public method to ensure that link
     /// is created only after the router starts
     fn link(&self) -> Sender<(ConnectionId, Event)> {

@@ -9,10 +9,12 @@ use crate::protocol::v5::V5;
 use crate::protocol::{Packet, Protocol};
 #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
 use crate::server::tls::{self, TLSAcceptor};
-use crate::{meters, ConnectionSettings, Meter};
+use crate::{meters, BrokerStats, ConnectionSettings, Meter};
+// wasmgate: for ServerSettings::max_connections
 use flume::{RecvError, SendError, Sender};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tracing::{error, field, info, warn, Instrument};
 use uuid::Uuid;
@@ -67,6 +69,8 @@ pub enum Error {
 pub struct Broker {
     config: Arc<Config>,
     router_tx: Sender<(ConnectionId, Event)>,
+    // wasmgate: shared by the router and the listeners
+    stats: Arc<BrokerStats>,
 }
 
 impl Broker {
@@ -74,6 +78,7 @@ impl Broker {
         let config = Arc::new(config);
         let router_config = config.router.clone();
         let router: Router = Router::new(config.id, router_config);
+        let stats = router.stats();
 
         // Setup cluster if cluster settings are configured.
         match config.cluster.clone() {
@@ -87,11 +92,19 @@ impl Broker {
                 // Start router first and then cluster in the background
                 let router_tx = router.spawn();
                 // cluster.spawn();
-                Broker { config, router_tx }
+                Broker {
+                    config,
+                    router_tx,
+                    stats,
+                }
             }
             None => {
                 let router_tx = router.spawn();
-                Broker { config, router_tx }
+                Broker {
+                    config,
+                    router_tx,
+                    stats,
+                }
             }
         }
     }
@@ -134,6 +147,13 @@ impl Broker {
     //         cluster.add_replica_router_handle(node_id, link);
     //     }
     // }
+
+    /// wasmgate: what this broker refused to hold (connections past a
+    /// listener's cap, retained messages past the bounds) and the size of its
+    /// retained store.
+    pub fn stats(&self) -> Arc<BrokerStats> {
+        self.stats.clone()
+    }
 
     // Link to get meters
     pub fn meters(&self) -> Result<meters::MetersLink, meters::LinkError> {
@@ -206,6 +226,7 @@ impl Broker {
             for (_, config) in v4_config.clone() {
                 let server_thread = thread::Builder::new().name(config.name.clone());
                 let mut server = Server::new(config, self.router_tx.clone(), V4);
+                server.stats = self.stats.clone(); // wasmgate
                 let handle = server_thread.spawn(move || {
                     let mut runtime = tokio::runtime::Builder::new_current_thread();
                     let runtime = runtime.enable_all().build().unwrap();
@@ -224,6 +245,7 @@ impl Broker {
             for (_, config) in v5_config.clone() {
                 let server_thread = thread::Builder::new().name(config.name.clone());
                 let mut server = Server::new(config, self.router_tx.clone(), V5);
+                server.stats = self.stats.clone(); // wasmgate
                 let handle = server_thread.spawn(move || {
                     let mut runtime = tokio::runtime::Builder::new_current_thread();
                     let runtime = runtime.enable_all().build().unwrap();
@@ -249,6 +271,7 @@ impl Broker {
                 let server_thread = thread::Builder::new().name(config.name.clone());
                 //TODO: Add support for V5 procotol with websockets. Registered in config or on ServerSettings
                 let mut server = Server::new(config, self.router_tx.clone(), V4);
+                server.stats = self.stats.clone(); // wasmgate
                 let handle = server_thread.spawn(move || {
                     let mut runtime = tokio::runtime::Builder::new_current_thread();
                     let runtime = runtime.enable_all().build().unwrap();
@@ -349,6 +372,24 @@ pub struct Server<P> {
     router_tx: Sender<(ConnectionId, Event)>,
     protocol: P,
     awaiting_will_handler: Arc<Mutex<HashMap<String, Sender<AwaitingWill>>>>,
+    // wasmgate: where refused connections are counted
+    pub(crate) stats: Arc<BrokerStats>,
+}
+
+/// wasmgate: one connection of a listener, counted while it lives.
+struct ConnectionGuard(Arc<AtomicUsize>);
+
+impl ConnectionGuard {
+    fn new(active: &Arc<AtomicUsize>) -> ConnectionGuard {
+        active.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard(active.clone())
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl<P: Protocol + Clone + Send + 'static> Server<P> {
@@ -362,6 +403,7 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
             router_tx,
             protocol,
             awaiting_will_handler: Arc::new(Mutex::new(HashMap::default())),
+            stats: Arc::default(),
         }
     }
 
@@ -385,6 +427,8 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
         let mut count: usize = 0;
 
         let config = Arc::new(self.config.connections.clone());
+        // wasmgate: this listener's connections alive now, CONNECT or not
+        let active = Arc::new(AtomicUsize::new(0));
         info!(
             config = self.config.name,
             listen_addr = self.config.listen.to_string(),
@@ -399,6 +443,28 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                     continue;
                 }
             };
+
+            // wasmgate: at the cap, accept and close at once rather than stop
+            // accepting: the peer learns at once (and backs off) instead of
+            // waiting in the kernel's backlog, the backlog cannot fill with a
+            // flood, and each refusal is counted.
+            if let Some(max) = self.config.max_connections {
+                if active.load(Ordering::Relaxed) >= max {
+                    self.stats
+                        .connections_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    warn!(
+                        name = self.config.name,
+                        ?addr,
+                        max,
+                        "listener at max_connections, closing new connection"
+                    );
+                    drop(stream);
+                    time::sleep(delay).await;
+                    continue;
+                }
+            }
+            let connection_guard = ConnectionGuard::new(&active);
 
             let (network, tenant_id) = match self.tls_accept(stream).await {
                 Ok(o) => o,
@@ -435,6 +501,7 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                             stream,
                             protocol,
                             self.awaiting_will_handler.clone(),
+                            connection_guard,
                         )
                         .instrument(tracing::info_span!(
                             "websocket_link",
@@ -451,6 +518,7 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                         network,
                         protocol,
                         self.awaiting_will_handler.clone(),
+                        connection_guard,
                     )
                     .instrument(tracing::error_span!(
                         "remote_link",
@@ -496,6 +564,7 @@ async fn remote<P: Protocol>(
     stream: Box<dyn N>,
     protocol: P,
     will_handlers: Arc<Mutex<HashMap<String, Sender<AwaitingWill>>>>,
+    connection_guard: ConnectionGuard,
 ) {
     let mut network = Network::new(
         stream,
@@ -610,6 +679,7 @@ async fn remote<P: Protocol>(
     // router ignores a Disconnect for a connection id whose link is still
     // alive, i.e. an id it already disconnected and gave to a new connection.
     drop(link);
+    drop(connection_guard); // wasmgate: the socket is closed
 
     if send_disconnect {
         let disconnect = Event::Disconnect;
