@@ -23,6 +23,9 @@ use tracing::warn;
 
 type PubWithProp = (Publish, Option<PublishProperties>);
 
+// wasmgate: bound of `DataLog::publish_filters`
+const MAX_CACHED_TOPICS: usize = 10_000;
+
 #[derive(Clone)]
 pub struct PublishData {
     pub publish: Publish,
@@ -149,6 +152,14 @@ impl DataLog {
                     .collect();
 
                 if !v.is_empty() {
+                    // wasmgate: this is a cache, with an entry for every topic
+                    // ever published that a filter matches: devices publishing to
+                    // ever new topics under a wildcard subscription grew it for
+                    // good. Start it over past a bound (a miss is only a scan of
+                    // the filters, as for this topic now).
+                    if self.publish_filters.len() >= MAX_CACHED_TOPICS {
+                        self.publish_filters.clear();
+                    }
                     self.publish_filters.insert(topic.to_owned(), v.clone());
                 }
 

@@ -558,9 +558,11 @@ impl Router {
             );
         } else {
             tracker.pause(PauseReason::Busy);
-            let id = tracker.id.clone();
-            // Only save metrics in clean session
-            self.graveyard.save_metrics(id, connection.events);
+            // wasmgate: was `self.graveyard.save_metrics(tracker.id, ..)`: the
+            // graveyard kept an entry for every client id that ever connected
+            // with a clean session, for good. Each empty client id gets a new
+            // one ("rumqtt-<uuid>"), so a device reconnecting with an empty id
+            // grew the broker without bound. A clean session keeps nothing.
         }
         self.router_meters.total_connections -= 1;
     }
