@@ -85,7 +85,10 @@ pub enum BrokerError {
     Start(String),
 }
 
-/// What the broker process runs with; the gateway sends it as JSON.
+/// What the broker process runs with; the gateway sends it as JSON. The
+/// bounds are what devices, one listener and retained messages may take of
+/// the gateway (see vendor/rumqttd/UPSTREAM.md for the rumqttd settings
+/// behind them).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BrokerSettings {
     /// Where devices connect.
@@ -93,33 +96,60 @@ pub struct BrokerSettings {
     /// The gateway's own listener, on loopback; port 0 until the first
     /// start has picked one (restarts keep it).
     pub internal: SocketAddr,
-    /// The gateway's credentials on the internal listener.
-    pub internal_user: String,
-    pub internal_password: String,
-    /// Connections the gateway itself needs (one per function, the drains)
-    /// and may have at once on the internal listener.
-    pub internal_connections: usize,
-    /// Devices connected at once, at most.
+    /// The user and password the internal listener requires; `None`
+    /// requires none (tests).
+    pub internal_credentials: Option<(String, String)>,
+    /// Sessions the broker holds at once, over both listeners. What is left
+    /// beyond `max_device_connections` is the gateway's own sessions' room
+    /// (and the internal listener's cap).
+    pub max_connections: usize,
+    /// Connections the device listener holds at once, counted from the TCP
+    /// accept (before CONNECT too): past it a new one is accepted and closed
+    /// at once, and counted.
     pub max_device_connections: usize,
-    /// See [`CONNECT_TIMEOUT`].
-    pub connect_timeout_ms: u64,
+    /// How long a new connection may stay silent before its CONNECT arrives
+    /// (see [`CONNECT_TIMEOUT`]).
+    pub connect_timeout_ms: u16,
     pub max_payload_bytes: usize,
+    /// Retained messages kept at once; past it a retained PUBLISH is still
+    /// delivered but not retained (a warning, and counted).
+    pub max_retained_count: usize,
+    /// Bytes of retained topics and payloads kept at once; as above.
+    pub max_retained_bytes: usize,
+}
+
+impl Default for BrokerSettings {
+    /// Devices on `0.0.0.0:1883`, a loopback listener without a password,
+    /// room for 8 sessions of the gateway's own.
+    fn default() -> Self {
+        BrokerSettings {
+            listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            internal: SocketAddr::from(([127, 0, 0, 1], 0)),
+            internal_credentials: None,
+            max_connections: MAX_DEVICE_CONNECTIONS + 8,
+            max_device_connections: MAX_DEVICE_CONNECTIONS,
+            connect_timeout_ms: CONNECT_TIMEOUT.as_millis() as u16,
+            max_payload_bytes: MAX_PAYLOAD_BYTES,
+            // About one status message per device, and sixteen payloads of
+            // the largest size: a Pi does not give more than this to
+            // retained state.
+            max_retained_count: 4_096,
+            max_retained_bytes: 32 << 20,
+        }
+    }
 }
 
 impl BrokerSettings {
-    /// Settings for a gateway that needs `sessions` connections of its own.
+    /// Settings for a gateway that needs `sessions` connections of its own,
+    /// with a password made now for its listener.
     pub fn new(listen: SocketAddr, sessions: usize) -> Self {
         BrokerSettings {
             listen,
-            internal: SocketAddr::from(([127, 0, 0, 1], 0)),
-            internal_user: INTERNAL_USER.to_owned(),
-            internal_password: random_password(),
-            // A margin for sessions that reconnect before the broker saw the
-            // old connection go.
-            internal_connections: sessions * 2 + 8,
-            max_device_connections: MAX_DEVICE_CONNECTIONS,
-            connect_timeout_ms: CONNECT_TIMEOUT.as_millis() as u64,
-            max_payload_bytes: MAX_PAYLOAD_BYTES,
+            internal_credentials: Some((INTERNAL_USER.to_owned(), random_password())),
+            // The gateway's own, with a margin for sessions that reconnect
+            // before the broker saw the old connection go.
+            max_connections: MAX_DEVICE_CONNECTIONS + sessions * 2 + 8,
+            ..BrokerSettings::default()
         }
     }
 }
@@ -204,11 +234,11 @@ impl EmbeddedBroker {
     }
 
     /// The gateway's user name and password on [`EmbeddedBroker::addr`].
-    pub fn credentials(&self) -> (&str, &str) {
-        (
-            &self.settings.internal_user,
-            &self.settings.internal_password,
-        )
+    pub fn credentials(&self) -> Option<(&str, &str)> {
+        self.settings
+            .internal_credentials
+            .as_ref()
+            .map(|(user, password)| (user.as_str(), password.as_str()))
     }
 
     /// The broker process's id (changes with each restart).
@@ -515,61 +545,22 @@ pub fn child_main() -> std::process::ExitCode {
         }
     };
     ignore_stop_signals();
-    // rumqttd reports a failed bind only in a log line from its own
-    // thread, so find out first, while the error can still be returned.
-    if let Err(e) = TcpListener::bind(settings.listen) {
-        answer(&mut out, format!("bind-error {e}"));
-        return std::process::ExitCode::FAILURE;
-    }
-    if settings.internal.port() == 0 {
-        match TcpListener::bind(settings.internal).and_then(|l| l.local_addr()) {
-            Ok(addr) => settings.internal = addr,
-            Err(e) => {
-                answer(&mut out, format!("error internal listener: {e}"));
-                return std::process::ExitCode::FAILURE;
-            }
-        }
-    }
     // Devices wait until the gateway says `open` (see the module's docs).
     let (open_devices, devices_gate) = tokio::sync::watch::channel(false);
-    let mut broker = rumqttd::Broker::new(config(&settings, Some(devices_gate)));
-    let thread = std::thread::Builder::new()
-        .name("rumqttd".into())
-        .spawn(move || broker.start().map_err(|e| e.to_string()));
-    let thread = match thread {
-        Ok(thread) => thread,
+    let broker = match InProcessBroker::start(&settings, Some(devices_gate)) {
+        Ok(broker) => broker,
+        Err(BrokerError::Bind { error, .. }) => {
+            answer(&mut out, format!("bind-error {error}"));
+            return std::process::ExitCode::FAILURE;
+        }
         Err(e) => {
-            answer(&mut out, format!("error cannot start a thread: {e}"));
+            answer(&mut out, format!("error {e}"));
             return std::process::ExitCode::FAILURE;
         }
     };
-    let deadline = Instant::now() + READY_WAIT;
-    let addrs = [connect_addr(settings.listen), settings.internal];
-    loop {
-        if thread.is_finished() {
-            let reason = match thread.join() {
-                Ok(Err(e)) => e,
-                _ => "stopped unexpectedly".into(),
-            };
-            answer(&mut out, format!("error {reason}"));
-            return std::process::ExitCode::FAILURE;
-        }
-        let listening = addrs
-            .iter()
-            .all(|a| TcpStream::connect_timeout(a, Duration::from_millis(100)).is_ok());
-        if listening {
-            break;
-        }
-        if Instant::now() >= deadline {
-            answer(
-                &mut out,
-                format!("error not listening after {READY_WAIT:?}"),
-            );
-            return std::process::ExitCode::FAILURE;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    settings.internal = broker.internal();
     answer(&mut out, format!("ready {}", settings.internal.port()));
+    let stats = broker.stats.clone();
     // Runs until the gateway closes our stdin (it stopped, or died); `open`
     // lets devices in.
     for line in stdin.lock().lines() {
@@ -581,6 +572,14 @@ pub fn child_main() -> std::process::ExitCode {
             Err(_) => break,
         }
     }
+    let get = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+    tracing::info!(
+        connections_refused = get(&stats.connections_refused),
+        retained_refused = get(&stats.retained_refused),
+        retained = get(&stats.retained_count),
+        retained_bytes = get(&stats.retained_bytes),
+        "embedded broker totals"
+    );
     std::process::ExitCode::SUCCESS
 }
 
@@ -628,52 +627,151 @@ fn connect_addr(listen: SocketAddr) -> SocketAddr {
     addr
 }
 
+/// rumqttd on threads of this process: what the broker process runs, and
+/// what the broker's own tests drive. It runs until the process ends
+/// (rumqttd has no shutdown).
+#[derive(Debug)]
+pub struct InProcessBroker {
+    internal: SocketAddr,
+    stats: std::sync::Arc<rumqttd::BrokerStats>,
+}
+
+impl InProcessBroker {
+    /// Starts rumqttd and waits until both listeners take connections. With
+    /// a `devices_gate`, the device listener is bound but accepts only once
+    /// the gate turns `true`.
+    pub fn start(
+        settings: &BrokerSettings,
+        devices_gate: Option<tokio::sync::watch::Receiver<bool>>,
+    ) -> Result<InProcessBroker, BrokerError> {
+        // rumqttd reports a failed bind only in a log line from its own
+        // thread, so find out first, while the error can still be returned.
+        TcpListener::bind(settings.listen).map_err(|error| BrokerError::Bind {
+            addr: settings.listen,
+            error: error.to_string(),
+        })?;
+        let mut settings = settings.clone();
+        if settings.internal.port() == 0 {
+            settings.internal = TcpListener::bind(settings.internal)
+                .and_then(|l| l.local_addr())
+                .map_err(|error| BrokerError::Bind {
+                    addr: settings.internal,
+                    error: error.to_string(),
+                })?;
+        }
+        let mut broker = rumqttd::Broker::new(config(&settings, devices_gate));
+        let stats = broker.stats();
+        let thread = std::thread::Builder::new()
+            .name("rumqttd".into())
+            .spawn(move || broker.start().map_err(|e| e.to_string()))
+            .map_err(|e| BrokerError::Start(format!("cannot start a thread: {e}")))?;
+        let deadline = Instant::now() + READY_WAIT;
+        // The device listener is bound, so a connect completes even while
+        // its gate holds accepting back.
+        let addrs = [connect_addr(settings.listen), settings.internal];
+        loop {
+            if thread.is_finished() {
+                let reason = match thread.join() {
+                    Ok(Err(e)) => e,
+                    _ => "stopped unexpectedly".into(),
+                };
+                return Err(BrokerError::Start(reason));
+            }
+            let listening = addrs
+                .iter()
+                .all(|a| TcpStream::connect_timeout(a, Duration::from_millis(100)).is_ok());
+            if listening {
+                return Ok(InProcessBroker {
+                    internal: settings.internal,
+                    stats,
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(BrokerError::NotReady {
+                    addr: settings.listen,
+                    waited: READY_WAIT,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Where the gateway's own sessions connect.
+    pub fn internal(&self) -> SocketAddr {
+        self.internal
+    }
+
+    /// What the broker refused to hold: connections past a listener's cap,
+    /// retained messages past the bounds.
+    pub fn stats(&self) -> &rumqttd::BrokerStats {
+        &self.stats
+    }
+}
+
 /// Sized for a gateway, not a cloud broker: segments bound the memory each
-/// topic's log may use.
+/// topic's log may use, `settings` the rest.
 pub fn config(
     settings: &BrokerSettings,
     devices_gate: Option<tokio::sync::watch::Receiver<bool>>,
 ) -> rumqttd::Config {
-    // TODO(rumqttd patch): hold the device listener's accept loop on the gate.
-    drop(devices_gate);
     let connections = |auth: Option<HashMap<String, String>>| rumqttd::ConnectionSettings {
-        connection_timeout_ms: u16::try_from(settings.connect_timeout_ms).unwrap_or(u16::MAX),
+        connection_timeout_ms: settings.connect_timeout_ms,
         max_payload_size: settings.max_payload_bytes,
         max_inflight_count: 100,
         auth,
         external_auth: None,
         dynamic_filters: true,
     };
-    let server = |name: &str, listen, auth| rumqttd::ServerSettings {
+    let server = |name: &str, listen, auth, max_connections, accept_gate| rumqttd::ServerSettings {
         name: name.into(),
         listen,
         tls: None,
+        // A pause after each accept would slow a reconnect storm's
+        // legitimate reconnects; the per-listener cap bounds a flood.
         next_connection_delay_ms: 0,
         connections: connections(auth),
+        max_connections,
+        accept_gate,
     };
-    let internal_auth = HashMap::from([(
-        settings.internal_user.clone(),
-        settings.internal_password.clone(),
-    )]);
+    let internal_auth = settings
+        .internal_credentials
+        .clone()
+        .map(|(user, password)| HashMap::from([(user, password)]));
     rumqttd::Config {
         id: 0,
         router: rumqttd::RouterConfig {
-            max_connections: settings.max_device_connections + settings.internal_connections,
+            max_connections: settings.max_connections,
             max_outgoing_packet_count: 200,
             max_segment_size: settings.max_payload_bytes,
             max_segment_count: 4,
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
+            max_retained_count: Some(settings.max_retained_count),
+            max_retained_bytes: Some(settings.max_retained_bytes),
         },
         v4: Some(HashMap::from([
             (
                 "devices".to_owned(),
-                server("devices", settings.listen, None),
+                server(
+                    "devices",
+                    settings.listen,
+                    None,
+                    Some(settings.max_device_connections),
+                    devices_gate,
+                ),
             ),
             (
                 "gateway".to_owned(),
-                server("gateway", settings.internal, Some(internal_auth)),
+                server(
+                    "gateway",
+                    settings.internal,
+                    internal_auth,
+                    // Bounded (connections before CONNECT count), but it
+                    // may use every session the devices leave.
+                    Some(settings.max_connections),
+                    None,
+                ),
             ),
         ])),
         ..Default::default()
@@ -716,10 +814,11 @@ mod tests {
             serde_json::from_str::<BrokerSettings>(&line).unwrap(),
             settings
         );
-        assert_eq!(settings.internal_password.len(), 32);
+        let password = |s: &BrokerSettings| s.internal_credentials.clone().unwrap().1;
+        assert_eq!(password(&settings).len(), 32);
         assert_ne!(
-            settings.internal_password,
-            BrokerSettings::new(settings.listen, 3).internal_password
+            password(&settings),
+            password(&BrokerSettings::new(settings.listen, 3))
         );
     }
 
@@ -730,11 +829,23 @@ mod tests {
         let servers = config.v4.unwrap();
         assert!(servers["devices"].connections.auth.is_none());
         let auth = servers["gateway"].connections.auth.clone().unwrap();
-        assert_eq!(auth[INTERNAL_USER], settings.internal_password);
-        assert!(servers["gateway"].listen.ip().is_loopback());
         assert_eq!(
-            config.router.max_connections,
-            MAX_DEVICE_CONNECTIONS + settings.internal_connections
+            auth[INTERNAL_USER],
+            settings.internal_credentials.unwrap().1
         );
+        assert!(servers["gateway"].listen.ip().is_loopback());
+        assert_eq!(config.router.max_connections, MAX_DEVICE_CONNECTIONS + 28);
+        // Each listener has a cap of its own; retained state is bounded.
+        assert_eq!(
+            servers["devices"].max_connections,
+            Some(MAX_DEVICE_CONNECTIONS)
+        );
+        assert_eq!(
+            servers["gateway"].max_connections,
+            Some(MAX_DEVICE_CONNECTIONS + 28)
+        );
+        assert_eq!(servers["devices"].connections.connection_timeout_ms, 5_000);
+        assert_eq!(config.router.max_retained_count, Some(4_096));
+        assert_eq!(config.router.max_retained_bytes, Some(32 << 20));
     }
 }

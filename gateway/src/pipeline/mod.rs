@@ -412,9 +412,18 @@ impl Gateway {
                     .all(|s| s.borrow().is_some_and(|at| at >= since))
             });
         }
+        // Where devices connect: the embedded broker's device listener, or
+        // the external broker.
+        #[cfg(feature = "embedded-broker")]
+        let devices_at = match &broker {
+            Some(broker) => broker.listen().to_string(),
+            None => format!("{}:{}", endpoint.host, endpoint.port),
+        };
+        #[cfg(not(feature = "embedded-broker"))]
+        let devices_at = format!("{}:{}", endpoint.host, endpoint.port);
         tracing::info!(
             functions = dispatchers.len(),
-            broker = %format!("{}:{}", endpoint.host, endpoint.port),
+            broker = %devices_at,
             store = %store.path().display(),
             "gateway running"
         );
@@ -682,12 +691,18 @@ fn start_embedded(
     let broker =
         crate::broker::EmbeddedBroker::start(crate::broker::BrokerSettings::new(listen, sessions))?;
     let addr = broker.addr();
-    let (user, password) = broker.credentials();
+    let (user, password) = match broker.credentials() {
+        Some((user, password)) => (
+            Some(user.to_owned()),
+            Some(crate::config::Secret::new(password)),
+        ),
+        None => (None, None),
+    };
     let mut endpoint = Endpoint::from_config(
         &addr.ip().to_string(),
         addr.port(),
-        Some(&user.to_owned()),
-        Some(&crate::config::Secret::new(password)),
+        user.as_ref(),
+        password.as_ref(),
         None,
         // Validation keeps MQTT 5 to external brokers.
         Protocol::V311,
