@@ -178,6 +178,14 @@ impl MqttClient {
             .expect("queue the publish");
     }
 
+    /// Publishes a retained message at QoS 1.
+    pub fn publish_retained(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.published.fetch_add(1, Ordering::SeqCst);
+        self.client
+            .publish(topic, QoS::AtLeastOnce, true, payload.into())
+            .expect("queue the publish");
+    }
+
     /// Waits until the broker has acknowledged every publish so far.
     #[track_caller]
     pub fn wait_acked(&self, timeout: Duration) {

@@ -265,6 +265,21 @@ pub struct BrokerConfig {
     /// External only: connect with TLS; none (plain MQTT) by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// Embedded only: devices connected at once, 1 to 65,536 (connections
+    /// that have not sent CONNECT yet count too; past it a new one is
+    /// closed at once). The gateway's own sessions have room apart from
+    /// these. Default 1,024.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Embedded only: retained messages kept at once, 0 to 1,000,000; past
+    /// it a retained message is delivered but not kept (logged, counted).
+    /// Default 4,096.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retained: Option<u32>,
+    /// Embedded only: MiB of retained topics and payloads kept at once, 0 to
+    /// 1,024; as above. Default 32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retained_mb: Option<u32>,
 }
 
 impl BrokerConfig {

@@ -237,6 +237,15 @@ fn broker(c: &mut Checker, path: &FieldPath, broker: &BrokerConfig) {
                     );
                 }
             }
+            if let Some(n) = broker.max_connections {
+                c.range(path.key("max_connections"), n.into(), 1, 65_536);
+            }
+            if let Some(n) = broker.max_retained {
+                c.range(path.key("max_retained"), n.into(), 0, 1_000_000);
+            }
+            if let Some(n) = broker.max_retained_mb {
+                c.range(path.key("max_retained_mb"), n.into(), 0, 1_024);
+            }
             for (field, set) in [
                 ("host", broker.host.is_some()),
                 ("port", broker.port.is_some()),
@@ -264,14 +273,21 @@ fn broker(c: &mut Checker, path: &FieldPath, broker: &BrokerConfig) {
             }
         }
         BrokerMode::External => {
-            if broker.listen.is_some() {
-                c.push(
-                    path.key("listen"),
-                    Kind::Unused {
-                        field: "listen",
-                        when: EXTERNAL,
-                    },
-                );
+            for (field, set) in [
+                ("listen", broker.listen.is_some()),
+                ("max_connections", broker.max_connections.is_some()),
+                ("max_retained", broker.max_retained.is_some()),
+                ("max_retained_mb", broker.max_retained_mb.is_some()),
+            ] {
+                if set {
+                    c.push(
+                        path.key(field),
+                        Kind::Unused {
+                            field,
+                            when: EXTERNAL,
+                        },
+                    );
+                }
             }
             match &broker.host {
                 None => c.push(

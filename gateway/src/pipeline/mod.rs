@@ -688,8 +688,21 @@ fn start_embedded(
         .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 1883)));
     // One session per function, and the local, upstream and invoke drains.
     let sessions = config.functions.len() + 3;
-    let broker =
-        crate::broker::EmbeddedBroker::start(crate::broker::BrokerSettings::new(listen, sessions))?;
+    let mut settings = crate::broker::BrokerSettings::new(listen, sessions);
+    let b = &config.broker;
+    if let Some(n) = b.max_connections {
+        // The gateway's own room stays as it is.
+        settings.max_connections =
+            settings.max_connections - settings.max_device_connections + n as usize;
+        settings.max_device_connections = n as usize;
+    }
+    if let Some(n) = b.max_retained {
+        settings.max_retained_count = n as usize;
+    }
+    if let Some(mb) = b.max_retained_mb {
+        settings.max_retained_bytes = (mb as usize) << 20;
+    }
+    let broker = crate::broker::EmbeddedBroker::start(settings)?;
     let addr = broker.addr();
     let (user, password) = match broker.credentials() {
         Some((user, password)) => (
