@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -537,4 +538,182 @@ upstream = ["telemetry/#"]
         "{}",
         gateway.logs()
     );
+}
+
+/// After a failed read of the dedup table, the message was left without
+/// an ack and its ticket never done, so every later ack of its session
+/// waited for a reconnect. The read is retried now, as a commit is, and the
+/// stream goes on once the database answers again. The failure here: the
+/// table is dropped under the running gateway, then made again.
+#[test]
+fn a_failed_dedup_read_holds_up_nothing_once_the_database_answers() {
+    let port = free_port();
+    let mut config = GatewayConfig::vending(BrokerMode::Embedded { port });
+    config.dedup_key = Some("ts".into());
+    let mut gateway = GatewayProcess::start(&config);
+    let db = gateway.dir().join("data/wasmgate.db");
+    let sqlite = |sql: &str| {
+        let out = std::process::Command::new("sqlite3")
+            .arg(&db)
+            .arg(".timeout 5000")
+            .arg(sql)
+            .output()
+            .expect("run sqlite3");
+        assert!(out.status.success(), "{sql}: {out:?}");
+    };
+    let cloud = MqttClient::connect(port, "cloud");
+    cloud.subscribe("telemetry/vending/+");
+    let device = MqttClient::connect(port, "device");
+    device.publish(&telemetry_topic("vm-5"), telemetry(1, 5.0));
+    assert!(cloud.collect_until(ONE, |m| m.json()["ts"].as_u64() == Some(1)));
+
+    sqlite("DROP TABLE dedup;");
+    device.publish(&telemetry_topic("vm-5"), telemetry(2, 5.0));
+    let failing = wait_until(ONE, || {
+        !gateway
+            .log_lines_with(&["cannot check the dedup id"])
+            .is_empty()
+    });
+    assert!(failing, "{}", gateway.logs());
+    sqlite(
+        "CREATE TABLE dedup (function TEXT NOT NULL, key TEXT NOT NULL, seen_ms INTEGER NOT NULL, \
+         PRIMARY KEY (function, key)) WITHOUT ROWID; CREATE INDEX dedup_by_age ON dedup (seen_ms);",
+    );
+    device.publish(&telemetry_topic("vm-5"), telemetry(3, 5.0));
+    let mut seen = BTreeSet::new();
+    let both = cloud.collect_until(ONE, |m| {
+        seen.extend(m.json()["ts"].as_u64());
+        seen.contains(&2) && seen.contains(&3)
+    });
+    assert!(both, "got {seen:?}:\n{}", gateway.logs());
+    let status = gateway.stop();
+    assert!(status.success());
+    let totals = gateway.log_lines_with(&["function totals", "received=3"]);
+    assert!(
+        totals.iter().any(|l| l.contains("acked=3")),
+        "every message acknowledged: {totals:?}\n{}",
+        gateway.logs()
+    );
+}
+
+/// Spins about 200,000 loop turns per event (a few ms): a slow function.
+const SLOW: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "wasmgate_abi_version") (result i32) i32.const 1)
+  (func (export "wasmgate_handle") (param i32) (result i32) (local i32)
+    (local.set 1 (i32.const 200000))
+    (loop (local.set 1 (i32.sub (local.get 1) (i32.const 1))) (br_if 0 (local.get 1)))
+    (i32.const 0)))"#;
+
+/// The buffer between a session and its function's queue was unbounded, on
+/// the belief that the broker keeps to its in-flight window; a broker that
+/// does not (mosquitto with `max_inflight_messages 0`) pushed everything at
+/// a slow function and the gateway held it all in memory. Now the session
+/// stops reading when the buffer is full, and TCP holds the broker back.
+#[test]
+fn a_broker_that_ignores_its_window_cannot_fill_the_gateways_memory() {
+    let local = Mosquitto::start_with("max_queued_messages 0\nmax_inflight_messages 0\n");
+    let port = local.port();
+    let dir = tempfile::tempdir().unwrap();
+    let slow = dir.path().join("slow.wasm");
+    std::fs::write(&slow, wat::parse_str(SLOW).unwrap()).unwrap();
+    let mut gateway = GatewayProcess::start_toml(|dir| {
+        format!(
+            r#"data_dir = {data:?}
+[broker]
+mode = "external"
+host = "127.0.0.1"
+port = {port}
+[[functions]]
+name = "slow"
+wasm = {slow:?}
+triggers = [{{ mqtt = "flood/+" }}]
+[functions.limits]
+queue = 256
+"#,
+            data = dir.join("data").display().to_string(),
+            slow = slow.display().to_string(),
+        )
+    });
+    let pid = gateway.pid();
+    let before = rss_kib(pid);
+    let device = MqttClient::connect(port, "flooder");
+    let payload = vec![b'x'; 10_000];
+    for i in 0..20_000 {
+        device.publish(&format!("flood/{}", i % 8), payload.clone());
+    }
+    device.wait_acked(Duration::from_secs(120));
+    let mut peak = 0;
+    for _ in 0..20 {
+        peak = peak.max(rss_kib(pid));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!("flood of 200 MB at a slow function: gateway RSS {before} -> at most {peak} KiB");
+    // Two queues' worth of 10 KB messages is 5 MB; 200 MB were sent.
+    assert!(
+        peak < before + 40 * 1024,
+        "the gateway grew from {before} to {peak} KiB"
+    );
+    assert!(gateway.is_running());
+    gateway.kill();
+}
+
+/// Connections from the LAN that never send CONNECT were held 60 s, with
+/// 65,536 file descriptors allowed: a connect flood could exhaust them and
+/// take the room the gateway's own sessions needed. Now a silent connection
+/// is closed after 5 s, the device listener has a cap of its own
+/// (`broker.max_connections`, 50 here), and the gateway's sessions use a
+/// listener of their own: the pipeline carries on through the flood.
+#[test]
+fn a_connect_flood_from_the_lan_leaves_the_pipeline_running() {
+    let port = free_port();
+    let gateway = GatewayProcess::start_toml(|dir| {
+        let wasm = support::gateway::example_wasm("vending_telemetry.wasm");
+        format!(
+            r#"data_dir = {data:?}
+[broker]
+listen = "127.0.0.1:{port}"
+max_connections = 50
+[[functions]]
+name = "vending"
+wasm = {wasm:?}
+triggers = [{{ mqtt = "vending/+/telemetry" }}]
+[functions.grants]
+upstream = ["telemetry/#"]
+"#,
+            data = dir.join("data").display().to_string(),
+            wasm = wasm.display().to_string(),
+        )
+    });
+    let broker = *broker_pids(&gateway).last().expect("a broker pid");
+    let cloud = MqttClient::connect(port, "cloud");
+    cloud.subscribe("telemetry/vending/+");
+    let device = MqttClient::connect(port, "device");
+    let flood: Vec<TcpStream> = (0..300)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let fds = std::fs::read_dir(format!("/proc/{broker}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert!(fds < 150, "the broker holds {fds} file descriptors");
+    // The devices already connected, and the gateway's own sessions, work.
+    device.publish(&telemetry_topic("vm-6"), telemetry(61, 5.0));
+    assert!(
+        cloud.collect_until(ONE, |m| m.json()["ts"].as_u64() == Some(61)),
+        "{}",
+        gateway.logs()
+    );
+    // Silent connections are closed after the CONNECT timeout (5 s).
+    let closed = wait_until(Duration::from_secs(15), || {
+        let fds = std::fs::read_dir(format!("/proc/{broker}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(usize::MAX);
+        fds < 60
+    });
+    assert!(closed, "the flood's connections were not closed");
+    drop(flood);
+    let late = MqttClient::connect(port, "late-device");
+    late.publish(&telemetry_topic("vm-6"), telemetry(62, 5.0));
+    assert!(cloud.collect_until(ONE, |m| m.json()["ts"].as_u64() == Some(62)));
 }
