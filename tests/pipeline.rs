@@ -658,3 +658,60 @@ fn a_board_profile_is_checked_and_an_unknown_board_is_named() {
         out.stderr
     );
 }
+
+/// A config with 22 mistakes of every sort (unknown fields at three depths,
+/// wrong types, values out of range, bad filters, a duplicate name, missing
+/// files, options of the other broker mode) needed three runs of `config
+/// check` to show them all (5, then 1, then 11): schema errors hid the
+/// checks of everything else. One run reports every one, each on its line.
+#[test]
+fn twenty_two_mistakes_are_reported_in_one_run() {
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/support/many-mistakes.toml");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("gateway.toml");
+    std::fs::copy(&config, &path).expect("copy the config");
+    let out = wasmgate(&["config", "check", path.to_str().unwrap()], ONE);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    let expected: &[(usize, &str)] = &[
+        (1, "gateway_id: invalid value \"bad id!\""),
+        (3, "colour: unknown field"),
+        (7, "broker.listen: invalid listen address"),
+        (8, "broker.port: `port` has no effect"),
+        (9, "broker.max_retained: invalid type"),
+        (12, "store.group_commit_ms: 50000 is out of range"),
+        (13, "store.synchronous: unknown variant `sometimes`"),
+        (16, "functions[0].name: invalid value \"Vending\""),
+        (17, "functions[0].wasm: cannot read "),
+        (18, "functions[0].triggers[0].mqtt: invalid topic filter"),
+        (18, "functions[0].triggers[0].qos: 2 is out of range"),
+        (19, "functions[0].timeout: unknown field `timeout`"),
+        (22, "functions[0].limits.fuel: invalid type"),
+        (23, "functions[0].limits.memory_mb: 99999 is out of range"),
+        (24, "functions[0].limits.concurrency: 0 is out of range"),
+        (27, "functions[0].grants.local[0]: invalid topic filter"),
+        (31, "functions[1].wasm: cannot read "),
+        (
+            32,
+            "functions[1].triggers: a function needs at least one trigger",
+        ),
+        (34, "functions[1].retry.attempts: 1000 is out of range"),
+        (35, "functions[1].retry.bogus: unknown field `bogus`"),
+        (38, "functions[2].name: duplicate function name \"robot\""),
+        (39, "functions[2].wasm: cannot read "),
+    ];
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    for (line, text) in expected {
+        let at = format!("gateway.toml:{line}: {text}");
+        assert!(
+            lines.iter().any(|l| l.contains(&at)),
+            "missing {at:?} in:\n{}",
+            out.stderr
+        );
+    }
+    assert!(
+        out.stderr.contains(&format!("{} problems", expected.len())),
+        "{}",
+        out.stderr
+    );
+}

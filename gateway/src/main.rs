@@ -376,27 +376,22 @@ fn load_config(path: &Path, board: Option<&str>) -> Result<Config, ExitCode> {
             return Err(ExitCode::from(EXIT_BAD_INPUT));
         }
     };
-    // Syntax and schema first (nothing more can be checked without them),
-    // then the values and the files they name, all reported together.
-    let mut problems = Vec::new();
-    let config = match Config::parse(&text, &name) {
-        Ok(mut config) => {
-            config.resolve_paths(path.parent().unwrap_or(Path::new("")));
-            if let Some(board) = &board {
-                board.apply_defaults(&mut config, &text);
-                apply_board_store(board, &mut config, &text);
-            }
-            if let Err(errors) = config.validate() {
-                problems.extend(errors);
-            }
-            problems.extend(config.check_files());
-            Some(config)
+    // Syntax first (nothing more can be read reliably after a syntax
+    // error); then schema errors, and the values and files of what could be
+    // read around them, all reported together.
+    let (config, mut problems) = Config::parse_all(&text, &name);
+    let config = config.map(|mut config| {
+        config.resolve_paths(path.parent().unwrap_or(Path::new("")));
+        if let Some(board) = &board {
+            board.apply_defaults(&mut config, &text);
+            apply_board_store(board, &mut config, &text);
         }
-        Err(errors) => {
+        if let Err(errors) = config.validate() {
             problems.extend(errors);
-            None
         }
-    };
+        problems.extend(config.check_files());
+        config
+    });
     problems.sort_by_key(|p| p.line);
     match config {
         Some(config) if problems.is_empty() => Ok(config),

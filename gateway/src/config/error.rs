@@ -27,6 +27,18 @@ impl FieldPath {
         Self::default()
     }
 
+    /// Changes the index after the top-level key `key` (as in
+    /// `functions[2]`) by `map`, if it maps it.
+    pub(crate) fn remap_index(&mut self, key: &str, map: impl Fn(usize) -> Option<usize>) {
+        if let [PathSegment::Key(first), PathSegment::Index(i), ..] = self.0.as_mut_slice() {
+            if first == key {
+                if let Some(to) = map(*i) {
+                    *i = to;
+                }
+            }
+        }
+    }
+
     /// This path extended by a table key.
     pub fn key(&self, key: impl Into<String>) -> Self {
         let mut path = self.clone();

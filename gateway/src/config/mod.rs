@@ -719,6 +719,10 @@ impl Grants {
 struct Origin {
     name: Option<Arc<str>>,
     text: Option<Arc<str>>,
+    /// When functions the text has were left out (they could not be read),
+    /// each kept function's index in the text: errors found on this config
+    /// are located where the function really is.
+    function_indices: Option<Arc<[usize]>>,
 }
 
 impl PartialEq for Origin {
@@ -796,6 +800,7 @@ impl Config {
                 config.origin = Origin {
                     name: Some(name),
                     text: Some(text.into()),
+                    function_indices: None,
                 };
                 Ok(config)
             }
@@ -812,6 +817,57 @@ impl Config {
                     })
                     .collect(),
             )),
+        }
+    }
+
+    /// [`Config::parse`], but past schema errors: every schema error, and
+    /// the config as far as it could be read (the values that were wrong
+    /// left out, so they take their defaults; a function that could not be
+    /// read at all left out), so that [`Config::validate`] and
+    /// [`Config::check_files`] can report the rest in the same pass. `None`
+    /// only after a syntax error, which leaves nothing reliable to read.
+    pub fn parse_all(text: &str, source_name: &str) -> (Option<Self>, Vec<ConfigError>) {
+        match Self::parse(text, source_name) {
+            Ok(config) => return (Some(config), Vec::new()),
+            Err(errors)
+                if errors
+                    .iter()
+                    .any(|e| matches!(e.kind, ConfigErrorKind::Syntax(_))) =>
+            {
+                return (None, errors.into_iter().collect());
+            }
+            Err(errors) => {
+                let mut errors: Vec<ConfigError> = errors.into_iter().collect();
+                let (root, _) = DeTable::parse_recoverable(text);
+                let map = SourceMap::new(text, root.clone());
+                let (config, kept, more) = deserialize_around(root, errors.len());
+                // What the strict pass saw first in each section, and what
+                // was behind it.
+                for e in more {
+                    let span = e.span();
+                    let error = ConfigError {
+                        source_name: Some(source_name.into()),
+                        line: span.clone().map(|s| locate::line_of(text, s.start)),
+                        path: span.map(|s| map.path_at(s.start)).unwrap_or_default(),
+                        kind: ConfigErrorKind::Schema(e.message().to_owned()),
+                    };
+                    let seen = errors.iter().any(|known| {
+                        known.line == error.line && known.to_string() == error.to_string()
+                    });
+                    if !seen {
+                        errors.push(error);
+                    }
+                }
+                let config = config.map(|mut config| {
+                    config.origin = Origin {
+                        name: Some(source_name.into()),
+                        text: Some(text.into()),
+                        function_indices: Some(kept.into()),
+                    };
+                    config
+                });
+                (config, errors)
+            }
         }
     }
 
@@ -970,6 +1026,11 @@ impl Config {
     fn locate(&self, mut errors: Vec<ConfigError>) -> Vec<ConfigError> {
         let map = self.origin.text.as_deref().and_then(SourceMap::parse);
         for error in &mut errors {
+            if let Some(indices) = &self.origin.function_indices {
+                error
+                    .path
+                    .remap_index("functions", |i| indices.get(i).copied());
+            }
             error.source_name.clone_from(&self.origin.name);
             error.line = map.as_ref().and_then(|m| m.line_of_path(&error.path));
         }
@@ -1023,6 +1084,112 @@ fn deserialize(root: Spanned<DeTable<'_>>) -> Result<Config, Vec<toml::de::Error
     errors.sort_by_key(|e| e.span().map(|s| s.start));
     errors.dedup_by(|a, b| a.span() == b.span() && a.message() == b.message());
     Err(errors)
+}
+
+/// The config with the values serde refused taken out, one at a time, so
+/// the rest can be checked: the schema errors were collected already. With
+/// each function's index in the text for those kept. A value is taken out
+/// by its span: the innermost key or array element holding it.
+fn deserialize_around(
+    mut root: Spanned<DeTable<'_>>,
+    errors: usize,
+) -> (Option<Config>, Vec<usize>, Vec<toml::de::Error>) {
+    let mut seen = Vec::new();
+    let functions = match root.get_ref().get("functions").map(Spanned::get_ref) {
+        Some(DeValue::Array(array)) => array.len(),
+        _ => 0,
+    };
+    let mut kept: Vec<usize> = (0..functions).collect();
+    // Each round takes one value out; the errors bound how many there are
+    // (a table may hide more behind its first, hence the margin).
+    for _ in 0..errors * 4 + 64 {
+        let error = match Config::deserialize(Deserializer::from(root.clone())) {
+            Ok(config) => return (Some(config), kept, seen),
+            Err(error) => error,
+        };
+        let Some(span) = error.span() else {
+            seen.push(error);
+            return (None, kept, seen);
+        };
+        seen.push(error);
+        let mut function = None;
+        if !take_out_of_table(root.get_mut(), span.start, true, &mut function) {
+            return (None, kept, seen);
+        }
+        if let Some(i) = function.filter(|&i| i < kept.len()) {
+            kept.remove(i);
+        }
+    }
+    (None, kept, seen)
+}
+
+fn within(span: std::ops::Range<usize>, offset: usize) -> bool {
+    span.start <= offset && offset < span.end.max(span.start + 1)
+}
+
+/// Takes out of `table` the innermost key or array element holding
+/// `offset`. At the top (`top`), taking out `functions[i]` whole sets
+/// `function` to `i`.
+fn take_out_of_table(
+    table: &mut DeTable<'_>,
+    offset: usize,
+    top: bool,
+    function: &mut Option<usize>,
+) -> bool {
+    let mut hit = None;
+    for (key, child) in table.iter_mut() {
+        if within(key.span(), offset) {
+            hit = Some(key.clone());
+            break;
+        }
+        let is_functions = top && key.get_ref() == "functions";
+        let span = child.span();
+        let inside = match child.get_mut() {
+            DeValue::Table(inner) => take_out_of_table(inner, offset, false, &mut None),
+            DeValue::Array(array) => {
+                let mut taken = false;
+                for i in 0..array.len() {
+                    let Some(element) = array.get_mut(i) else {
+                        break;
+                    };
+                    let element_span = element.span();
+                    if let DeValue::Table(inner) = element.get_mut() {
+                        if take_out_of_table(inner, offset, false, &mut None) {
+                            taken = true;
+                            break;
+                        }
+                    }
+                    if within(element_span, offset) {
+                        if is_functions {
+                            *function = Some(i);
+                        }
+                        // No `remove` on a toml array: it is rebuilt without it.
+                        *array = array
+                            .iter()
+                            .enumerate()
+                            .filter(|(j, _)| *j != i)
+                            .map(|(_, v)| v.clone())
+                            .collect();
+                        taken = true;
+                        break;
+                    }
+                }
+                taken
+            }
+            _ => false,
+        };
+        if inside {
+            return true;
+        }
+        if within(span, offset) {
+            hit = Some(key.clone());
+            break;
+        }
+    }
+    match hit {
+        Some(key) => table.remove(&key).is_some(),
+        None => false,
+    }
 }
 
 /// A config file's text: a regular file of at most

@@ -174,19 +174,19 @@ fn each_bad_value_is_reported_with_the_right_message_and_line() {
         ),
         (
             "[functions.limits]\nfuel = 0",
-            "gateway.toml:6: functions[0].limits.fuel: 0 is out of range: must be at least 1",
+            "gateway.toml:6: functions[0].limits.fuel: 0 is out of range: must be between 1 and 10000000000",
         ),
         (
             "[functions.limits]\ntimeout_ms = 0",
-            "gateway.toml:6: functions[0].limits.timeout_ms: 0 is out of range: must be at least 1",
+            "gateway.toml:6: functions[0].limits.timeout_ms: 0 is out of range: must be between 1 and 900000",
         ),
         (
             "[functions.limits]\nconcurrency = 0",
-            "gateway.toml:6: functions[0].limits.concurrency: 0 is out of range: must be at least 1",
+            "gateway.toml:6: functions[0].limits.concurrency: 0 is out of range: must be between 1 and 64",
         ),
         (
             "[functions.limits]\nqueue = 0",
-            "gateway.toml:6: functions[0].limits.queue: 0 is out of range: must be at least 1",
+            "gateway.toml:6: functions[0].limits.queue: 0 is out of range: must be between 1 and 65535",
         ),
         (
             "[functions.limits]\nmax_emit_bytes = 0",
@@ -356,7 +356,7 @@ invoke = ["a", "ghost"]
             "gateway.toml:9: functions[0].triggers[0].mqtt: invalid topic filter \"x/#/y\": '#' must be the last level",
             "gateway.toml:9: functions[0].triggers[1].mqtt: invalid topic filter \"\": must not be empty",
             "gateway.toml:12: functions[0].limits.memory_mb: 0 is out of range: must be between 1 and 4096",
-            "gateway.toml:13: functions[0].limits.concurrency: 0 is out of range: must be at least 1",
+            "gateway.toml:13: functions[0].limits.concurrency: 0 is out of range: must be between 1 and 64",
             "gateway.toml:16: functions[0].grants.invoke[1]: no function named \"ghost\" is configured",
             "gateway.toml:16: functions[0].grants.invoke: invoke grants form a loop (a -> a); an invocation chain along it would never end",
         ]
@@ -698,9 +698,9 @@ fn bad_retry_and_dead_letter_settings_are_all_reported() {
         errors(&text),
         [
             "gateway.toml:7: functions[0].retry.attempts: 0 is out of range: must be between 1 and 100",
-            "gateway.toml:9: functions[0].retry.max_backoff_ms: 100 is out of range: must be at least 500",
+            "gateway.toml:9: functions[0].retry.max_backoff_ms: 100 is out of range: must be between 500 and 3600000",
             "gateway.toml:10: functions[0].retry.jitter_percent: 101 is out of range: must be between 0 and 100",
-            "gateway.toml:12: functions[0].dead_letters.keep: 0 is out of range: must be at least 1",
+            "gateway.toml:12: functions[0].dead_letters.keep: 0 is out of range: must be between 1 and 1000000",
             r#"gateway.toml:13: functions[0].dead_letters.topic: invalid value "dlq/#": expected an MQTT topic name without `+`, `#` or a leading `$`"#,
         ]
     );
