@@ -828,13 +828,13 @@ impl Config {
     /// only after a syntax error, which leaves nothing reliable to read.
     pub fn parse_all(text: &str, source_name: &str) -> (Option<Self>, Vec<ConfigError>) {
         match Self::parse(text, source_name) {
-            Ok(config) => return (Some(config), Vec::new()),
+            Ok(config) => (Some(config), Vec::new()),
             Err(errors)
                 if errors
                     .iter()
                     .any(|e| matches!(e.kind, ConfigErrorKind::Syntax(_))) =>
             {
-                return (None, errors.into_iter().collect());
+                (None, errors.into_iter().collect())
             }
             Err(errors) => {
                 let mut errors: Vec<ConfigError> = errors.into_iter().collect();
