@@ -717,3 +717,134 @@ upstream = ["telemetry/#"]
     late.publish(&telemetry_topic("vm-6"), telemetry(62, 5.0));
     assert!(cloud.collect_until(ONE, |m| m.json()["ts"].as_u64() == Some(62)));
 }
+
+/// What a device gets when it connects with these credentials: the
+/// CONNACK's return code, or `None` if the connection closed without one.
+fn connack_code(
+    port: u16,
+    id: &str,
+    login: Option<(&str, &str)>,
+) -> Option<rumqttc::ConnectReturnCode> {
+    let mut options = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+    if let Some((user, password)) = login {
+        options.set_credentials(user, password);
+    }
+    let (_client, mut connection) = rumqttc::Client::new(options, 10);
+    for event in connection.iter().take(3) {
+        match event {
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack))) => return Some(ack.code),
+            Err(rumqttc::ConnectionError::ConnectionRefused(code)) => return Some(code),
+            Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+    None
+}
+
+/// The embedded broker accepted anyone, while the packaged config listened
+/// on 0.0.0.0. A broker other machines can reach now needs a passwords file
+/// (or `allow_anonymous = true`, said knowingly): a device with the wrong
+/// password, or none, is refused with "bad user name or password" and
+/// logged; the right one works.
+#[test]
+fn devices_on_the_network_must_log_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let passwords = dir.path().join("passwords");
+    let out = std::process::Command::new(support::gateway::WASMGATE)
+        .args(["passwd", passwords.to_str().unwrap(), "vm-1"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(b"right horse battery\n")?;
+            child.wait()
+        })
+        .expect("wasmgate passwd");
+    assert!(out.success());
+    let text = std::fs::read_to_string(&passwords).unwrap();
+    assert!(
+        !text.contains("horse"),
+        "the file holds only a hash: {text}"
+    );
+
+    let port = free_port();
+    let config = |auth: &str, data: &std::path::Path| {
+        let wasm = support::gateway::example_wasm("vending_telemetry.wasm");
+        format!(
+            "data_dir = {data:?}\n[broker]\nlisten = \"0.0.0.0:{port}\"\n{auth}\n[[functions]]\nname = \"vending\"\nwasm = {wasm:?}\ntriggers = [{{ mqtt = \"vending/+/telemetry\" }}]\n[functions.grants]\nupstream = [\"telemetry/#\"]\n",
+            wasm = wasm.display().to_string(),
+            data = data.display().to_string(),
+        )
+    };
+    // Open to the network without passwords: config check says why not.
+    let path = dir.path().join("open.toml");
+    std::fs::write(&path, config("", &dir.path().join("data"))).unwrap();
+    let out = wasmgate(&["config", "check", path.to_str().unwrap()], ONE);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains("broker.listen") && out.stderr.contains("passwords"),
+        "{}",
+        out.stderr
+    );
+
+    let auth = format!("passwords = {:?}", passwords.display().to_string());
+    let gateway =
+        GatewayProcess::start_toml(|gateway_dir| config(&auth, &gateway_dir.join("data")));
+    use rumqttc::ConnectReturnCode::{BadUserNamePassword, Success};
+    assert_eq!(
+        connack_code(port, "vm-1", Some(("vm-1", "wrong"))),
+        Some(BadUserNamePassword)
+    );
+    assert_eq!(
+        connack_code(port, "vm-x", Some(("vm-x", "right horse battery"))),
+        Some(BadUserNamePassword)
+    );
+    assert_eq!(connack_code(port, "vm-1", None), Some(BadUserNamePassword));
+    assert_eq!(
+        connack_code(port, "vm-1", Some(("vm-1", "right horse battery"))),
+        Some(Success)
+    );
+    let refused = wait_until(ONE, || {
+        gateway.log_lines_with(&["device refused"]).len() >= 3
+    });
+    assert!(refused, "{}", gateway.logs());
+    assert!(
+        !gateway.logs().contains("horse"),
+        "a password reached the log"
+    );
+    // And the gateway's own sessions, on their listener, still serve.
+    let mut options = rumqttc::MqttOptions::new("vm-1", "127.0.0.1", port);
+    options.set_credentials("vm-1", "right horse battery");
+    let (client, mut connection) = rumqttc::Client::new(options, 10);
+    client
+        .publish(
+            telemetry_topic("vm-1"),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            telemetry(3, 5.0),
+        )
+        .unwrap();
+    let acked = connection
+        .iter()
+        .take(20)
+        .any(|e| matches!(e, Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))));
+    assert!(acked);
+    let processed = wait_until(ONE, || {
+        let out = wasmgate(
+            &[
+                "kv",
+                "--config",
+                gateway.config_path().to_str().unwrap(),
+                "get",
+                "vending",
+                "vm-1/last_temp_c",
+            ],
+            ONE,
+        );
+        out.code == Some(0)
+    });
+    assert!(processed, "{}", gateway.logs());
+}

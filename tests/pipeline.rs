@@ -715,3 +715,96 @@ fn twenty_two_mistakes_are_reported_in_one_run() {
         out.stderr
     );
 }
+
+/// The default config ran vending-telemetry, which emits upstream, without
+/// `grants.upstream`: `config check` said ok and every message went to the
+/// dead letters. And it named the example module by a path inside the
+/// repository, so outside it the config did not even check. Now `config
+/// init` in an empty directory writes a config and the module it names,
+/// and both run the example cleanly: alert and summary out, no dead letter.
+#[test]
+fn the_default_config_runs_its_example_cleanly_in_an_empty_directory() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("gateway.toml");
+    let file = path.to_str().expect("utf-8 path");
+    let out = wasmgate(&["config", "init", file], ONE);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(dir
+        .path()
+        .join("functions/vending_telemetry.wasm")
+        .is_file());
+    let out = wasmgate(&["config", "check", file], ONE);
+    assert_eq!(out.code, Some(0), "{out:?}");
+
+    // The test needs a port of its own; everything else is as written.
+    let port = free_port();
+    let text = std::fs::read_to_string(&path).unwrap().replacen(
+        "mode = \"embedded\"",
+        &format!("mode = \"embedded\"\nlisten = \"127.0.0.1:{port}\""),
+        1,
+    );
+    let mut gateway = GatewayProcess::start_toml(|gateway_dir| {
+        std::fs::create_dir_all(gateway_dir.join("functions")).unwrap();
+        std::fs::copy(
+            dir.path().join("functions/vending_telemetry.wasm"),
+            gateway_dir.join("functions/vending_telemetry.wasm"),
+        )
+        .unwrap();
+        text.replace(
+            "data_dir = \"./wasmgate-data\"",
+            &format!(
+                "data_dir = {:?}",
+                gateway_dir.join("data").display().to_string()
+            ),
+        )
+    });
+    let watcher = MqttClient::connect(port, "watcher");
+    watcher.subscribe("vending/+/alert");
+    watcher.subscribe("telemetry/vending/+");
+    let device = MqttClient::connect(port, "vm-17");
+    device.publish(&telemetry_topic("vm-17"), telemetry(1, 9.4));
+    let mut topics = BTreeSet::new();
+    let both = watcher.collect_until(ONE, |m| {
+        topics.insert(m.topic.clone());
+        topics.len() == 2
+    });
+    assert!(both, "got {topics:?}:\n{}", gateway.logs());
+    assert!(gateway.stop().success());
+    let totals = gateway.log_lines_with(&["function totals", "vending"]);
+    assert!(
+        totals
+            .iter()
+            .any(|l| l.contains("succeeded=1") && l.contains("dead_letters=0")),
+        "{totals:?}"
+    );
+}
+
+/// A denied emit was a warning that did not say what to do; it is an error
+/// that names the grant to add.
+#[test]
+fn a_denied_emit_is_an_error_that_names_the_grant_to_add() {
+    let port = free_port();
+    let gateway = GatewayProcess::start_toml(|dir| {
+        format!(
+            r#"data_dir = {data:?}
+[broker]
+listen = "127.0.0.1:{port}"
+[[functions]]
+name = "vending"
+wasm = {wasm:?}
+triggers = [{{ mqtt = "vending/+/telemetry" }}]
+"#,
+            data = dir.join("data").display().to_string(),
+            wasm = vending_wasm(),
+        )
+    });
+    let device = MqttClient::connect(port, "vm-1");
+    device.publish(&telemetry_topic("vm-1"), telemetry(1, 5.0));
+    let named = wait_until(ONE, || {
+        gateway
+            .log_lines_with(&["ERROR", "denied", "grants.upstream = [\"telemetry/#\"]"])
+            .len()
+            == 1
+    });
+    assert!(named, "{}", gateway.logs());
+}

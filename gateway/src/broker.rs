@@ -116,6 +116,10 @@ pub struct BrokerSettings {
     pub max_retained_count: usize,
     /// Bytes of retained topics and payloads kept at once; as above.
     pub max_retained_bytes: usize,
+    /// Devices must log in with a user and password from this file
+    /// (mosquitto_passwd's format, see [`crate::passwords`]); none: any
+    /// device may connect.
+    pub passwords: Option<std::path::PathBuf>,
 }
 
 impl Default for BrokerSettings {
@@ -135,6 +139,7 @@ impl Default for BrokerSettings {
             // retained state.
             max_retained_count: 4_096,
             max_retained_bytes: 32 << 20,
+            passwords: None,
         }
     }
 }
@@ -659,7 +664,16 @@ impl InProcessBroker {
                     error: error.to_string(),
                 })?;
         }
-        let mut broker = rumqttd::Broker::new(config(&settings, devices_gate));
+        // Read at each (re)start: a changed file takes effect when the broker
+        // process starts again.
+        let passwords = match &settings.passwords {
+            Some(path) => Some(std::sync::Arc::new(
+                crate::passwords::Passwords::load(path)
+                    .map_err(|e| BrokerError::Start(e.to_string()))?,
+            )),
+            None => None,
+        };
+        let mut broker = rumqttd::Broker::new(config(&settings, devices_gate, passwords));
         let stats = broker.stats();
         let thread = std::thread::Builder::new()
             .name("rumqttd".into())
@@ -713,6 +727,7 @@ impl InProcessBroker {
 pub fn config(
     settings: &BrokerSettings,
     devices_gate: Option<tokio::sync::watch::Receiver<bool>>,
+    passwords: Option<std::sync::Arc<crate::passwords::Passwords>>,
 ) -> rumqttd::Config {
     let connections = |auth: Option<HashMap<String, String>>| rumqttd::ConnectionSettings {
         connection_timeout_ms: settings.connect_timeout_ms,
@@ -737,6 +752,19 @@ pub fn config(
         .internal_credentials
         .clone()
         .map(|(user, password)| HashMap::from([(user, password)]));
+    let mut devices = server(
+        "devices",
+        settings.listen,
+        None,
+        Some(settings.max_device_connections),
+        devices_gate,
+    );
+    if let Some(passwords) = passwords {
+        devices.set_auth_handler(move |_client_id, user: String, password: String| {
+            let ok = passwords.check(&user, &password);
+            async move { ok }
+        });
+    }
     rumqttd::Config {
         id: 0,
         router: rumqttd::RouterConfig {
@@ -751,16 +779,7 @@ pub fn config(
             max_retained_bytes: Some(settings.max_retained_bytes),
         },
         v4: Some(HashMap::from([
-            (
-                "devices".to_owned(),
-                server(
-                    "devices",
-                    settings.listen,
-                    None,
-                    Some(settings.max_device_connections),
-                    devices_gate,
-                ),
-            ),
+            ("devices".to_owned(), devices),
             (
                 "gateway".to_owned(),
                 server(
@@ -825,7 +844,7 @@ mod tests {
     #[test]
     fn the_gateway_has_a_listener_of_its_own_with_a_password() {
         let settings = BrokerSettings::new("0.0.0.0:1883".parse().unwrap(), 10);
-        let config = config(&settings, None);
+        let config = config(&settings, None, None);
         let servers = config.v4.unwrap();
         assert!(servers["devices"].connections.auth.is_none());
         let auth = servers["gateway"].connections.auth.clone().unwrap();

@@ -16,9 +16,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const VENDING_WASM: &[u8] = include_bytes!("../../functions/examples/wasm/vending_telemetry.wasm");
-const ROBOT_WASM: &[u8] = include_bytes!("../../functions/examples/wasm/robot_telemetry.wasm");
-
 /// What the demo runs.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -131,11 +128,11 @@ pub async fn run(
     let modules = vec![
         FunctionModule {
             config: config.functions[0].clone(),
-            wasm: ModuleSource::Bytes(VENDING_WASM.into()),
+            wasm: ModuleSource::Bytes(crate::examples::VENDING.bytes.into()),
         },
         FunctionModule {
             config: config.functions[1].clone(),
-            wasm: ModuleSource::Bytes(ROBOT_WASM.into()),
+            wasm: ModuleSource::Bytes(crate::examples::ROBOT.bytes.into()),
         },
     ];
     let gateway = Gateway::start(&config, modules).await?;

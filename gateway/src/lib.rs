@@ -13,9 +13,12 @@ pub mod config;
 pub mod demo;
 pub mod dlq;
 pub mod event;
+pub mod examples;
 pub mod files;
 pub mod local;
 pub mod metrics;
+#[cfg(feature = "embedded-broker")]
+pub mod passwords;
 pub mod pipeline;
 pub mod router;
 pub mod runtime;

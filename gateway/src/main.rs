@@ -49,6 +49,19 @@ enum Command {
     /// throughput, latency, losses and the gateway's CPU and memory.
     #[command(after_help = wasmgate::bench::BENCH_HELP)]
     Bench(wasmgate::bench::BenchArgs),
+    /// Set a device's password in the embedded broker's passwords file
+    /// (`[broker] passwords`), read from stdin; the file keeps only a salted
+    /// hash, in mosquitto_passwd's format.
+    #[cfg(feature = "embedded-broker")]
+    #[command(
+        after_help = "Example:\n  read -rs PW && printf '%s\\n' \"$PW\" | wasmgate passwd /etc/wasmgate/passwords vm-17\n\nThe broker reads the file when it starts: restart the gateway after a change."
+    )]
+    Passwd {
+        /// The passwords file (created, mode 0600, if missing).
+        file: PathBuf,
+        /// The device's user name.
+        user: String,
+    },
     /// The embedded broker's own process, which `wasmgate run` starts and
     /// restarts; not for running by hand.
     #[cfg(feature = "embedded-broker")]
@@ -319,6 +332,8 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench(args),
         #[cfg(feature = "embedded-broker")]
         Command::EmbeddedBroker => return wasmgate::broker::child_main(),
+        #[cfg(feature = "embedded-broker")]
+        Command::Passwd { file, user } => passwd(&file, &user),
     };
     match result {
         Ok(code) => code,
@@ -327,6 +342,28 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_BAD_INPUT)
         }
     }
+}
+
+#[cfg(feature = "embedded-broker")]
+fn passwd(file: &Path, user: &str) -> anyhow::Result<ExitCode> {
+    if user.is_empty() || user.contains(':') || user.chars().any(char::is_control) {
+        anyhow::bail!("a user name is not empty and has no `:` or control characters");
+    }
+    let mut password = String::new();
+    std::io::stdin()
+        .read_line(&mut password)
+        .context("cannot read the password from stdin")?;
+    let password = password.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        anyhow::bail!("no password on stdin");
+    }
+    wasmgate::passwords::set(file, user, password)
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    eprintln!(
+        "{}: password of {user} set; restart the gateway for its broker to read it",
+        file.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
@@ -441,12 +478,15 @@ fn config_init(path: &Path, force: bool) -> anyhow::Result<ExitCode> {
     let text = Config::default_toml();
     if path == Path::new("-") {
         print!("{text}");
+        eprintln!(
+            "(the example module it names is written by `wasmgate config init FILE`, beside FILE)"
+        );
         return Ok(ExitCode::SUCCESS);
     }
-    if path.exists() && !force {
-        anyhow::bail!("{} exists; use --force to overwrite it", path.display());
+    let written = wasmgate::examples::init_config(path, text, force)?;
+    if let Some(module) = &written.module {
+        eprintln!("wrote {} (the example function it runs)", module.display());
     }
-    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
     eprintln!(
         "wrote {}; check it with `wasmgate config check {}`",
         path.display(),

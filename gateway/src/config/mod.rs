@@ -40,7 +40,9 @@ pub const DEFAULT_GATEWAY_ID: &str = "wasmgate";
 /// Default [`Config::data_dir`].
 pub const DEFAULT_DATA_DIR: &str = "./wasmgate-data";
 /// Default [`BrokerConfig::listen`] of the embedded broker.
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:1883";
+/// Loopback: a gateway's broker takes devices from the network only when
+/// told to, and then with passwords (or `allow_anonymous`).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:1883";
 /// MQTT's port without TLS.
 pub const MQTT_PORT: u16 = 1883;
 /// MQTT's port with TLS.
@@ -239,8 +241,10 @@ pub struct BrokerConfig {
     /// every device, so it stays 3.1.1.)
     #[serde(default)]
     pub protocol: Protocol,
-    /// Embedded only: the `ip:port` devices connect to. Default `"0.0.0.0:1883"`;
-    /// see [`BrokerConfig::listen_addr`].
+    /// Embedded only: the `ip:port` devices connect to. Default
+    /// `"127.0.0.1:1883"` (this machine only); an address other devices can
+    /// reach (`"0.0.0.0:1883"`) needs `passwords` or `allow_anonymous`. See
+    /// [`BrokerConfig::listen_addr`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
     /// External only, required there: host name or IP address of the broker.
@@ -265,6 +269,17 @@ pub struct BrokerConfig {
     /// External only: connect with TLS; none (plain MQTT) by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// Embedded only: a file of device user names and password hashes, in
+    /// mosquitto_passwd's format (`wasmgate passwd FILE USER` adds one);
+    /// devices must then log in with one of them. Not in this file, so that
+    /// gateway.toml holds no secret. None by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passwords: Option<PathBuf>,
+    /// Embedded only: accept devices without a password on a `listen`
+    /// address other machines can reach. `false` by default, as mosquitto 2
+    /// does: a broker open to the LAN is a choice to make knowingly.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_anonymous: bool,
     /// Embedded only: devices connected at once, 1 to 65,536 (connections
     /// that have not sent CONNECT yet count too; past it a new one is
     /// closed at once). The gateway's own sessions have room apart from
@@ -903,6 +918,9 @@ impl Config {
         let mut files: Vec<(FieldPath, &Path)> = Vec::new();
         let root = FieldPath::root();
         tls_files(&mut files, root.key("broker"), self.broker.tls.as_ref());
+        if let Some(passwords) = &self.broker.passwords {
+            files.push((root.key("broker").key("passwords"), passwords));
+        }
         let upstream_tls = self.upstream.as_ref().and_then(|u| u.tls.as_ref());
         tls_files(&mut files, root.key("upstream"), upstream_tls);
         for (i, function) in self.functions.iter().enumerate() {
@@ -944,6 +962,9 @@ impl Config {
             }
         };
         resolve(&mut self.data_dir);
+        if let Some(passwords) = &mut self.broker.passwords {
+            resolve(passwords);
+        }
         if let Some(tls) = &mut self.broker.tls {
             tls.files_mut().for_each(resolve);
         }

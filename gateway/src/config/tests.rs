@@ -124,7 +124,8 @@ fn an_empty_file_is_a_gateway_with_defaults_and_no_functions() {
     assert_eq!(config.broker.mode, BrokerMode::Embedded);
     assert_eq!(
         config.broker.listen_addr(),
-        Some("0.0.0.0:1883".parse().unwrap())
+        Some("127.0.0.1:1883".parse().unwrap()),
+        "this machine only, unless told otherwise"
     );
     assert_eq!(config.broker_client_id(), "wasmgate-wasmgate");
     assert_eq!(config.upstream_client_id(), None);
@@ -139,7 +140,7 @@ fn the_default_config_parses_and_validates() {
     assert_eq!(config.functions.len(), 1);
     assert_eq!(
         config.functions[0].wasm,
-        PathBuf::from("functions/examples/wasm/vending_telemetry.wasm")
+        PathBuf::from("functions/vending_telemetry.wasm")
     );
 }
 

@@ -240,6 +240,17 @@ fn broker(c: &mut Checker, path: &FieldPath, broker: &BrokerConfig) {
             if let Some(n) = broker.max_connections {
                 c.range(path.key("max_connections"), n.into(), 1, 65_536);
             }
+            let reachable = broker.listen_addr().is_some_and(|a| !a.ip().is_loopback());
+            if reachable && broker.passwords.is_none() && !broker.allow_anonymous {
+                c.push(
+                    path.key("listen"),
+                    Kind::Conflict {
+                        field: "listen",
+                        with: "without `passwords`",
+                        hint: "other machines could connect without a password: set broker.passwords = \"passwords\" (a file `wasmgate passwd FILE USER` writes), or allow_anonymous = true to accept that, or listen on 127.0.0.1",
+                    },
+                );
+            }
             if let Some(n) = broker.max_retained {
                 c.range(path.key("max_retained"), n.into(), 0, 1_000_000);
             }
@@ -275,6 +286,8 @@ fn broker(c: &mut Checker, path: &FieldPath, broker: &BrokerConfig) {
         BrokerMode::External => {
             for (field, set) in [
                 ("listen", broker.listen.is_some()),
+                ("passwords", broker.passwords.is_some()),
+                ("allow_anonymous", broker.allow_anonymous),
                 ("max_connections", broker.max_connections.is_some()),
                 ("max_retained", broker.max_retained.is_some()),
                 ("max_retained_mb", broker.max_retained_mb.is_some()),

@@ -305,8 +305,9 @@ impl Worker {
             for line in &report.logs {
                 log_guest_line(&f, line.level, &line.message);
             }
+            // An output the function meant to send is lost: an error.
             for reason in &report.refused {
-                tracing::warn!(function = f.name(), version = f.version(), "{reason}");
+                tracing::error!(function = f.name(), version = f.version(), "{reason}");
             }
             if report.refused_count > report.refused.len() {
                 tracing::warn!(

@@ -685,7 +685,7 @@ fn start_embedded(
     let listen = config
         .broker
         .listen_addr()
-        .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 1883)));
+        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 1883)));
     // One session per function, and the local, upstream and invoke drains.
     let sessions = config.functions.len() + 3;
     let mut settings = crate::broker::BrokerSettings::new(listen, sessions);
@@ -702,6 +702,7 @@ fn start_embedded(
     if let Some(mb) = b.max_retained_mb {
         settings.max_retained_bytes = (mb as usize) << 20;
     }
+    settings.passwords.clone_from(&b.passwords);
     let broker = crate::broker::EmbeddedBroker::start(settings)?;
     let addr = broker.addr();
     let (user, password) = match broker.credentials() {

@@ -374,9 +374,7 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors
                 .grants
                 .allows_emit(&topic, options.destination)
             {
-                refuse(&mut caller, || {
-                    format!("emit to {topic:?} denied: outside the function's grants")
-                });
+                refuse(&mut caller, || denied_emit(&topic, options.destination));
                 return Ok(status(Status::Denied));
             }
             caller.data_mut().call.effects.emits.push(Emit {
@@ -590,6 +588,25 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors
     )?;
 
     Ok(())
+}
+
+/// Why an emit was denied, and the grant that would allow it: the topic's
+/// first level and everything under it, which is what a function's grants
+/// usually are (`telemetry/#`).
+fn denied_emit(topic: &str, destination: wasmgate_abi::Destination) -> String {
+    let key = match destination {
+        wasmgate_abi::Destination::Local => "local",
+        wasmgate_abi::Destination::Upstream => "upstream",
+    };
+    let first = topic.split('/').next().unwrap_or(topic);
+    let filter = if first == topic {
+        topic.to_owned()
+    } else {
+        format!("{first}/#")
+    };
+    format!(
+        "emit to {topic:?} denied: outside the function's grants; to allow it, add to the function's config: grants.{key} = [{filter:?}]"
+    )
 }
 
 fn check_kv_writes(caller: &mut Caller<'_, HostState>, key: &str) -> HostResult<()> {

@@ -206,7 +206,32 @@ where
 
     Span::current().record("client_id", &connect.client_id);
 
-    handle_auth(config.clone(), login.as_ref(), &connect.client_id).await?;
+    // wasmgate: a refused login gets its CONNACK (bad user name or password)
+    // before the connection closes, so the device can tell it from a network
+    // fault, and it is logged at warn: an operator wants to see it. It was
+    // closed without an answer, and logged only with the connection's end.
+    if let Err(e) = handle_auth(config.clone(), login.as_ref(), &connect.client_id).await {
+        let user = login.as_ref().map(|l| l.username.as_str()).unwrap_or("");
+        // The target is the embedding gateway's, whose log filter keeps
+        // rumqttd's own chatter out but its refusals in.
+        tracing::warn!(
+            target: "wasmgate::broker",
+            client_id = %connect.client_id,
+            user,
+            "device refused: {}",
+            if login.is_none() {
+                "no user name and password"
+            } else {
+                "unknown user or wrong password"
+            }
+        );
+        let ack = ConnAck {
+            session_present: false,
+            code: ConnectReturnCode::BadUserNamePassword,
+        };
+        let _ = network.write(Packet::ConnAck(ack, None)).await;
+        return Err(e);
+    }
 
     // When keep_alive feature is disabled client can live forever, which is not good in
     // distributed broker context so currenlty we don't allow it.

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use tracing::{error, field, info, warn, Instrument};
+use tracing::{debug, error, field, info, warn, Instrument};
 use uuid::Uuid;
 
 #[cfg(feature = "websocket")]
@@ -482,7 +482,8 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                 }
             };
 
-            info!(
+            // wasmgate: debug (was info): one line per connection.
+            debug!(
                 name=?self.config.name, ?addr, count, tenant=?tenant_id, "accept"
             );
 
@@ -586,7 +587,10 @@ async fn remote<P: Protocol>(
     let connect_packet = match mqtt_connect(config, &mut network).await {
         Ok(p) => p,
         Err(e) => {
-            error!(error=?e, "Error while handling MQTT connect packet");
+            // wasmgate: debug, not error: a device that connects and goes
+            // (or a port scanner) is not an error; refused logins are
+            // logged at warn where they are refused.
+            debug!(error=?e, "Error while handling MQTT connect packet");
             return;
         }
     };
@@ -663,22 +667,23 @@ async fn remote<P: Protocol>(
 
     match link.start().await {
         // Connection got closed. This shouldn't usually happen.
-        Ok(_) => error!("connection-stop"),
+        Ok(_) => debug!("connection-stop"),
         // No need to send a disconnect message when disconnection
         // originated internally in the router.
         Err(remote::Error::Link(e)) => {
-            error!(error=?e, "router-drop");
+            debug!(error=?e, "router-drop");
             send_disconnect = false;
         }
         // Connection was closed by peer
         Err(remote::Error::Network(network::Error::Io(err)) | remote::Error::Io(err))
             if err.kind() == io::ErrorKind::ConnectionAborted =>
         {
-            info!(error=?err, "disconnected");
+            debug!(error=?err, "disconnected");
         }
         // Any other error
+        // wasmgate: debug too; a device going away is not an error.
         Err(e) => {
-            error!(error=?e, "disconnected");
+            debug!(error=?e, "disconnected");
         }
     };
 
