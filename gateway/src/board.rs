@@ -301,7 +301,12 @@ impl BoardProfile {
             ConfigErrors::new(vec![error])
         })?;
         let mut config = self.config_from_toml_str(&text, &name)?;
-        config.resolve_paths(path.parent().unwrap_or(Path::new("")));
+        let dir = path.parent().unwrap_or(Path::new(""));
+        config.resolve_paths(dir);
+        let unreadable = config.resolve_secrets(dir);
+        if !unreadable.is_empty() {
+            return Err(ConfigErrors::new(unreadable));
+        }
         Ok(config)
     }
 

@@ -419,6 +419,7 @@ fn load_config(path: &Path, board: Option<&str>) -> Result<Config, ExitCode> {
     let (config, mut problems) = Config::parse_all(&text, &name);
     let config = config.map(|mut config| {
         config.resolve_paths(path.parent().unwrap_or(Path::new("")));
+        problems.extend(config.resolve_secrets(path.parent().unwrap_or(Path::new(""))));
         if let Some(board) = &board {
             board.apply_defaults(&mut config, &text);
             apply_board_store(board, &mut config, &text);

@@ -191,6 +191,11 @@ pub enum ConfigErrorKind {
         /// The path, resolved against the config file's directory.
         path: PathBuf,
     },
+    /// A secret referenced by file, environment variable or systemd
+    /// credential could not be read (the message names where, never a byte
+    /// of the secret).
+    #[error("{0}")]
+    Secret(#[from] super::SecretError),
 }
 
 fn range_text(min: u64, max: u64) -> String {

@@ -427,26 +427,137 @@ impl TlsConfig {
     }
 }
 
-/// A string kept out of `Debug` output, so configs can be logged.
+/// A password or key: written in the config, or better, a reference to
+/// where it is kept, so that the config holds no secret:
+/// `{ file = "/etc/wasmgate/upstream.pass" }` (the file's contents, a final
+/// newline dropped), `{ env = "UPSTREAM_PASSWORD" }`, or
+/// `{ credential = "upstream" }` (a systemd credential: the file of that name
+/// in `$CREDENTIALS_DIRECTORY`, from `LoadCredential=`). A reference is
+/// read by [`Config::resolve_secrets`]. Kept out of `Debug` output, errors
+/// and every other print, so configs can be logged.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
+#[serde(from = "SecretSource", into = "SecretSource")]
+pub struct Secret {
+    source: SecretSource,
+    /// The value, once known: at once when written inline, after
+    /// [`Config::resolve_secrets`] for a reference.
+    value: Option<String>,
+}
+
+/// Where a [`Secret`] is kept.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum SecretSource {
+    Inline(String),
+    File { file: PathBuf },
+    Env { env: String },
+    Credential { credential: String },
+}
+
+impl From<SecretSource> for Secret {
+    fn from(source: SecretSource) -> Self {
+        let value = match &source {
+            SecretSource::Inline(value) => Some(value.clone()),
+            _ => None,
+        };
+        Secret { source, value }
+    }
+}
+
+impl From<Secret> for SecretSource {
+    fn from(secret: Secret) -> Self {
+        secret.source
+    }
+}
+
+/// Why a referenced secret could not be read. Names where it was looked
+/// for, never any of its bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("cannot read the secret file {path}: {error}")]
+    File { path: PathBuf, error: String },
+    #[error("the environment variable {0} is not set (or not UTF-8)")]
+    Env(String),
+    #[error("no systemd credential {name}: {why}")]
+    Credential { name: String, why: String },
+}
 
 impl Secret {
     /// Wraps a secret.
     pub fn new(secret: impl Into<String>) -> Self {
-        Self(secret.into())
+        SecretSource::Inline(secret.into()).into()
     }
 
-    /// The secret itself.
+    /// The secret itself; empty when it is a reference not yet resolved
+    /// (a validated config has resolved them all).
     pub fn expose(&self) -> &str {
-        &self.0
+        self.value.as_deref().unwrap_or("")
+    }
+
+    /// Reads a referenced secret (relative files against `base_dir`).
+    pub fn resolve(&mut self, base_dir: &Path) -> Result<(), SecretError> {
+        let read_file = |path: &Path| -> Result<String, String> {
+            let text =
+                crate::files::read_text(path, 64 << 10, "secret file").map_err(|e| {
+                    match e.io_kind() {
+                        Some(kind) => std::io::Error::from(kind).to_string(),
+                        // Not the message (it is about the file, not the
+                        // secret, but keep to one rule): what kind of problem.
+                        None => "not a regular file of at most 64 KiB".to_owned(),
+                    }
+                })?;
+            Ok(text
+                .strip_suffix('\n')
+                .unwrap_or(&text)
+                .trim_end_matches('\r')
+                .to_owned())
+        };
+        let value = match &self.source {
+            SecretSource::Inline(value) => value.clone(),
+            SecretSource::File { file } => {
+                let path = if file.is_relative() {
+                    base_dir.join(file)
+                } else {
+                    file.clone()
+                };
+                read_file(&path).map_err(|error| SecretError::File { path, error })?
+            }
+            SecretSource::Env { env } => {
+                std::env::var(env).map_err(|_| SecretError::Env(env.clone()))?
+            }
+            SecretSource::Credential { credential } => {
+                let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") else {
+                    return Err(SecretError::Credential {
+                        name: credential.clone(),
+                        why: "$CREDENTIALS_DIRECTORY is not set (LoadCredential= in the systemd unit)".into(),
+                    });
+                };
+                let path = Path::new(&dir).join(credential);
+                read_file(&path).map_err(|why| SecretError::Credential {
+                    name: credential.clone(),
+                    why,
+                })?
+            }
+        };
+        self.value = Some(value);
+        Ok(())
     }
 }
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretSource::Inline(_) => f.write_str("Inline(***)"),
+            SecretSource::File { file } => write!(f, "File({})", file.display()),
+            SecretSource::Env { env } => write!(f, "Env({env})"),
+            SecretSource::Credential { credential } => write!(f, "Credential({credential})"),
+        }
     }
 }
 
@@ -470,6 +581,12 @@ pub struct FunctionConfig {
     /// String values the function reads with `config_get`.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+    /// Secrets the function may read with `secret_get`, each only if its
+    /// name is in `grants.secrets`: written here, or (better) referenced,
+    /// `api-key = { file = "/etc/wasmgate/api-key" }`. Never logged, never in
+    /// `config check` output, dead letters or `invoke` reports.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, Secret>,
     /// Which failed invocations run again, how often and how soon.
     #[serde(default)]
     pub retry: RetryConfig,
@@ -696,6 +813,10 @@ pub struct Grants {
     /// Names of the functions it may invoke; each must be configured. Default none.
     #[serde(default)]
     pub invoke: Vec<String>,
+    /// Names of the function's `secrets` it may read with `secret_get`;
+    /// each must be one of them. Default none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 impl Default for Grants {
@@ -704,6 +825,7 @@ impl Default for Grants {
             local: default_local_grants(),
             upstream: Vec::new(),
             invoke: Vec::new(),
+            secrets: Vec::new(),
         }
     }
 }
@@ -779,7 +901,12 @@ impl Config {
             ConfigErrors::new(vec![error])
         })?;
         let mut config = Self::from_toml_str(&text, &name)?;
-        config.resolve_paths(path.parent().unwrap_or(Path::new("")));
+        let dir = path.parent().unwrap_or(Path::new(""));
+        config.resolve_paths(dir);
+        let unreadable = config.resolve_secrets(dir);
+        if !unreadable.is_empty() {
+            return Err(ConfigErrors::new(unreadable));
+        }
         Ok(config)
     }
 
@@ -974,6 +1101,37 @@ impl Config {
         for function in &mut self.functions {
             resolve(&mut function.wasm);
         }
+    }
+
+    /// Reads every secret the config references (by file, environment
+    /// variable or systemd credential), relative files against `base_dir`;
+    /// every one that cannot be read is reported.
+    pub fn resolve_secrets(&mut self, base_dir: &Path) -> Vec<ConfigError> {
+        let root = FieldPath::root();
+        let mut errors = Vec::new();
+        let mut secrets: Vec<(FieldPath, &mut Secret)> = Vec::new();
+        if let Some(password) = &mut self.broker.password {
+            secrets.push((root.key("broker").key("password"), password));
+        }
+        if let Some(password) = self.upstream.as_mut().and_then(|u| u.password.as_mut()) {
+            secrets.push((root.key("upstream").key("password"), password));
+        }
+        for (i, function) in self.functions.iter_mut().enumerate() {
+            for (name, secret) in &mut function.secrets {
+                let path = root
+                    .key("functions")
+                    .index(i)
+                    .key("secrets")
+                    .key(name.clone());
+                secrets.push((path, secret));
+            }
+        }
+        for (path, secret) in secrets {
+            if let Err(e) = secret.resolve(base_dir) {
+                errors.push(ConfigError::new(path, ConfigErrorKind::Secret(e)));
+            }
+        }
+        self.locate(errors)
     }
 
     /// A commented default config, for `wasmgate config init`. It parses and

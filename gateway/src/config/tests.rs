@@ -485,6 +485,7 @@ fn validating_a_config_built_in_code_reports_paths_without_lines() {
         limits: Limits::default(),
         grants: Grants::default(),
         config: BTreeMap::new(),
+        secrets: BTreeMap::new(),
         retry: RetryConfig::default(),
         dead_letters: DeadLetterConfig::default(),
     });
@@ -755,4 +756,96 @@ fn a_dedup_property_needs_mqtt_5_and_excludes_a_dedup_key() {
         errors(v311),
         ["gateway.toml:4: functions[0].triggers[0].dedup_property: `dedup_property` cannot be used with broker.protocol = \"3.1.1\": user properties are MQTT 5; set protocol = \"5\" in [broker]"]
     );
+}
+
+#[test]
+fn secrets_are_read_from_a_file_an_environment_variable_or_a_credential() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("up.pass"), "from-file-7f3a\n").unwrap();
+    std::fs::create_dir(dir.path().join("creds")).unwrap();
+    std::fs::write(dir.path().join("creds/api"), "from-credential-9c1d").unwrap();
+    // SAFETY-free: std::env::set_var is safe in edition 2021; the variable
+    // names are this test's own.
+    std::env::set_var("WASMGATE_TEST_BROKER_PW", "from-env-42b8");
+    std::env::set_var("CREDENTIALS_DIRECTORY", dir.path().join("creds"));
+    let text = r#"
+[broker]
+mode = "external"
+host = "broker.local"
+username = "gw"
+password = { env = "WASMGATE_TEST_BROKER_PW" }
+
+[upstream]
+host = "cloud.example.com"
+username = "gw"
+password = { file = "up.pass" }
+
+[[functions]]
+name = "vending"
+wasm = "vending.wasm"
+triggers = [{ mqtt = "vending/+/telemetry" }]
+[functions.grants]
+secrets = ["api"]
+[functions.secrets]
+api = { credential = "api" }
+"#;
+    let mut config = Config::parse(text, "gateway.toml").unwrap();
+    assert!(config.resolve_secrets(dir.path()).is_empty());
+    assert_eq!(
+        config.broker.password.as_ref().unwrap().expose(),
+        "from-env-42b8"
+    );
+    let upstream = config.upstream.as_ref().unwrap();
+    assert_eq!(
+        upstream.password.as_ref().unwrap().expose(),
+        "from-file-7f3a"
+    );
+    assert_eq!(
+        config.functions[0].secrets["api"].expose(),
+        "from-credential-9c1d"
+    );
+    let shown = format!("{config:?}");
+    for secret in ["from-env-42b8", "from-file-7f3a", "from-credential-9c1d"] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+    assert!(config.validate().is_ok());
+}
+
+#[test]
+fn a_secret_that_cannot_be_read_is_named_and_not_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+[broker]
+mode = "external"
+host = "broker.local"
+username = "gw"
+password = { env = "WASMGATE_TEST_UNSET_VARIABLE" }
+[upstream]
+host = "cloud.example.com"
+password = { file = "missing.pass" }
+[[functions]]
+name = "vending"
+wasm = "vending.wasm"
+triggers = [{ mqtt = "vending/+/telemetry" }]
+[functions.grants]
+secrets = ["nope"]
+"#;
+    let mut config = Config::parse(text, "gateway.toml").unwrap();
+    let errors: Vec<String> = config
+        .resolve_secrets(dir.path())
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors[0].contains("gateway.toml:6: broker.password")
+            && errors[0].contains("WASMGATE_TEST_UNSET_VARIABLE"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[1].contains("upstream.password") && errors[1].contains("missing.pass"),
+        "{errors:?}"
+    );
+    let invalid = config.validate().unwrap_err().to_string();
+    assert!(invalid.contains("grants.secrets[0]"), "{invalid}");
 }

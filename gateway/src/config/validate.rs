@@ -483,6 +483,18 @@ fn function(c: &mut Checker, path: &FieldPath, function: &FunctionConfig, config
         }
     }
 
+    for (i, name) in function.grants.secrets.iter().enumerate() {
+        if !function.secrets.contains_key(name) {
+            c.push(
+                grants.key("secrets").index(i),
+                Kind::InvalidValue {
+                    value: name.clone(),
+                    expected: "the name of one of this function's [functions.secrets]",
+                },
+            );
+        }
+    }
+
     for key in function.config.keys() {
         if key.is_empty() {
             c.push(
