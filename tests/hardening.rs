@@ -848,3 +848,57 @@ fn devices_on_the_network_must_log_in() {
     });
     assert!(processed, "{}", gateway.logs());
 }
+
+/// `/etc/default/wasmgate` sets `RUST_LOG=info`, which turned on an
+/// `ERROR ... Error while handling MQTT connect packet` from the embedded
+/// broker on every ordinary connect and disconnect. A device coming and
+/// going is not an error: nothing of it shows at info.
+#[test]
+fn devices_coming_and_going_log_no_errors_at_info() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let path = dir.path().join("gateway.toml");
+    let wasm = support::gateway::example_wasm("vending_telemetry.wasm");
+    std::fs::write(
+        &path,
+        format!(
+            "data_dir = {:?}\n[broker]\nlisten = \"127.0.0.1:{port}\"\n[[functions]]\nname = \"vending\"\nwasm = {:?}\ntriggers = [{{ mqtt = \"vending/+/telemetry\" }}]\n[functions.grants]\nupstream = [\"telemetry/#\"]\n",
+            dir.path().join("data").display().to_string(),
+            wasm.display().to_string()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("stderr");
+    let mut gateway = std::process::Command::new(support::gateway::WASMGATE)
+        .args(["run", "--config", path.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        wait_until(ONE, || read().contains("gateway running")),
+        "{}",
+        read()
+    );
+    for i in 0..5 {
+        let device = MqttClient::connect(port, &format!("comer-{i}"));
+        device.publish(&telemetry_topic("vm-8"), telemetry(i, 5.0));
+        device.wait_acked(ONE);
+        drop(device);
+        // And one that connects and leaves without a word.
+        drop(TcpStream::connect(("127.0.0.1", port)));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &gateway.id().to_string()])
+        .status();
+    let _ = gateway.wait();
+    let text = read();
+    assert!(text.contains("gateway stopped"), "{text}");
+    let errors: Vec<&str> = text.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(errors.is_empty(), "errors at info: {errors:#?}");
+    let rumqttd: Vec<&str> = text.lines().filter(|l| l.contains("rumqttd")).collect();
+    assert!(rumqttd.is_empty(), "rumqttd's chatter: {rumqttd:#?}");
+}

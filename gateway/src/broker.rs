@@ -620,6 +620,21 @@ fn ignore_stop_signals() {
     }
 }
 
+/// The broker process's log filter: the gateway's (`RUST_LOG`, or its
+/// default), with rumqttd's own lines held to warnings unless the filter
+/// names rumqttd itself. At info rumqttd logs every connect, subscription
+/// and disconnect, and `RUST_LOG=info` (the package's default) would fill
+/// the journal with them.
+pub fn log_filter(filter: &str) -> String {
+    if filter.contains("rumqttd") {
+        filter.to_owned()
+    } else if filter.trim().is_empty() {
+        "rumqttd=warn".to_owned()
+    } else {
+        format!("{filter},rumqttd=warn")
+    }
+}
+
 /// `0.0.0.0:p` is where to listen, not where to connect.
 fn connect_addr(listen: SocketAddr) -> SocketAddr {
     let mut addr = listen;
@@ -811,6 +826,13 @@ mod tests {
         assert_eq!(connect_addr(addr), "127.0.0.1:1883".parse().unwrap());
         let addr: SocketAddr = "192.0.2.1:1883".parse().unwrap();
         assert_eq!(connect_addr(addr), addr);
+    }
+
+    #[test]
+    fn rumqttd_is_held_to_warnings_unless_asked_for() {
+        assert_eq!(log_filter("info"), "info,rumqttd=warn");
+        assert_eq!(log_filter(""), "rumqttd=warn");
+        assert_eq!(log_filter("info,rumqttd=debug"), "info,rumqttd=debug");
     }
 
     #[test]

@@ -310,9 +310,16 @@ const EXIT_BAD_INPUT: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| default_filter(&cli.command).into());
+    #[cfg(feature = "embedded-broker")]
+    let filter = if matches!(cli.command, Command::EmbeddedBroker) {
+        wasmgate::broker::log_filter(&filter)
+    } else {
+        filter
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| {
                 tracing_subscriber::EnvFilter::new(default_filter(&cli.command))
             }),
         )

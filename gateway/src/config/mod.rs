@@ -497,15 +497,14 @@ impl Secret {
     /// Reads a referenced secret (relative files against `base_dir`).
     pub fn resolve(&mut self, base_dir: &Path) -> Result<(), SecretError> {
         let read_file = |path: &Path| -> Result<String, String> {
-            let text =
-                crate::files::read_text(path, 64 << 10, "secret file").map_err(|e| {
-                    match e.io_kind() {
-                        Some(kind) => std::io::Error::from(kind).to_string(),
-                        // Not the message (it is about the file, not the
-                        // secret, but keep to one rule): what kind of problem.
-                        None => "not a regular file of at most 64 KiB".to_owned(),
-                    }
-                })?;
+            let text = crate::files::read_text(path, 64 << 10, "secret file").map_err(|e| {
+                match e.io_kind() {
+                    Some(kind) => std::io::Error::from(kind).to_string(),
+                    // Not the message (it is about the file, not the
+                    // secret, but keep to one rule): what kind of problem.
+                    None => "not a regular file of at most 64 KiB".to_owned(),
+                }
+            })?;
             Ok(text
                 .strip_suffix('\n')
                 .unwrap_or(&text)

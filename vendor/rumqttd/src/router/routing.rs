@@ -444,7 +444,9 @@ impl Router {
         let client_id = match &self.obufs.get(id) {
             Some(v) => v.client_id.clone(),
             None => {
-                error!("no-connection id {} is already gone", id);
+                // wasmgate: debug (was error): the comment above says it
+                // happens in a normal disconnect.
+                debug!("no-connection id {} is already gone", id);
                 return;
             }
         };
@@ -464,7 +466,8 @@ impl Router {
             let outgoing = match self.obufs.get_mut(id) {
                 Some(v) => v,
                 None => {
-                    error!("no-connection id {} is already gone", id);
+                    // wasmgate: debug, as above.
+                    debug!("no-connection id {} is already gone", id);
                     return;
                 }
             };
