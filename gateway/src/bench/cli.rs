@@ -85,19 +85,15 @@ pub struct LoadArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
-    /// Username for the broker.
-    #[arg(long, short, requires = "password")]
-    pub username: Option<String>,
-    /// Password for the broker.
-    #[arg(long, short, requires = "username")]
-    pub password: Option<String>,
+    #[command(flatten)]
+    pub login: crate::simulate::cli::Login,
 }
 
 impl LoadArgs {
     pub fn into_options(self) -> Options {
         let (host, port) = self.broker;
         let mut options = Options::new(host, port);
-        options.credentials = self.username.zip(self.password);
+        options.credentials = self.login.credentials();
         options.count = self.count;
         options.rate = self.rate;
         options.qos = self.qos;
@@ -142,12 +138,8 @@ pub struct PassthroughArgs {
     /// Stop after forwarding (and acking) this many messages.
     #[arg(long, short = 'n')]
     pub count: Option<u64>,
-    /// Username for the broker.
-    #[arg(long, short, requires = "password")]
-    pub username: Option<String>,
-    /// Password for the broker.
-    #[arg(long, short, requires = "username")]
-    pub password: Option<String>,
+    #[command(flatten)]
+    pub login: crate::simulate::cli::Login,
 }
 
 impl PassthroughArgs {
@@ -156,7 +148,7 @@ impl PassthroughArgs {
         passthrough::Options {
             host,
             port,
-            credentials: self.username.zip(self.password),
+            credentials: self.login.credentials(),
             from: self.from,
             to: self.to,
             qos: self.qos,

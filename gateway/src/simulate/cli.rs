@@ -19,6 +19,44 @@ example functions vending-telemetry and robot-telemetry. Each message carries
 \"seq\": a per-device count from 1, so a subscriber can spot loss and reordering.";
 
 /// `wasmgate simulate` flags; `into_options` turns them into [`Options`].
+/// How a load tool logs in to a broker. The password may come from a file
+/// or the environment: a command line is visible to every user of the
+/// machine (`ps`), and stays in shell histories.
+#[derive(Debug, Clone, Args)]
+pub struct Login {
+    /// Username for the broker.
+    #[arg(long, short, requires = "secret")]
+    pub username: Option<String>,
+    /// Password for the broker (visible in `ps`: prefer --password-file or
+    /// $WASMGATE_PASSWORD).
+    #[arg(
+        long,
+        short,
+        group = "secret",
+        requires = "username",
+        env = "WASMGATE_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+    /// A file holding the password (a final newline is dropped).
+    #[arg(long, value_name = "FILE", group = "secret", requires = "username", value_parser = read_password_file)]
+    pub password_file: Option<String>,
+}
+
+impl Login {
+    /// The user and password, if given.
+    pub fn credentials(&self) -> Option<(String, String)> {
+        let password = self.password.clone().or_else(|| self.password_file.clone());
+        self.username.clone().zip(password)
+    }
+}
+
+fn read_password_file(path: &str) -> Result<String, String> {
+    let text = crate::files::read_text(std::path::Path::new(path), 64 << 10, "password file")
+        .map_err(|e| e.to_string())?;
+    Ok(text.strip_suffix('\n').unwrap_or(&text).to_owned())
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct SimulateArgs {
     /// The MQTT broker, HOST:PORT (or HOST, port 1883). The default is where
@@ -51,12 +89,8 @@ pub struct SimulateArgs {
     /// Leave out the per-device "seq" field (the example functions ignore it anyway).
     #[arg(long)]
     pub no_seq: bool,
-    /// Username for the broker.
-    #[arg(long, short, requires = "password")]
-    pub username: Option<String>,
-    /// Password for the broker.
-    #[arg(long, short, requires = "username")]
-    pub password: Option<String>,
+    #[command(flatten)]
+    pub login: Login,
     /// MQTT client id; with several connections, `-<k>` is appended.
     /// [default: wasmgate-sim-<pid>]
     #[arg(long)]
@@ -77,7 +111,7 @@ impl SimulateArgs {
         let (host, port) = self.broker;
         Options {
             client_id: self.client_id,
-            credentials: self.username.zip(self.password),
+            credentials: self.login.credentials(),
             qos: self.qos,
             fleet: FleetConfig {
                 devices: self.devices,
@@ -196,6 +230,37 @@ mod tests {
         assert_eq!(o.client_id.as_deref(), Some("sim"));
         assert_eq!((o.connections, o.inflight), (2, 7));
         assert_eq!(o.progress_every, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_password_comes_from_a_file_as_well_as_a_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "from-a-file\n").unwrap();
+        let o = options(&["--username", "u", "--password-file", file.to_str().unwrap()]);
+        assert_eq!(o.credentials, Some(("u".into(), "from-a-file".into())));
+        let argv = [
+            "simulate",
+            "--username",
+            "u",
+            "--password",
+            "p",
+            "--password-file",
+            "x",
+        ];
+        assert!(
+            Cli::try_parse_from(argv).is_err(),
+            "one source of the password"
+        );
+        let argv = [
+            "simulate",
+            "--username",
+            "u",
+            "--password-file",
+            "/nonexistent/pw",
+        ];
+        let error = Cli::try_parse_from(argv).unwrap_err().to_string();
+        assert!(error.contains("/nonexistent/pw"), "{error}");
     }
 
     #[test]

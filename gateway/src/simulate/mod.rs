@@ -7,7 +7,7 @@
 //! nothing leaves the client unless the loop is polled, and the loop is also
 //! what reconnects after the broker restarts.
 
-mod cli;
+pub mod cli;
 pub mod fleet;
 
 pub use cli::{SimulateArgs, SIMULATE_HELP};
