@@ -826,3 +826,83 @@ fn invoke_of_a_function_not_granted_is_denied() {
     );
     gw.assert_still_serving();
 }
+
+/// A handler that runs `op` (which leaves nothing on the stack) `times`
+/// times in a loop, then returns 0; `extra` declares what `op` needs.
+fn looping(extra: &str, op: &str, times: u32) -> Vec<u8> {
+    guest_with(
+        extra,
+        &format!(
+            "(local.set 1 (i32.const {times}))
+             (loop $again
+               {op}
+               (local.set 1 (i32.sub (local.get 1) (i32.const 1)))
+               (br_if $again (local.get 1)))
+             (i32.const 0)"
+        ),
+    )
+}
+
+/// Five million runs of an op whose failure the guest ignores: each must
+/// leave the native stack as it found it (see `spin`), or this aborts the
+/// process with a stack overflow instead of returning.
+#[track_caller]
+fn assert_a_long_loop_of_completes(extra: &str, op: &str) {
+    let gw = Gateway::new();
+    let limits = budget(1_000_000_000, Duration::from_secs(120));
+    let f = gw.deploy_with(limits, &looping(extra, op, 5_000_000));
+    let report = invoke(&f);
+    assert!(report.outcome.is_ok(), "{:?}", report.outcome.err());
+    gw.assert_still_serving();
+}
+
+#[test]
+fn a_long_loop_of_failing_table_grows_past_the_tables_maximum_completes() {
+    assert_a_long_loop_of_completes(
+        "(table 1 10 funcref)",
+        "(drop (table.grow (ref.null func) (i32.const 100000)))",
+    );
+}
+
+#[test]
+fn a_long_loop_of_table_grows_past_the_gateways_table_cap_completes() {
+    assert_a_long_loop_of_completes(
+        "(table 1 funcref)",
+        "(drop (table.grow (ref.null func) (i32.const 100000)))",
+    );
+}
+
+#[test]
+fn a_long_loop_of_memory_grows_by_minus_one_completes() {
+    assert_a_long_loop_of_completes("", "(drop (memory.grow (i32.const -1)))");
+}
+
+#[test]
+fn a_long_loop_of_memory_grows_past_the_declared_maximum_completes() {
+    // `guest` declares an unbounded memory; this one has a maximum of 2 pages.
+    let gw = Gateway::new();
+    let limits = budget(1_000_000_000, Duration::from_secs(120));
+    let wasm = wat(r#"(module
+      (memory (export "memory") 1 2)
+      (func (export "wasmgate_abi_version") (result i32) i32.const 1)
+      (func (export "wasmgate_handle") (param i32) (result i32) (local i32)
+        (local.set 1 (i32.const 5000000))
+        (loop $again
+          (drop (memory.grow (i32.const 5)))
+          (local.set 1 (i32.sub (local.get 1) (i32.const 1)))
+          (br_if $again (local.get 1)))
+        (i32.const 0)))"#);
+    let f = gw.deploy_with(limits, &wasm);
+    let report = invoke(&f);
+    assert!(report.outcome.is_ok(), "{:?}", report.outcome.err());
+    gw.assert_still_serving();
+}
+
+#[test]
+fn a_long_loop_of_memory_grows_by_zero_completes() {
+    // A constant 0 would be translated to `memory.size`.
+    assert_a_long_loop_of_completes(
+        "(global $zero (mut i32) (i32.const 0))",
+        "(drop (memory.grow (global.get $zero)))",
+    );
+}

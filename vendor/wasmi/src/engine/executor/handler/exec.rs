@@ -38,6 +38,101 @@ fn identity<T>(value: T) -> T {
     value
 }
 
+/// What a `memory.grow` or `table.grow` came to, in registers.
+enum GrowOutcome {
+    /// It grew (perhaps by zero): the old size.
+    Grown(u64),
+    /// It could not grow: the value to return to the guest.
+    Done(u64),
+    /// It ran out of fuel, needing this much.
+    OutOfFuel(u64),
+    /// The resource limiter refused it: a trap.
+    Limited,
+}
+
+/// Grows `memory` of `instance` by `delta` pages.
+///
+/// # Note
+///
+/// This must stay out of line (wasmgate, see `UPSTREAM.md`): the store call
+/// takes the memory handle and its result by reference, and a local whose
+/// address escapes into a call keeps LLVM from turning the handler's
+/// dispatch into a tail call. `memory_grow` then *called* the next handler,
+/// so every `memory.grow` left a frame on the native stack and a guest
+/// looping over it (`memory.grow(-1)`, `memory.grow(0)`) overflowed it.
+#[inline(never)]
+fn memory_grow_outlined(
+    store: &mut PrunedStore,
+    instance: Inst,
+    memory: ir::MemoryAddr,
+    delta: u64,
+) -> GrowOutcome {
+    let memref = unsafe { instance.load_handle(memory) };
+    match store.grow_memory(&memref, delta) {
+        Ok(return_value) => GrowOutcome::Grown(return_value),
+        Err(StoreError::External(
+            MemoryError::OutOfBoundsGrowth | MemoryError::OutOfSystemMemory,
+        )) => {
+            let memory = unsafe { instance.load_entity_mut(store, memory) };
+            let memory_ty = memory.ty();
+            GrowOutcome::Done(match memory_ty.is_64() {
+                true => u64::MAX,
+                false => u64::from(u32::MAX),
+            })
+        }
+        Err(StoreError::External(MemoryError::OutOfFuel { required_fuel })) => {
+            GrowOutcome::OutOfFuel(required_fuel)
+        }
+        Err(StoreError::External(MemoryError::ResourceLimiterDeniedAllocation)) => {
+            GrowOutcome::Limited
+        }
+        Err(StoreError::Internal(error)) => unsafe {
+            unreachable_unchecked!("internal interpreter error: {error}")
+        },
+        Err(error) => {
+            panic!("`memory.grow`: internal interpreter error: {error}")
+        }
+    }
+}
+
+/// Grows `table` of `instance` by `delta` items of `value`.
+///
+/// # Note
+///
+/// Out of line for the same reason as [`memory_grow_outlined`].
+#[inline(never)]
+fn table_grow_outlined(
+    store: &mut PrunedStore,
+    instance: Inst,
+    table: ir::TableAddr,
+    delta: u64,
+    value: RawRef,
+) -> GrowOutcome {
+    let table_ref = unsafe { instance.load_handle(table) };
+    match store.grow_table(&table_ref, delta, value) {
+        Ok(return_value) => GrowOutcome::Grown(return_value),
+        Err(StoreError::External(TableError::GrowOutOfBounds | TableError::OutOfSystemMemory)) => {
+            let table = unsafe { instance.load_entity_mut(store, table) };
+            GrowOutcome::Done(match table.ty().is_64() {
+                true => u64::MAX,
+                false => u64::from(u32::MAX),
+            })
+        }
+        Err(StoreError::External(TableError::OutOfFuel { required_fuel })) => {
+            GrowOutcome::OutOfFuel(required_fuel)
+        }
+        Err(StoreError::External(TableError::ResourceLimiterDeniedAllocation)) => {
+            GrowOutcome::Limited
+        }
+        Err(StoreError::Internal(error)) => unsafe {
+            unreachable_unchecked!("internal interpreter error: {error}")
+        },
+        Err(error) => {
+            panic!("`table.grow`: internal interpreter error: {error}")
+        }
+    }
+}
+
 execution_handler! {
     fn trap(
         _store: &mut PrunedStore,
@@ -403,9 +498,10 @@ execution_handler! {
             delta,
         } = unsafe { args.decode_op() };
         let delta: u64 = args.get(delta);
-        let memref = unsafe { instance.load_handle(memory) };
-        let return_value = match store.grow_memory(&memref, delta) {
-            Ok(return_value) => {
+        // The store call is out of line: see `memory_grow_outlined`.
+        let return_value = match memory_grow_outlined(store, instance, memory, delta) {
+            GrowOutcome::Done(return_value) => return_value,
+            GrowOutcome::Grown(return_value) => {
                 // The `memory.grow` operation might have invalidated the cached
                 // linear memory so we need to reset it in order for the cache to
                 // reload in case it is used again.
@@ -414,29 +510,11 @@ execution_handler! {
                 }
                 return_value
             }
-            Err(StoreError::External(
-                MemoryError::OutOfBoundsGrowth | MemoryError::OutOfSystemMemory,
-            )) => {
-                let memory = unsafe { instance.load_entity_mut(store, memory) };
-                let memory_ty = memory.ty();
-                match memory_ty.is_64() {
-                    true => u64::MAX,
-                    false => u64::from(u32::MAX),
-                }
-            }
-            Err(StoreError::External(MemoryError::OutOfFuel { required_fuel })) => {
+            GrowOutcome::OutOfFuel(required_fuel) => {
                 args.set_ip(ip);
                 out_of_fuel!(store, args, required_fuel)
             }
-            Err(StoreError::External(MemoryError::ResourceLimiterDeniedAllocation)) => {
-                trap!(TrapCode::GrowthOperationLimited);
-            }
-            Err(StoreError::Internal(error)) => unsafe {
-                unreachable_unchecked!("internal interpreter error: {error}")
-            },
-            Err(error) => {
-                panic!("`memory.grow`: internal interpreter error: {error}")
-            }
+            GrowOutcome::Limited => trap!(TrapCode::GrowthOperationLimited),
         };
         args.set(result, return_value);
         dispatch!(store, args)
@@ -679,30 +757,15 @@ execution_handler! {
             delta,
             value,
         } = unsafe { args.decode_op() };
-        let table_ref = unsafe { instance.load_handle(table) };
         let delta = args.get(delta);
         let value = args.get(value);
-        let return_value = match store.grow_table(&table_ref, delta, value) {
-            Ok(return_value) => return_value,
-            Err(StoreError::External(TableError::GrowOutOfBounds | TableError::OutOfSystemMemory)) => {
-                let table = unsafe { instance.load_entity_mut(store, table) };
-                match table.ty().is_64() {
-                    true => u64::MAX,
-                    false => u64::from(u32::MAX),
-                }
-            }
-            Err(StoreError::External(TableError::OutOfFuel { required_fuel })) => {
+        // The store call is out of line: see `memory_grow_outlined`.
+        let return_value = match table_grow_outlined(store, instance, table, delta, value) {
+            GrowOutcome::Done(return_value) | GrowOutcome::Grown(return_value) => return_value,
+            GrowOutcome::OutOfFuel(required_fuel) => {
                 done!(store, DoneReason::out_of_fuel(required_fuel));
             }
-            Err(StoreError::External(TableError::ResourceLimiterDeniedAllocation)) => {
-                trap!(TrapCode::GrowthOperationLimited);
-            }
-            Err(StoreError::Internal(error)) => unsafe {
-                unreachable_unchecked!("internal interpreter error: {error}")
-            },
-            Err(error) => {
-                panic!("`table.grow`: internal interpreter error: {error}")
-            }
+            GrowOutcome::Limited => trap!(TrapCode::GrowthOperationLimited),
         };
         args.set(result, return_value);
         dispatch!(store, args)
