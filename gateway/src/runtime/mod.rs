@@ -38,7 +38,8 @@ const FUEL_SLICE: u64 = 1_000_000;
 /// small functions; board profiles and the config override them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Wasm instructions, roughly; also bounds a start function.
+    /// Wasm instructions, roughly, and host calls by the bytes they move
+    /// (`HOST_CALL_FUEL`, `HOST_BYTES_PER_FUEL`); also bounds a start function.
     pub fuel: u64,
     /// Linear memory, in bytes; growing past it fails the invocation.
     pub memory_bytes: usize,
