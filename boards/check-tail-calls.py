@@ -10,8 +10,9 @@ non-inlined helper), every run of that op leaves a frame on the native stack,
 and a guest that loops over it overflows the stack and aborts the gateway.
 
 A handler is at fault when it calls another function indirectly and then
-only tears down its frame and returns that function's result: a tail call
-LLVM did not turn into a jump. Indirect calls whose result the handler goes
+only tears down its frame and returns that function's result (directly, or
+through unconditional jumps to a shared epilogue): a tail call LLVM did not
+turn into a jump. Indirect calls whose result the handler goes
 on to use (the store's `grow_memory` and `grow_table`, host functions) are
 not dispatches and are fine.
 
@@ -37,8 +38,11 @@ INSTRUCTION = re.compile(r"^\s*[0-9a-f]+:\s+(\S+)\s*(.*)$")
 
 # Instructions that may sit between a call and the return that hands its
 # result back: restoring the stack pointer and callee-saved registers.
-X86_EPILOGUE = re.compile(r"^(add|lea|mov)\w*\s+.*%rsp$|^pop\w*\s|^nop|^xchg\s+%ax,%ax")
-A64_EPILOGUE = re.compile(r"^(ldp|ldr|add|mov)\s+.*\bsp\b|^ldp\s+x29, x30|^nop|^autiasp|^hint")
+# Register-to-register moves too: the result is often moved out and back.
+X86_EPILOGUE = re.compile(
+    r"^(add|lea|mov)\w*\s+.*%rsp$|^pop\w*\s|^nop|^xchg\s+%ax,%ax|^mov\w*\s+%\w+,%\w+$")
+A64_EPILOGUE = re.compile(
+    r"^(ldp|ldr|add|mov)\s+.*\bsp\b|^ldp\s+x29, x30|^nop|^autiasp|^hint|^mov\s+[wx]\d+, [wx]\d+$")
 
 
 def is_indirect_call(mnemonic, operands):
@@ -57,7 +61,8 @@ def is_epilogue(mnemonic, operands):
 
 
 def functions(disassembly):
-    """(demangled name, [(mnemonic, operands)]) of each function in objdump -d -C output."""
+    """(demangled name, [(address, mnemonic, operands)]) of each function in
+    objdump -d -C output."""
     name, body = None, []
     for line in disassembly.splitlines():
         header = FUNCTION.match(line)
@@ -68,24 +73,52 @@ def functions(disassembly):
             continue
         instruction = INSTRUCTION.match(line)
         if instruction and name is not None:
-            body.append((instruction.group(1), instruction.group(2).split("#")[0].strip()))
+            address = int(line.split(":")[0], 16)
+            body.append((address, instruction.group(1), instruction.group(2).split("#")[0].strip()))
     if name is not None:
         yield name, body
 
 
+# An unconditional direct jump, and where to (x86 `jmp 1234 <f+0x10>`, aarch64 `b 1234 <f+0x10>`).
+DIRECT_JUMP = re.compile(r"^([0-9a-f]+)(\s+<.*>)?$")
+
+
+def jump_target(mnemonic, operands):
+    if mnemonic in ("jmp", "jmpq", "b"):
+        target = DIRECT_JUMP.match(operands)
+        if target:
+            return int(target.group(1), 16)
+    return None
+
+
+def returns_as_it_is(body, start):
+    """Whether the code from BODY[START] on only tears the frame down and
+    returns, following unconditional jumps (LLVM often shares one epilogue)."""
+    index = {address: i for i, (address, _, _) in enumerate(body)}
+    i, steps = start, 0
+    while i < len(body) and steps < 64:
+        _, mnemonic, operands = body[i]
+        steps += 1
+        if is_return(mnemonic):
+            return True
+        target = jump_target(mnemonic, operands)
+        if target is not None:
+            if target not in index:
+                return False
+            i = index[target]
+            continue
+        if not is_epilogue(mnemonic, operands):
+            return False
+        i += 1
+    return False
+
+
 def tail_calls_not_jumps(body):
     """Indices of the indirect calls in BODY whose result is returned as it is."""
-    faults = []
-    for i, (mnemonic, operands) in enumerate(body):
-        if not is_indirect_call(mnemonic, operands):
-            continue
-        for later_mnemonic, later_operands in body[i + 1:]:
-            if is_return(later_mnemonic):
-                faults.append(i)
-                break
-            if not is_epilogue(later_mnemonic, later_operands):
-                break
-    return faults
+    return [
+        i for i, (_, mnemonic, operands) in enumerate(body)
+        if is_indirect_call(mnemonic, operands) and returns_as_it_is(body, i + 1)
+    ]
 
 
 def handler_name(symbol):
@@ -94,7 +127,9 @@ def handler_name(symbol):
         return None
     rest = symbol[len(HANDLER_PREFIX):]
     # exec::simd:: handlers are handlers too; drop the hash and LTO suffixes.
-    return re.sub(r"(::h[0-9a-f]{16})?(\.llvm\.\d+|\.\d+)?$", "", rest)
+    name = re.sub(r"(::h[0-9a-f]{16})?(\.llvm\.\d+|\.\d+)?$", "", rest)
+    # vendor/wasmi's out-of-line helpers beside the handlers are not handlers.
+    return None if name.endswith("_outlined") else name
 
 
 def check(disassembly):

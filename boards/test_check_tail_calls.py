@@ -34,6 +34,15 @@ X86 = """
     1039:	pop    %rbx
     103a:	ret
 
+0000000000001050 <wasmi::engine::executor::handler::exec::call_indirect_r>:
+    1050:	push   %rbx
+    1051:	call   *(%rsi)
+    1053:	jmp    1058 <wasmi::engine::executor::handler::exec::call_indirect_r+0x8>
+    1055:	mov    $0x4,%al
+    1057:	nop
+    1058:	pop    %rbx
+    1059:	ret
+
 0000000000001040 <wasmgate::runtime::Function::run>:
     1040:	call   *%rax
     1042:	ret
@@ -55,11 +64,15 @@ A64 = """
 class Check(unittest.TestCase):
     def test_a_handler_that_returns_what_it_called_is_at_fault(self):
         seen, faults = ctc.check(X86)
-        self.assertEqual(faults, {"memory_grow": 1})
+        self.assertEqual(faults["memory_grow"], 1)
+
+    def test_a_jump_to_a_shared_epilogue_is_followed(self):
+        seen, faults = ctc.check(X86)
+        self.assertEqual(faults, {"memory_grow": 1, "call_indirect_r": 1})
 
     def test_handlers_that_jump_or_use_what_they_called_are_fine(self):
         seen, faults = ctc.check(X86)
-        self.assertEqual(seen, {"i32_add_rrs", "memory_grow", "call_imported"})
+        self.assertEqual(seen, {"i32_add_rrs", "memory_grow", "call_imported", "call_indirect_r"})
         self.assertNotIn("call_imported", faults)
 
     def test_functions_other_than_handlers_are_not_checked(self):

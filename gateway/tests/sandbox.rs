@@ -1247,3 +1247,39 @@ fn deeply_nested_blocks_and_huge_frames_deploy_and_run_or_are_refused() {
     }
     gw.assert_still_serving();
 }
+
+/// In the release build (opt-level `s`, fat LTO) wasmi 2.0.0's
+/// `call_indirect` and `return_call_indirect` handlers called the next op's
+/// handler too (vendor/wasmi/UPSTREAM.md). Test builds did not show it;
+/// `WASMGATE_BIN=target/release/wasmgate cargo test --test invoke_hostile`
+/// and boards/check-tail-calls.py on a release binary do.
+#[test]
+fn a_long_loop_of_indirect_calls_completes() {
+    assert_a_long_loop_of_completes(
+        "(type $unary (func (param i32) (result i32)))
+         (table 1 funcref) (elem (i32.const 0) $inc)
+         (func $inc (param i32) (result i32) (i32.add (local.get 0) (i32.const 1)))",
+        "(drop (call_indirect (type $unary) (local.get 1) (i32.const 0)))",
+    );
+}
+
+#[test]
+fn a_long_chain_of_indirect_tail_calls_completes() {
+    let gw = Gateway::new();
+    let limits = budget(1_000_000_000, Duration::from_secs(120));
+    let f = gw.deploy_with(
+        limits,
+        &guest_with(
+            "(type $unary (func (param i32) (result i32)))
+             (table 1 funcref) (elem (i32.const 0) $count)
+             (func $count (param i32) (result i32)
+               (if (i32.eqz (local.get 0)) (then (return (i32.const 0))))
+               (return_call_indirect (type $unary)
+                 (i32.sub (local.get 0) (i32.const 1)) (i32.const 0)))",
+            "(call $count (i32.const 5000000))",
+        ),
+    );
+    let report = invoke(&f);
+    assert!(report.outcome.is_ok(), "{:?}", report.outcome.err());
+    gw.assert_still_serving();
+}

@@ -259,7 +259,9 @@ impl Args {
     }
 
     /// Resolves the [`Func`] at `table[index]` of type `func_type` using `state`.
-    #[inline]
+    // wasmgate: always, so that `self` stays in registers and the calling
+    // handler's dispatch stays a tail call (vendor/wasmi/UPSTREAM.md).
+    #[inline(always)]
     pub fn resolve_indirect_func<Idx, Table>(
         &mut self,
         store: &mut PrunedStore,
@@ -275,7 +277,9 @@ impl Args {
     }
 
     /// Calls `func` with `params` with `state` using `self`.
-    #[inline]
+    // wasmgate: always, so that `self` stays in registers and the calling
+    // handler's dispatch stays a tail call (vendor/wasmi/UPSTREAM.md).
+    #[inline(always)]
     pub fn call_wasm_or_host_func(
         &mut self,
         store: &mut PrunedStore,
@@ -304,7 +308,9 @@ impl Args {
     }
 
     /// Tail-calls `func` with `params` with `state` using `self`.
-    #[inline]
+    // wasmgate: always, so that `self` stays in registers and the calling
+    // handler's dispatch stays a tail call (vendor/wasmi/UPSTREAM.md).
+    #[inline(always)]
     pub fn return_call_wasm_or_host_func(
         &mut self,
         store: &mut PrunedStore,

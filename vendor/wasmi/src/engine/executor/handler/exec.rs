@@ -95,6 +95,31 @@ fn memory_grow_outlined(
     }
 }
 
+/// Initializes `len` items of `table` at `dst` from `elem` at `src`.
+///
+/// # Note
+///
+/// Out of line for the same reason as [`memory_grow_outlined`] (wasmgate):
+/// `ElementSegmentRef` is passed through memory, a local whose address
+/// escapes, and in some builds LLVM then kept `table_init`'s dispatch a call.
+#[inline(never)]
+fn table_init_outlined(
+    store: &mut PrunedStore,
+    instance: Inst,
+    table: ir::TableAddr,
+    elem: ir::ElemAddr,
+    dst: u64,
+    src: u32,
+    len: u32,
+) -> Result<(), TableError> {
+    // SAFETY: `instance` is live and warmed up. `table` and `elem` live in different
+    //         arenas, so their references are to distinct entities and cannot alias.
+    let table = unsafe { instance.load_entity_ptr(table).as_mut() };
+    let element = unsafe { instance.load_entity_ptr(elem).as_ref() };
+    let fuel = store.inner_mut().fuel_mut();
+    table.init(element.as_ref(), dst, src, len, Some(fuel))
+}
+
 /// Grows `table` of `instance` by `delta` items of `value`.
 ///
 /// # Note
@@ -894,12 +919,8 @@ execution_handler! {
         let dst: u64 = args.get(dst);
         let src: u32 = args.get(src);
         let len: u32 = args.get(len);
-        // SAFETY: `args.instance` is live and warmed up. `table` and `elem` live in different
-        //         arenas, so their references are to distinct entities and cannot alias.
-        let table = unsafe { args.instance.load_entity_ptr(table).as_mut() };
-        let element = unsafe { args.instance.load_entity_ptr(elem).as_ref() };
-        let fuel = store.inner_mut().fuel_mut();
-        if let Err(error) = table.init(element.as_ref(), dst, src, len, Some(fuel)) {
+        // The call is out of line: see `table_init_outlined`.
+        if let Err(error) = table_init_outlined(store, args.instance, table, elem, dst, src, len) {
             let trap_code = match error {
                 TableError::OutOfSystemMemory => TrapCode::OutOfSystemMemory,
                 TableError::InitOutOfBounds => TrapCode::TableOutOfBounds,

@@ -814,8 +814,8 @@ where
     let rawref = table.get(index).ok_or(TrapCode::TableOutOfBounds)?;
     debug_assert!(matches!(rawref.ty(), RefType::Func));
     let funcref = <Nullable<Func>>::from_raw_parts(rawref.raw(), &*store);
-    let func = funcref.val().ok_or(TrapCode::IndirectCallToNull)?;
-    let func_entity = store.inner_mut().resolve_func_ptr(func);
+    let func = *funcref.val().ok_or(TrapCode::IndirectCallToNull)?;
+    let func_entity = resolve_func_ptr_by_value(store, func);
     // SAFETY: freshly resolved from the store; only read here for the signature check.
     let actual_fnty = unsafe { func_entity.as_ref() }.ty_dedup().repr_entity();
     // Note: `func_type` already stores the resolved deduplicated function type, thus the
@@ -824,7 +824,15 @@ where
     if actual_fnty != u32::from(func_type) {
         return Err(TrapCode::BadSignature);
     }
-    Ok((*func, func_entity))
+    Ok((func, func_entity))
+}
+
+/// Resolves `func`, taken by value (wasmgate, see UPSTREAM.md): the store's
+/// `resolve_func_ptr` takes a reference, and a reference to a local of the
+/// `call_indirect` handlers escaping into it kept their dispatch a call.
+#[inline(never)]
+fn resolve_func_ptr_by_value(store: &mut PrunedStore, func: Func) -> NonNull<FuncEntity> {
+    store.inner_mut().resolve_func_ptr(&func)
 }
 
 pub fn update_instance(
@@ -968,7 +976,9 @@ pub fn return_call_host(
     }
 }
 
-#[inline]
+// wasmgate: always, so that its result (returned through memory) does not
+// keep the `call_indirect` handlers' dispatch a call (UPSTREAM.md).
+#[inline(always)]
 #[expect(clippy::too_many_arguments)]
 pub fn call_wasm_or_host(
     store: &mut PrunedStore,
@@ -1019,7 +1029,9 @@ pub fn call_wasm_or_host(
 }
 
 /// Tail-call (`return_call`) twin of [`call_wasm_or_host`].
-#[inline]
+// wasmgate: always, so that its result (returned through memory) does not
+// keep the `return_call_indirect` handlers' dispatch a call (UPSTREAM.md).
+#[inline(always)]
 #[expect(clippy::too_many_arguments)]
 pub fn return_call_wasm_or_host(
     store: &mut PrunedStore,
