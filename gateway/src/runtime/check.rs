@@ -5,9 +5,14 @@
 use wasmparser::{ConstExpr, DataKind, ElementItems, ElementKind, Operator, Parser, Payload};
 
 /// The largest module deployed, in bytes. Functions are translated on their
-/// first call without charging fuel (`Runtime::new`), so this bounds the
-/// translation work one invocation can cause, and validation at deploy.
-pub const MAX_MODULE_BYTES: usize = 32 << 20;
+/// first call without charging fuel (`Runtime::new`), and a translation
+/// cannot be interrupted, so this bounds how far past its deadline the first
+/// call that reaches all of a module's code can run: on an x86_64 build
+/// machine wasmi translated a 4 MB function in ~150 ms and a 30 MB one in
+/// ~1.3 s (which overran a 1 s deadline); a Raspberry Pi is several times
+/// slower. Real guests are well under 2 MB. It also bounds validation at
+/// deploy (~115 ms for 8 MiB on that machine).
+pub const MAX_MODULE_BYTES: usize = 8 << 20;
 
 /// How deeply an extended-const expression (a global's initialiser, an
 /// element or data segment's offset, an element item) may nest. wasmi builds
