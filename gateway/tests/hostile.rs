@@ -11,9 +11,11 @@
 //!   with `wasmgate_abi_version` made to return 1 so that they get past the
 //!   deploy and run;
 //! - loops of millions of ops whose failure a guest can ignore (grows past
-//!   every kind of limit, host calls with bad arguments), where one op that
-//!   leaves a frame on the native stack overflows it (as `memory.grow` and
-//!   `table.grow` did in wasmi 2.0.0).
+//!   every kind of limit, host calls with bad arguments, indirect calls and
+//!   indirect tail calls), where one op that leaves a frame on the native
+//!   stack overflows it (as `memory.grow` and `table.grow` did in wasmi
+//!   2.0.0, and `call_indirect` and `return_call_indirect` in its release
+//!   builds).
 
 use arbitrary::Unstructured;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -240,7 +242,9 @@ fn ignorable_op(rng: &mut Rng) -> String {
         _ => number(rng),
     };
     let (a, b) = (any(rng), any(rng));
-    match rng.below(9) {
+    match rng.below(11) {
+        9 => "(drop (call_indirect $bounded (type $unary) (local.get 1) (i32.const 0)))".to_owned(),
+        10 => "(drop (call $chain (i32.const 100)))".to_owned(),
         0 => format!("(drop (memory.grow {a}))"),
         1 => format!("(drop (table.grow $bounded (ref.null func) {a}))"),
         2 => format!("(drop (table.grow $open (ref.null func) {a}))"),
@@ -268,6 +272,15 @@ fn grow_loop_module(rng: &mut Rng, times: u32) -> Vec<u8> {
           (table $open 1 funcref)
           (global $zero (mut i32) (i32.const 0))
           (data (i32.const 16) "key")
+          (type $unary (func (param i32) (result i32)))
+          (elem (table $bounded) (i32.const 0) func $inc)
+          (elem (table $open) (i32.const 0) func $chain)
+          (func $inc (param i32) (result i32) (i32.add (local.get 0) (i32.const 1)))
+          ;; Tail-calls itself through the table, n times.
+          (func $chain (param i32) (result i32)
+            (if (i32.eqz (local.get 0)) (then (return (i32.const 0))))
+            (return_call_indirect $open (type $unary)
+              (i32.sub (local.get 0) (i32.const 1)) (i32.const 0)))
           (func (export "wasmgate_abi_version") (result i32) i32.const 1)
           (func (export "wasmgate_handle") (param i32) (result i32) (local i32)
             (local.set 1 (i32.const {times}))

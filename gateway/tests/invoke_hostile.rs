@@ -103,7 +103,7 @@ fn assert_refused(outcome: &Outcome, name: &str, says: &str) {
 }
 
 #[test]
-fn endless_loops_of_failing_grows_fail_cleanly() {
+fn endless_loops_of_failing_grows_and_indirect_calls_fail_cleanly() {
     let dir = tempfile::tempdir().expect("a temp dir");
     for (name, extra, op) in [
         (
@@ -120,6 +120,13 @@ fn endless_loops_of_failing_grows_fail_cleanly() {
             "memory-grow-minus-one",
             "",
             "(drop (memory.grow (i32.const -1)))",
+        ),
+        (
+            "call-indirect",
+            "(type $unary (func (param i32) (result i32))) (table 1 funcref)
+             (elem (i32.const 0) $inc)
+             (func $inc (param i32) (result i32) (i32.add (local.get 0) (i32.const 1)))",
+            "(drop (call_indirect (type $unary) (i32.const 1) (i32.const 0)))",
         ),
     ] {
         let wasm = module(extra, &format!("(loop {op} (br 0)) (i32.const 0)"));
