@@ -47,7 +47,9 @@ A64_EPILOGUE = re.compile(
 
 def is_indirect_call(mnemonic, operands):
     if mnemonic.startswith("call"):
-        return operands.startswith("*")
+        # `call *x(%rip)` is a call to a named function through the GOT; a
+        # dispatch calls through a register, or memory a register points at.
+        return operands.startswith("*") and "(%rip)" not in operands
     return mnemonic in ("blr", "blraa", "blrab", "blraaz", "blrabz")
 
 

@@ -155,6 +155,15 @@ impl_little_endian_convert_primitive!(u8, u16, u32, u64, u128, i8, i16, i32, i64
 /// # Errors
 ///
 /// If the resulting effective address overflows.
+///
+/// # Note
+///
+/// `#[inline]` (wasmgate, see vendor/wasmi/UPSTREAM.md): without it, a build
+/// without cross-crate LTO cannot inline it into wasmi's load and store
+/// handlers, and on aarch64 its `Result` comes back through memory; a local
+/// whose address escapes like that keeps the handler's dispatch a call, so a
+/// guest looping over a store overflowed the native stack.
+#[inline]
 fn effective_address(ptr: u64, offset: u64) -> Result<usize, TrapCode> {
     #[cfg(not(feature = "memory64"))]
     let ptr = u64::from(ptr as u32);
