@@ -36,6 +36,12 @@ pub enum LoadError {
         found: i64,
         expected: u32,
     },
+    #[error("function {function} (version {version}): refused: {reason}")]
+    OverLimit {
+        function: String,
+        version: String,
+        reason: String,
+    },
     #[error("function {function} (version {version}): cannot instantiate: {source}")]
     Instantiate {
         function: String,
@@ -66,6 +72,8 @@ pub enum AbiViolation {
     TooMany { call: &'static str, limit: usize },
     #[error("the module exports no memory named `memory`")]
     NoMemory,
+    #[error("{call}: host calls are not allowed during the start function (it runs before the instance is ready; do that work in `wasmgate_handle`)")]
+    HostCallInStart { call: &'static str },
 }
 
 /// Why one invocation failed. Every variant means its effects were discarded.

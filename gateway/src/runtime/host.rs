@@ -9,7 +9,7 @@ use super::error::AbiViolation;
 use super::{Grants, KvRead, Limits, LogLine};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use wasmgate_abi::{imports, EmitOptions, LogLevel, Status, IMPORT_MODULE};
 use wasmi::{Caller, Linker, Memory, ResourceLimiter};
 use wasmi_core::LimiterError;
@@ -21,6 +21,13 @@ pub const MAX_KV_WRITES: usize = 1_000;
 /// Longer log lines are cut, so that one chatty guest cannot fill the journal.
 pub const MAX_LOG_LINE_BYTES: usize = 1_024;
 pub const MAX_LOG_LINES: usize = 100;
+
+/// Fuel every host call costs, whatever it does: about what the call itself
+/// takes (crossing into the host, checking arguments), in guest instructions.
+pub const HOST_CALL_FUEL: u64 = 20;
+/// Bytes a host call moves (copies in or out of guest memory, reads from
+/// the KV store) per unit of fuel; see functions/abi/README.md, "Limits".
+pub const HOST_BYTES_PER_FUEL: u64 = 8;
 
 /// Settings shared by every instance of one deployed function.
 #[derive(Debug)]
@@ -58,6 +65,35 @@ pub(crate) struct CallState {
     pub violation: Option<AbiViolation>,
     pub host_failure: Option<String>,
     pub kv: Option<Arc<dyn KvRead>>,
+    pub meter: Meter,
+    /// A budget a host call found spent; it ended the invocation.
+    pub stop: Option<Stop>,
+}
+
+/// What host calls charge against: the invocation's deadline and fuel.
+///
+/// The run loop hands the store fuel a slice at a time (`FUEL_SLICE`); a
+/// host call takes its cost from the slice, and what the slice cannot cover
+/// becomes a debt that the run loop takes from the next slice. Either way it
+/// counts against the whole budget, so a charge is never lost.
+#[derive(Debug, Default)]
+pub(crate) struct Meter {
+    /// When the invocation must end; `None` outside an invocation.
+    pub deadline: Option<Instant>,
+    /// The whole fuel budget of the invocation.
+    pub budget: u64,
+    /// Fuel handed to the store so far, the current slice included, and
+    /// debts already settled.
+    pub granted: u64,
+    /// Fuel host calls charged beyond what the current slice held.
+    pub debt: u64,
+}
+
+/// Which budget a host call found spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    OutOfFuel,
+    Deadline,
 }
 
 /// The data of a wasmi `Store`: one per instance.
@@ -147,6 +183,50 @@ fn violation(caller: &mut Caller<'_, HostState>, v: AbiViolation) -> wasmi::Erro
     wasmi::Error::host(Abort)
 }
 
+fn stop(caller: &mut Caller<'_, HostState>, why: Stop) -> wasmi::Error {
+    caller.data_mut().call.stop.get_or_insert(why);
+    wasmi::Error::host(Abort)
+}
+
+/// Where every host function starts: no host calls from a start function
+/// (the instance's exports, memory included, are not the host's to use yet),
+/// none past the deadline, and [`HOST_CALL_FUEL`] for the call.
+fn enter(caller: &mut Caller<'_, HostState>, call: &'static str) -> HostResult<()> {
+    if caller.data().memory.is_none() {
+        return Err(violation(caller, AbiViolation::HostCallInStart { call }));
+    }
+    if let Some(deadline) = caller.data().call.meter.deadline {
+        if Instant::now() >= deadline {
+            return Err(stop(caller, Stop::Deadline));
+        }
+    }
+    charge_fuel(caller, HOST_CALL_FUEL)
+}
+
+/// Charges for moving `bytes` bytes ([`HOST_BYTES_PER_FUEL`]).
+fn charge_bytes(caller: &mut Caller<'_, HostState>, bytes: usize) -> HostResult<()> {
+    charge_fuel(caller, (bytes as u64).div_ceil(HOST_BYTES_PER_FUEL))
+}
+
+/// Takes `fuel` from the store's current slice; what the slice cannot cover
+/// becomes a debt the run loop settles (see [`Meter`]). Ends the invocation
+/// when the whole budget is spent.
+fn charge_fuel(caller: &mut Caller<'_, HostState>, fuel: u64) -> HostResult<()> {
+    // Fuel metering is always on (`Runtime::new`); without it there is
+    // nothing to charge.
+    let Ok(left) = caller.get_fuel() else {
+        return Ok(());
+    };
+    let covered = left.min(fuel);
+    caller.set_fuel(left - covered)?;
+    let meter = &mut caller.data_mut().call.meter;
+    meter.debt = meter.debt.saturating_add(fuel - covered);
+    if meter.debt > 0 && meter.granted.saturating_add(meter.debt) > meter.budget {
+        return Err(stop(caller, Stop::OutOfFuel));
+    }
+    Ok(())
+}
+
 fn host_failure(caller: &mut Caller<'_, HostState>, message: String) -> wasmi::Error {
     caller.data_mut().call.host_failure.get_or_insert(message);
     wasmi::Error::host(Abort)
@@ -161,24 +241,23 @@ fn read(
     len: i32,
 ) -> HostResult<Vec<u8>> {
     let Some(memory) = caller.data().memory else {
-        return Err(violation(caller, AbiViolation::NoMemory));
+        return Err(violation(caller, AbiViolation::HostCallInStart { call }));
     };
-    let data = memory.data(&*caller);
-    match region(data.len(), ptr, len) {
-        Some(range) => Ok(data[range].to_vec()),
-        None => {
-            let memory_len = data.len();
-            Err(violation(
-                caller,
-                AbiViolation::OutOfBounds {
-                    call,
-                    ptr: ptr as u32,
-                    len: len as u32,
-                    memory_len,
-                },
-            ))
-        }
-    }
+    let memory_len = memory.data(&*caller).len();
+    let Some(range) = region(memory_len, ptr, len) else {
+        return Err(violation(
+            caller,
+            AbiViolation::OutOfBounds {
+                call,
+                ptr: ptr as u32,
+                len: len as u32,
+                memory_len,
+            },
+        ));
+    };
+    // Paid for before the copy, so that a spent budget stops it.
+    charge_bytes(caller, range.len())?;
+    Ok(memory.data(&*caller)[range].to_vec())
 }
 
 /// The copy-out rule shared by `event_read`, `kv_get` and `config_get`: copy
@@ -191,8 +270,13 @@ fn copy_out(
     cap: i32,
 ) -> HostResult<i32> {
     let Some(memory) = caller.data().memory else {
-        return Err(violation(caller, AbiViolation::NoMemory));
+        return Err(violation(caller, AbiViolation::HostCallInStart { call }));
     };
+    let fits =
+        region(memory.data(&*caller).len(), dst, cap).is_some_and(|r| value.len() <= r.len());
+    if fits {
+        charge_bytes(caller, value.len())?;
+    }
     let data = memory.data_mut(&mut *caller);
     let Some(range) = region(data.len(), dst, cap) else {
         let memory_len = data.len();
@@ -331,6 +415,7 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors
         m,
         imports::EVENT_READ,
         |mut caller: Caller<'_, HostState>, dst: i32, cap: i32| -> HostResult<i32> {
+            enter(&mut caller, imports::EVENT_READ)?;
             let envelope = std::mem::take(&mut caller.data_mut().call.envelope);
             let result = copy_out(&mut caller, imports::EVENT_READ, &envelope, dst, cap);
             caller.data_mut().call.envelope = envelope;
@@ -348,6 +433,7 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors
          payload_len: i32,
          flags: i32|
          -> HostResult<i32> {
+            enter(&mut caller, imports::EMIT)?;
             let sent = caller.data().call.effects.emits.len();
             let Some((topic, payload)) = read_message(
                 &mut caller,
@@ -395,6 +481,7 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors
          dst: i32,
          cap: i32|
          -> HostResult<i32> {
+            enter(&mut caller, imports::KV_GET)?;
             let Some(key) = read_key(&mut caller, imports::KV_GET, key, key_len)? else {
                 return Ok(status(Status::InvalidArgument));
             };
@@ -408,6 +495,8 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors
             } else {
                 None
             };
+            // Read from the store on every call, whether or not it fits.
+            charge_bytes(&mut caller, base.as_ref().map_or(0, Vec::len))?;
             match caller.data().call.effects.read(&key, || base) {
                 Ok(Some(value)) => copy_out(&mut caller, imports::KV_GET, &value, dst, cap),
                 Ok(None) => Ok(status(Status::NotFound)),
@@ -425,6 +514,7 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors
          value: i32,
          value_len: i32|
          -> HostResult<i32> {
+            enter(&mut caller, imports::KV_PUT)?;
             let limit = caller.data().env.limits.max_kv_value_bytes;
             check_size(&mut caller, imports::KV_PUT, "value", value_len, limit)?;
             let Some(key) = read_key(&mut caller, imports::KV_PUT, key, key_len)? else {
@@ -441,6 +531,7 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors
         m,
         imports::KV_DELETE,
         |mut caller: Caller<'_, HostState>, key: i32, key_len: i32| -> HostResult<i32> {
+            enter(&mut caller, imports::KV_DELETE)?;
             let Some(key) = read_key(&mut caller, imports::KV_DELETE, key, key_len)? else {
                 return Ok(status(Status::InvalidArgument));
             };
@@ -459,6 +550,7 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors
          delta: i64,
          dst: i32|
          -> HostResult<i32> {
+            enter(&mut caller, imports::KV_INCREMENT)?;
             let Some(key) = read_key(&mut caller, imports::KV_INCREMENT, key, key_len)? else {
                 return Ok(status(Status::InvalidArgument));
             };
@@ -491,6 +583,7 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors
         m,
         imports::LOG,
         |mut caller: Caller<'_, HostState>, level: i32, msg: i32, msg_len: i32| -> HostResult<()> {
+            enter(&mut caller, imports::LOG)?;
             if caller.data().call.logs.len() >= MAX_LOG_LINES {
                 caller.data_mut().call.logs_dropped += 1;
                 return Ok(());
@@ -508,7 +601,14 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors
         },
     )?;
 
-    linker.func_wrap(m, imports::NOW_MS, || -> i64 { now_ms() })?;
+    linker.func_wrap(
+        m,
+        imports::NOW_MS,
+        |mut caller: Caller<'_, HostState>| -> HostResult<i64> {
+            enter(&mut caller, imports::NOW_MS)?;
+            Ok(now_ms())
+        },
+    )?;
 
     linker.func_wrap(
         m,
@@ -519,6 +619,7 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors
          dst: i32,
          cap: i32|
          -> HostResult<i32> {
+            enter(&mut caller, imports::CONFIG_GET)?;
             let Some(key) = read_key(&mut caller, imports::CONFIG_GET, key, key_len)? else {
                 return Ok(status(Status::InvalidArgument));
             };
@@ -541,6 +642,7 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors
          payload: i32,
          payload_len: i32|
          -> HostResult<i32> {
+            enter(&mut caller, imports::INVOKE)?;
             let sent = caller.data().call.effects.invokes.len();
             let Some((function, payload)) = read_message(
                 &mut caller,
@@ -576,6 +678,7 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors
          body: i32,
          body_len: i32|
          -> HostResult<i32> {
+            enter(&mut caller, imports::RESPOND)?;
             let limit = caller.data().env.limits.max_emit_bytes;
             check_size(&mut caller, imports::RESPOND, "body", body_len, limit)?;
             let body = read(&mut caller, imports::RESPOND, body, body_len)?;

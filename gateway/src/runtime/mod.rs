@@ -6,15 +6,20 @@
 //! without bound. Calls are synchronous and CPU-bound: run them on worker
 //! threads, never on the async reactor.
 
+mod check;
 mod effects;
 mod error;
 mod host;
 
+pub use check::{MAX_CONST_EXPR_DEPTH, MAX_MODULE_BYTES};
 pub use effects::{decode_counter, Effects, Emit, Invoke, KvArithmeticError, KvWrite, Response};
 pub use error::{AbiViolation, FailureKind, InvokeError, LoadError};
-pub use host::{MAX_KEY_BYTES, MAX_KV_WRITES, MAX_LOG_LINES, MAX_LOG_LINE_BYTES};
+pub use host::{
+    HOST_BYTES_PER_FUEL, HOST_CALL_FUEL, MAX_KEY_BYTES, MAX_KV_WRITES, MAX_LOG_LINES,
+    MAX_LOG_LINE_BYTES,
+};
 
-use host::{FunctionEnv, HostState};
+use host::{FunctionEnv, HostState, Meter, Stop};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -33,7 +38,8 @@ const FUEL_SLICE: u64 = 1_000_000;
 /// small functions; board profiles and the config override them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Wasm instructions, roughly; also bounds a start function.
+    /// Wasm instructions, roughly, and host calls by the bytes they move
+    /// (`HOST_CALL_FUEL`, `HOST_BYTES_PER_FUEL`); also bounds a start function.
     pub fuel: u64,
     /// Linear memory, in bytes; growing past it fails the invocation.
     pub memory_bytes: usize,
@@ -235,6 +241,18 @@ impl Runtime {
     pub fn new() -> Self {
         let mut config = wasmi::Config::default();
         config.consume_fuel(true);
+        // Translating a function on its first call is the gateway's work,
+        // not the guest's: wasmi would bill it (7 units a byte) to the fuel
+        // slice the call runs in, so that a handler over ~140 KB could never
+        // start (and a failed first translation is not resumable). Its cost
+        // is bounded instead by MAX_MODULE_BYTES, and its time counts
+        // against the deadline like the rest of the call. Copies (bulk
+        // memory, `memory.grow`) keep wasmi's price.
+        config.fuel_cost(wasmi::CustomFuelCosts {
+            bytes_copied_per_fuel: 64,
+            fuel_per_bytes_translated: 0,
+            fuel_per_bytes_validated: 0,
+        });
         // Lazy translation keeps deploys and cold starts cheap: only the
         // functions an event actually reaches are translated.
         config.compilation_mode(wasmi::CompilationMode::LazyTranslation);
@@ -267,6 +285,11 @@ impl Runtime {
     pub fn deploy(&self, spec: FunctionSpec, wasm: &[u8]) -> Result<Function, LoadError> {
         let hash: [u8; 32] = Sha256::digest(wasm).into();
         let version = version_of(&hash);
+        check::before_wasmi(wasm).map_err(|reason| LoadError::OverLimit {
+            function: spec.name.clone(),
+            version: version.clone(),
+            reason,
+        })?;
         let module = self.compile(&spec.name, &hash, wasm)?;
         check_imports(&spec.name, &version, &module)?;
         check_exports(&spec.name, &version, &module)?;
@@ -504,52 +527,83 @@ impl Function {
         let deadline = started + limits.timeout;
         let len = instance.store.data().call.envelope.len() as i32;
         let mut granted = limits.fuel.min(FUEL_SLICE);
+        instance.store.data_mut().call.meter = Meter {
+            deadline: Some(deadline),
+            budget: limits.fuel,
+            granted,
+            debt: 0,
+        };
         let store = &mut instance.store;
         let result = store
             .set_fuel(granted)
             .and_then(|()| instance.handle.call_resumable(&mut *store, len));
-        let mut call = match result {
-            Ok(call) => call,
-            Err(e) => return (Err(self.classify(store, Some(e))), granted),
+        let outcome = match result {
+            Ok(call) => self.resume_until_done(store, call, deadline, &mut granted),
+            Err(e) => Err(self.classify(store, Some(e))),
         };
-        let outcome = loop {
+        let meter = std::mem::take(&mut store.data_mut().call.meter);
+        let used = granted
+            .saturating_sub(store.get_fuel().unwrap_or(0))
+            .saturating_add(meter.debt)
+            .min(limits.fuel);
+        (outcome, used)
+    }
+
+    /// Drives a resumable call to its end, granting fuel slice by slice
+    /// (`granted` counts what was handed out, settled host debts included).
+    fn resume_until_done(
+        &self,
+        store: &mut Store<HostState>,
+        mut call: TypedResumableCall<i32>,
+        deadline: Instant,
+        granted: &mut u64,
+    ) -> Result<(), InvokeError> {
+        let limits = &self.env.limits;
+        loop {
             match call {
-                TypedResumableCall::Finished(0) => break Ok(()),
+                TypedResumableCall::Finished(0) => return Ok(()),
                 TypedResumableCall::Finished(code) => {
-                    break Err(InvokeError::Failed {
+                    return Err(InvokeError::Failed {
                         function: self.env.name.clone(),
                         version: self.version.clone(),
                         code,
                     })
                 }
                 // A host function aborted; the reason is in the call state.
-                TypedResumableCall::HostTrap(_) => break Err(self.classify(store, None)),
+                TypedResumableCall::HostTrap(_) => return Err(self.classify(store, None)),
                 TypedResumableCall::OutOfFuel(resumable) => {
                     if Instant::now() >= deadline {
-                        break Err(InvokeError::Deadline {
-                            function: self.env.name.clone(),
-                            version: self.version.clone(),
-                            timeout: limits.timeout,
-                        });
+                        return Err(self.deadline());
                     }
-                    let left = limits.fuel - granted;
+                    // What host calls charged beyond the last slice is
+                    // paid out of this one (see `Meter`).
+                    let meter = &mut store.data_mut().call.meter;
+                    *granted = granted.saturating_add(std::mem::take(&mut meter.debt));
+                    let left = limits.fuel.saturating_sub(*granted);
                     let slice = left.min(FUEL_SLICE.max(resumable.required_fuel()));
                     if slice == 0 || slice < resumable.required_fuel() {
-                        break Err(self.out_of_fuel());
+                        return Err(self.out_of_fuel());
                     }
-                    granted += slice;
+                    *granted += slice;
+                    meter.granted = *granted;
                     if let Err(e) = store.set_fuel(slice) {
-                        break Err(self.classify(store, Some(e)));
+                        return Err(self.classify(store, Some(e)));
                     }
                     match resumable.resume(&mut *store) {
                         Ok(next) => call = next,
-                        Err(e) => break Err(self.classify(store, Some(e))),
+                        Err(e) => return Err(self.classify(store, Some(e))),
                     }
                 }
             }
-        };
-        let used = granted.saturating_sub(store.get_fuel().unwrap_or(0));
-        (outcome, used)
+        }
+    }
+
+    fn deadline(&self) -> InvokeError {
+        InvokeError::Deadline {
+            function: self.env.name.clone(),
+            version: self.version.clone(),
+            timeout: self.env.limits.timeout,
+        }
     }
 
     fn out_of_fuel(&self) -> InvokeError {
@@ -567,6 +621,11 @@ impl Function {
         let function = self.env.name.clone();
         let version = self.version.clone();
         let state = store.data_mut();
+        match state.call.stop.take() {
+            Some(Stop::Deadline) => return self.deadline(),
+            Some(Stop::OutOfFuel) => return self.out_of_fuel(),
+            None => {}
+        }
         if let Some(violation) = state.call.violation.take() {
             return InvokeError::Abi {
                 function,
