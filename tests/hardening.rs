@@ -902,3 +902,80 @@ fn devices_coming_and_going_log_no_errors_at_info() {
     let rumqttd: Vec<&str> = text.lines().filter(|l| l.contains("rumqttd")).collect();
     assert!(rumqttd.is_empty(), "rumqttd's chatter: {rumqttd:#?}");
 }
+
+/// Reads its secret `api-key`, logs it (as a careless function might) and
+/// traps, every time: so the secret is in front of every place a gateway
+/// prints something about a function.
+const LEAKY: &str = r#"(module
+  (import "wasmgate" "secret_get" (func $secret_get (param i32 i32 i32 i32) (result i32)))
+  (import "wasmgate" "log" (func $log (param i32 i32 i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "api-key")
+  (func (export "wasmgate_abi_version") (result i32) i32.const 1)
+  (func (export "wasmgate_handle") (param i32) (result i32) (local i32)
+    (local.set 1 (call $secret_get (i32.const 0) (i32.const 7) (i32.const 64) (i32.const 64)))
+    (call $log (i32.const 0) (i32.const 64) (local.get 1))
+    unreachable))"#;
+
+/// A secret never appears in a log line, an error, `config check` output or
+/// a dead letter, even when the function that holds it logs it and fails.
+#[test]
+fn a_secret_appears_nowhere_the_gateway_prints() {
+    const SECRET: &str = "sk-4f9a0c3e7b21d85a";
+    let port = free_port();
+    let gateway = GatewayProcess::start_toml(|dir| {
+        std::fs::write(dir.join("leaky.wasm"), wat::parse_str(LEAKY).unwrap()).unwrap();
+        std::fs::write(dir.join("api-key"), format!("{SECRET}\n")).unwrap();
+        format!(
+            r#"data_dir = {data:?}
+[broker]
+listen = "127.0.0.1:{port}"
+[[functions]]
+name = "leaky"
+wasm = "leaky.wasm"
+triggers = [{{ mqtt = "in/leaky" }}]
+[functions.retry]
+attempts = 2
+initial_backoff_ms = 10
+[functions.grants]
+secrets = ["api-key"]
+[functions.secrets]
+api-key = {{ file = "api-key" }}
+"#,
+            data = dir.join("data").display().to_string(),
+        )
+    });
+    let config = gateway.config_path().to_str().unwrap().to_owned();
+    let device = MqttClient::connect(port, "device");
+    device.publish("in/leaky", "x");
+    let lettered = wait_until(ONE, || {
+        !gateway
+            .log_lines_with(&["moved to the dead-letter queue"])
+            .is_empty()
+    });
+    assert!(lettered, "{}", gateway.logs());
+    assert!(
+        gateway.logs().contains("***"),
+        "the logged secret shows as ***:\n{}",
+        gateway.logs()
+    );
+    let mut printed = vec![("the gateway's log", gateway.logs())];
+    for args in [
+        vec!["dlq", "--config", &config, "list"],
+        vec!["dlq", "--config", &config, "show", "1"],
+        vec!["config", "check", &config],
+    ] {
+        let out = wasmgate(&args, ONE);
+        printed.push((
+            "a command's output",
+            format!("{}{}", out.stdout, out.stderr),
+        ));
+    }
+    for (what, text) in printed {
+        assert!(!text.contains(SECRET), "the secret is in {what}:\n{text}");
+        assert!(
+            !text.contains(&SECRET[..10]),
+            "part of the secret is in {what}:\n{text}"
+        );
+    }
+}

@@ -56,13 +56,15 @@ pub mod imports {
     pub const NOW_MS: &str = "now_ms";
     /// `(key: i32, key_len: i32, dst: i32, cap: i32) -> i32`
     pub const CONFIG_GET: &str = "config_get";
+    /// A secret of the function's, by name, if its grants name it.
+    pub const SECRET_GET: &str = "secret_get";
     /// `(function: i32, function_len: i32, payload: i32, payload_len: i32) -> i32`
     pub const INVOKE: &str = "invoke";
     /// `(status: i32, body: i32, body_len: i32) -> i32`
     pub const RESPOND: &str = "respond";
 
     /// Every import name, for hosts that want to reject unknown imports by name.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 12] = [
         EVENT_READ,
         EMIT,
         KV_GET,
@@ -72,6 +74,7 @@ pub mod imports {
         LOG,
         NOW_MS,
         CONFIG_GET,
+        SECRET_GET,
         INVOKE,
         RESPOND,
     ];

@@ -142,6 +142,15 @@ impl<'a, H: Host + ?Sized> Ctx<'a, H> {
         }
     }
 
+    /// Reads one of the function's secrets (`[functions.secrets]`, by a name
+    /// in `grants.secrets`) into `buf`: `None` if there is none by that name,
+    /// [`Error::Host`] with `DENIED` if the grants do not name it. Keep it
+    /// out of logs: the host replaces a secret in a log line with `***`.
+    pub fn secret<'b>(&mut self, name: &str, buf: &'b mut [u8]) -> Result<Option<&'b [u8]>, Error> {
+        let ret = self.host.secret_get(name, buf);
+        copied_out("secret_get", ret, buf)
+    }
+
     /// Parses a config value (up to 64 bytes, surrounding spaces ignored), or
     /// returns `default` when it is not set. A value that does not parse is an
     /// error rather than a silent default: a typo in the config should show.
@@ -326,6 +335,18 @@ mod tests {
         assert_eq!(ctx.config("missing", &mut buf), Ok(None));
         assert_eq!(ctx.config_or("max_temp_c", 8.0f32), Ok(7.5));
         assert_eq!(ctx.config_or("low_stock", 2u32), Ok(2));
+    }
+
+    #[test]
+    fn a_secret_is_read_by_name_and_a_denied_one_is_an_error() {
+        let mut host = FakeHost::new();
+        host.set_secret("api-key", "sk-1").deny("other");
+        let mut ctx = host.ctx();
+        let mut buf = [0u8; 16];
+        assert_eq!(ctx.secret("api-key", &mut buf), Ok(Some(&b"sk-1"[..])));
+        assert_eq!(ctx.secret("missing", &mut buf), Ok(None));
+        let err = ctx.secret("other", &mut buf).unwrap_err();
+        assert_eq!(err.status(), Some(Status::Denied));
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub trait Host {
     fn now_ms(&mut self) -> i64;
     /// Copy-out: copies the value into `dst` if it fits; returns its length.
     fn config_get(&mut self, key: &str, dst: &mut [u8]) -> i32;
+    /// Copy-out, like `config_get`, for a secret the grants name.
+    fn secret_get(&mut self, name: &str, dst: &mut [u8]) -> i32;
     fn invoke(&mut self, function: &str, payload: &[u8]) -> i32;
     fn respond(&mut self, status: i32, body: &[u8]) -> i32;
 }

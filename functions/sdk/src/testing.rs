@@ -89,6 +89,7 @@ pub struct FakeHost {
     effects: Effects,
     logs: Vec<Logged>,
     config: BTreeMap<String, String>,
+    secrets: BTreeMap<String, String>,
     denied: BTreeSet<String>,
     now_ms: i64,
     next_request_id: u64,
@@ -112,6 +113,7 @@ impl FakeHost {
             effects: Effects::default(),
             logs: Vec::new(),
             config: BTreeMap::new(),
+            secrets: BTreeMap::new(),
             denied: BTreeSet::new(),
             now_ms: Self::START_MS,
             next_request_id: 1,
@@ -186,6 +188,12 @@ impl FakeHost {
     /// Sets a value of the function's `config` table.
     pub fn set_config(&mut self, key: &str, value: &str) -> &mut Self {
         self.config.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    /// Gives the function a secret it may read (its grants name it).
+    pub fn set_secret(&mut self, name: &str, value: &str) -> &mut Self {
+        self.secrets.insert(name.to_string(), value.to_string());
         self
     }
 
@@ -366,6 +374,19 @@ impl Host for FakeHost {
             return INVALID_ARGUMENT;
         }
         match self.config.get(key) {
+            Some(value) => Self::copy_out(value.as_bytes(), dst),
+            None => NOT_FOUND,
+        }
+    }
+
+    fn secret_get(&mut self, name: &str, dst: &mut [u8]) -> i32 {
+        if name.is_empty() {
+            return INVALID_ARGUMENT;
+        }
+        if self.denied.contains(name) {
+            return DENIED;
+        }
+        match self.secrets.get(name) {
             Some(value) => Self::copy_out(value.as_bytes(), dst),
             None => NOT_FOUND,
         }

@@ -31,6 +31,7 @@ mod imports {
         pub fn log(level: i32, msg: *const u8, msg_len: i32);
         pub fn now_ms() -> i64;
         pub fn config_get(key: *const u8, key_len: i32, dst: *mut u8, cap: i32) -> i32;
+        pub fn secret_get(name: *const u8, name_len: i32, dst: *mut u8, cap: i32) -> i32;
         pub fn invoke(
             function: *const u8,
             function_len: i32,
@@ -89,6 +90,10 @@ impl Host for WasmHost {
     fn config_get(&mut self, key: &str, dst: &mut [u8]) -> i32 {
         let k = key.as_bytes();
         unsafe { imports::config_get(k.as_ptr(), len(k), dst.as_mut_ptr(), len(dst)) }
+    }
+    fn secret_get(&mut self, name: &str, dst: &mut [u8]) -> i32 {
+        let n = name.as_bytes();
+        unsafe { imports::secret_get(n.as_ptr(), len(n), dst.as_mut_ptr(), len(dst)) }
     }
     fn invoke(&mut self, function: &str, payload: &[u8]) -> i32 {
         let f = function.as_bytes();

@@ -205,8 +205,15 @@ pub fn function_spec(f: &FunctionConfig) -> FunctionSpec {
             local: f.grants.local.clone(),
             upstream: f.grants.upstream.clone(),
             invoke: f.grants.invoke.clone(),
+            secrets: f.grants.secrets.clone(),
         },
         config: f.config.clone(),
+        secrets: crate::runtime::Secrets::new(
+            f.secrets
+                .iter()
+                .map(|(name, secret)| (name.clone(), secret.expose().to_owned()))
+                .collect(),
+        ),
     }
 }
 

@@ -36,6 +36,7 @@ pub(crate) struct FunctionEnv {
     pub limits: Limits,
     pub grants: Grants,
     pub config: BTreeMap<String, String>,
+    pub secrets: super::Secrets,
 }
 
 /// Refusals described per invocation; a storm of them is counted, not kept.
@@ -591,12 +592,14 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors
             let len = (msg_len as u32 as usize).min(MAX_LOG_LINE_BYTES);
             let bytes = read(&mut caller, imports::LOG, msg, len as i32)?;
             let level = LogLevel::from_code(level).unwrap_or(LogLevel::Info);
-            caller.data_mut().call.logs.push(LogLine {
-                level,
-                // Escaped once, here, for every place a line is shown:
-                // the gateway's log, `invoke`, dead letters.
-                message: crate::text::escape_bytes(&bytes),
-            });
+            // Escaped and redacted once, here, for every place a line is
+            // shown: the gateway's log, `invoke`, dead letters.
+            let message = caller
+                .data()
+                .env
+                .secrets
+                .redact(crate::text::escape_bytes(&bytes));
+            caller.data_mut().call.logs.push(LogLine { level, message });
             Ok(())
         },
     )?;
@@ -627,6 +630,35 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors
             match env.config.get(&key) {
                 Some(value) => {
                     copy_out(&mut caller, imports::CONFIG_GET, value.as_bytes(), dst, cap)
+                }
+                None => Ok(status(Status::NotFound)),
+            }
+        },
+    )?;
+
+    linker.func_wrap(
+        m,
+        imports::SECRET_GET,
+        |mut caller: Caller<'_, HostState>,
+         key: i32,
+         key_len: i32,
+         dst: i32,
+         cap: i32|
+         -> HostResult<i32> {
+            enter(&mut caller, imports::SECRET_GET)?;
+            let Some(key) = read_key(&mut caller, imports::SECRET_GET, key, key_len)? else {
+                return Ok(status(Status::InvalidArgument));
+            };
+            let env = caller.data().env.clone();
+            if !env.grants.allows_secret(&key) {
+                refuse(&mut caller, || {
+                    format!("secret {key:?} denied: not in grants.secrets")
+                });
+                return Ok(status(Status::Denied));
+            }
+            match env.secrets.get(&key) {
+                Some(value) => {
+                    copy_out(&mut caller, imports::SECRET_GET, value.as_bytes(), dst, cap)
                 }
                 None => Ok(status(Status::NotFound)),
             }

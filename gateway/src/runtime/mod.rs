@@ -88,6 +88,8 @@ pub struct Grants {
     pub upstream: Vec<String>,
     /// Functions it may invoke.
     pub invoke: Vec<String>,
+    /// Names of its secrets it may read.
+    pub secrets: Vec<String>,
 }
 
 impl Grants {
@@ -97,7 +99,12 @@ impl Grants {
             local: vec!["#".into()],
             upstream: vec!["#".into()],
             invoke: vec!["*".into()],
+            secrets: vec!["*".into()],
         }
+    }
+
+    pub fn allows_secret(&self, name: &str) -> bool {
+        self.secrets.iter().any(|s| s == "*" || s == name)
     }
 
     pub fn allows_emit(&self, topic: &str, destination: Destination) -> bool {
@@ -202,6 +209,42 @@ pub struct FunctionSpec {
     pub grants: Grants,
     /// Values the guest reads with `config_get`.
     pub config: BTreeMap<String, String>,
+    /// What the guest reads with `secret_get`, by the names in
+    /// `grants.secrets`.
+    pub secrets: Secrets,
+}
+
+/// A function's secrets: kept out of `Debug` output, and out of what the
+/// function logs (a line holding one has it replaced by `***`).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secrets(BTreeMap<String, String>);
+
+impl Secrets {
+    pub fn new(secrets: BTreeMap<String, String>) -> Self {
+        Secrets(secrets)
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// `text` with every secret value in it replaced by `***`. Values
+    /// shorter than 4 bytes are left alone: they would match everywhere.
+    pub(crate) fn redact(&self, text: String) -> String {
+        let mut text = text;
+        for value in self.0.values().filter(|v| v.len() >= 4) {
+            if text.contains(value.as_str()) {
+                text = text.replace(value.as_str(), "***");
+            }
+        }
+        text
+    }
+}
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
 }
 
 impl FunctionSpec {
@@ -212,6 +255,7 @@ impl FunctionSpec {
             limits: Limits::default(),
             grants: Grants::all(),
             config: BTreeMap::new(),
+            secrets: Secrets::default(),
         }
     }
 }
@@ -300,6 +344,7 @@ impl Runtime {
                 limits: spec.limits,
                 grants: spec.grants,
                 config: spec.config,
+                secrets: spec.secrets,
             }),
             version,
             module,
