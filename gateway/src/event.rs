@@ -54,6 +54,36 @@ pub enum OwnedEvent {
 }
 
 impl OwnedEvent {
+    /// The bytes it holds, roughly (strings and payloads): what buffers of
+    /// events are bounded by.
+    pub fn size(&self) -> usize {
+        match self {
+            OwnedEvent::Mqtt {
+                topic,
+                payload,
+                user_properties,
+                ..
+            } => topic.len() + payload.len() + user_properties.len(),
+            OwnedEvent::Schedule { schedule, .. } => schedule.len(),
+            OwnedEvent::Http {
+                method,
+                path,
+                query,
+                headers,
+                body,
+            } => method.len() + path.len() + query.len() + headers.len() + body.len(),
+            OwnedEvent::File { path, contents, .. } => path.len() + contents.len(),
+            OwnedEvent::KvChange {
+                namespace,
+                key,
+                value,
+                ..
+            } => namespace.len() + key.len() + value.as_ref().map_or(0, Vec::len),
+            OwnedEvent::Invoke { from, payload } => from.len() + payload.len(),
+            OwnedEvent::Batch(events) => events.len(),
+        }
+    }
+
     /// An MQTT message without user properties (MQTT 3.1.1, or none sent).
     pub fn mqtt(
         topic: impl Into<String>,

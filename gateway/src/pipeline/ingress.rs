@@ -17,12 +17,15 @@
 //! unacknowledged QoS 1 messages than that, which is where the backpressure
 //! lives. Not every broker keeps to its window (mosquitto 2 was seen to send
 //! thousands unacknowledged with `max_inflight_messages 1000`), so the
-//! buffer is bounded too, at one queue's worth: while it is full the task
-//! stops reading, TCP's flow control stops the broker, and the broker holds
-//! the rest. It stops only until the function has taken one more event, so
-//! keep-alives still go out unless a single event takes longer than the
-//! keep-alive (30 s); then the broker drops the connection and redelivers
-//! what was not acknowledged, as after any disconnect.
+//! buffer is bounded too: [`FORWARD_SLACK`] messages beyond the queue, and
+//! [`MAX_BUFFERED_BYTES`]. While it is full the task stops polling, TCP's
+//! flow control stops the broker, and the broker holds the rest. The bound
+//! is generous on purpose: polling is also what sends the acknowledgements,
+//! so while the task waits, messages already committed stay unacknowledged
+//! (and a crash then runs them again). It waits only until the function has
+//! taken more events, so keep-alives still go out unless that takes longer
+//! than the keep-alive (30 s); then the broker drops the connection and
+//! redelivers what was not acknowledged, as after any disconnect.
 
 use super::acks::AckQueue;
 use super::backoff::Backoff;
@@ -122,6 +125,22 @@ impl AckHandle {
     }
 }
 
+/// Messages the buffer between a session and its queue holds beyond the
+/// queue's own capacity.
+pub const FORWARD_SLACK: usize = 4_096;
+
+/// Bytes of payload and topic that buffer holds at most.
+pub const MAX_BUFFERED_BYTES: usize = 16 << 20;
+
+/// What is in the buffer between a session and its queue.
+#[derive(Debug, Default)]
+struct Backlog {
+    messages: AtomicUsize,
+    bytes: AtomicUsize,
+    /// Signalled whenever the forwarder takes a message out.
+    taken: tokio::sync::Notify,
+}
+
 /// Room in the client's request channel: one ack per packet id MQTT can
 /// have in flight, plus subscriptions. (The channel allocates as it fills.)
 const REQUEST_CAPACITY: usize = u16::MAX as usize + 64;
@@ -175,9 +194,9 @@ pub fn start(
         client,
         acks: Mutex::new(AckQueue::default()),
     });
-    let (jobs_tx, jobs_rx) = mpsc::channel(spec.queue.max(1));
+    let (jobs_tx, jobs_rx) = mpsc::channel(spec.queue.max(1) + FORWARD_SLACK);
     let (subscribed_tx, subscribed) = watch::channel(None);
-    let backlog = Arc::new(AtomicUsize::new(0));
+    let backlog = Arc::new(Backlog::default());
     let reader = Reader {
         session: session.clone(),
         spec,
@@ -200,10 +219,12 @@ async fn forward(
     mut jobs: mpsc::Receiver<Job>,
     queues: Queues,
     draining: Arc<AtomicBool>,
-    backlog: Arc<AtomicUsize>,
+    backlog: Arc<Backlog>,
 ) {
     while let Some(job) = jobs.recv().await {
-        backlog.fetch_sub(1, Ordering::SeqCst);
+        backlog.messages.fetch_sub(1, Ordering::SeqCst);
+        backlog.bytes.fetch_sub(job.event.size(), Ordering::SeqCst);
+        backlog.taken.notify_one();
         if draining.load(Ordering::SeqCst) {
             // Shutting down: not acked, so the broker keeps it for the next start.
             continue;
@@ -221,7 +242,7 @@ struct Reader {
     draining: Arc<AtomicBool>,
     jobs: mpsc::Sender<Job>,
     /// Jobs read but not yet in the queue.
-    backlog: Arc<AtomicUsize>,
+    backlog: Arc<Backlog>,
     subscribed: watch::Sender<Option<Instant>>,
 }
 
@@ -261,6 +282,14 @@ impl Reader {
                     // The forwarder is gone: shutting down.
                     Err(_) => return,
                 }
+            }
+            loop {
+                // Registered before the check, so a take in between wakes it.
+                let taken = self.backlog.taken.notified();
+                if self.backlog.bytes.load(Ordering::SeqCst) < MAX_BUFFERED_BYTES {
+                    break;
+                }
+                taken.await;
             }
             match eventloop.poll().await {
                 Ok(Polled::ConnAck {
@@ -356,12 +385,15 @@ impl Reader {
         };
         // QoS 0 promised at most once: past a queue's worth of backlog,
         // keeping memory bounded wins. QoS 1 is bounded by the broker's window.
-        if qos0 && self.backlog.load(Ordering::SeqCst) >= self.spec.queue {
+        if qos0 && self.backlog.messages.load(Ordering::SeqCst) >= self.spec.queue {
             inc(&self.metrics.dropped);
             return;
         }
         if let Some(permit) = room.take() {
-            self.backlog.fetch_add(1, Ordering::SeqCst);
+            self.backlog.messages.fetch_add(1, Ordering::SeqCst);
+            self.backlog
+                .bytes
+                .fetch_add(job.event.size(), Ordering::SeqCst);
             permit.send(job);
         }
     }
