@@ -508,7 +508,7 @@ name = "stuck"
 wasm = "stuck.wasm"
 triggers = [{ mqtt = "stuck/in/+" }]
 grants = { local = ["stuck/out"] }
-limits = { fuel = 1_000_000_000_000, timeout_ms = 200, queue = 2 }
+limits = { fuel = 10_000_000_000, timeout_ms = 200, queue = 2 }
 retry = { attempts = 3, initial_backoff_ms = 600_000, max_backoff_ms = 600_000 }
 
 [[functions]]
