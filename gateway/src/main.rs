@@ -44,11 +44,11 @@ enum Command {
     /// Simulate a fleet of devices (vending machines, robots) publishing
     /// telemetry to a broker, to demo or load the gateway.
     #[command(after_help = wasmgate::simulate::SIMULATE_HELP)]
-    Simulate(wasmgate::simulate::SimulateArgs),
+    Simulate(Box<wasmgate::simulate::SimulateArgs>),
     /// Load a gateway end to end: publish telemetry, match the outputs, report
     /// throughput, latency, losses and the gateway's CPU and memory.
     #[command(after_help = wasmgate::bench::BENCH_HELP)]
-    Bench(wasmgate::bench::BenchArgs),
+    Bench(Box<wasmgate::bench::BenchArgs>),
     /// Set a device's password in the embedded broker's passwords file
     /// (`[broker] passwords`), read from stdin; the file keeps only a salted
     /// hash, in mosquitto_passwd's format.
@@ -335,8 +335,8 @@ fn main() -> ExitCode {
         Command::Kv(args) => kv(args),
         Command::Dlq(args) => dlq(args),
         Command::Invoke(args) => invoke(args),
-        Command::Simulate(args) => simulate(args),
-        Command::Bench(args) => bench(args),
+        Command::Simulate(args) => simulate(*args),
+        Command::Bench(args) => bench(*args),
         #[cfg(feature = "embedded-broker")]
         Command::EmbeddedBroker => return wasmgate::broker::child_main(),
         #[cfg(feature = "embedded-broker")]
