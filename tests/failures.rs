@@ -40,9 +40,11 @@ fn guest(out_topic: &str, behaviour: &str) -> Vec<u8> {
         r#"(module
   (import "wasmgate" "event_read" (func $event_read (param i32 i32) (result i32)))
   (import "wasmgate" "emit" (func $emit (param i32 i32 i32 i32 i32) (result i32)))
+  (import "wasmgate" "log" (func $log (param i32 i32 i32)))
   (memory (export "memory") 1)
-  ;; The out topic lives past the envelope buffer (0..60000).
+  ;; The out topic and a log line live past the envelope buffer (0..60000).
   (data (i32.const 60000) "{out_topic}")
+  (data (i32.const 62000) "{BAD_READING}")
   (global $pos (mut i32) (i32.const 0))
   (func (export "wasmgate_abi_version") (result i32) (i32.const 1))
 
@@ -102,12 +104,16 @@ fn flaky() -> Vec<u8> {
     )
 }
 
-/// Version 1 of `picky`: traps on every payload starting with `b` (the
-/// bug), echoes the others.
+/// What `picky` logs, at error, before it fails: what a dead letter keeps.
+const BAD_READING: &str = "bad reading: the payload starts with b";
+
+/// Version 1 of `picky`: logs an error and traps on every payload starting
+/// with `b` (the bug), echoes the others.
 fn picky_buggy() -> Vec<u8> {
     guest(
         "picky/out",
-        r#"(if (i32.eq (i32.load8_u (local.get $payload)) (i32.const 98)) (then unreachable))
+        r#"(if (i32.eq (i32.load8_u (local.get $payload)) (i32.const 98))
+      (then (call $log (i32.const 0) (i32.const 62000) (i32.const 38)) unreachable))
     (call $emit_out (local.get $payload) (local.get $payload_len))
     (i32.const 0)"#,
     )
@@ -409,6 +415,10 @@ dead_letters = { topic = "dlq/picky" }
         "{line}"
     );
     assert!(line.contains("picky/in"), "{line}");
+    assert!(
+        line.contains(BAD_READING),
+        "the list shows the function's own account of the failure: {line}"
+    );
     let letter = gateway.show(*id);
     assert_eq!(letter["version"], v1.as_str());
     assert_eq!(letter["event"]["mqtt"]["topic"], "picky/in");
@@ -421,6 +431,11 @@ dead_letters = { topic = "dlq/picky" }
         assert!(
             attempt["error"].as_str().unwrap_or("").contains("picky"),
             "{attempt}"
+        );
+        assert_eq!(
+            attempt["logs"],
+            serde_json::json!([format!("ERROR {BAD_READING}")]),
+            "each attempt keeps the line it logged: {attempt}"
         );
     }
     assert!(letter["received_ms"].as_i64() <= letter["failed_ms"].as_i64());

@@ -52,6 +52,7 @@ pub fn to_json(letter: &DeadLetter) -> Value {
             "version": a.version,
             "kind": a.kind,
             "error": a.error,
+            "logs": a.logs,
         })).collect::<Vec<_>>(),
         "event": stored_event_json(&letter.event),
     })
@@ -151,24 +152,87 @@ pub fn render_list(letters: &[DeadLetter]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:>6}  {:<16} {:<12} {:>8}  {:<20} {:<14} topic",
-        "id", "function", "version", "attempts", "failed (UTC)", "last error"
+        "{:>6}  {:<16} {:<12} {:>8}  {:<20} {:<14} {:<24} cause",
+        "id", "function", "version", "attempts", "failed (UTC)", "last error", "topic"
     );
     for l in letters {
         let last = l.attempts.last().map_or("-", |a| a.kind.as_str());
         let _ = writeln!(
             out,
-            "{:>6}  {:<16} {:<12} {:>8}  {:<20} {:<14} {}",
+            "{:>6}  {:<16} {:<12} {:>8}  {:<20} {:<14} {:<24} {}",
             l.id,
             l.function,
             l.version,
             l.attempts.len(),
             utc(l.failed_ms),
             last,
-            crate::text::escape(&l.topic)
+            crate::text::escape(&l.topic),
+            one_line(l.attempts.last().map_or("-", cause), 80),
         );
     }
     out
+}
+
+/// `text` cut to `max` characters, with an ellipsis when it was longer.
+fn one_line(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+/// Most lines of a failed attempt a dead letter keeps, and the most bytes of
+/// each: enough for the function's own account of the failure, bounded
+/// because a failing function may log in a loop.
+const ATTEMPT_LOG_LINES: usize = 8;
+const ATTEMPT_LOG_LINE_BYTES: usize = 512;
+
+/// The log lines of a failed attempt, as a dead letter keeps them: the last
+/// few, each `LEVEL message` and cut at a character boundary. The messages
+/// come already escaped and redacted (runtime/host.rs).
+pub fn attempt_logs(logs: &[LogLine]) -> Vec<String> {
+    let start = logs.len().saturating_sub(ATTEMPT_LOG_LINES);
+    logs[start..]
+        .iter()
+        .map(|line| {
+            let mut message = line.message.as_str();
+            if message.len() > ATTEMPT_LOG_LINE_BYTES {
+                let mut end = ATTEMPT_LOG_LINE_BYTES;
+                while !message.is_char_boundary(end) {
+                    end -= 1;
+                }
+                message = &message[..end];
+            }
+            format!("{} {message}", level_name(line.level))
+        })
+        .collect()
+}
+
+fn level_name(level: wasmgate_abi::LogLevel) -> &'static str {
+    use wasmgate_abi::LogLevel::*;
+    match level {
+        Error => "ERROR",
+        Warn => "WARN",
+        Info => "INFO",
+        Debug => "DEBUG",
+        Trace => "TRACE",
+    }
+}
+
+/// Why an attempt failed, in a line: the function's last error (else
+/// warning) line when it logged one, since it says more than our error does
+/// (`returned error code 10`); otherwise our error.
+pub fn cause(attempt: &Attempt) -> &str {
+    let logged = |prefix: &str| {
+        attempt
+            .logs
+            .iter()
+            .rev()
+            .find_map(|line| line.strip_prefix(prefix))
+    };
+    logged("ERROR ")
+        .or_else(|| logged("WARN "))
+        .unwrap_or(&attempt.error)
 }
 
 /// What a replay did.
@@ -237,6 +301,7 @@ pub fn replay(
                     kind: error.kind().to_owned(),
                     error: error.to_string(),
                     version: function.version().to_owned(),
+                    logs: attempt_logs(&report.logs),
                 },
             )?;
             Ok(Replayed {
@@ -287,6 +352,7 @@ pub fn undeliverable(row: &crate::store::OutboxRow, why: String) -> crate::store
             kind: UNDELIVERABLE.into(),
             error: why,
             version: "-".into(),
+            logs: Vec::new(),
         }],
         received_ms: now,
         keep: UNDELIVERABLE_KEEP,
@@ -374,6 +440,81 @@ fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::event::OwnedEvent;
+
+    fn line(level: wasmgate_abi::LogLevel, message: &str) -> LogLine {
+        LogLine {
+            level,
+            message: message.into(),
+        }
+    }
+
+    fn failed(logs: Vec<String>) -> Attempt {
+        Attempt {
+            attempt: 1,
+            at_ms: 0,
+            kind: "returned-error".into(),
+            error: "vending returned error code 10".into(),
+            version: "0123456789ab".into(),
+            logs,
+        }
+    }
+
+    #[test]
+    fn an_attempt_keeps_the_last_lines_it_logged_each_bounded() {
+        use wasmgate_abi::LogLevel::*;
+        let long = "é".repeat(ATTEMPT_LOG_LINE_BYTES); // two bytes each
+        let mut logs: Vec<_> = (0..20).map(|i| line(Info, &format!("step {i}"))).collect();
+        logs.push(line(Error, &long));
+        let kept = attempt_logs(&logs);
+        assert_eq!(kept.len(), ATTEMPT_LOG_LINES);
+        assert_eq!(kept[0], "INFO step 13");
+        let last = kept.last().unwrap();
+        assert!(last.starts_with("ERROR éé"), "{last}");
+        assert!(
+            last.len() <= "ERROR ".len() + ATTEMPT_LOG_LINE_BYTES,
+            "{}",
+            last.len()
+        );
+    }
+
+    #[test]
+    fn the_cause_is_the_functions_last_error_line_else_its_warning_else_our_error() {
+        let both = failed(vec![
+            "ERROR price missing".into(),
+            "WARN retrying later".into(),
+            "INFO done".into(),
+        ]);
+        assert_eq!(cause(&both), "price missing");
+        assert_eq!(
+            cause(&failed(vec!["WARN slow sensor".into()])),
+            "slow sensor"
+        );
+        assert_eq!(
+            cause(&failed(vec!["INFO hello".into()])),
+            "vending returned error code 10"
+        );
+    }
+
+    #[test]
+    fn the_list_shows_each_letters_cause_in_one_bounded_line() {
+        let letter = DeadLetter {
+            id: 3,
+            function: "vending".into(),
+            request_id: 1,
+            version: "0123456789ab".into(),
+            topic: "vending/vm-1/telemetry".into(),
+            event_kind: "mqtt".into(),
+            event: Vec::new(),
+            dedup: None,
+            attempts: vec![failed(vec![format!("ERROR {}", "x".repeat(200))])],
+            received_ms: 0,
+            failed_ms: 0,
+        };
+        let list = render_list(&[letter]);
+        let row = list.lines().nth(1).unwrap();
+        assert!(row.starts_with("     3  vending"), "{row}");
+        assert!(row.ends_with(&format!("{}...", "x".repeat(80))), "{row}");
+    }
 
     #[test]
     fn timestamps_print_as_utc_dates() {

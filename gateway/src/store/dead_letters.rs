@@ -23,6 +23,11 @@ pub struct Attempt {
     pub error: String,
     /// The module version that ran this attempt.
     pub version: String,
+    /// The function's own log lines from this attempt (`ERROR price
+    /// missing`), the last few of them: an error code says that it failed,
+    /// these say why. Absent in letters written before they were kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<String>,
 }
 
 /// A dead letter as the dispatcher hands it over.
@@ -373,6 +378,7 @@ mod tests {
                     kind: "trap".into(),
                     error: format!("attempt {attempt} trapped"),
                     version: "0123456789ab".into(),
+                    logs: vec![format!("ERROR attempt {attempt} saw a bad price")],
                 })
                 .collect(),
             received_ms: 1_000,
@@ -494,6 +500,7 @@ mod tests {
             kind: "deadline".into(),
             error: "too slow".into(),
             version: "ba9876543210".into(),
+            logs: Vec::new(),
         };
         store.dead_letter_failed_again(id, attempt.clone()).unwrap();
         let stored = store.dead_letter_by_id(id).unwrap().unwrap();
