@@ -808,3 +808,117 @@ triggers = [{{ mqtt = "vending/+/telemetry" }}]
     });
     assert!(named, "{}", gateway.logs());
 }
+
+/// The config of a gateway on `port` running the vending example, with the
+/// upstream grant when `granted`, else without it (every emit denied).
+fn vending_on(dir: &std::path::Path, port: u16, granted: bool) -> String {
+    format!(
+        r#"data_dir = {data:?}
+[broker]
+listen = "127.0.0.1:{port}"
+[[functions]]
+name = "vending"
+wasm = {wasm:?}
+triggers = [{{ mqtt = "vending/+/telemetry" }}]
+{grants}
+"#,
+        data = dir.join("data").display().to_string(),
+        wasm = vending_wasm(),
+        grants = if granted {
+            r#"grants = { local = ["vending/+/alert"], upstream = ["telemetry/#"] }"#
+        } else {
+            ""
+        },
+    )
+}
+
+/// SIGHUP (`systemctl reload`) killed the daemon at once, with no totals;
+/// it says a change needs a restart and goes on. Its log, written to a file
+/// with colour allowed (NO_COLOR empty), has no colour codes in it.
+#[test]
+fn sighup_says_a_reload_needs_a_restart_and_the_gateway_goes_on() {
+    let port = free_port();
+    let mut gateway = GatewayProcess::start_toml_with(&[], &[("NO_COLOR", "")], |dir| {
+        vending_on(dir, port, true)
+    });
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &gateway.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let said = wait_until(ONE, || {
+        !gateway
+            .log_lines_with(&["WARN", "SIGHUP", "Restart it"])
+            .is_empty()
+    });
+    assert!(said, "{}", gateway.logs());
+    assert!(gateway.is_running(), "{}", gateway.logs());
+
+    let watcher = MqttClient::connect(port, "watcher");
+    watcher.subscribe("telemetry/#");
+    let device = MqttClient::connect(port, "vm-3");
+    device.publish(&telemetry_topic("vm-3"), telemetry(1, 9.4));
+    assert!(
+        watcher.collect_until(ONE, |_| true),
+        "the gateway still runs its functions after SIGHUP:\n{}",
+        gateway.logs()
+    );
+    assert!(gateway.stop().success());
+    assert!(
+        !gateway
+            .log_lines_with(&["function totals", "succeeded=1"])
+            .is_empty(),
+        "{}",
+        gateway.logs()
+    );
+    let log = gateway.logs();
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log file:\n{log}"
+    );
+}
+
+/// `--log-format json`: every line the gateway and its broker process print
+/// is one JSON object, and a function's lines carry what finds them again.
+#[test]
+fn json_logs_are_one_object_per_line_with_function_version_request_and_trigger() {
+    let port = free_port();
+    let mut gateway = GatewayProcess::start_toml_with(&["--log-format", "json"], &[], |dir| {
+        vending_on(dir, port, false)
+    });
+    let device = MqttClient::connect(port, "vm-4");
+    device.publish(&telemetry_topic("vm-4"), telemetry(1, 5.0));
+    let denied = wait_until(ONE, || {
+        !gateway.log_lines_with(&["denied", "ERROR"]).is_empty()
+    });
+    assert!(denied, "{}", gateway.logs());
+    assert!(gateway.stop().success());
+    let log = gateway.run_log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not a JSON object ({e}): {line}\n{log}"))
+        })
+        .collect();
+    assert!(lines
+        .iter()
+        .all(|l| l["level"].is_string() && l["message"].is_string()));
+    assert!(
+        lines.iter().any(|l| l["message"] == "gateway running"),
+        "{log}"
+    );
+    let denied = lines
+        .iter()
+        .find(|l| {
+            l["level"] == "ERROR" && l["message"].as_str().is_some_and(|m| m.contains("denied"))
+        })
+        .expect("the denied emit's line");
+    assert_eq!(denied["function"], "vending", "{denied}");
+    assert!(
+        denied["version"].as_str().is_some_and(|v| v.len() == 12),
+        "{denied}"
+    );
+    assert!(denied["request_id"].as_u64().is_some(), "{denied}");
+    assert_eq!(denied["trigger"], telemetry_topic("vm-4"), "{denied}");
+}

@@ -17,6 +17,33 @@ use wasmgate::runtime::{FunctionSpec, Limits};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines look on stderr: `text` (colour only on a terminal, and
+    /// never with NO_COLOR set) or `json` (one object per line, with the
+    /// function, version, request id and trigger as fields, for a log
+    /// shipper).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "WASMGATE_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    fn name(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -304,6 +331,13 @@ fn default_filter(command: &Command) -> &'static str {
     }
 }
 
+/// Colour codes only for a person at a terminal: a file, a pipe or the
+/// journal gets plain text (https://no-color.org).
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Exit codes: 0 success, 1 the function failed, 2 bad input (files, flags).
 const EXIT_FAILED: u8 = 1;
 const EXIT_BAD_INPUT: u8 = 2;
@@ -317,14 +351,21 @@ fn main() -> ExitCode {
     } else {
         filter
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(default_filter(&cli.command))
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter(&cli.command)));
+    // The embedded broker's process logs as this one does.
+    std::env::set_var("WASMGATE_LOG_FORMAT", cli.log_format.name());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Text => logs.with_ansi(colour_on_stderr()).init(),
+    }
     let result = match cli.command {
         Command::Demo(args) => demo(args),
         Command::Run(args) => run(args),
@@ -557,21 +598,32 @@ async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) {
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM (systemd stop). The handlers are
 /// installed when this is called (inside the runtime), not when first polled.
+///
+/// SIGHUP (`systemctl reload`, the unit's `ExecReload`, or a closed terminal)
+/// must not stop the gateway: its default action would kill it at once, with
+/// no totals and no clean stop. Until functions can be reloaded live, it logs
+/// that a change of config needs a restart, and keeps running.
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let (mut interrupt, mut terminate) = {
+    let (mut interrupt, mut terminate, mut hangup) = {
         use tokio::signal::unix::{signal, SignalKind};
         (
             signal(SignalKind::interrupt()).ok(),
             signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::hangup()).ok(),
         )
     };
     async move {
         #[cfg(unix)]
-        {
+        loop {
             tokio::select! {
-                () = recv(&mut interrupt) => {},
-                () = recv(&mut terminate) => {},
+                () = recv(&mut interrupt) => break,
+                () = recv(&mut terminate) => break,
+                () = recv(&mut hangup) => tracing::warn!(
+                    "SIGHUP: the gateway does not reload its config while running yet; \
+                     it keeps the config it started with. Restart it to apply a change \
+                     (systemctl restart wasmgate)"
+                ),
             }
         }
         #[cfg(not(unix))]

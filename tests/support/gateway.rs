@@ -145,6 +145,9 @@ pub struct GatewayProcess {
     child: Option<Child>,
     /// Starts so far; each writes its own log files.
     runs: usize,
+    /// Arguments after `run --config FILE`, and environment, of every run.
+    args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl GatewayProcess {
@@ -159,6 +162,17 @@ impl GatewayProcess {
     /// there (modules, a pre-made data directory) and returns the TOML.
     #[track_caller]
     pub fn start_toml(write: impl FnOnce(&Path) -> String) -> GatewayProcess {
+        Self::start_toml_with(&[], &[], write)
+    }
+
+    /// Like [`GatewayProcess::start_toml`], with more arguments for `run`
+    /// and environment variables (set after the harness's own, so they win).
+    #[track_caller]
+    pub fn start_toml_with(
+        args: &[&str],
+        env: &[(&str, &str)],
+        write: impl FnOnce(&Path) -> String,
+    ) -> GatewayProcess {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, write(dir.path())).expect("write config");
@@ -167,6 +181,11 @@ impl GatewayProcess {
             config: path,
             child: None,
             runs: 0,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         gateway.restart();
         gateway
@@ -197,8 +216,9 @@ impl GatewayProcess {
         if let Some(filter) = std::env::var_os("WASMGATE_TEST_LOG") {
             command.env("RUST_LOG", filter);
         }
+        command.env("NO_COLOR", "1").args(&self.args);
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = command
-            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log("stdout"))
             .stderr(log("stderr"))

@@ -303,11 +303,17 @@ impl Worker {
         loop {
             let report = f.invoke(request_id, attempt, &event, Some(self.kv.clone()));
             for line in &report.logs {
-                log_guest_line(&f, line.level, &line.message);
+                log_guest_line(&f, request_id, topic, line.level, &line.message);
             }
             // An output the function meant to send is lost: an error.
             for reason in &report.refused {
-                tracing::error!(function = f.name(), version = f.version(), "{reason}");
+                tracing::error!(
+                    function = f.name(),
+                    version = f.version(),
+                    request_id,
+                    trigger = topic,
+                    "{reason}"
+                );
             }
             if report.refused_count > report.refused.len() {
                 tracing::warn!(
@@ -343,11 +349,13 @@ impl Worker {
                 kind: error.kind().to_owned(),
                 error: error.to_string(),
                 version: f.version().to_owned(),
+                logs: crate::dlq::attempt_logs(&report.logs),
             });
             if !self.failures.retry.retries(error.failure(), attempt) {
                 tracing::warn!(
                     function = f.name(),
                     version = f.version(),
+                    request_id,
                     kind = error.kind(),
                     topic,
                     attempts = attempt,
@@ -551,24 +559,23 @@ pub async fn drain_invokes(sinks: Arc<Sinks>, wake: Arc<tokio::sync::Notify>) {
     }
 }
 
-fn log_guest_line(f: &Function, level: LogLevel, message: &str) {
+/// A function's log line, with what finds it again in a log shipper: the
+/// function, its version, the request id (also in its dead letter) and the
+/// trigger that started it (the MQTT topic, or the name of the function
+/// that invoked it).
+fn log_guest_line(f: &Function, request_id: u64, trigger: &str, level: LogLevel, message: &str) {
     let (name, version) = (f.name(), f.version());
+    macro_rules! line {
+        ($level:ident) => {
+            tracing::$level!(target: "wasmgate::guest", function = name, version, request_id, trigger, "{message}")
+        };
+    }
     match level {
-        LogLevel::Error => {
-            tracing::error!(target: "wasmgate::guest", function = name, version, "{message}")
-        }
-        LogLevel::Warn => {
-            tracing::warn!(target: "wasmgate::guest", function = name, version, "{message}")
-        }
-        LogLevel::Info => {
-            tracing::info!(target: "wasmgate::guest", function = name, version, "{message}")
-        }
-        LogLevel::Debug => {
-            tracing::debug!(target: "wasmgate::guest", function = name, version, "{message}")
-        }
-        LogLevel::Trace => {
-            tracing::trace!(target: "wasmgate::guest", function = name, version, "{message}")
-        }
+        LogLevel::Error => line!(error),
+        LogLevel::Warn => line!(warn),
+        LogLevel::Info => line!(info),
+        LogLevel::Debug => line!(debug),
+        LogLevel::Trace => line!(trace),
     }
 }
 
