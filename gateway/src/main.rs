@@ -210,6 +210,38 @@ fn passwd(file: &Path, user: &str) -> anyhow::Result<ExitCode> {
 
 /// Loads a config, printing every problem at once.
 fn load_config(path: &Path, board: Option<&str>) -> Result<Config, ExitCode> {
+    load_config_for(path, board, Needs::EVERYTHING)
+}
+
+/// What a command needs of what a config names, beyond the config itself.
+#[derive(Debug, Clone, Copy)]
+struct Needs {
+    /// Referenced secrets are read (a function is about to run).
+    secrets: bool,
+    /// Modules, TLS and password files must exist (`run`, `config check`).
+    files: bool,
+}
+
+impl Needs {
+    const EVERYTHING: Needs = Needs {
+        secrets: true,
+        files: true,
+    };
+    /// Operators' commands on the database (`kv`, `dlq list`, `functions`).
+    const DATABASE: Needs = Needs {
+        secrets: false,
+        files: false,
+    };
+    /// Running one function here (`dlq replay`, `invoke --gateway-config`):
+    /// its secrets, and its module, which the command reads itself.
+    const SECRETS: Needs = Needs {
+        secrets: true,
+        files: false,
+    };
+}
+
+/// [`load_config`] for a command that needs less than `run` does.
+fn load_config_for(path: &Path, board: Option<&str>, needs: Needs) -> Result<Config, ExitCode> {
     let board = match board.map(wasmgate::board::BoardProfile::find).transpose() {
         Ok(board) => board,
         Err(e) => {
@@ -233,7 +265,9 @@ fn load_config(path: &Path, board: Option<&str>) -> Result<Config, ExitCode> {
     let (config, mut problems) = Config::parse_all(&text, &name);
     let config = config.map(|mut config| {
         config.resolve_paths(path.parent().unwrap_or(Path::new("")));
-        problems.extend(config.resolve_secrets(path.parent().unwrap_or(Path::new(""))));
+        if needs.secrets {
+            problems.extend(config.resolve_secrets(path.parent().unwrap_or(Path::new(""))));
+        }
         if let Some(board) = &board {
             board.apply_defaults(&mut config, &text);
             apply_board_store(board, &mut config, &text);
@@ -241,7 +275,9 @@ fn load_config(path: &Path, board: Option<&str>) -> Result<Config, ExitCode> {
         if let Err(errors) = config.validate() {
             problems.extend(errors);
         }
-        problems.extend(config.check_files());
+        if needs.files {
+            problems.extend(config.check_files());
+        }
         config
     });
     problems.sort_by_key(|p| p.line);

@@ -1,6 +1,6 @@
 //! `wasmgate dlq`: the dead-letter queue in the gateway's database.
 
-use crate::{load_config, EXIT_FAILED};
+use crate::{load_config_for, Needs, EXIT_FAILED};
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use std::collections::BTreeMap;
@@ -28,7 +28,8 @@ module about to run is the version you mean.
 
 Examples:
   wasmgate dlq list
-  wasmgate dlq show 12 > letter.json      # its \"event\" runs with `wasmgate invoke`
+  wasmgate dlq show 12 > letter.json      # `wasmgate invoke --event letter.json` runs it
+  wasmgate dlq show 12 --event > e.json   # just the event
   wasmgate dlq replay 12 --wasm fixed.wasm
   wasmgate dlq purge --function vending";
 
@@ -55,7 +56,14 @@ pub enum DlqOp {
     },
     /// One dead letter as JSON: the event (in `wasmgate invoke`'s event
     /// format) and every attempt with its time, version, kind and error.
-    Show { id: i64 },
+    /// `wasmgate invoke --event` takes this document as it is.
+    Show {
+        /// The dead letter's id, as `dlq list` shows it.
+        id: i64,
+        /// Print only the event, in `wasmgate invoke`'s event format.
+        #[arg(long)]
+        event: bool,
+    },
     /// Run dead letters again (see `wasmgate dlq --help`); each one that
     /// succeeds is removed. Exit code 1 if any failed again.
     // `--version` here names a module version, not wasmgate's.
@@ -76,9 +84,12 @@ pub enum DlqOp {
     },
     /// Delete dead letters for good: by id, a function's, or all.
     Purge {
+        /// Dead letters to delete, by id.
         ids: Vec<i64>,
+        /// Delete every dead letter of this function.
         #[arg(long, conflicts_with = "ids")]
         function: Option<String>,
+        /// Delete every dead letter of every function.
         #[arg(long, conflicts_with_all = ["ids", "function"])]
         all: bool,
     },
@@ -86,7 +97,13 @@ pub enum DlqOp {
 
 pub fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
     use wasmgate::store::Purge;
-    let config = match load_config(&args.config, None) {
+    // Only a replay runs a function (its secrets, its module); the rest
+    // need only the database.
+    let needs = match args.op {
+        DlqOp::Replay { .. } => Needs::SECRETS,
+        _ => Needs::DATABASE,
+    };
+    let config = match load_config_for(&args.config, None, needs) {
         Ok(config) => config,
         Err(code) => return Ok(code),
     };
@@ -102,7 +119,14 @@ pub fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
                 }
                 ExitCode::SUCCESS
             }
-            DlqOp::Show { id } => match store.dead_letter_by_id(id)? {
+            DlqOp::Show { id, event } => match store.dead_letter_by_id(id)? {
+                Some(letter) if event => {
+                    let decoded = wasmgate::dlq::decode_event(&letter.event).with_context(|| {
+                        format!("dead letter {id}: its event cannot be decoded (stored by another version of wasmgate?)")
+                    })?;
+                    println!("{:#}", wasmgate::dlq::event_json(&decoded));
+                    ExitCode::SUCCESS
+                }
                 Some(letter) => {
                     println!("{:#}", wasmgate::dlq::to_json(&letter));
                     ExitCode::SUCCESS

@@ -1,4 +1,5 @@
-//! The operator's commands: `kv`, `dlq` and `invoke`. Binary-private: each
+//! The operator's and developer's commands: `kv`, `dlq`, `invoke`,
+//! `functions` and `new`. Binary-private: each
 //! parses its arguments, calls the library, and prints.
 
 pub mod dlq;
