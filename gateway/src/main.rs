@@ -45,6 +45,13 @@ enum Command {
     /// did (emits, KV writes, logs) and what it cost (fuel, memory, time).
     #[command(after_help = EVENT_JSON_HELP)]
     Invoke(InvokeArgs),
+    /// List the configured functions: module version (SHA-256 prefix) and
+    /// size, triggers, grants, and the limits they run under (after --board).
+    /// Secrets by name only.
+    Functions(ops::functions::FunctionsArgs),
+    /// Write a new function crate: Cargo.toml (with the SDK), a handler with
+    /// a unit test, an event file and a README.
+    New(ops::new::NewArgs),
     /// Simulate a fleet of devices (vending machines, robots) publishing
     /// telemetry to a broker, to demo or load the gateway.
     #[command(after_help = wasmgate::simulate::SIMULATE_HELP)]
@@ -170,6 +177,8 @@ fn main() -> ExitCode {
         Command::Kv(args) => ops::kv::kv(args),
         Command::Dlq(args) => ops::dlq::dlq(args),
         Command::Invoke(args) => ops::invoke::invoke(args),
+        Command::Functions(args) => ops::functions::functions(args),
+        Command::New(args) => ops::new::new(args),
         Command::Simulate(args) => simulate(*args),
         Command::Bench(args) => bench(*args),
         #[cfg(feature = "embedded-broker")]

@@ -3,8 +3,10 @@
 //! parses its arguments, calls the library, and prints.
 
 pub mod dlq;
+pub mod functions;
 pub mod invoke;
 pub mod kv;
+pub mod new;
 
 use wasmgate::config::Config;
 
