@@ -222,9 +222,9 @@ mod tests {
 
     #[test]
     fn the_crate_links_a_small_stack_and_says_where_the_sdk_is() {
-        let files = files("hello", &SdkSource::Path("../functions/sdk".into()));
+        let written = files("hello", &SdkSource::Path("../functions/sdk".into()));
         let get = |name: &str| {
-            files
+            written
                 .iter()
                 .find(|(path, _)| path == &PathBuf::from(name))
                 .map(|(_, text)| text.clone())
@@ -241,7 +241,7 @@ mod tests {
         let placeholder = files("hello", &SdkSource::Placeholder);
         assert!(placeholder[0].1.contains("is not on crates.io"));
         // The file cargo reads is TOML.
-        for (path, text) in [&files[0], &files[1], &placeholder[0]] {
+        for (path, text) in [&written[0], &written[1], &placeholder[0]] {
             text.parse::<toml::Table>()
                 .unwrap_or_else(|e| panic!("{}: {e}\n{text}", path.display()));
         }
