@@ -118,6 +118,7 @@ struct RunArgs {
 enum ConfigCommand {
     /// Write the default config, with every setting explained, to FILE (or stdout with -).
     Init {
+        /// Where to write the config (`-`: stdout).
         #[arg(default_value = "gateway.toml")]
         file: PathBuf,
         /// Overwrite FILE if it exists.
@@ -127,6 +128,7 @@ enum ConfigCommand {
     /// Check FILE: syntax, every value, and that the files it names exist.
     /// Prints every problem with its line; exit code 2 if there are any.
     Check {
+        /// The config to check.
         #[arg(default_value = "gateway.toml")]
         file: PathBuf,
         /// Check it as `wasmgate run --board NAME` would run it.
@@ -459,5 +461,27 @@ mod tests {
     #[test]
     fn every_command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// `wasmgate X --help` explains every argument it lists.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if ["help", "version"].contains(&id) || arg.is_hide_set() {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "wasmgate", &mut missing);
+        assert!(missing.is_empty(), "no help: {missing:#?}");
     }
 }
