@@ -136,7 +136,10 @@ pub async fn run(
         },
     ];
     let gateway = Gateway::start(&config, modules).await?;
-    let endpoint = gateway.broker_endpoint().clone();
+    // Devices, the watcher and the user connect where devices do: the
+    // gateway's own endpoint is its internal listener, which takes only the
+    // gateway's sessions.
+    let endpoint = (listen.ip().to_string(), listen.port());
     println!(
         "wasmgate demo: broker on {listen}, functions vending and robots, {} simulated devices at {} msg/s{}",
         options.devices,
@@ -148,17 +151,13 @@ pub async fn run(
     );
     println!(
         "watch it yourself: mosquitto_sub -h {} -p {} -t '#' -v\n",
-        endpoint.host, endpoint.port
+        endpoint.0, endpoint.1
     );
 
     let alerts = Arc::new(Alerts::default());
-    let watcher = tokio::spawn(watch_alerts(
-        endpoint.host.clone(),
-        endpoint.port,
-        alerts.clone(),
-    ));
+    let watcher = tokio::spawn(watch_alerts(endpoint.0.clone(), endpoint.1, alerts.clone()));
 
-    let mut sim = simulate::Options::new(endpoint.host.clone(), endpoint.port);
+    let mut sim = simulate::Options::new(endpoint.0.clone(), endpoint.1);
     sim.client_id = Some("wasmgate-demo-devices".into());
     sim.fleet.devices = options.devices;
     sim.rate = options.rate;
@@ -169,6 +168,7 @@ pub async fn run(
     }));
 
     let started = Instant::now();
+    let deadline = options.duration.map(|d| started + d);
     let ends = async {
         match options.duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -182,7 +182,11 @@ pub async fn run(
     let mut last: Vec<HistogramSnapshot> = vec![HistogramSnapshot::default(); 2];
     loop {
         tokio::select! {
-            _ = ticker.tick() => report(&gateway, &alerts, started, &mut last),
+            _ = ticker.tick() => {
+                if periodic_report_due(Instant::now(), deadline, options.report_every) {
+                    report(&gateway, &alerts, started, &mut last);
+                }
+            }
             () = &mut ends => break,
             () = &mut shutdown => break,
         }
@@ -294,6 +298,14 @@ fn report(gateway: &Gateway, alerts: &Alerts, started: Instant, last: &mut Vec<H
     );
 }
 
+/// A periodic summary, unless the demo ends within half a period: the
+/// final summary, printed once the last messages are through, follows.
+/// (Printing both showed the same block twice when --duration is a multiple
+/// of --report-every.)
+fn periodic_report_due(now: Instant, deadline: Option<Instant>, every: Duration) -> bool {
+    deadline.is_none_or(|end| end.saturating_duration_since(now) > every / 2)
+}
+
 fn short(d: Duration) -> String {
     if d < Duration::from_millis(1) {
         format!("{}µs", d.as_micros())
@@ -307,6 +319,22 @@ fn short(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_periodic_summary_gives_way_to_the_final_one() {
+        let start = Instant::now();
+        let every = Duration::from_secs(5);
+        let end = Some(start + Duration::from_secs(10));
+        assert!(periodic_report_due(start + every, end, every));
+        // The tick at 10 s (or a few ms before the end): the final one follows.
+        assert!(!periodic_report_due(start + 2 * every, end, every));
+        assert!(!periodic_report_due(
+            start + Duration::from_millis(9_990),
+            end,
+            every
+        ));
+        assert!(periodic_report_due(start + 2 * every, None, every));
+    }
 
     #[test]
     fn the_demo_config_is_valid() {

@@ -193,6 +193,32 @@ impl OwnedEvent {
         }
     }
 
+    /// Parses what `wasmgate invoke --event` reads: an event (see
+    /// [`OwnedEvent::from_json`]), or a document that holds one under
+    /// `"event"`, as `wasmgate dlq show` prints a dead letter; then its
+    /// `"function"` is returned too.
+    pub fn from_event_file(value: &Value) -> Result<(Self, Option<String>), EventJsonError> {
+        match value.as_object().and_then(|o| o.get("event")) {
+            Some(event) => {
+                if let Some(why) = event.get("undecodable").and_then(Value::as_str) {
+                    return Err(EventJsonError::new(
+                        "event",
+                        &format!("the dead letter's event could not be decoded: {why}"),
+                    ));
+                }
+                let function = value
+                    .get("function")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                Ok((
+                    Self::from_json(event).map_err(|e| e.within("event"))?,
+                    function,
+                ))
+            }
+            None => Ok((Self::from_json(value)?, None)),
+        }
+    }
+
     /// Parses the JSON form: one key naming the trigger kind, e.g.
     /// `{"mqtt": {"topic": "a/b", "payload": {"t": 1}}}`. See
     /// [`EVENT_JSON_HELP`] for every field.
@@ -313,7 +339,9 @@ pub const EVENT_JSON_HELP: &str = r#"An event file holds one JSON object keyed b
   {"invoke": {"from": "other-function", "payload": "..."}}
   {"batch": [ <event>, <event>, ... ]}
 Payloads (payload, body, contents, value): a JSON string is taken as its UTF-8 bytes, any
-other JSON value is sent as compact JSON; use payload_hex (body_hex, ...) for binary."#;
+other JSON value is sent as compact JSON; use payload_hex (body_hex, ...) for binary.
+A dead letter as `wasmgate dlq show ID` prints it is read as its "event" (and runs
+as its "function" unless --name or --function says otherwise)."#;
 
 /// A problem in an event file, located by its JSON path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -451,6 +479,24 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_event_file_may_be_a_dead_letter_as_dlq_show_prints_it() {
+        let letter = serde_json::json!({
+            "id": 3,
+            "function": "vending",
+            "attempts": [{"attempt": 1, "kind": "trap"}],
+            "event": {"mqtt": {"topic": "vending/vm-1/telemetry", "payload": "hi"}},
+        });
+        let (event, function) = OwnedEvent::from_event_file(&letter).unwrap();
+        assert_eq!(function.as_deref(), Some("vending"));
+        let bare =
+            serde_json::json!({"mqtt": {"topic": "vending/vm-1/telemetry", "payload": "hi"}});
+        assert_eq!(OwnedEvent::from_event_file(&bare).unwrap(), (event, None));
+        let broken = serde_json::json!({"function": "f", "event": {"mqtt": {}}});
+        let error = OwnedEvent::from_event_file(&broken).unwrap_err();
+        assert!(error.to_string().contains("event.mqtt"), "{error}");
+    }
     use super::*;
     use serde_json::json;
 

@@ -15,6 +15,7 @@ pub mod dlq;
 pub mod event;
 pub mod examples;
 pub mod files;
+pub mod functions;
 pub mod local;
 pub mod metrics;
 #[cfg(feature = "embedded-broker")]
@@ -22,6 +23,7 @@ pub mod passwords;
 pub mod pipeline;
 pub mod router;
 pub mod runtime;
+pub mod scaffold;
 pub mod simulate;
 pub mod store;
 pub mod systemd;

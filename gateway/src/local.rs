@@ -4,10 +4,11 @@
 
 use crate::event::OwnedEvent;
 use crate::runtime::{
-    Effects, FunctionSpec, KvRead, KvWrite, LoadError, MemoryKv, Report, Runtime, Start,
+    Effects, FunctionSpec, Grants, KvRead, KvWrite, LoadError, MemoryKv, Report, Runtime, Start,
 };
 use crate::text::escape;
 use serde_json::{json, Value};
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +25,13 @@ pub struct LocalRun {
     pub reports: Vec<Report>,
     /// KV state after every successful invocation was applied in turn.
     pub kv: Arc<MemoryKv>,
+    /// The keys of `kv` an increment wrote last.
+    pub counters: BTreeSet<String>,
+    /// What the function was allowed to reach.
+    pub grants: Grants,
+    /// The gateway config the function's grants, limits and config came
+    /// from; `None` when they were assumed (every grant).
+    pub configured: Option<String>,
 }
 
 impl LocalRun {
@@ -42,9 +50,11 @@ pub fn invoke(
 ) -> Result<LocalRun, LoadError> {
     let runtime = Runtime::new();
     let started = Instant::now();
+    let grants = spec.grants.clone();
     let function = runtime.deploy(spec, wasm)?;
     let deploy = started.elapsed();
     let kv = Arc::new(MemoryKv::default());
+    let mut counters = BTreeSet::new();
     let reports = (1..=u64::from(repeat.max(1)))
         .map(|request_id| {
             let report = function.invoke(
@@ -55,6 +65,12 @@ pub fn invoke(
             );
             if let Ok(effects) = &report.outcome {
                 kv.apply(function.name(), effects);
+                for (key, write) in &effects.kv {
+                    match write {
+                        KvWrite::Add(_) => counters.insert(key.clone()),
+                        _ => counters.remove(key),
+                    };
+                }
             }
             report
         })
@@ -66,6 +82,9 @@ pub fn invoke(
         deploy,
         reports,
         kv,
+        counters,
+        grants,
+        configured: None,
     })
 }
 
@@ -80,6 +99,7 @@ pub fn render(run: &LocalRun) -> String {
         run.module_bytes,
         micros(run.deploy)
     );
+    let _ = writeln!(out, "{}", grants_line(run));
     for (i, report) in run.reports.iter().enumerate() {
         if run.reports.len() > 1 {
             let _ = writeln!(out, "\ninvocation {}", i + 1);
@@ -87,7 +107,11 @@ pub fn render(run: &LocalRun) -> String {
         match &report.outcome {
             Ok(effects) => render_effects(&mut out, effects),
             Err(error) => {
-                let _ = writeln!(out, "FAILED ({}): {error}", error.kind());
+                // "failed" is the guest's own error code: its message says so.
+                let _ = match error.kind() {
+                    "failed" => writeln!(out, "FAILED: {error}"),
+                    kind => writeln!(out, "FAILED ({kind}): {error}"),
+                };
                 let _ = writeln!(out, "  nothing it did is kept");
             }
         }
@@ -132,10 +156,44 @@ pub fn render(run: &LocalRun) -> String {
     if !entries.is_empty() {
         let _ = writeln!(out, "\nkv after the run");
         for ((_, key), value) in entries {
-            let _ = writeln!(out, "  {} = {}", escape(&key), show_value(&value));
+            let counter = run.counters.contains(&key);
+            let _ = writeln!(
+                out,
+                "  {} = {}",
+                escape(&key),
+                show_kv(&value, Some(counter))
+            );
         }
     }
     out
+}
+
+/// Where the function's grants came from, and what they are.
+fn grants_line(run: &LocalRun) -> String {
+    let Some(config) = &run.configured else {
+        return "grants   assumed: every topic, every function, every secret (none set); \
+                `--gateway-config FILE --function NAME` runs it with its own"
+            .to_owned();
+    };
+    let list = |items: &[String]| {
+        if items.is_empty() {
+            "none".to_owned()
+        } else {
+            items
+                .iter()
+                .map(|i| escape(i).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
+    };
+    let g = &run.grants;
+    format!(
+        "grants   from {config}: local {}; upstream {}; invoke {}; secrets {}",
+        list(&g.local),
+        list(&g.upstream),
+        list(&g.invoke),
+        list(&g.secrets)
+    )
 }
 
 fn render_effects(out: &mut String, effects: &Effects) {
@@ -167,7 +225,9 @@ fn render_effects(out: &mut String, effects: &Effects) {
     let _ = writeln!(out, "kv       {}", effects.kv.len());
     for (key, write) in &effects.kv {
         let _ = match write {
-            KvWrite::Put(value) => writeln!(out, "  {} = {}", escape(key), show_value(value)),
+            KvWrite::Put(value) => {
+                writeln!(out, "  {} = {}", escape(key), show_kv(value, Some(false)))
+            }
             KvWrite::Delete => writeln!(out, "  {} deleted", escape(key)),
             KvWrite::Add(delta) => writeln!(out, "  {} += {delta}", escape(key)),
         };
@@ -239,6 +299,14 @@ pub fn to_json(run: &LocalRun) -> Value {
         "function": run.function,
         "version": run.version,
         "module_bytes": run.module_bytes,
+        "grants": {
+            "assumed": run.configured.is_none(),
+            "config": run.configured,
+            "local": run.grants.local,
+            "upstream": run.grants.upstream,
+            "invoke": run.grants.invoke,
+            "secrets": run.grants.secrets,
+        },
         "deploy_us": run.deploy.as_micros() as u64,
         "invocations": invocations,
     })
@@ -251,17 +319,30 @@ fn destination(d: Destination) -> &'static str {
     }
 }
 
-/// Text as text; anything else as hex, and 8-byte values also as the
-/// counter they most likely are.
+/// A KV value for people, when it is not known whether an increment wrote
+/// it: see [`show_kv`].
 pub fn show_value(value: &[u8]) -> String {
+    show_kv(value, None)
+}
+
+/// A KV value for people. A counter (`counter`: an increment wrote it last)
+/// as its number, then its bytes: `200 (counter; bytes c800000000000000)`.
+/// Text as text. Anything else as bytes: `0x0000c03f000000c0 (8 bytes)`.
+/// When it is not known how it was written (`None`), 8 bytes of binary
+/// show as bytes, with the number they would be as a counter as a hint.
+pub fn show_kv(value: &[u8], counter: Option<bool>) -> String {
+    let hex: String = value.iter().take(64).map(|b| format!("{b:02x}")).collect();
+    let number = <[u8; 8]>::try_from(value).ok().map(i64::from_le_bytes);
+    if let (Some(true), Some(n)) = (counter, number) {
+        return format!("{n} (counter; bytes {hex})");
+    }
     let printable = std::str::from_utf8(value).is_ok_and(|t| !t.chars().any(char::is_control));
     if printable {
         return show_bytes(value);
     }
-    let hex: String = value.iter().take(64).map(|b| format!("{b:02x}")).collect();
-    match <[u8; 8]>::try_from(value) {
-        Ok(counter) => format!("{} (counter; bytes {hex})", i64::from_le_bytes(counter)),
-        Err(_) => format!(
+    match (counter, number) {
+        (None, Some(n)) => format!("0x{hex} (8 bytes; {n} if it is a counter)"),
+        _ => format!(
             "0x{hex}{} ({} bytes)",
             if value.len() > 64 { "…" } else { "" },
             value.len()
@@ -294,5 +375,36 @@ fn bytes(n: usize) -> String {
         format!("{:.1} MiB", n as f64 / f64::from(1 << 20))
     } else {
         format!("{} KiB", n >> 10)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_counter_shows_as_its_number_and_its_bytes() {
+        assert_eq!(
+            show_kv(&200i64.to_le_bytes(), Some(true)),
+            "200 (counter; bytes c800000000000000)"
+        );
+    }
+
+    #[test]
+    fn eight_bytes_a_put_wrote_show_as_bytes() {
+        // A robot's position: two f32.
+        let pos = [2.0f32.to_le_bytes(), 2.5f32.to_le_bytes()].concat();
+        assert_eq!(show_kv(&pos, Some(false)), "0x0000004000002040 (8 bytes)");
+        assert_eq!(
+            show_kv(&pos, None),
+            "0x0000004000002040 (8 bytes; 4620693218755870720 if it is a counter)"
+        );
+    }
+
+    #[test]
+    fn text_shows_as_text_unless_an_increment_wrote_it() {
+        assert_eq!(show_kv(b"9.4", Some(false)), "9.4");
+        assert_eq!(show_kv(b"AAAAAAAA", None), "AAAAAAAA");
+        assert!(show_kv(b"AAAAAAAA", Some(true)).contains("(counter;"));
     }
 }

@@ -2,13 +2,17 @@
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 use wasmgate::config::Config;
-use wasmgate::event::{OwnedEvent, EVENT_JSON_HELP};
-use wasmgate::runtime::{FunctionSpec, Limits};
+use wasmgate::event::EVENT_JSON_HELP;
+
+mod ops;
+
+use ops::dlq::{DlqArgs, DLQ_HELP};
+use ops::invoke::InvokeArgs;
+use ops::kv::KvArgs;
 
 /// Serverless functions for edge gateways: MQTT in, WebAssembly functions,
 /// SQLite state, durable sync upstream.
@@ -68,6 +72,13 @@ enum Command {
     /// did (emits, KV writes, logs) and what it cost (fuel, memory, time).
     #[command(after_help = EVENT_JSON_HELP)]
     Invoke(InvokeArgs),
+    /// List the configured functions: module version (SHA-256 prefix) and
+    /// size, triggers, grants, and the limits they run under (after --board).
+    /// Secrets by name only.
+    Functions(ops::functions::FunctionsArgs),
+    /// Write a new function crate: Cargo.toml (with the SDK), a handler with
+    /// a unit test, an event file and a README.
+    New(ops::new::NewArgs),
     /// Simulate a fleet of devices (vending machines, robots) publishing
     /// telemetry to a broker, to demo or load the gateway.
     #[command(after_help = wasmgate::simulate::SIMULATE_HELP)]
@@ -130,113 +141,11 @@ struct RunArgs {
     board: Option<String>,
 }
 
-#[derive(Debug, Args)]
-struct KvArgs {
-    /// The gateway config; its data_dir holds the database.
-    #[arg(long, short, default_value = "gateway.toml", global = true)]
-    config: PathBuf,
-    #[command(subcommand)]
-    op: KvOp,
-}
-
-#[derive(Debug, Subcommand)]
-enum KvOp {
-    /// Print one value (text as text, counters as numbers).
-    Get { function: String, key: String },
-    /// Print every key and value of a function.
-    List { function: String },
-    /// Set a value (as text, or with --counter as a number functions can increment).
-    Put {
-        function: String,
-        key: String,
-        value: String,
-        #[arg(long)]
-        counter: bool,
-    },
-    /// Delete a key.
-    Delete { function: String, key: String },
-}
-
-const DLQ_HELP: &str = "\
-An event lands in the dead-letter queue when its function failed every attempt
-([functions.retry]); it is kept in the gateway's database with the function,
-the version, the event's bytes and every attempt's error, and its message is
-acknowledged only once it is kept. These commands are safe while the gateway
-runs.
-
-Replay runs here, in this process, not in the daemon: the function is deployed
-as the config describes it (limits, grants, config values), from the config's
-module or from --wasm FILE, and runs on the stored event with the next attempt
-number. On success its effects are committed to the gateway's database exactly
-as the pipeline commits them (KV writes, and emits into the durable outbox),
-in one transaction that also deletes the dead letter; a running gateway sends
-those emits within a second, a stopped one when it starts. On failure the
-attempt is added to the dead letter, which stays. wasmgate keeps no copies of
-old modules: name a version by its file with --wasm; --version checks that the
-module about to run is the version you mean.
-
-Examples:
-  wasmgate dlq list
-  wasmgate dlq show 12 > letter.json      # its \"event\" runs with `wasmgate invoke`
-  wasmgate dlq replay 12 --wasm fixed.wasm
-  wasmgate dlq purge --function vending";
-
-#[derive(Debug, Args)]
-struct DlqArgs {
-    /// The gateway config; its data_dir holds the database.
-    #[arg(long, short, default_value = "gateway.toml", global = true)]
-    config: PathBuf,
-    #[command(subcommand)]
-    op: DlqOp,
-}
-
-#[derive(Debug, Subcommand)]
-enum DlqOp {
-    /// One line per dead letter, oldest first: id, function, version,
-    /// attempts, when it failed, the last error's kind, topic.
-    List {
-        /// Only this function's.
-        #[arg(long)]
-        function: Option<String>,
-        /// At most this many.
-        #[arg(long, default_value_t = 1000)]
-        limit: usize,
-    },
-    /// One dead letter as JSON: the event (in `wasmgate invoke`'s event
-    /// format) and every attempt with its time, version, kind and error.
-    Show { id: i64 },
-    /// Run dead letters again (see `wasmgate dlq --help`); each one that
-    /// succeeds is removed. Exit code 1 if any failed again.
-    // `--version` here names a module version, not wasmgate's.
-    #[command(disable_version_flag = true)]
-    Replay {
-        /// Dead letters to replay, in this order.
-        ids: Vec<i64>,
-        /// Replay every dead letter of this function, oldest first.
-        #[arg(long, conflicts_with = "ids")]
-        function: Option<String>,
-        /// Run this module instead of the config's (a fixed version).
-        #[arg(long)]
-        wasm: Option<PathBuf>,
-        /// Refuse unless the module that would run has this version (the
-        /// 12-hex-digit prefix of its SHA-256, as `dlq list` shows).
-        #[arg(long)]
-        version: Option<String>,
-    },
-    /// Delete dead letters for good: by id, a function's, or all.
-    Purge {
-        ids: Vec<i64>,
-        #[arg(long, conflicts_with = "ids")]
-        function: Option<String>,
-        #[arg(long, conflicts_with_all = ["ids", "function"])]
-        all: bool,
-    },
-}
-
 #[derive(Debug, Subcommand)]
 enum ConfigCommand {
     /// Write the default config, with every setting explained, to FILE (or stdout with -).
     Init {
+        /// Where to write the config (`-`: stdout).
         #[arg(default_value = "gateway.toml")]
         file: PathBuf,
         /// Overwrite FILE if it exists.
@@ -246,78 +155,13 @@ enum ConfigCommand {
     /// Check FILE: syntax, every value, and that the files it names exist.
     /// Prints every problem with its line; exit code 2 if there are any.
     Check {
+        /// The config to check.
         #[arg(default_value = "gateway.toml")]
         file: PathBuf,
         /// Check it as `wasmgate run --board NAME` would run it.
         #[arg(long)]
         board: Option<String>,
     },
-}
-
-#[derive(Debug, Args)]
-struct InvokeArgs {
-    /// The function: a .wasm module built against the wasmgate ABI.
-    wasm: PathBuf,
-    /// The event, as JSON (see below).
-    #[arg(long, short)]
-    event: PathBuf,
-    /// The function's name, as it would be deployed (its KV namespace).
-    #[arg(long, default_value = "local")]
-    name: String,
-    /// A config value the function reads with config_get; repeatable.
-    #[arg(long = "config", short = 'c', value_name = "KEY=VALUE", value_parser = parse_key_value)]
-    config: Vec<(String, String)>,
-    /// Invoke this many times, committing KV between runs (shows warm starts and running totals).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    repeat: u32,
-    /// Print a JSON report instead of text.
-    #[arg(long)]
-    json: bool,
-    #[command(flatten)]
-    limits: LimitArgs,
-}
-
-/// Per-invocation limits; the defaults are the gateway's.
-#[derive(Debug, Args)]
-struct LimitArgs {
-    /// Fuel budget, roughly Wasm instructions.
-    #[arg(long, default_value_t = Limits::DEFAULT_FUEL)]
-    fuel: u64,
-    /// Linear memory limit in MiB.
-    #[arg(long, default_value_t = (Limits::DEFAULT_MEMORY_BYTES >> 20) as u64, value_parser = clap::value_parser!(u64).range(1..=4096))]
-    memory_mb: u64,
-    /// Wall-clock limit per invocation, in milliseconds.
-    #[arg(long, default_value_t = Limits::DEFAULT_TIMEOUT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..))]
-    timeout_ms: u64,
-    /// Emits (and invokes) allowed per invocation.
-    #[arg(long, default_value_t = Limits::DEFAULT_MAX_EMITS)]
-    max_emits: usize,
-    /// Bytes per emitted payload.
-    #[arg(long, default_value_t = Limits::DEFAULT_MAX_EMIT_BYTES)]
-    max_emit_bytes: usize,
-    /// Bytes per KV value.
-    #[arg(long, default_value_t = Limits::DEFAULT_MAX_KV_VALUE_BYTES)]
-    max_kv_value_bytes: usize,
-}
-
-impl LimitArgs {
-    fn limits(&self) -> Limits {
-        Limits {
-            fuel: self.fuel,
-            memory_bytes: (self.memory_mb as usize) << 20,
-            timeout: Duration::from_millis(self.timeout_ms),
-            max_emits: self.max_emits,
-            max_emit_bytes: self.max_emit_bytes,
-            max_kv_value_bytes: self.max_kv_value_bytes,
-            ..Limits::default()
-        }
-    }
-}
-
-fn parse_key_value(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
 /// Logs when RUST_LOG is not set: a daemon reports its life at info; a
@@ -373,9 +217,11 @@ fn main() -> ExitCode {
         Command::Config(ConfigCommand::Check { file, board }) => {
             config_check(&file, board.as_deref())
         }
-        Command::Kv(args) => kv(args),
-        Command::Dlq(args) => dlq(args),
-        Command::Invoke(args) => invoke(args),
+        Command::Kv(args) => ops::kv::kv(args),
+        Command::Dlq(args) => ops::dlq::dlq(args),
+        Command::Invoke(args) => ops::invoke::invoke(args),
+        Command::Functions(args) => ops::functions::functions(args),
+        Command::New(args) => ops::new::new(args),
         Command::Simulate(args) => simulate(*args),
         Command::Bench(args) => bench(*args),
         #[cfg(feature = "embedded-broker")]
@@ -414,36 +260,40 @@ fn passwd(file: &Path, user: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
-    use wasmgate::files::{read_limited, read_text, MAX_EVENT_FILE_BYTES, MAX_MODULE_BYTES};
-    let wasm = read_limited(&args.wasm, MAX_MODULE_BYTES, "module")
-        .with_context(|| format!("cannot read the module {}", args.wasm.display()))?;
-    let text = read_text(&args.event, MAX_EVENT_FILE_BYTES, "event file")
-        .with_context(|| format!("cannot read the event file {}", args.event.display()))?;
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not valid JSON", args.event.display()))?;
-    let event = OwnedEvent::from_json(&json)
-        .with_context(|| format!("{} is not a valid event", args.event.display()))?;
-    let spec = FunctionSpec {
-        config: args.config.iter().cloned().collect::<BTreeMap<_, _>>(),
-        limits: args.limits.limits(),
-        ..FunctionSpec::permissive(args.name)
-    };
-    let run = wasmgate::local::invoke(spec, &wasm, &event, args.repeat)?;
-    if args.json {
-        println!("{:#}", wasmgate::local::to_json(&run));
-    } else {
-        print!("{}", wasmgate::local::render(&run));
-    }
-    Ok(if run.all_succeeded() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_FAILED)
-    })
-}
-
 /// Loads a config, printing every problem at once.
 fn load_config(path: &Path, board: Option<&str>) -> Result<Config, ExitCode> {
+    load_config_for(path, board, Needs::EVERYTHING)
+}
+
+/// What a command needs of what a config names, beyond the config itself.
+#[derive(Debug, Clone, Copy)]
+struct Needs {
+    /// Referenced secrets are read (a function is about to run).
+    secrets: bool,
+    /// Modules, TLS and password files must exist (`run`, `config check`).
+    files: bool,
+}
+
+impl Needs {
+    const EVERYTHING: Needs = Needs {
+        secrets: true,
+        files: true,
+    };
+    /// Operators' commands on the database (`kv`, `dlq list`, `functions`).
+    const DATABASE: Needs = Needs {
+        secrets: false,
+        files: false,
+    };
+    /// Running one function here (`dlq replay`, `invoke --gateway-config`):
+    /// its secrets, and its module, which the command reads itself.
+    const SECRETS: Needs = Needs {
+        secrets: true,
+        files: false,
+    };
+}
+
+/// [`load_config`] for a command that needs less than `run` does.
+fn load_config_for(path: &Path, board: Option<&str>, needs: Needs) -> Result<Config, ExitCode> {
     let board = match board.map(wasmgate::board::BoardProfile::find).transpose() {
         Ok(board) => board,
         Err(e) => {
@@ -467,7 +317,9 @@ fn load_config(path: &Path, board: Option<&str>) -> Result<Config, ExitCode> {
     let (config, mut problems) = Config::parse_all(&text, &name);
     let config = config.map(|mut config| {
         config.resolve_paths(path.parent().unwrap_or(Path::new("")));
-        problems.extend(config.resolve_secrets(path.parent().unwrap_or(Path::new(""))));
+        if needs.secrets {
+            problems.extend(config.resolve_secrets(path.parent().unwrap_or(Path::new(""))));
+        }
         if let Some(board) = &board {
             board.apply_defaults(&mut config, &text);
             apply_board_store(board, &mut config, &text);
@@ -475,7 +327,9 @@ fn load_config(path: &Path, board: Option<&str>) -> Result<Config, ExitCode> {
         if let Err(errors) = config.validate() {
             problems.extend(errors);
         }
-        problems.extend(config.check_files());
+        if needs.files {
+            problems.extend(config.check_files());
+        }
         config
     });
     problems.sort_by_key(|p| p.line);
@@ -633,236 +487,6 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-fn kv(args: KvArgs) -> anyhow::Result<ExitCode> {
-    use wasmgate::runtime::{Effects, KvRead, KvWrite};
-    let config = match load_config(&args.config, None) {
-        Ok(config) => config,
-        Err(code) => return Ok(code),
-    };
-    let store = open_store(&config)?;
-    let known = |function: &str| -> anyhow::Result<()> {
-        if config.function(function).is_none() {
-            anyhow::bail!(
-                "no function named {function:?} in {}",
-                args.config.display()
-            );
-        }
-        Ok(())
-    };
-    let code = match args.op {
-        KvOp::Get { function, key } => {
-            known(&function)?;
-            match store.get(&function, &key).map_err(anyhow::Error::msg)? {
-                Some(value) => {
-                    println!("{}", wasmgate::local::show_value(&value));
-                    ExitCode::SUCCESS
-                }
-                None => {
-                    eprintln!("{function}: no key {key:?}");
-                    ExitCode::from(EXIT_FAILED)
-                }
-            }
-        }
-        KvOp::List { function } => {
-            known(&function)?;
-            for (key, value) in store.kv_list(&function)? {
-                println!("{key} = {}", wasmgate::local::show_value(&value));
-            }
-            ExitCode::SUCCESS
-        }
-        KvOp::Put {
-            function,
-            key,
-            value,
-            counter,
-        } => {
-            known(&function)?;
-            let bytes = if counter {
-                let n: i64 = value
-                    .parse()
-                    .with_context(|| format!("{value:?} is not a whole number"))?;
-                n.to_le_bytes().to_vec()
-            } else {
-                value.into_bytes()
-            };
-            let mut effects = Effects::default();
-            effects.kv.insert(key, KvWrite::Put(bytes));
-            store.commit_now(&function, effects)?;
-            ExitCode::SUCCESS
-        }
-        KvOp::Delete { function, key } => {
-            known(&function)?;
-            let mut effects = Effects::default();
-            effects.kv.insert(key, KvWrite::Delete);
-            store.commit_now(&function, effects)?;
-            ExitCode::SUCCESS
-        }
-    };
-    store.close();
-    Ok(code)
-}
-
-/// Opens the database of the config's data_dir, which must exist, for an
-/// operator's command (`kv`, `dlq`): the gateway may be running beside it.
-fn open_store(config: &Config) -> anyhow::Result<wasmgate::store::Store> {
-    let path = config.data_dir.join("wasmgate.db");
-    if !path.exists() {
-        anyhow::bail!(
-            "{} does not exist yet (the gateway creates it on its first run)",
-            path.display()
-        );
-    }
-    let mut options = wasmgate::store::StoreOptions::new(&path);
-    options.operator = true;
-    Ok(wasmgate::store::Store::open(options)?)
-}
-
-fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
-    use wasmgate::store::Purge;
-    let config = match load_config(&args.config, None) {
-        Ok(config) => config,
-        Err(code) => return Ok(code),
-    };
-    let store = open_store(&config)?;
-    let result = (|| -> anyhow::Result<ExitCode> {
-        Ok(match args.op {
-            DlqOp::List { function, limit } => {
-                let letters = store.dead_letters(function.as_deref(), limit)?;
-                let total = store.dead_letter_count(function.as_deref())?;
-                print!("{}", wasmgate::dlq::render_list(&letters));
-                if total as usize > letters.len() {
-                    eprintln!("({} of {total} shown; --limit shows more)", letters.len());
-                }
-                ExitCode::SUCCESS
-            }
-            DlqOp::Show { id } => match store.dead_letter_by_id(id)? {
-                Some(letter) => {
-                    println!("{:#}", wasmgate::dlq::to_json(&letter));
-                    ExitCode::SUCCESS
-                }
-                None => {
-                    eprintln!("no dead letter {id} (`wasmgate dlq list` shows them)");
-                    ExitCode::from(EXIT_FAILED)
-                }
-            },
-            DlqOp::Replay {
-                ids,
-                function,
-                wasm,
-                version,
-            } => dlq_replay(&config, &store, ids, function, wasm, version)?,
-            DlqOp::Purge { ids, function, all } => {
-                let purge = match (ids.is_empty(), function, all) {
-                    (false, _, _) => Purge::Ids(ids),
-                    (true, Some(f), _) => Purge::Function(f),
-                    (true, None, true) => Purge::All,
-                    (true, None, false) => anyhow::bail!(
-                        "say what to purge: dead letter ids, --function NAME, or --all"
-                    ),
-                };
-                let n = store.purge_dead_letters(purge)?;
-                println!("purged {n} dead letter{}", if n == 1 { "" } else { "s" });
-                ExitCode::SUCCESS
-            }
-        })
-    })();
-    store.close();
-    result
-}
-
-fn dlq_replay(
-    config: &Config,
-    store: &wasmgate::store::Store,
-    ids: Vec<i64>,
-    function: Option<String>,
-    wasm: Option<PathBuf>,
-    version: Option<String>,
-) -> anyhow::Result<ExitCode> {
-    let letters = match (ids.is_empty(), &function) {
-        (false, _) => ids
-            .iter()
-            .map(|&id| {
-                store.dead_letter_by_id(id)?.ok_or_else(|| {
-                    anyhow::anyhow!("no dead letter {id} (`wasmgate dlq list` shows them)")
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?,
-        (true, Some(f)) => store.dead_letters(Some(f), usize::MAX)?,
-        (true, None) => anyhow::bail!("say what to replay: dead letter ids, or --function NAME"),
-    };
-    if letters.is_empty() {
-        println!("no dead letters to replay");
-        return Ok(ExitCode::SUCCESS);
-    }
-    // Modules are read once per function; a replay of many letters deploys each once.
-    let mut modules: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    let mut failed = 0;
-    for letter in &letters {
-        // A message no broker would take goes back in the outbox as it was.
-        if wasmgate::dlq::requeue(store, letter)?.is_some() {
-            println!(
-                "dead letter {}: undeliverable message to {} put back in the outbox; removed from the queue",
-                letter.id,
-                wasmgate::text::escape(&letter.topic)
-            );
-            continue;
-        }
-        let Some((_, f)) = config.function(&letter.function) else {
-            anyhow::bail!(
-                "dead letter {}: function {:?} is not in the config any more; its limits and grants are unknown, so it cannot be replayed",
-                letter.id,
-                letter.function
-            );
-        };
-        if !modules.contains_key(&f.name) {
-            let path = wasm.clone().unwrap_or_else(|| f.wasm.clone());
-            let bytes =
-                wasmgate::files::read_limited(&path, wasmgate::files::MAX_MODULE_BYTES, "module")
-                    .with_context(|| format!("cannot read the module {}", path.display()))?;
-            if let Some(want) = &version {
-                let found = wasmgate::runtime::module_version(&bytes);
-                if &found != want {
-                    anyhow::bail!(
-                        "{} is version {found}, not {want}; name the module of version {want} with --wasm",
-                        path.display()
-                    );
-                }
-            }
-            modules.insert(f.name.clone(), bytes);
-        }
-        let spec = wasmgate::pipeline::function_spec(f);
-        let replayed = wasmgate::dlq::replay(store, letter, spec, &modules[&f.name])?;
-        for line in &replayed.logs {
-            eprintln!("  [{:?}] {}", line.level, line.message);
-        }
-        match &replayed.outcome {
-            Ok(effects) => println!(
-                "dead letter {}: replayed on {} version {} (attempt {}): ok, {} emit{}, {} KV write{}; removed from the queue",
-                letter.id,
-                letter.function,
-                replayed.version,
-                replayed.attempt,
-                effects.emits.len(),
-                if effects.emits.len() == 1 { "" } else { "s" },
-                effects.kv.len(),
-                if effects.kv.len() == 1 { "" } else { "s" },
-            ),
-            Err(error) => {
-                failed += 1;
-                println!(
-                    "dead letter {}: attempt {} on version {} failed: {error}; it stays in the queue",
-                    letter.id, replayed.attempt, replayed.version
-                );
-            }
-        }
-    }
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_FAILED)
-    })
-}
-
 fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let options = wasmgate::demo::DemoOptions {
         listen: args.listen,
@@ -889,5 +513,27 @@ mod tests {
     #[test]
     fn every_command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// `wasmgate X --help` explains every argument it lists.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if ["help", "version"].contains(&id) || arg.is_hide_set() {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "wasmgate", &mut missing);
+        assert!(missing.is_empty(), "no help: {missing:#?}");
     }
 }

@@ -139,6 +139,26 @@ pub enum StoreError {
 }
 
 /// One invocation's effects, to be committed together.
+/// A committed KV entry as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvEntry {
+    pub key: String,
+    pub value: Vec<u8>,
+    /// Whether the last write was an increment (`kv_increment`, `kv put
+    /// --counter`); `None` when written by a wasmgate that did not record it.
+    pub counter: Option<bool>,
+}
+
+impl KvEntry {
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<KvEntry> {
+        Ok(KvEntry {
+            key: row.get(0)?,
+            value: row.get(1)?,
+            counter: row.get::<_, Option<i64>>(2)?.map(|c| c != 0),
+        })
+    }
+}
+
 pub struct Commit {
     pub function: String,
     pub effects: Effects,
@@ -577,14 +597,28 @@ impl Store {
     }
 
     /// Every committed KV entry of `namespace` (operators' `wasmgate kv list`).
-    pub fn kv_list(&self, namespace: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    pub fn kv_list(&self, namespace: &str) -> Result<Vec<KvEntry>, StoreError> {
         self.with_reader(|conn| {
-            let mut stmt =
-                conn.prepare_cached("SELECT key, value FROM kv WHERE namespace = ?1 ORDER BY key")?;
+            let mut stmt = conn.prepare_cached(
+                "SELECT key, value, counter FROM kv WHERE namespace = ?1 ORDER BY key",
+            )?;
             let rows = stmt
-                .query_map([namespace], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .query_map([namespace], KvEntry::from_row)?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
+        })
+    }
+
+    /// One committed KV entry (operators' `wasmgate kv get`); unlike
+    /// [`KvRead::get`] it says whether an increment wrote it.
+    pub fn kv_entry(&self, namespace: &str, key: &str) -> Result<Option<KvEntry>, StoreError> {
+        self.with_reader(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT key, value, counter FROM kv WHERE namespace = ?1 AND key = ?2",
+                )?
+                .query_row([namespace, key], KvEntry::from_row)
+                .optional()?)
         })
     }
 
@@ -893,8 +927,8 @@ impl StoreThread {
             let mut get =
                 tx.prepare_cached("SELECT value FROM kv WHERE namespace = ?1 AND key = ?2")?;
             let mut put = tx.prepare_cached(
-                "INSERT INTO kv (namespace, key, value, updated_ms) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, updated_ms = excluded.updated_ms",
+                "INSERT INTO kv (namespace, key, value, updated_ms, counter) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, updated_ms = excluded.updated_ms, counter = excluded.counter",
             )?;
             let mut delete =
                 tx.prepare_cached("DELETE FROM kv WHERE namespace = ?1 AND key = ?2")?;
@@ -985,7 +1019,13 @@ impl StoreThread {
                                 _ => None,
                             };
                             match write.apply(current.as_deref()) {
-                                Some(value) => put.execute(params![ns, key, value, now])?,
+                                Some(value) => put.execute(params![
+                                    ns,
+                                    key,
+                                    value,
+                                    now,
+                                    matches!(write, KvWrite::Add(_))
+                                ])?,
                                 None => delete.execute(params![ns, key])?,
                             };
                         }

@@ -71,6 +71,12 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX dead_letters_by_function ON dead_letters (function, id);
     "#,
+    // 3: whether a KV value was last written by an increment (1) or a put
+    // (0), so that `wasmgate kv` shows a counter as a number and 8 bytes of
+    // anything else as bytes. NULL: written before this version.
+    r#"
+    ALTER TABLE kv ADD COLUMN counter INTEGER;
+    "#,
 ];
 
 /// The version this binary writes.

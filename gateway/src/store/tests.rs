@@ -693,3 +693,35 @@ fn a_commit_waits_for_another_writer_instead_of_failing() {
         "waited for the lock; no failed transaction to retry"
     );
 }
+
+#[test]
+fn an_increment_marks_its_value_a_counter_and_a_put_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let pos = [1.5f32.to_le_bytes(), (-2.0f32).to_le_bytes()].concat();
+    commit(
+        &store,
+        "robot",
+        effects(
+            &[
+                ("r-3/pos", KvWrite::Put(pos.clone())),
+                ("r-3/ticks", KvWrite::Add(200)),
+            ],
+            &[],
+        ),
+    );
+    let entry = |key: &str| store.kv_entry("robot", key).unwrap().unwrap();
+    assert_eq!(entry("r-3/pos").counter, Some(false));
+    assert_eq!(entry("r-3/pos").value, pos);
+    assert_eq!(entry("r-3/ticks").counter, Some(true));
+    // A put over a counter makes it plain bytes again.
+    commit(
+        &store,
+        "robot",
+        effects(&[("r-3/ticks", KvWrite::Put(pos.clone()))], &[]),
+    );
+    assert_eq!(entry("r-3/ticks").counter, Some(false));
+    let listed: Vec<_> = store.kv_list("robot").unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(store.kv_entry("robot", "missing").unwrap().is_none());
+}
