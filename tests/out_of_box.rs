@@ -712,3 +712,98 @@ fn a_new_function_outside_a_checkout_says_where_to_point_the_sdk() {
         .unwrap();
     assert_eq!(again.status.code(), Some(2));
 }
+
+/// Whether `shown` (a line of a README sample) stands for `printed`: the
+/// same text, except that `...` stands for anything and a time in µs for
+/// any time.
+fn sample_line_matches(shown: &str, printed: &str) -> bool {
+    fn untimed(line: &str) -> String {
+        let words: Vec<&str> = line.split(' ').collect();
+        let mut out = Vec::with_capacity(words.len());
+        for (i, word) in words.iter().enumerate() {
+            let timed = words.get(i + 1) == Some(&"µs") && word.bytes().all(|b| b.is_ascii_digit());
+            out.push(if timed { "N" } else { word });
+        }
+        out.join(" ")
+    }
+    let (shown, printed) = (untimed(shown), untimed(printed));
+    let mut rest = printed.as_str();
+    let mut pieces = shown.split("...").peekable();
+    let mut first = true;
+    while let Some(piece) = pieces.next() {
+        let last = pieces.peek().is_none();
+        let at = match (first, last) {
+            (true, true) => return rest == piece,
+            (true, false) => rest.starts_with(piece).then_some(0),
+            (false, true) => return rest.ends_with(piece),
+            (false, false) => rest.find(piece),
+        };
+        match at {
+            Some(at) => rest = &rest[at + piece.len()..],
+            None => return false,
+        }
+        first = false;
+    }
+    true
+}
+
+#[test]
+fn a_sample_line_matches_with_ellipses_and_times() {
+    assert!(sample_line_matches("a 12 µs b", "a 9 µs b"));
+    assert!(sample_line_matches(
+        "x {\"m\":1,...}",
+        "x {\"m\":1,\"n\":2}"
+    ));
+    assert!(!sample_line_matches(
+        "x {\"m\":1,...}",
+        "x {\"m\":2,\"n\":2}"
+    ));
+    assert!(!sample_line_matches("fuel 12", "fuel 13"));
+}
+
+/// The README's `invoke` sample is what `invoke` prints today, line for
+/// line (times aside; `...` cuts a long line): a new version or size of the
+/// example, a new line in the report, and this fails until the README says so.
+#[test]
+fn the_readmes_invoke_sample_is_what_invoke_prints() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let start = readme
+        .find("$ cargo run --release -- invoke ")
+        .expect("the README's invoke sample");
+    let block = &readme[start..readme[start..].find("```").map(|end| start + end).unwrap()];
+    let mut lines = block.lines();
+    // The command: `$ cargo run --release -- ARGS \` and continuation lines.
+    let mut command = String::new();
+    for line in lines.by_ref() {
+        let line = line.trim_start_matches("$ cargo run --release --").trim();
+        command.push_str(line.trim_end_matches('\\'));
+        command.push(' ');
+        if !line.ends_with('\\') {
+            break;
+        }
+    }
+    let args: Vec<&str> = command.split_whitespace().collect();
+    let out = Command::new(WASMGATE)
+        .args(&args)
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let shown: Vec<&str> = lines.collect();
+    let printed: Vec<&str> = printed.lines().collect();
+    assert_eq!(
+        shown.len(),
+        printed.len(),
+        "the README shows\n{}\nbut invoke prints\n{}",
+        shown.join("\n"),
+        printed.join("\n")
+    );
+    for (shown, printed) in shown.iter().zip(&printed) {
+        assert!(
+            sample_line_matches(shown, printed),
+            "README.md's invoke sample is out of date:\n  README: {shown}\n  prints: {printed}"
+        );
+    }
+}
