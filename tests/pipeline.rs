@@ -784,20 +784,7 @@ fn the_default_config_runs_its_example_cleanly_in_an_empty_directory() {
 #[test]
 fn a_denied_emit_is_an_error_that_names_the_grant_to_add() {
     let port = free_port();
-    let gateway = GatewayProcess::start_toml(|dir| {
-        format!(
-            r#"data_dir = {data:?}
-[broker]
-listen = "127.0.0.1:{port}"
-[[functions]]
-name = "vending"
-wasm = {wasm:?}
-triggers = [{{ mqtt = "vending/+/telemetry" }}]
-"#,
-            data = dir.join("data").display().to_string(),
-            wasm = vending_wasm(),
-        )
-    });
+    let gateway = GatewayProcess::start_toml(|dir| vending_on(dir, port, false));
     let device = MqttClient::connect(port, "vm-1");
     device.publish(&telemetry_topic("vm-1"), telemetry(1, 5.0));
     let named = wait_until(ONE, || {

@@ -7,7 +7,7 @@
 //! printed as `***`.
 
 use crate::config::{Config, FunctionConfig};
-use crate::text::escape;
+use crate::text::{escape, or_none};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -126,18 +126,6 @@ fn render_function(out: &mut String, f: &FunctionConfig) {
             .map(|k| format!("{} = ***", escape(k)))
             .collect();
         let _ = writeln!(out, "  secrets   {}", names.join(", "));
-    }
-}
-
-fn or_none(items: &[String], separator: &str) -> String {
-    if items.is_empty() {
-        "none".to_owned()
-    } else {
-        items
-            .iter()
-            .map(|i| escape(i).into_owned())
-            .collect::<Vec<_>>()
-            .join(separator)
     }
 }
 

@@ -175,17 +175,7 @@ fn grants_line(run: &LocalRun) -> String {
                 `--gateway-config FILE --function NAME` runs it with its own"
             .to_owned();
     };
-    let list = |items: &[String]| {
-        if items.is_empty() {
-            "none".to_owned()
-        } else {
-            items
-                .iter()
-                .map(|i| escape(i).into_owned())
-                .collect::<Vec<_>>()
-                .join(" ")
-        }
-    };
+    let list = |items: &[String]| crate::text::or_none(items, " ");
     let g = &run.grants;
     format!(
         "grants   from {config}: local {}; upstream {}; invoke {}; secrets {}",

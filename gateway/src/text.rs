@@ -38,6 +38,20 @@ fn needs_escape(c: char) -> bool {
         || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}')
 }
 
+/// A list of names (grants, triggers) for a report line: each escaped,
+/// joined by `separator`, or `none` for an empty list.
+pub fn or_none(items: &[String], separator: &str) -> String {
+    if items.is_empty() {
+        "none".to_owned()
+    } else {
+        items
+            .iter()
+            .map(|i| escape(i).into_owned())
+            .collect::<Vec<_>>()
+            .join(separator)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
