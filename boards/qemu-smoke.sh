@@ -28,6 +28,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# `wasmgate run` starts the embedded broker as a child process of the same
+# binary; without binfmt_misc the kernel cannot exec an ARM binary, so the
+# child goes through qemu as well (WASMGATE_EXE names the program to run).
+printf '#!/bin/sh\nexec %s "%s" "$@"\n' "${run[*]}" "$binary" > "$work/wasmgate-under-qemu"
+chmod +x "$work/wasmgate-under-qemu"
+export WASMGATE_EXE="$work/wasmgate-under-qemu"
+
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cat > "$work/gateway.toml" <<EOF
 gateway_id = "smoke"

@@ -979,3 +979,28 @@ api-key = {{ file = "api-key" }}
         );
     }
 }
+
+/// A broker process that cannot run (an ARM binary under qemu without
+/// binfmt, a missing loader) was reported as "cannot configure it: Broken
+/// pipe"; the gateway says that the broker process exited, and which.
+#[test]
+fn a_broker_process_that_cannot_run_is_named_in_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    let embedded = GatewayConfig::vending(BrokerMode::Embedded { port: free_port() });
+    std::fs::write(&config, embedded.to_toml(&dir.path().join("data"))).unwrap();
+    let out = std::process::Command::new(support::gateway::WASMGATE)
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("WASMGATE_EXE", "/bin/false")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("broker process") && stderr.contains("exited"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

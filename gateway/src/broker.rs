@@ -458,10 +458,17 @@ fn launch(settings: &BrokerSettings) -> Result<(Child, ChildStdin, ChildStdout, 
     };
     let line = serde_json::to_string(settings).unwrap_or_default();
     if let Err(e) = writeln!(stdin, "{line}").and_then(|()| stdin.flush()) {
-        return fail(
-            child,
-            BrokerError::Start(format!("cannot configure it: {e}")),
-        );
+        // Most often the process is already gone: it could not run at all
+        // (another architecture's binary without binfmt, a missing loader).
+        std::thread::sleep(Duration::from_millis(100));
+        let why = match child.try_wait() {
+            Ok(Some(status)) => format!(
+                "the broker process ({}) exited before it was configured: {status}",
+                exe.display()
+            ),
+            _ => format!("cannot send the broker process its settings: {e}"),
+        };
+        return fail(child, BrokerError::Start(why));
     }
     // Read the answer on a thread of its own, so that a broker that hangs
     // cannot hold the gateway's start for longer than READY_WAIT.
