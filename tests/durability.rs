@@ -22,17 +22,16 @@ use support::rig::{alert_topic, telemetry, telemetry_topic, Summaries, PROBE};
 /// Longest a stream of results may pause before a test calls it a stall.
 const STALL: Duration = Duration::from_secs(60);
 const MACHINES: [&str; 4] = ["vm-1", "vm-2", "vm-3", "vm-4"];
-/// Rows the gateway's outbox keeps in flight to one broker (`WINDOW` in
+/// Messages of the gateway's outbox, per destination, sent and unanswered
+/// or acknowledged with their delete not yet committed (`RESEND_BOUND` in
 /// `pipeline/outbox.rs`).
-const OUTBOX_WINDOW: usize = 64;
+const RESEND_BOUND: usize = 256;
 /// Summaries one SIGKILL may send upstream twice when no message ran twice:
 /// every row still in the outbox goes again after a restart, and of those
-/// only the ones in the window can have reached the broker already: sent
-/// and unanswered, or acknowledged with their delete not yet committed (a
-/// delivered row keeps its slot until then). This used to be three windows
-/// and a batch more, and still grew with throughput, because a slot came
-/// free at the PUBACK while the delete waited for a later group commit.
-const RESENT_PER_KILL: usize = OUTBOX_WINDOW;
+/// only the ones within the bound can have reached the broker already. This
+/// used to be unbounded (it grew with throughput), because a slot came free
+/// at the PUBACK while the delete waited for a later group commit.
+const RESENT_PER_KILL: usize = RESEND_BOUND;
 /// Messages the local mosquitto delivers to the gateway's session before
 /// it must acknowledge them (`max_inflight_messages` in `GATEWAY_SETTINGS`).
 const LOCAL_INFLIGHT: usize = 1000;
