@@ -319,7 +319,7 @@ impl InFlight {
     fn room(&self) -> usize {
         RESEND_BOUND
             .saturating_sub(self.len())
-            .min(WINDOW.min(self.limit).saturating_sub(self.outstanding()))
+            .min(self.limit.saturating_sub(self.outstanding()))
     }
 
     /// The scan reached `row`: whether it waits for a retry, and so is

@@ -138,7 +138,6 @@ pub enum StoreError {
     Closed,
 }
 
-/// One invocation's effects, to be committed together.
 /// A committed KV entry as an operator sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KvEntry {
@@ -159,6 +158,7 @@ impl KvEntry {
     }
 }
 
+/// One invocation's effects, to be committed together.
 pub struct Commit {
     pub function: String,
     pub effects: Effects,
