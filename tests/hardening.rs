@@ -849,6 +849,210 @@ fn devices_on_the_network_must_log_in() {
     assert!(processed, "{}", gateway.logs());
 }
 
+/// A certificate authority for the TLS tests, and the certificates it signs.
+struct Ca {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pem: String,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let pem = params.self_signed(&key).expect("self-signed CA").pem();
+        Ca {
+            issuer: rcgen::Issuer::new(params, key),
+            pem,
+        }
+    }
+
+    /// A certificate for `name` (a device's id, or the broker's address),
+    /// and its key, as PEM.
+    fn sign(&self, name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// rustls settings for a device that trusts `ca` and presents `identity`.
+fn device_tls(
+    ca: &Ca,
+    identity: Option<&(String, String)>,
+) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.pem.as_bytes()).expect("CA pem"))
+        .expect("root");
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let config = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(cert.as_bytes()).expect("cert pem")],
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key pem"),
+            )
+            .expect("client auth"),
+        None => builder.with_no_client_auth(),
+    };
+    std::sync::Arc::new(config)
+}
+
+/// A device on the TLS listener: connects, publishes one telemetry message
+/// with QoS 1, and says whether the broker acknowledged it.
+fn publish_over_tls(
+    port: u16,
+    id: &str,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    seq: u64,
+) -> bool {
+    let mut options = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+    options.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(tls),
+    ));
+    let (client, mut connection) = rumqttc::Client::new(options, 10);
+    client
+        .publish(
+            telemetry_topic(id),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            telemetry(seq, 5.0),
+        )
+        .unwrap();
+    for event in connection.iter().take(20) {
+        match event {
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => return true,
+            Err(_) => return false,
+            Ok(_) => {}
+        }
+    }
+    false
+}
+
+/// The embedded broker's TLS listener, as devices that carry certificates
+/// use it: with `client_ca` a device must present a certificate the devices'
+/// CA signed. One from another CA, or none, is refused in the handshake and
+/// logged; the right one is served, with no password. A peer that opens TCP
+/// and stalls the handshake holds no one else up (rumqttd ran handshakes in
+/// its accept loop, without a time limit), and is closed after the CONNECT
+/// timeout.
+#[test]
+fn tls_devices_must_present_a_certificate_from_the_devices_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let devices_ca = Ca::new("devices CA");
+    let other_ca = Ca::new("someone else's CA");
+    let (server_cert, server_key) = devices_ca.sign("127.0.0.1");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let cert = write("server.crt", &server_cert);
+    let key = write("server.key", &server_key);
+    let ca = write("devices-ca.crt", &devices_ca.pem);
+    let (port, tls_port) = (free_port(), free_port());
+    let config = |client_ca: &str, data: &std::path::Path| {
+        let wasm = support::gateway::example_wasm("vending_telemetry.wasm");
+        format!(
+            "data_dir = {data:?}\n[broker]\nlisten = \"127.0.0.1:{port}\"\ntls_listener = {{ listen = \"0.0.0.0:{tls_port}\", cert = {cert:?}, key = {key:?}{client_ca} }}\n[[functions]]\nname = \"vending\"\nwasm = {wasm:?}\ntriggers = [{{ mqtt = \"vending/+/telemetry\" }}]\n[functions.grants]\nupstream = [\"telemetry/#\"]\n",
+            wasm = wasm.display().to_string(),
+            data = data.display().to_string(),
+        )
+    };
+    // Open to the network with neither device certificates nor passwords:
+    // config check says why not.
+    let path = dir.path().join("open.toml");
+    std::fs::write(&path, config("", &dir.path().join("data"))).unwrap();
+    let out = wasmgate(&["config", "check", path.to_str().unwrap()], ONE);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains("broker.tls_listener.listen") && out.stderr.contains("client_ca"),
+        "{}",
+        out.stderr
+    );
+
+    let client_ca = format!(", client_ca = {ca:?}");
+    let gateway =
+        GatewayProcess::start_toml(|gateway_dir| config(&client_ca, &gateway_dir.join("data")));
+
+    // A peer that opens TCP and never finishes its handshake.
+    let mut stalled = TcpStream::connect(("127.0.0.1", tls_port)).unwrap();
+    stalled.write_all(&[0x16, 0x03, 0x01]).unwrap();
+
+    let vm1 = devices_ca.sign("vm-1");
+    assert!(
+        publish_over_tls(tls_port, "vm-1", device_tls(&devices_ca, Some(&vm1)), 1),
+        "a device with the devices' CA certificate was not served\n{}",
+        gateway.logs()
+    );
+    let intruder = other_ca.sign("vm-2");
+    assert!(!publish_over_tls(
+        tls_port,
+        "vm-2",
+        device_tls(&devices_ca, Some(&intruder)),
+        2
+    ));
+    assert!(!publish_over_tls(
+        tls_port,
+        "vm-3",
+        device_tls(&devices_ca, None),
+        3
+    ));
+    let refused = wait_until(ONE, || {
+        gateway
+            .log_lines_with(&["device refused", "TLS handshake failed"])
+            .len()
+            >= 2
+    });
+    assert!(refused, "{}", gateway.logs());
+    let lines = gateway.log_lines_with(&["device refused", "TLS handshake failed"]);
+    assert!(
+        lines.iter().any(|l| l.contains("UnknownIssuer"))
+            && lines.iter().any(|l| l.contains("no certificates")),
+        "the refusals do not say why: {lines:#?}"
+    );
+
+    // The right device's message went through the function.
+    let processed = wait_until(ONE, || {
+        let out = wasmgate(
+            &[
+                "kv",
+                "--config",
+                gateway.config_path().to_str().unwrap(),
+                "get",
+                "vending",
+                "vm-1/last_temp_c",
+            ],
+            ONE,
+        );
+        out.code == Some(0)
+    });
+    assert!(processed, "{}", gateway.logs());
+
+    // The stalled peer is closed once the CONNECT timeout (5 s) has passed.
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let read = stalled.read(&mut byte);
+    let closed = match &read {
+        Ok(0) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    };
+    assert!(closed, "the stalled handshake was not closed: {read:?}");
+}
+
 /// `/etc/default/wasmgate` sets `RUST_LOG=info`, which turned on an
 /// `ERROR ... Error while handling MQTT connect packet` from the embedded
 /// broker on every ordinary connect and disconnect. A device coming and

@@ -29,10 +29,15 @@
 //! sessions are subscribed, after a restart once they have subscribed again
 //! (or 10 s have passed). Until then devices wait in the listen backlog.
 //!
-//! Two listeners: devices connect to `broker.listen`; the gateway's own
-//! sessions to a loopback port with a user and password made at each start.
-//! Each listener has its own connection cap, so devices (or a flood of
-//! connections from the LAN) can never take the gateway's own sessions' room.
+//! Two listeners, or three: devices connect to `broker.listen`, and with
+//! `broker.tls_listener` over TLS too (mutual TLS with a device CA); the
+//! gateway's own sessions to a loopback port with a user and password made at
+//! each start. Each listener has its own connection cap, so devices (or a
+//! flood of connections from the LAN) can never take the gateway's own
+//! sessions' room. The TLS handshake is rustls, the gateway's own (the same
+//! one the upstream link uses), run in each connection's task within the
+//! CONNECT timeout, so a peer that stalls halfway through a handshake holds
+//! up no one else.
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -120,6 +125,21 @@ pub struct BrokerSettings {
     /// (mosquitto_passwd's format, see [`crate::passwords`]); none: any
     /// device may connect.
     pub passwords: Option<std::path::PathBuf>,
+    /// A TLS listener for devices beside `listen`; none by default.
+    #[serde(default)]
+    pub tls: Option<TlsListenerSettings>,
+}
+
+/// The TLS device listener. The files are read by the broker process at
+/// each start, as the passwords file is: a renewed certificate takes effect
+/// at the next broker start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsListenerSettings {
+    pub listen: SocketAddr,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// Devices must present a certificate this CA signed (mutual TLS).
+    pub client_ca: Option<std::path::PathBuf>,
 }
 
 impl Default for BrokerSettings {
@@ -140,6 +160,7 @@ impl Default for BrokerSettings {
             max_retained_count: 4_096,
             max_retained_bytes: 32 << 20,
             passwords: None,
+            tls: None,
         }
     }
 }
@@ -677,6 +698,12 @@ impl InProcessBroker {
             addr: settings.listen,
             error: error.to_string(),
         })?;
+        if let Some(tls) = &settings.tls {
+            TcpListener::bind(tls.listen).map_err(|error| BrokerError::Bind {
+                addr: tls.listen,
+                error: error.to_string(),
+            })?;
+        }
         let mut settings = settings.clone();
         if settings.internal.port() == 0 {
             settings.internal = TcpListener::bind(settings.internal)
@@ -695,7 +722,11 @@ impl InProcessBroker {
             )),
             None => None,
         };
-        let mut broker = rumqttd::Broker::new(config(&settings, devices_gate, passwords));
+        let tls = match &settings.tls {
+            Some(tls) => Some(tls_handshake(tls)?),
+            None => None,
+        };
+        let mut broker = rumqttd::Broker::new(config(&settings, devices_gate, passwords, tls));
         let stats = broker.stats();
         let thread = std::thread::Builder::new()
             .name("rumqttd".into())
@@ -704,7 +735,8 @@ impl InProcessBroker {
         let deadline = Instant::now() + READY_WAIT;
         // The device listener is bound, so a connect completes even while
         // its gate holds accepting back.
-        let addrs = [connect_addr(settings.listen), settings.internal];
+        let mut addrs = vec![connect_addr(settings.listen), settings.internal];
+        addrs.extend(settings.tls.as_ref().map(|tls| connect_addr(tls.listen)));
         loop {
             if thread.is_finished() {
                 let reason = match thread.join() {
@@ -744,12 +776,54 @@ impl InProcessBroker {
     }
 }
 
+/// The TLS listener's handshake: rustls with the listener's certificate and,
+/// for mutual TLS, the device CA. A device refused here (a certificate from
+/// another CA, or none) is logged with why, as a refused password is.
+#[cfg(feature = "tls")]
+fn tls_handshake(tls: &TlsListenerSettings) -> Result<rumqttd::Handshake, BrokerError> {
+    let config = crate::tls::server_config(&tls.cert, &tls.key, tls.client_ca.as_deref())
+        .map_err(|e| BrokerError::Start(format!("broker.tls_listener: {e}")))?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    Ok(rumqttd::Handshake(Arc::new(
+        move |stream: tokio::net::TcpStream| {
+            let acceptor = acceptor.clone();
+            Box::pin(async move {
+                let peer = stream
+                    .peer_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                match acceptor.accept(stream).await {
+                    Ok(stream) => Ok(Box::new(stream) as Box<dyn rumqttd::Stream>),
+                    // Connected and closed without a word: a port scan or a
+                    // health check, not a device.
+                    Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        tracing::debug!(peer, %error, "TLS connection closed before its handshake");
+                        Err(error)
+                    }
+                    Err(error) => {
+                        tracing::warn!(peer, %error, "device refused: TLS handshake failed");
+                        Err(error)
+                    }
+                }
+            })
+        },
+    )))
+}
+
+#[cfg(not(feature = "tls"))]
+fn tls_handshake(_: &TlsListenerSettings) -> Result<rumqttd::Handshake, BrokerError> {
+    Err(BrokerError::Start(
+        "broker.tls_listener: this build has no TLS (feature `tls`)".into(),
+    ))
+}
+
 /// Sized for a gateway, not a cloud broker: segments bound the memory each
 /// topic's log may use, `settings` the rest.
 pub fn config(
     settings: &BrokerSettings,
     devices_gate: Option<tokio::sync::watch::Receiver<bool>>,
     passwords: Option<std::sync::Arc<crate::passwords::Passwords>>,
+    tls: Option<rumqttd::Handshake>,
 ) -> rumqttd::Config {
     let connections = |auth: Option<HashMap<String, String>>| rumqttd::ConnectionSettings {
         connection_timeout_ms: settings.connect_timeout_ms,
@@ -769,28 +843,57 @@ pub fn config(
         connections: connections(auth),
         max_connections,
         accept_gate,
+        handshake: None,
     };
     let internal_auth = settings
         .internal_credentials
         .clone()
         .map(|(user, password)| HashMap::from([(user, password)]));
-    let mut devices = server(
-        "devices",
-        settings.listen,
-        None,
-        Some(settings.max_device_connections),
-        devices_gate,
-    );
-    if let Some(passwords) = passwords {
-        devices.set_auth_handler(move |_client_id, user: String, password: String| {
-            let ok = passwords.check(&user, &password);
-            async move { ok }
-        });
+    let device_listener = |name: &str, listen, gate| {
+        let mut listener = server(
+            name,
+            listen,
+            None,
+            Some(settings.max_device_connections),
+            gate,
+        );
+        if let Some(passwords) = passwords.clone() {
+            listener.set_auth_handler(move |_client_id, user: String, password: String| {
+                let ok = passwords.check(&user, &password);
+                async move { ok }
+            });
+        }
+        listener
+    };
+    let mut servers = HashMap::from([(
+        "devices".to_owned(),
+        device_listener("devices", settings.listen, devices_gate.clone()),
+    )]);
+    // Each device listener has the device cap of its own, so the router has
+    // room for both and the gateway's sessions.
+    let mut max_connections = settings.max_connections;
+    if let (Some(listener), Some(handshake)) = (&settings.tls, tls) {
+        let mut tls = device_listener("devices-tls", listener.listen, devices_gate);
+        tls.handshake = Some(handshake);
+        servers.insert("devices-tls".to_owned(), tls);
+        max_connections += settings.max_device_connections;
     }
+    servers.insert(
+        "gateway".to_owned(),
+        server(
+            "gateway",
+            settings.internal,
+            internal_auth,
+            // Bounded (connections before CONNECT count), but it may use
+            // every session the devices leave.
+            Some(settings.max_connections),
+            None,
+        ),
+    );
     rumqttd::Config {
         id: 0,
         router: rumqttd::RouterConfig {
-            max_connections: settings.max_connections,
+            max_connections,
             max_outgoing_packet_count: 200,
             max_segment_size: settings.max_payload_bytes,
             max_segment_count: 4,
@@ -800,21 +903,7 @@ pub fn config(
             max_retained_count: Some(settings.max_retained_count),
             max_retained_bytes: Some(settings.max_retained_bytes),
         },
-        v4: Some(HashMap::from([
-            ("devices".to_owned(), devices),
-            (
-                "gateway".to_owned(),
-                server(
-                    "gateway",
-                    settings.internal,
-                    internal_auth,
-                    // Bounded (connections before CONNECT count), but it
-                    // may use every session the devices leave.
-                    Some(settings.max_connections),
-                    None,
-                ),
-            ),
-        ])),
+        v4: Some(servers),
         ..Default::default()
     }
 }
@@ -873,7 +962,7 @@ mod tests {
     #[test]
     fn the_gateway_has_a_listener_of_its_own_with_a_password() {
         let settings = BrokerSettings::new("0.0.0.0:1883".parse().unwrap(), 10);
-        let config = config(&settings, None, None);
+        let config = config(&settings, None, None, None);
         let servers = config.v4.unwrap();
         assert!(servers["devices"].connections.auth.is_none());
         let auth = servers["gateway"].connections.auth.clone().unwrap();

@@ -28,5 +28,7 @@ pub mod simulate;
 pub mod store;
 pub mod systemd;
 pub mod text;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use pipeline::{run, Gateway, GatewayError};

@@ -43,6 +43,8 @@ pub const DEFAULT_DATA_DIR: &str = "./wasmgate-data";
 /// Loopback: a gateway's broker takes devices from the network only when
 /// told to, and then with passwords (or `allow_anonymous`).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:1883";
+/// Default [`TlsListenerConfig::listen`]; loopback, as above.
+pub const DEFAULT_TLS_LISTEN: &str = "127.0.0.1:8883";
 /// MQTT's port without TLS.
 pub const MQTT_PORT: u16 = 1883;
 /// MQTT's port with TLS.
@@ -269,6 +271,10 @@ pub struct BrokerConfig {
     /// External only: connect with TLS; none (plain MQTT) by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// Embedded only: a second device listener that speaks TLS, for
+    /// mutual TLS with device certificates; none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_listener: Option<TlsListenerConfig>,
     /// Embedded only: a file of device user names and password hashes, in
     /// mosquitto_passwd's format (`wasmgate passwd FILE USER` adds one);
     /// devices must then log in with one of them. Not in this file, so that
@@ -417,6 +423,47 @@ pub struct TlsConfig {
     /// PEM private key of `cert`; needs `cert`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<PathBuf>,
+}
+
+/// The embedded broker's TLS listener (mosquitto's `listener 8883` with
+/// `certfile`, `keyfile` and `cafile` + `require_certificate`). It takes the
+/// same devices as `listen`, with the same passwords file and limits
+/// (`max_connections` applies to each listener).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListenerConfig {
+    /// The `ip:port` devices connect to with TLS; default `"127.0.0.1:8883"`.
+    /// An address other machines can reach needs `client_ca`, `passwords`
+    /// or `allow_anonymous`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// PEM certificate (chain) the broker presents; devices check it against
+    /// their CA. Required.
+    pub cert: PathBuf,
+    /// PEM private key of `cert`. Required.
+    pub key: PathBuf,
+    /// PEM file of the CA(s) that sign device certificates: with it, a
+    /// device must present a certificate that chains to one of them (mutual
+    /// TLS), and any other is refused in the handshake, before MQTT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsListenerConfig {
+    /// `listen`, or the default; `None` if unparsable (validation says so).
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen
+            .as_deref()
+            .unwrap_or(DEFAULT_TLS_LISTEN)
+            .parse()
+            .ok()
+    }
+
+    fn files_mut(&mut self) -> impl Iterator<Item = &mut PathBuf> {
+        [&mut self.cert, &mut self.key]
+            .into_iter()
+            .chain(self.client_ca.as_mut())
+    }
 }
 
 impl TlsConfig {
@@ -1047,6 +1094,14 @@ impl Config {
         if let Some(passwords) = &self.broker.passwords {
             files.push((root.key("broker").key("passwords"), passwords));
         }
+        if let Some(listener) = &self.broker.tls_listener {
+            let path = root.key("broker").key("tls_listener");
+            files.push((path.key("cert"), &listener.cert));
+            files.push((path.key("key"), &listener.key));
+            if let Some(ca) = &listener.client_ca {
+                files.push((path.key("client_ca"), ca));
+            }
+        }
         let upstream_tls = self.upstream.as_ref().and_then(|u| u.tls.as_ref());
         tls_files(&mut files, root.key("upstream"), upstream_tls);
         for (i, function) in self.functions.iter().enumerate() {
@@ -1093,6 +1148,9 @@ impl Config {
         }
         if let Some(tls) = &mut self.broker.tls {
             tls.files_mut().for_each(resolve);
+        }
+        if let Some(listener) = &mut self.broker.tls_listener {
+            listener.files_mut().for_each(resolve);
         }
         if let Some(tls) = self.upstream.as_mut().and_then(|u| u.tls.as_mut()) {
             tls.files_mut().for_each(resolve);

@@ -285,6 +285,43 @@ fn broker_settings_must_fit_the_mode() {
 }
 
 #[test]
+fn a_tls_listener_needs_its_own_port_and_a_way_to_tell_devices_apart() {
+    let listener = |extra: &str| {
+        format!("[broker]\nlisten = \"0.0.0.0:1883\"\nallow_anonymous = false\npasswords = \"p\"\n[broker.tls_listener]\ncert = \"b.crt\"\nkey = \"b.key\"\n{extra}{ONE_FUNCTION}")
+    };
+    // Passwords tell devices apart on both listeners; the default address is
+    // this machine's 8883.
+    let config = valid(&listener(""));
+    let tls = config.broker.tls_listener.as_ref().unwrap();
+    assert_eq!(tls.listen_addr(), Some("127.0.0.1:8883".parse().unwrap()));
+    valid(&listener(
+        "listen = \"0.0.0.0:8883\"\nclient_ca = \"ca.crt\"\n",
+    ));
+    assert_eq!(
+        errors(&listener("listen = \"0.0.0.0:1883\"\n")),
+        ["gateway.toml:8: broker.tls_listener.listen: `listen` cannot be used on broker.listen's address: the TLS listener needs a port of its own (8883 is MQTT over TLS's)"]
+    );
+    assert_eq!(
+        errors(&listener("listen = \"8883\"\n")),
+        ["gateway.toml:8: broker.tls_listener.listen: invalid listen address \"8883\": invalid socket address syntax (expected ip:port, like \"0.0.0.0:1883\")"]
+    );
+    // Reachable, and neither certificates nor passwords: refused.
+    let open = format!("[broker.tls_listener]\nlisten = \"0.0.0.0:8883\"\ncert = \"b.crt\"\nkey = \"b.key\"\n{ONE_FUNCTION}");
+    let errors_open = errors(&open);
+    assert_eq!(errors_open.len(), 1, "{errors_open:?}");
+    assert!(
+        errors_open[0].starts_with("gateway.toml:2: broker.tls_listener.listen: `listen` cannot be used without `client_ca` or `passwords`"),
+        "{errors_open:?}"
+    );
+    // An external broker has no listener of ours.
+    let external = format!("[broker]\nmode = \"external\"\nhost = \"10.0.0.2\"\ntls_listener = {{ cert = \"b.crt\", key = \"b.key\" }}\n{ONE_FUNCTION}");
+    assert_eq!(
+        errors(&external),
+        ["gateway.toml:4: broker.tls_listener: `tls_listener` has no effect with mode = \"external\""]
+    );
+}
+
+#[test]
 fn root_and_upstream_values_are_checked() {
     let text = "gateway_id = \"gw/1\"\ndata_dir = \"\"\n[upstream]\nhost = \"\"\nport = 0\n";
     assert_eq!(

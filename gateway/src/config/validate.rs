@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use super::error::{ConfigError, ConfigErrorKind as Kind, FieldPath};
 use super::{
     BrokerConfig, BrokerMode, Config, DeadLetterConfig, FunctionConfig, Limits, Protocol,
-    RetryConfig, TlsConfig, TriggerConfig, UpstreamConfig, MAX_MEMORY_MB,
+    RetryConfig, TlsConfig, TlsListenerConfig, TriggerConfig, UpstreamConfig, MAX_MEMORY_MB,
 };
 use crate::router::{validate_filter, validate_topic_name};
 
@@ -223,6 +223,47 @@ pub(super) fn is_function_name(name: &str) -> bool {
 const EMBEDDED: &str = "with mode = \"embedded\"";
 const EXTERNAL: &str = "with mode = \"external\"";
 
+/// The embedded broker's TLS listener: an address of its own, and from the
+/// network only with a way to tell devices apart (their certificates or
+/// passwords), as for `listen`.
+fn tls_listener(
+    c: &mut Checker,
+    path: &FieldPath,
+    broker: &BrokerConfig,
+    listener: &TlsListenerConfig,
+) {
+    let Some(addr) = listener.listen_addr() else {
+        let value = listener.listen.clone().unwrap_or_default();
+        let message = match value.parse::<SocketAddr>() {
+            Err(e) => e.to_string(),
+            Ok(_) => String::new(),
+        };
+        c.push(path.key("listen"), Kind::InvalidListen { value, message });
+        return;
+    };
+    if broker.listen_addr() == Some(addr) {
+        c.push(
+            path.key("listen"),
+            Kind::Conflict {
+                field: "listen",
+                with: "on broker.listen's address",
+                hint: "the TLS listener needs a port of its own (8883 is MQTT over TLS's)",
+            },
+        );
+    }
+    let anonymous = listener.client_ca.is_none() && broker.passwords.is_none();
+    if !addr.ip().is_loopback() && anonymous && !broker.allow_anonymous {
+        c.push(
+            path.key("listen"),
+            Kind::Conflict {
+                field: "listen",
+                with: "without `client_ca` or `passwords`",
+                hint: "other machines could connect without proving who they are: set broker.tls_listener.client_ca = \"devices-ca.pem\" (devices present certificates it signed) or broker.passwords, or allow_anonymous = true to accept that, or listen on 127.0.0.1",
+            },
+        );
+    }
+}
+
 fn broker(c: &mut Checker, path: &FieldPath, broker: &BrokerConfig) {
     match broker.mode {
         BrokerMode::Embedded => {
@@ -250,6 +291,9 @@ fn broker(c: &mut Checker, path: &FieldPath, broker: &BrokerConfig) {
                         hint: "other machines could connect without a password: set broker.passwords = \"passwords\" (a file `wasmgate passwd FILE USER` writes), or allow_anonymous = true to accept that, or listen on 127.0.0.1",
                     },
                 );
+            }
+            if let Some(listener) = &broker.tls_listener {
+                tls_listener(c, &path.key("tls_listener"), broker, listener);
             }
             if let Some(n) = broker.max_retained {
                 c.range(path.key("max_retained"), n.into(), 0, 1_000_000);
@@ -286,6 +330,7 @@ fn broker(c: &mut Checker, path: &FieldPath, broker: &BrokerConfig) {
         BrokerMode::External => {
             for (field, set) in [
                 ("listen", broker.listen.is_some()),
+                ("tls_listener", broker.tls_listener.is_some()),
                 ("passwords", broker.passwords.is_some()),
                 ("allow_anonymous", broker.allow_anonymous),
                 ("max_connections", broker.max_connections.is_some()),

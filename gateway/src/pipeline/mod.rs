@@ -12,8 +12,6 @@ mod ingress;
 mod mqtt;
 mod outbox;
 mod retry;
-#[cfg(feature = "tls")]
-mod tls;
 
 pub use backoff::Backoff;
 pub use batch::{decode as decode_batch, BatchError, BatchSettings, Compression};
@@ -77,7 +75,7 @@ pub enum GatewayError {
     Store(#[from] StoreError),
     #[cfg(feature = "tls")]
     #[error(transparent)]
-    Tls(#[from] tls::TlsError),
+    Tls(#[from] crate::tls::TlsError),
     #[cfg(not(feature = "tls"))]
     #[error("this build has no TLS (feature `tls`), but the config asks for it")]
     NoTls,
@@ -111,7 +109,7 @@ impl Endpoint {
         protocol: Protocol,
     ) -> Result<Endpoint, GatewayError> {
         #[cfg(feature = "tls")]
-        let tls = tls.map(tls::client_config).transpose()?;
+        let tls = tls.map(crate::tls::client_config).transpose()?;
         #[cfg(not(feature = "tls"))]
         if tls.is_some() {
             return Err(GatewayError::NoTls);
@@ -710,6 +708,18 @@ fn start_embedded(
         settings.max_retained_bytes = (mb as usize) << 20;
     }
     settings.passwords.clone_from(&b.passwords);
+    settings.tls = b
+        .tls_listener
+        .as_ref()
+        .map(|t| crate::broker::TlsListenerSettings {
+            // Validation has checked it parses.
+            listen: t
+                .listen_addr()
+                .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 8883))),
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+            client_ca: t.client_ca.clone(),
+        });
     let broker = crate::broker::EmbeddedBroker::start(settings)?;
     let addr = broker.addr();
     let (user, password) = match broker.credentials() {

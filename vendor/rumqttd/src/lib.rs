@@ -24,6 +24,8 @@ pub use link::meters;
 pub use router::{Alert, Forward, IncomingMeter, Meter, Notification, OutgoingMeter, Router};
 use segments::Storage;
 pub use server::{Broker, LinkType, Server};
+/// wasmgate: what a [`Handshake`] hands back, a connection to speak MQTT on.
+pub use link::network::N as Stream;
 
 pub use self::router::shared_subs::Strategy;
 
@@ -130,6 +132,29 @@ pub struct ServerSettings {
     /// device publishes meanwhile is acknowledged and dropped.
     #[serde(skip)]
     pub accept_gate: Option<tokio::sync::watch::Receiver<bool>>,
+    /// wasmgate: a handshake of the embedding program's own (TLS with its
+    /// rustls, say) run on each accepted connection before MQTT, instead of
+    /// `tls`. It runs in the connection's task, never in the accept loop, and
+    /// within `connections.connection_timeout_ms`.
+    #[serde(skip)]
+    pub handshake: Option<Handshake>,
+}
+
+/// wasmgate: see [`ServerSettings::handshake`]. An error closes the
+/// connection; the handshake logs why, as only it knows.
+#[derive(Clone)]
+pub struct Handshake(
+    pub  Arc<
+        dyn Fn(tokio::net::TcpStream) -> Pin<Box<dyn std::future::Future<Output = std::io::Result<Box<dyn Stream>>> + Send>>
+            + Send
+            + Sync,
+    >,
+);
+
+impl fmt::Debug for Handshake {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Handshake")
+    }
 }
 
 impl ServerSettings {

@@ -51,6 +51,10 @@ pub enum Error {
     Io(#[from] io::Error),
     #[error("Timeout")]
     Timeout(#[from] Elapsed),
+    /// wasmgate: from a [`crate::Handshake`]; not `#[from]`, to keep it apart
+    /// from rumqttd's own I/O errors.
+    #[error("handshake: {0}")]
+    Handshake(io::Error),
     #[error("Channel recv error")]
     Recv(#[from] RecvError),
     #[error("Channel send error")]
@@ -407,18 +411,32 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
         }
     }
 
-    // Depending on TLS or not create a new Network
-    async fn tls_accept(&self, stream: TcpStream) -> Result<(Box<dyn N>, Option<String>), Error> {
-        #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
-        match &self.config.tls {
-            Some(c) => {
-                let (tenant_id, network) = TLSAcceptor::new(c)?.accept(stream).await?;
-                Ok((network, tenant_id))
+    // Depending on TLS or not create a new Network.
+    // wasmgate: a future that owns what it needs, so that the handshake runs
+    // in the connection's task and not in the accept loop, where one peer
+    // that stops halfway through a TLS handshake held every other connection
+    // back (and a peer that never spoke, forever).
+    fn handshake(
+        &self,
+        stream: TcpStream,
+        #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))] tls: Option<
+            Arc<TLSAcceptor>,
+        >,
+    ) -> impl std::future::Future<Output = Result<(Box<dyn N>, Option<String>), Error>> + Send + 'static
+    {
+        let own = self.config.handshake.clone();
+        async move {
+            if let Some(handshake) = own {
+                let network = (handshake.0)(stream).await.map_err(Error::Handshake)?;
+                return Ok((network, None));
             }
-            None => Ok((Box::new(stream), None)),
+            #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
+            if let Some(acceptor) = tls {
+                let (tenant_id, network) = acceptor.accept(stream).await?;
+                return Ok((network, tenant_id));
+            }
+            Ok((Box::new(stream) as Box<dyn N>, None))
         }
-        #[cfg(not(any(feature = "use-rustls", feature = "use-native-tls")))]
-        Ok((Box::new(stream), None))
     }
 
     pub async fn start(&mut self, link_type: LinkType) -> Result<(), Error> {
@@ -434,6 +452,13 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
             listen_addr = self.config.listen.to_string(),
             "Listening for remote connections",
         );
+        // wasmgate: built once (it was for every connection, reading the
+        // certificate files each time).
+        #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
+        let tls = match &self.config.tls {
+            Some(c) if self.config.handshake.is_none() => Some(Arc::new(TLSAcceptor::new(c)?)),
+            _ => None,
+        };
         // wasmgate: see ServerSettings::accept_gate.
         if let Some(mut gate) = self.config.accept_gate.clone() {
             if gate.wait_for(|open| *open).await.is_err() {
@@ -474,69 +499,85 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
             }
             let connection_guard = ConnectionGuard::new(&active);
 
-            let (network, tenant_id) = match self.tls_accept(stream).await {
-                Ok(o) => o,
-                Err(e) => {
-                    error!(error=?e, "Tls accept error");
-                    continue;
-                }
-            };
-
             // wasmgate: debug (was info): one line per connection.
-            debug!(
-                name=?self.config.name, ?addr, count, tenant=?tenant_id, "accept"
-            );
+            debug!(name=?self.config.name, ?addr, count, "accept");
 
+            let handshake = self.handshake(
+                stream,
+                #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
+                tls.clone(),
+            );
+            let handshake_timeout = Duration::from_millis(config.connection_timeout_ms.into());
+            let name = self.config.name.clone();
             let config = config.clone();
             let router_tx = self.router_tx.clone();
+            let will_handlers = self.awaiting_will_handler.clone();
             count += 1;
 
             let protocol = self.protocol.clone();
-            match link_type {
-                #[cfg(feature = "websocket")]
-                LinkType::Websocket => {
-                    let stream = match accept_hdr_async(network, WSCallback).await {
-                        Ok(s) => Box::new(WsStream::new(s)),
-                        Err(e) => {
-                            error!(error=?e, "Websocket failed handshake");
-                            continue;
-                        }
-                    };
-                    task::spawn(
+            task::spawn(async move {
+                let (network, tenant_id) = match time::timeout(handshake_timeout, handshake).await {
+                    Ok(Ok(o)) => o,
+                    // wasmgate: the embedding program's handshake has said why.
+                    Ok(Err(Error::Handshake(e))) => {
+                        debug!(name, ?addr, error = %e, "handshake refused");
+                        return;
+                    }
+                    Ok(Err(e)) => {
+                        warn!(name, ?addr, error = %e, "handshake failed, connection closed");
+                        return;
+                    }
+                    Err(_) => {
+                        warn!(name, ?addr, timeout = ?handshake_timeout, "no handshake in time, connection closed");
+                        return;
+                    }
+                };
+                match link_type {
+                    #[cfg(feature = "websocket")]
+                    LinkType::Websocket => {
+                        let stream = match accept_hdr_async(network, WSCallback).await {
+                            Ok(s) => Box::new(WsStream::new(s)),
+                            Err(e) => {
+                                error!(error=?e, "Websocket failed handshake");
+                                return;
+                            }
+                        };
                         remote(
                             config,
                             tenant_id.clone(),
                             router_tx,
                             stream,
                             protocol,
-                            self.awaiting_will_handler.clone(),
+                            will_handlers,
                             connection_guard,
                         )
                         .instrument(tracing::info_span!(
                             "websocket_link",
                             client_id = field::Empty,
                             connection_id = field::Empty
-                        )),
-                    )
+                        ))
+                        .await
+                    }
+                    LinkType::Remote => {
+                        remote(
+                            config,
+                            tenant_id.clone(),
+                            router_tx,
+                            network,
+                            protocol,
+                            will_handlers,
+                            connection_guard,
+                        )
+                        .instrument(tracing::error_span!(
+                            "remote_link",
+                            ?tenant_id,
+                            client_id = field::Empty,
+                            connection_id = field::Empty,
+                        ))
+                        .await
+                    }
                 }
-                LinkType::Remote => task::spawn(
-                    remote(
-                        config,
-                        tenant_id.clone(),
-                        router_tx,
-                        network,
-                        protocol,
-                        self.awaiting_will_handler.clone(),
-                        connection_guard,
-                    )
-                    .instrument(tracing::error_span!(
-                        "remote_link",
-                        ?tenant_id,
-                        client_id = field::Empty,
-                        connection_id = field::Empty,
-                    )),
-                ),
-            };
+            });
 
             time::sleep(delay).await;
         }
