@@ -91,6 +91,8 @@ pub fn event_json(event: &Event<'_>) -> Value {
         Event::Schedule(s) => {
             body.insert("schedule".into(), s.schedule.into());
             body.insert("scheduled_ms".into(), s.scheduled_ms.into());
+            body.insert("fired_ms".into(), s.fired_ms.into());
+            body.insert("catch_up".into(), s.catch_up.into());
             "schedule"
         }
         Event::Http(h) => {
@@ -357,7 +359,7 @@ pub fn undeliverable(row: &crate::store::OutboxRow, why: String) -> crate::store
         received_ms: now,
         keep: UNDELIVERABLE_KEEP,
         publish_to: None,
-        settles: Some(row.id),
+        cursor: Some(crate::store::Cursor::OutboxRow(row.id)),
     }
 }
 

@@ -25,6 +25,8 @@ pub enum OwnedEvent {
     Schedule {
         schedule: String,
         scheduled_ms: u64,
+        fired_ms: u64,
+        catch_up: bool,
     },
     Http {
         method: String,
@@ -149,9 +151,13 @@ impl OwnedEvent {
             OwnedEvent::Schedule {
                 schedule,
                 scheduled_ms,
+                fired_ms,
+                catch_up,
             } => Event::Schedule(ScheduleTick {
                 schedule,
                 scheduled_ms: *scheduled_ms,
+                fired_ms: *fired_ms,
+                catch_up: *catch_up,
             }),
             OwnedEvent::Http {
                 method,
@@ -272,10 +278,15 @@ impl OwnedEvent {
                 headers: fields.pairs("headers")?,
                 body: fields.bytes("body")?,
             },
-            "schedule" => OwnedEvent::Schedule {
-                schedule: fields.required_str("schedule")?,
-                scheduled_ms: fields.u64_or("scheduled_ms", 0)?,
-            },
+            "schedule" => {
+                let scheduled_ms = fields.u64_or("scheduled_ms", 0)?;
+                OwnedEvent::Schedule {
+                    schedule: fields.required_str("schedule")?,
+                    scheduled_ms,
+                    fired_ms: fields.u64_or("fired_ms", scheduled_ms)?,
+                    catch_up: fields.bool_or("catch_up", false)?,
+                }
+            }
             "file" => {
                 let contents = fields.bytes("contents")?;
                 OwnedEvent::File {
@@ -320,7 +331,7 @@ impl OwnedEvent {
                 "user_properties",
             ],
             "http" => &["method", "path", "query", "headers", "body", "body_hex"],
-            "schedule" => &["schedule", "scheduled_ms"],
+            "schedule" => &["schedule", "scheduled_ms", "fired_ms", "catch_up"],
             "file" => &["path", "size", "modified_ms", "contents", "contents_hex"],
             "kv_change" => &["namespace", "key", "op", "value", "value_hex"],
             _ => &["from", "payload", "payload_hex"],
@@ -333,7 +344,7 @@ impl OwnedEvent {
 pub const EVENT_JSON_HELP: &str = r#"An event file holds one JSON object keyed by trigger kind:
   {"mqtt": {"topic": "vending/vm-17/telemetry", "payload": {"temp_c": 6.8}, "qos": 1, "retain": false, "user_properties": {"k": "v"}}}
   {"http": {"method": "GET", "path": "/hello", "query": "name=Ada", "headers": {"accept": "text/plain"}, "body": ""}}
-  {"schedule": {"schedule": "hourly", "scheduled_ms": 1764160000000}}
+  {"schedule": {"schedule": "rate(1 hour)", "scheduled_ms": 1764160000000, "fired_ms": 1764160000012, "catch_up": false}}
   {"file": {"path": "/data/in/a.csv", "contents": "a,b\n1,2\n"}}
   {"kv_change": {"namespace": "vending", "key": "total", "op": "put", "value": "42"}}
   {"invoke": {"from": "other-function", "payload": "..."}}

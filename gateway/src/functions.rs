@@ -61,7 +61,15 @@ fn render_function(out: &mut String, f: &FunctionConfig) {
         .triggers
         .iter()
         .map(|t| {
-            let mut s = format!("mqtt {} qos{}", escape(&t.mqtt), t.qos);
+            let mut s = match (&t.mqtt, &t.schedule) {
+                (Some(filter), _) => format!("mqtt {} qos{}", escape(filter), t.qos),
+                (None, Some(schedule)) => format!(
+                    "schedule {} missed {}",
+                    escape(schedule),
+                    t.missed.unwrap_or_default()
+                ),
+                (None, None) => "none".to_owned(),
+            };
             if let Some(key) = &t.dedup_key {
                 let _ = write!(s, " dedup_key {}", escape(key));
             }

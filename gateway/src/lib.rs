@@ -30,5 +30,6 @@ pub mod systemd;
 pub mod text;
 #[cfg(feature = "tls")]
 pub mod tls;
+pub mod triggers;
 
 pub use pipeline::{run, Gateway, GatewayError};

@@ -76,6 +76,9 @@ enum Command {
     /// size, triggers, grants, and the limits they run under (after --board).
     /// Secrets by name only.
     Functions(ops::functions::FunctionsArgs),
+    /// List the schedule triggers: each one's last tick and when it fires
+    /// next (and the missed ticks a start now would run late).
+    Schedules(ops::schedules::SchedulesArgs),
     /// Write a new function crate: Cargo.toml (with the SDK), a handler with
     /// a unit test, an event file and a README.
     New(ops::new::NewArgs),
@@ -221,6 +224,7 @@ fn main() -> ExitCode {
         Command::Dlq(args) => ops::dlq::dlq(args),
         Command::Invoke(args) => ops::invoke::invoke(args),
         Command::Functions(args) => ops::functions::functions(args),
+        Command::Schedules(args) => ops::schedules::schedules(args),
         Command::New(args) => ops::new::new(args),
         Command::Simulate(args) => simulate(*args),
         Command::Bench(args) => bench(*args),

@@ -141,6 +141,10 @@ pub struct ScheduleTick<'a> {
     pub schedule: &'a str,
     /// When the tick was due, Unix milliseconds (it may run late after downtime).
     pub scheduled_ms: u64,
+    /// When it was started, Unix milliseconds.
+    pub fired_ms: u64,
+    /// A tick missed while the gateway was down (or busy), run late now.
+    pub catch_up: bool,
 }
 
 /// An HTTP request to the gateway's function endpoint.
@@ -267,6 +271,8 @@ mod tests {
             Event::Schedule(ScheduleTick {
                 schedule: "hourly",
                 scheduled_ms: 1,
+                fired_ms: 2,
+                catch_up: false,
             }),
             Event::Invoke(InvokeRequest {
                 from: "a",

@@ -447,11 +447,13 @@ pub fn http<'a>(
     })
 }
 
-/// A schedule tick.
+/// A schedule tick, run on time.
 pub fn schedule(schedule: &str, scheduled_ms: u64) -> Event<'_> {
     Event::Schedule(ScheduleTick {
         schedule,
         scheduled_ms,
+        fired_ms: scheduled_ms,
+        catch_up: false,
     })
 }
 

@@ -127,6 +127,17 @@ pub enum ConfigErrorKind {
     /// A function with no trigger would never run.
     #[error("a function needs at least one trigger")]
     NoTriggers,
+    /// A trigger that says neither what nor when.
+    #[error("a trigger needs `mqtt = \"topic/filter\"` or `schedule = \"rate(5 minutes)\"`")]
+    EmptyTrigger,
+    /// A schedule expression that does not parse, or never fires.
+    #[error("invalid schedule {value:?}: {message}")]
+    InvalidSchedule {
+        /// The expression as written.
+        value: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// An `invoke` grant names a function that is not configured.
     #[error("no function named {name:?} is configured")]
     UnknownFunction {

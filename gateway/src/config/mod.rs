@@ -748,7 +748,21 @@ impl Default for DeadLetterConfig {
 #[serde(deny_unknown_fields)]
 pub struct TriggerConfig {
     /// MQTT topic filter on the local broker (`+` one level, `#` the rest).
-    pub mqtt: String,
+    /// A trigger has this or `schedule`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<String>,
+    /// When to run the function, in EventBridge Scheduler's forms:
+    /// `"rate(5 minutes)"` (1 second at least), `"cron(0 2 * * ? *)"` (six
+    /// fields: minutes hours day-of-month month day-of-week year, in UTC),
+    /// or once, `"at(2026-12-24T18:00:00)"` (UTC). Each tick is committed
+    /// like a message: it runs exactly once, across restarts too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// Schedule only: what to do about ticks missed while the gateway was
+    /// down: `"once"` (default: one catch-up run, told it is late),
+    /// `"skip"`, or `"all"` (each, up to 1,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed: Option<Missed>,
     /// QoS of the subscription: 0 or 1 (default 1). QoS 1 with manual acks is
     /// what makes delivery at-least-once.
     #[serde(default = "default_qos")]
@@ -765,6 +779,29 @@ pub struct TriggerConfig {
     /// None by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup_property: Option<String>,
+}
+
+/// What a schedule does about the ticks it missed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Missed {
+    /// None of them runs.
+    Skip,
+    /// The latest one runs, late.
+    #[default]
+    Once,
+    /// Each runs, oldest first, up to 1,000.
+    All,
+}
+
+impl std::fmt::Display for Missed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Missed::Skip => "skip",
+            Missed::Once => "once",
+            Missed::All => "all",
+        })
+    }
 }
 
 /// Resource limits of a function.
@@ -1252,7 +1289,9 @@ impl Config {
         for (id, function) in self.functions.iter().enumerate() {
             for trigger in &function.triggers {
                 // Validation has reported invalid filters already.
-                let _ = router.add(&trigger.mqtt, id);
+                if let Some(filter) = &trigger.mqtt {
+                    let _ = router.add(filter, id);
+                }
             }
         }
         router

@@ -501,11 +501,58 @@ fn function(c: &mut Checker, path: &FieldPath, function: &FunctionConfig, config
     }
     for (i, trigger) in function.triggers.iter().enumerate() {
         let trigger_path = triggers.index(i);
-        c.filter(trigger_path.key("mqtt"), &trigger.mqtt);
-        // QoS 2's exactly-once handshake is not supported: delivery is
-        // at-least-once end to end, and functions see duplicates anyway.
-        c.range(trigger_path.key("qos"), trigger.qos.into(), 0, 1);
-        dedup(c, &trigger_path, trigger, config.broker.protocol);
+        match (&trigger.mqtt, &trigger.schedule) {
+            (Some(filter), None) => {
+                c.filter(trigger_path.key("mqtt"), filter);
+                // QoS 2's exactly-once handshake is not supported: delivery
+                // is at-least-once end to end, and functions see duplicates.
+                c.range(trigger_path.key("qos"), trigger.qos.into(), 0, 1);
+                dedup(c, &trigger_path, trigger, config.broker.protocol);
+                if trigger.missed.is_some() {
+                    c.push(
+                        trigger_path.key("missed"),
+                        Kind::Unused {
+                            field: "missed",
+                            when: "on an mqtt trigger (it is for schedules)",
+                        },
+                    );
+                }
+            }
+            (None, Some(schedule)) => {
+                if let Err(message) = crate::triggers::schedule::Expression::parse(schedule) {
+                    c.push(
+                        trigger_path.key("schedule"),
+                        Kind::InvalidSchedule {
+                            value: schedule.clone(),
+                            message,
+                        },
+                    );
+                }
+                for (field, set) in [
+                    ("dedup_key", trigger.dedup_key.is_some()),
+                    ("dedup_property", trigger.dedup_property.is_some()),
+                ] {
+                    if set {
+                        c.push(
+                            trigger_path.key(field),
+                            Kind::Unused {
+                                field,
+                                when: "on a schedule (each tick runs exactly once already)",
+                            },
+                        );
+                    }
+                }
+            }
+            (Some(_), Some(_)) => c.push(
+                trigger_path.key("schedule"),
+                Kind::Conflict {
+                    field: "schedule",
+                    with: "with `mqtt` in one trigger",
+                    hint: "make them two triggers: triggers = [{ mqtt = \"...\" }, { schedule = \"rate(5 minutes)\" }]",
+                },
+            ),
+            (None, None) => c.push(trigger_path.clone(), Kind::EmptyTrigger),
+        }
     }
 
     limits(c, &path.key("limits"), &function.limits);

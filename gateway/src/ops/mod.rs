@@ -1,5 +1,5 @@
 //! The operator's and developer's commands: `kv`, `dlq`, `invoke`,
-//! `functions` and `new`. Binary-private: each
+//! `functions`, `schedules` and `new`. Binary-private: each
 //! parses its arguments, calls the library, and prints.
 
 pub mod dlq;
@@ -7,6 +7,7 @@ pub mod functions;
 pub mod invoke;
 pub mod kv;
 pub mod new;
+pub mod schedules;
 
 use wasmgate::config::Config;
 

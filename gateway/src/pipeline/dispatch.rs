@@ -16,16 +16,13 @@
 //! shards, threads and MQTT session. A shutdown cuts a backoff short and
 //! leaves that event unacknowledged, for the broker to redeliver.
 
-use super::ingress::AckHandle;
 use super::retry::{Jitter, RetryPolicy, Stop};
-use crate::event::OwnedEvent;
 use crate::metrics::{inc, FunctionMetrics};
 use crate::runtime::{Function, KvRead};
-use crate::store::{Attempt, Commit, NewDeadLetter, OutboxDestination, Seen, Store};
-use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use crate::store::{Attempt, Commit, Cursor, NewDeadLetter, Seen, Store};
+use crate::triggers::{ordering_key, Intake, Job, Settle};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -34,136 +31,10 @@ use wasmgate_abi::LogLevel;
 /// Virtual size of a worker thread's stack; untouched pages cost no memory.
 const WORKER_STACK_BYTES: usize = 8 << 20;
 
-/// One event on its way to one function.
-#[derive(Debug)]
-pub struct Job {
-    pub event: OwnedEvent,
-    /// When the gateway received it; latency is measured from here.
-    pub arrived: Instant,
-    /// What to acknowledge once the job's effects are durable; `None` for
-    /// QoS 0 messages.
-    pub ack: Option<Ack>,
-    /// The device-provided message id, when the trigger has a `dedup_key`
-    /// or a `dedup_property`.
-    pub dedup: Option<String>,
-}
-
-/// Where a job came from, to be told it is done.
-#[derive(Debug)]
-pub enum Ack {
-    /// An MQTT message: PUBACK it.
-    Mqtt(AckHandle),
-    /// A fan-out invoke waiting in the outbox: its row is deleted in the
-    /// transaction that commits the invocation (or its dead letter).
-    Outbox { id: i64 },
-}
-
-impl Ack {
-    /// Returns whether an acknowledgement was given.
-    fn ack(self) -> bool {
-        match self {
-            Ack::Mqtt(handle) => handle.ack(),
-            // Settled already, in the commit itself.
-            Ack::Outbox { .. } => true,
-        }
-    }
-
-    /// The outbox row this event consumes, if it came from one.
-    fn outbox_row(&self) -> Option<i64> {
-        match self {
-            Ack::Outbox { id } => Some(*id),
-            Ack::Mqtt(_) => None,
-        }
-    }
-}
-
-/// Which shard serves events with this ordering key.
-pub fn shard_for(key: &str, shards: usize) -> usize {
-    if shards <= 1 {
-        return 0;
-    }
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut hasher);
-    (hasher.finish() % shards as u64) as usize
-}
-
-/// The key that orders an event: its topic, or what stands in for one.
-pub fn ordering_key(event: &OwnedEvent) -> &str {
-    match event {
-        OwnedEvent::Mqtt { topic, .. } => topic,
-        OwnedEvent::Http { path, .. } => path,
-        OwnedEvent::File { path, .. } => path,
-        OwnedEvent::Schedule { schedule, .. } => schedule,
-        OwnedEvent::KvChange { key, .. } => key,
-        OwnedEvent::Invoke { from, .. } => from,
-        OwnedEvent::Batch(_) => "",
-    }
-}
-
-/// The sending side of one function's shards.
-#[derive(Debug, Clone)]
-pub struct Queues {
-    shards: Vec<mpsc::Sender<Job>>,
-    /// Jobs enqueued and not yet finished (acked or failed), for a clean shutdown.
-    pub in_flight: Arc<AtomicUsize>,
-    /// Where a full queue is counted (`throttled`).
-    metrics: Arc<FunctionMetrics>,
-}
-
-impl Queues {
-    fn shard(&self, event: &OwnedEvent) -> &mpsc::Sender<Job> {
-        &self.shards[shard_for(ordering_key(event), self.shards.len())]
-    }
-
-    /// Waits for room: the caller (ingress) stops reading while a shard is
-    /// full, and the broker holds what comes next; each job that has to
-    /// wait is counted as throttled. `false` if the workers are gone.
-    #[must_use]
-    pub async fn send(&self, job: Job) -> bool {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        let shard = self.shard(&job.event).clone();
-        let job = match shard.try_send(job) {
-            Ok(()) => return true,
-            Err(mpsc::error::TrySendError::Closed(_)) => return self.queued(false),
-            Err(mpsc::error::TrySendError::Full(job)) => job,
-        };
-        inc(&self.metrics.throttled);
-        self.queued(shard.send(job).await.is_ok())
-    }
-
-    fn queued(&self, ok: bool) -> bool {
-        if !ok {
-            self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        }
-        ok
-    }
-}
-
 /// Where a worker hands a successful invocation's effects.
 #[derive(Debug)]
 pub struct Sinks {
     pub store: Store,
-    /// Every function's queues by name, for fan-out invokes. Filled once all
-    /// exist, and emptied at shutdown: the invoke drainer holds `Sinks`, so
-    /// queues kept here would otherwise keep every worker waiting forever.
-    pub functions: RwLock<HashMap<String, Queues>>,
-}
-
-impl Sinks {
-    fn queues(&self, function: &str) -> Option<Queues> {
-        self.functions
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(function)
-            .cloned()
-    }
-
-    pub fn set_functions(&self, functions: HashMap<String, Queues>) {
-        *self
-            .functions
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = functions;
-    }
 }
 
 /// What happens to a function's failed invocations.
@@ -180,7 +51,7 @@ pub struct FailurePolicy {
 #[derive(Debug)]
 pub struct Dispatcher {
     pub function: Arc<Function>,
-    pub queues: Queues,
+    pub intake: Intake,
     pub metrics: Arc<FunctionMetrics>,
     workers: Vec<JoinHandle<()>>,
 }
@@ -233,11 +104,7 @@ impl Dispatcher {
         }
         Ok(Dispatcher {
             function,
-            queues: Queues {
-                shards,
-                in_flight,
-                metrics: metrics.clone(),
-            },
+            intake: Intake::new(shards, in_flight, metrics.clone()),
             metrics,
             workers,
         })
@@ -246,7 +113,7 @@ impl Dispatcher {
     /// Waits for the worker threads; they end once every sender is gone.
     pub fn join(self) {
         let name = self.function.name().to_owned();
-        drop(self.queues);
+        drop(self.intake);
         for worker in self.workers {
             if worker.join().is_err() {
                 tracing::error!(function = %name, "worker thread panicked");
@@ -281,11 +148,11 @@ impl Worker {
     /// way once its dead letter commits.
     fn handle(&mut self, job: Job) {
         let f = self.function.clone();
-        let settles = job.ack.as_ref().and_then(Ack::outbox_row);
+        let settles = job.settle.cursor();
         let done = Done {
             metrics: self.metrics.clone(),
             in_flight: self.in_flight.clone(),
-            ack: job.ack,
+            settle: job.settle,
             arrived: job.arrived,
         };
         let done = match &job.dedup {
@@ -335,7 +202,7 @@ impl Worker {
                         function: f.name().to_owned(),
                         effects,
                         dedup: job.dedup,
-                        settles,
+                        cursor: settles,
                         done: Box::new(move |committed| done.finish(committed.is_ok())),
                     });
                     return;
@@ -452,7 +319,7 @@ impl Worker {
         event: wasmgate_abi::Event<'_>,
         topic: &str,
         request_id: u64,
-        (dedup, settles): (Option<String>, Option<i64>),
+        (dedup, settles): (Option<String>, Option<Cursor>),
         attempts: Vec<Attempt>,
         done: Done,
     ) {
@@ -470,7 +337,7 @@ impl Worker {
             received_ms,
             keep: self.failures.keep,
             publish_to: self.failures.topic.clone(),
-            settles,
+            cursor: settles,
         };
         let metrics = self.metrics.clone();
         let (function, topic) = (f.name().to_owned(), topic.to_owned());
@@ -488,74 +355,24 @@ impl Worker {
     }
 }
 
-/// What is left to do for a job once its outcome is settled.
+/// What is left to do for a job once its outcome is settled. Only the
+/// store's callbacks call [`Done::finish`]: after a commit, a dead letter,
+/// or a dedup lookup that found the outcome committed already.
 struct Done {
     metrics: Arc<FunctionMetrics>,
     in_flight: Arc<AtomicUsize>,
-    ack: Option<Ack>,
+    settle: Settle,
     arrived: Instant,
 }
 
 impl Done {
-    /// `acknowledge = false` leaves the message for the broker to redeliver.
-    fn finish(self, acknowledge: bool) {
+    /// `durable = false` leaves the event with its source for the next start.
+    fn finish(self, durable: bool) {
         self.metrics.latency.record(self.arrived.elapsed());
-        if acknowledge {
-            if let Some(ack) = self.ack {
-                if ack.ack() {
-                    inc(&self.metrics.acked);
-                }
-            }
+        if self.settle.resolve(durable) {
+            inc(&self.metrics.acked);
         }
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Feeds fan-out invokes from the outbox into their functions' queues; each
-/// row is deleted once the invocation it started has committed.
-pub async fn drain_invokes(sinks: Arc<Sinks>, wake: Arc<tokio::sync::Notify>) {
-    let mut last = 0;
-    loop {
-        let store = sinks.store.clone();
-        let rows = tokio::task::spawn_blocking(move || {
-            store.outbox_after(OutboxDestination::Invoke, last, 64)
-        })
-        .await;
-        let rows = match rows {
-            Ok(Ok(rows)) => rows,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "cannot read fan-out invokes from the outbox");
-                Vec::new()
-            }
-            Err(_) => return,
-        };
-        if rows.is_empty() {
-            tokio::select! {
-                () = wake.notified() => {}
-                () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
-            }
-            continue;
-        }
-        for row in rows {
-            last = row.id;
-            let Some(queues) = sinks.queues(&row.topic) else {
-                tracing::warn!(function = %row.function, target = %row.topic, "invoke of a function that is not deployed; dropped");
-                sinks.store.delete_outbox(vec![row.id]);
-                continue;
-            };
-            let job = Job {
-                event: OwnedEvent::Invoke {
-                    from: row.function,
-                    payload: row.payload,
-                },
-                arrived: Instant::now(),
-                ack: Some(Ack::Outbox { id: row.id }),
-                dedup: None,
-            };
-            if !queues.send(job).await {
-                return;
-            }
-        }
     }
 }
 
@@ -576,30 +393,5 @@ fn log_guest_line(f: &Function, request_id: u64, trigger: &str, level: LogLevel,
         LogLevel::Info => line!(info),
         LogLevel::Debug => line!(debug),
         LogLevel::Trace => line!(trace),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn one_topic_always_lands_on_one_shard() {
-        for topic in ["a/b", "vending/vm-1/telemetry", ""] {
-            let first = shard_for(topic, 4);
-            assert!(first < 4);
-            assert!((0..10).all(|_| shard_for(topic, 4) == first));
-        }
-        assert_eq!(shard_for("anything", 1), 0);
-        assert_eq!(shard_for("anything", 0), 0);
-    }
-
-    #[test]
-    fn many_topics_spread_over_the_shards() {
-        let mut counts = [0usize; 4];
-        for i in 0..1_000 {
-            counts[shard_for(&format!("vending/vm-{i}/telemetry"), 4)] += 1;
-        }
-        assert!(counts.iter().all(|&n| n > 150), "{counts:?}");
     }
 }

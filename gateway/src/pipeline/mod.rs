@@ -1,15 +1,13 @@
-//! The running gateway: broker -> ingress -> dispatch -> runtime -> store
-//! (group commit) -> outbox -> broker.
+//! The running gateway: triggers (MQTT, invokes, schedules) -> dispatch ->
+//! runtime -> store (group commit) -> outbox -> broker.
 //!
 //! [`Gateway::start`] wires it up from a validated config; [`run`] adds
 //! signal handling and a clean shutdown, which is all `wasmgate run` is.
 
-mod acks;
 mod backoff;
 mod batch;
 mod dispatch;
-mod ingress;
-mod mqtt;
+pub(crate) mod mqtt;
 mod outbox;
 mod retry;
 
@@ -22,14 +20,15 @@ use crate::config::{BrokerMode, Config, FunctionConfig, Protocol};
 use crate::metrics::FunctionMetrics;
 use crate::runtime::{FunctionSpec, Grants, Limits, LoadError, Runtime};
 use crate::store::{OutboxDestination, Store, StoreError, StoreOptions};
+use crate::triggers::invoke::Intakes;
+use crate::triggers::mqtt::{self as ingress, IngressSpec, Session, Trigger};
 use dispatch::{Dispatcher, Sinks};
-use ingress::{IngressSpec, Session, Trigger};
 use outbox::Drain;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -223,8 +222,11 @@ pub struct Gateway {
     ingress_tasks: Vec<JoinHandle<()>>,
     forwarders: Vec<JoinHandle<()>>,
     sinks: Arc<Sinks>,
+    intakes: Arc<Intakes>,
     drains: Vec<Drain>,
     invoke_task: JoinHandle<()>,
+    /// One per schedule trigger; they stop taking ticks once draining.
+    schedule_tasks: Vec<JoinHandle<()>>,
     draining: Arc<AtomicBool>,
     /// Wakes workers waiting between attempts, at shutdown.
     stop: Arc<Stop>,
@@ -281,7 +283,6 @@ impl Gateway {
 
         let sinks = Arc::new(Sinks {
             store: store.clone(),
-            functions: RwLock::new(HashMap::new()),
         });
         let stop = Arc::new(Stop::default());
         let mut dispatchers = Vec::with_capacity(deployed.len());
@@ -302,10 +303,11 @@ impl Gateway {
             })?;
             dispatchers.push(dispatcher);
         }
-        sinks.set_functions(
+        let intakes = Arc::new(Intakes::default());
+        intakes.set(
             dispatchers
                 .iter()
-                .map(|d| (d.function.name().to_owned(), d.queues.clone()))
+                .map(|d| (d.function.name().to_owned(), d.intake.clone()))
                 .collect(),
         );
 
@@ -353,7 +355,11 @@ impl Gateway {
                 }
             }
         });
-        let invoke_task = tokio::spawn(dispatch::drain_invokes(sinks.clone(), invoke_wake));
+        let invoke_task = tokio::spawn(crate::triggers::invoke::drain(
+            store.clone(),
+            intakes.clone(),
+            invoke_wake,
+        ));
 
         let draining = Arc::new(AtomicBool::new(false));
         let mut sessions = Vec::new();
@@ -361,14 +367,12 @@ impl Gateway {
         let mut forwarders = Vec::new();
         let mut subscribed = Vec::new();
         for ((f, _), dispatcher) in deployed.iter().zip(&dispatchers) {
-            let spec = IngressSpec {
-                function: f.name.clone(),
-                client_id: format!("{client_id}-{}", f.name),
-                triggers: f
-                    .triggers
-                    .iter()
-                    .map(|t| Trigger {
-                        filter: t.mqtt.clone(),
+            let triggers: Vec<Trigger> = f
+                .triggers
+                .iter()
+                .filter_map(|t| {
+                    Some(Trigger {
+                        filter: t.mqtt.clone()?,
                         qos: t.qos,
                         dedup: match (&t.dedup_key, &t.dedup_property) {
                             (Some(key), _) => Some(ingress::Dedup::JsonField(key.clone())),
@@ -376,13 +380,22 @@ impl Gateway {
                             (None, None) => None,
                         },
                     })
-                    .collect(),
+                })
+                .collect();
+            // A function run only by schedules needs no session.
+            if triggers.is_empty() {
+                continue;
+            }
+            let spec = IngressSpec {
+                function: f.name.clone(),
+                client_id: format!("{client_id}-{}", f.name),
+                triggers,
                 queue: f.limits.queue as usize,
             };
             let started = ingress::start(
                 &endpoint,
                 spec,
-                dispatcher.queues.clone(),
+                dispatcher.intake.clone(),
                 dispatcher.metrics.clone(),
                 draining.clone(),
             );
@@ -391,6 +404,7 @@ impl Gateway {
             forwarders.push(tokio::spawn(started.forwarder));
             subscribed.push(started.subscribed);
         }
+        let schedule_tasks = start_schedules(&deployed, &dispatchers, &store, &draining).await?;
         // "Running" means subscribed: a message published after this line
         // reaches its function even on a first start with a fresh broker.
         let all_subscribed = async {
@@ -438,8 +452,10 @@ impl Gateway {
             ingress_tasks,
             forwarders,
             sinks,
+            intakes,
             drains,
             invoke_task,
+            schedule_tasks,
             draining,
             stop,
             endpoint,
@@ -496,7 +512,7 @@ impl Gateway {
         let in_flight = || -> usize {
             self.dispatchers
                 .iter()
-                .map(|d| d.queues.in_flight.load(Ordering::SeqCst))
+                .map(|d| d.intake.in_flight.load(Ordering::SeqCst))
                 .sum()
         };
         while in_flight() > 0 && tokio::time::Instant::now() < deadline {
@@ -526,6 +542,10 @@ impl Gateway {
             forwarder.abort();
         }
         self.invoke_task.abort();
+        for task in self.schedule_tasks {
+            // A tick in flight is settled (or left due) by its worker.
+            task.abort();
+        }
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         let count = |of: fn(&Drain) -> &std::sync::atomic::AtomicU64| -> u64 {
             self.drains
@@ -542,8 +562,8 @@ impl Gateway {
             drain.close(remaining.max(Duration::from_secs(1))).await;
         }
         // Workers end once every queue sender is gone, including the ones
-        // `Sinks` holds for invokes; they are idle by now or past the grace.
-        self.sinks.set_functions(HashMap::new());
+        // `Intakes` holds for invokes; they are idle by now or past the grace.
+        self.intakes.set(HashMap::new());
         let store = self.sinks.store.clone();
         let dispatchers = self.dispatchers;
         let _ = tokio::task::spawn_blocking(move || {
@@ -639,6 +659,49 @@ fn log_store_totals(store: &Store) {
         outbox_bytes_waiting = store.outbox_bytes(),
         "store totals"
     );
+}
+
+/// Starts one task per schedule trigger, each from its last settled tick.
+async fn start_schedules(
+    deployed: &[(FunctionConfig, Arc<crate::runtime::Function>)],
+    dispatchers: &[Dispatcher],
+    store: &Store,
+    draining: &Arc<AtomicBool>,
+) -> Result<Vec<JoinHandle<()>>, GatewayError> {
+    use crate::triggers::schedule::{self, Expression, ScheduleSpec};
+    let reader = store.clone();
+    let last: HashMap<(String, String), i64> =
+        tokio::task::spawn_blocking(move || reader.schedule_ticks())
+            .await
+            .map_err(|e| GatewayError::Threads(std::io::Error::other(e.to_string())))??
+            .into_iter()
+            .map(|(function, name, last)| ((function, name), last))
+            .collect();
+    let mut tasks = Vec::new();
+    for ((f, _), dispatcher) in deployed.iter().zip(dispatchers) {
+        for t in &f.triggers {
+            let Some(name) = &t.schedule else { continue };
+            // Validation has parsed it already.
+            let Ok(expression) = Expression::parse(name) else {
+                continue;
+            };
+            let spec = ScheduleSpec {
+                function: f.name.clone(),
+                name: name.clone(),
+                expression,
+                missed: t.missed.unwrap_or_default(),
+            };
+            let last = last.get(&(f.name.clone(), name.clone())).copied();
+            tasks.push(tokio::spawn(schedule::run(
+                spec,
+                last,
+                store.clone(),
+                dispatcher.intake.clone(),
+                draining.clone(),
+            )));
+        }
+    }
+    Ok(tasks)
 }
 
 /// Starts the embedded broker if configured, and says where to connect.

@@ -49,9 +49,9 @@ pub struct NewDeadLetter {
     pub keep: u32,
     /// Also publish it (JSON) to this topic on the local broker.
     pub publish_to: Option<String>,
-    /// The outbox row of the event (a fan-out invoke), deleted in the same
-    /// transaction as the dead letter is written.
-    pub settles: Option<i64>,
+    /// What the event's source records in the same transaction as the dead
+    /// letter (see [`super::Cursor`]).
+    pub cursor: Option<super::Cursor>,
 }
 
 /// A dead letter as stored.
@@ -262,7 +262,7 @@ impl Store {
                 function: letter.function.clone(),
                 effects,
                 dedup: letter.dedup.clone(),
-                settles: None,
+                cursor: None,
                 done: Box::new(move |result| {
                     let _ = tx.send(result);
                 }),
@@ -384,7 +384,7 @@ mod tests {
             received_ms: 1_000,
             keep,
             publish_to: publish_to.map(str::to_owned),
-            settles: None,
+            cursor: None,
         }
     }
 

@@ -158,6 +158,21 @@ impl KvEntry {
     }
 }
 
+/// What an event's source records in the transaction that keeps the
+/// event's outcome, so that the source is settled exactly when the outcome
+/// is kept and a crash cannot run the event twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cursor {
+    /// The outbox row of a fan-out invoke: deleted.
+    OutboxRow(i64),
+    /// A schedule's tick: the schedule's last settled tick, moved forward.
+    Schedule {
+        function: String,
+        schedule: String,
+        scheduled_ms: i64,
+    },
+}
+
 /// One invocation's effects, to be committed together.
 pub struct Commit {
     pub function: String,
@@ -165,10 +180,9 @@ pub struct Commit {
     /// The device-provided id of the message, recorded in the same
     /// transaction so that a redelivery is recognised ([`Store::seen`]).
     pub dedup: Option<String>,
-    /// An outbox row this invocation consumes (a fan-out invoke), deleted
-    /// in the same transaction: the invoke is settled exactly when its
-    /// effects are kept, so a crash cannot run it twice.
-    pub settles: Option<i64>,
+    /// What the event's source records in the same transaction (see
+    /// [`Cursor`]).
+    pub cursor: Option<Cursor>,
     /// Called on the store thread once the transaction holding these effects
     /// is durable (`Ok`), or when the store gives up on it (`Err`, at shutdown).
     pub done: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
@@ -596,6 +610,20 @@ impl Store {
         })
     }
 
+    /// Every schedule's last committed tick: (function, schedule, Unix ms),
+    /// for the schedules to start from and `wasmgate schedules`.
+    pub fn schedule_ticks(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        self.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT function, schedule, last_ms FROM schedules ORDER BY function, schedule",
+            )?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
     /// Every committed KV entry of `namespace` (operators' `wasmgate kv list`).
     pub fn kv_list(&self, namespace: &str) -> Result<Vec<KvEntry>, StoreError> {
         self.with_reader(|conn| {
@@ -630,7 +658,7 @@ impl Store {
             function: function.to_owned(),
             effects,
             dedup: None,
-            settles: None,
+            cursor: None,
             done: Box::new(move |result| {
                 let _ = tx.send(result);
             }),
@@ -957,6 +985,20 @@ impl StoreThread {
                 }
                 Ok::<(), rusqlite::Error>(())
             };
+            let mut schedule = tx.prepare_cached(
+                "INSERT INTO schedules (function, schedule, last_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (function, schedule) DO UPDATE SET last_ms = max(last_ms, excluded.last_ms)",
+            )?;
+            let mut advance = |cursor: &Cursor| match cursor {
+                Cursor::OutboxRow(id) => unbox_row(*id),
+                Cursor::Schedule {
+                    function,
+                    schedule: name,
+                    scheduled_ms,
+                } => schedule
+                    .execute(params![function, name, scheduled_ms])
+                    .map(drop),
+            };
             let mut seen = tx.prepare_cached(
                 "INSERT INTO dedup (function, key, seen_ms) VALUES (?1, ?2, ?3)
                  ON CONFLICT (function, key) DO UPDATE SET seen_ms = excluded.seen_ms",
@@ -1004,8 +1046,8 @@ impl StoreThread {
                         if let Some(id) = resolves {
                             tx.execute("DELETE FROM dead_letters WHERE id = ?1", [id])?;
                         }
-                        if let Some(id) = commit.settles {
-                            unbox_row(id)?;
+                        if let Some(cursor) = &commit.cursor {
+                            advance(cursor)?;
                         }
                         let ns = commit.function.as_str();
                         if let Some(id) = &commit.dedup {
@@ -1053,8 +1095,8 @@ impl StoreThread {
                     }
                     Request::DeadLetters { op, .. } => {
                         if let dead_letters::DeadLetterOp::Insert(letter) = op {
-                            if let Some(id) = letter.settles {
-                                unbox_row(id)?;
+                            if let Some(cursor) = &letter.cursor {
+                                advance(cursor)?;
                             }
                         }
                         let applied = dead_letters::apply(&tx, op)?;
@@ -1069,7 +1111,7 @@ impl StoreThread {
                     }
                     Request::DeleteOutbox { ids, .. } => {
                         for id in ids {
-                            unbox_row(*id)?;
+                            advance(&Cursor::OutboxRow(*id))?;
                         }
                     }
                 }

@@ -77,6 +77,16 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE kv ADD COLUMN counter INTEGER;
     "#,
+    // 4: each schedule's last tick, written in the transaction that commits
+    // the tick's invocation (or its dead letter): a tick runs exactly once.
+    r#"
+    CREATE TABLE schedules (
+        function TEXT NOT NULL,
+        schedule TEXT NOT NULL,
+        last_ms  INTEGER NOT NULL,
+        PRIMARY KEY (function, schedule)
+    );
+    "#,
 ];
 
 /// The version this binary writes.

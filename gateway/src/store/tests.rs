@@ -30,7 +30,7 @@ fn commit(store: &Store, function: &str, fx: Effects) {
         function: function.into(),
         effects: fx,
         dedup: None,
-        settles: None,
+        cursor: None,
         done: Box::new(move |r| tx.send(r.is_ok()).unwrap()),
     });
     assert!(
@@ -81,7 +81,7 @@ fn done_runs_only_once_the_data_is_on_disk() {
         function: "f".into(),
         effects: effects(&[("k", KvWrite::Put(b"v".to_vec()))], &[]),
         dedup: None,
-        settles: None,
+        cursor: None,
         done: Box::new(move |r| {
             // A separate connection, as after a crash, sees the value.
             let conn = Connection::open(&path).unwrap();
@@ -112,7 +112,7 @@ fn reads_see_submitted_writes_before_they_commit() {
         function: "f".into(),
         effects: effects(&[("n", KvWrite::Add(5))], &[]),
         dedup: None,
-        settles: None,
+        cursor: None,
         done: Box::new(move |_| tx.send(()).unwrap()),
     });
     // Still inside the 300 ms group-commit window.
@@ -138,7 +138,7 @@ fn increments_from_many_threads_all_count() {
                         function: "f".into(),
                         effects: effects(&[("n", KvWrite::Add(1))], &[]),
                         dedup: None,
-                        settles: None,
+                        cursor: None,
                         done: Box::new(|_| {}),
                     });
                 }
@@ -163,7 +163,7 @@ fn group_commit_puts_many_invocations_in_one_transaction() {
             function: "f".into(),
             effects: effects(&[(&format!("k{i}"), KvWrite::Put(vec![1]))], &[("t", "p")]),
             dedup: None,
-            settles: None,
+            cursor: None,
             done: Box::new(|_| {}),
         });
     }
@@ -264,7 +264,7 @@ fn sequence_numbers_continue_after_a_reopen() {
         function: "f".into(),
         effects: effects(&[("n", KvWrite::Add(1))], &[]),
         dedup: None,
-        settles: None,
+        cursor: None,
         done: Box::new(|_| {}),
     });
     assert_eq!(store.get("f", "n").unwrap(), counter(2));
@@ -280,7 +280,7 @@ fn submit_after_close_fails_the_commit_without_acking() {
         function: "f".into(),
         effects: Effects::default(),
         dedup: None,
-        settles: None,
+        cursor: None,
         done: Box::new(move |r| tx.send(r.is_ok()).unwrap()),
     });
     assert!(!rx.recv().unwrap());
@@ -299,7 +299,7 @@ fn a_dedup_id_is_seen_from_submit_on_and_after_a_reopen() {
         function: "f".into(),
         effects: Effects::default(),
         dedup: Some("msg-1".into()),
-        settles: None,
+        cursor: None,
         done: Box::new(move |r| tx.send(r.is_ok()).unwrap()),
     });
     let (copy_tx, copy) = channel();
@@ -350,7 +350,7 @@ fn a_copy_of_a_message_still_committing_is_settled_only_by_that_commit() {
         function: "f".into(),
         effects: effects(&[("n", KvWrite::Add(1))], &[]),
         dedup: Some("msg-1".into()),
-        settles: None,
+        cursor: None,
         done: Box::new(|_| {}),
     });
     let (copy_tx, copy) = channel();
@@ -394,7 +394,7 @@ fn an_invocation_consumes_its_outbox_row_in_its_own_commit() {
         function: "g".into(),
         effects: effects(&[("done", KvWrite::Add(1))], &[]),
         dedup: None,
-        settles: Some(rows[0].id),
+        cursor: Some(Cursor::OutboxRow(rows[0].id)),
         done: Box::new(move |r| tx.send(r.is_ok()).unwrap()),
     });
     assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap());
@@ -614,7 +614,7 @@ fn an_operators_commit_beside_a_running_gateway_hides_none_of_its_pending_writes
         function: "f".into(),
         effects: effects(&[("n", KvWrite::Add(1))], &[]),
         dedup: None,
-        settles: None,
+        cursor: None,
         done: Box::new(move |r| tx.send(r.is_ok()).unwrap()),
     });
     // Inside the gateway's 2 s window, `wasmgate kv put` commits through a

@@ -7,11 +7,12 @@ use wasmgate_abi::{
 };
 use wasmi::{Caller, Engine, ExternType, Linker, Module, Store, ValType};
 
-const MODULES: [&str; 4] = [
+const MODULES: [&str; 5] = [
     "vending_telemetry",
     "robot_telemetry",
     "hello_http",
     "telemetry_enrich",
+    "vending_heartbeat",
 ];
 
 #[track_caller]

@@ -27,14 +27,15 @@
 //! than the keep-alive (30 s); then the broker drops the connection and
 //! redelivers what was not acknowledged, as after any disconnect.
 
-use super::acks::AckQueue;
-use super::backoff::Backoff;
-use super::dispatch::{Ack, Job, Queues};
-use super::mqtt::{self, Client, EventLoop, Message, PollError, Polled};
-use super::Endpoint;
+mod acks;
+
+use super::{Intake, Job, Settle};
 use crate::event::OwnedEvent;
 use crate::metrics::{inc, FunctionMetrics};
+use crate::pipeline::mqtt::{self, Client, EventLoop, Message, PollError, Polled};
+use crate::pipeline::{Backoff, Endpoint};
 use crate::router::Router;
+use acks::AckQueue;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -165,12 +166,20 @@ pub struct Started {
     pub subscribed: watch::Receiver<Option<Instant>>,
 }
 
+impl std::fmt::Debug for Started {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Started")
+            .field("session", &self.session)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Starts the session; the reader owns the event loop and ends after
 /// `Session::disconnect`, the forwarder when the reader is gone.
 pub fn start(
     endpoint: &Endpoint,
     spec: IngressSpec,
-    queues: Queues,
+    intake: Intake,
     metrics: Arc<FunctionMetrics>,
     draining: Arc<AtomicBool>,
 ) -> Started {
@@ -209,7 +218,7 @@ pub fn start(
     Started {
         session,
         reader: Box::pin(reader.run(eventloop)),
-        forwarder: Box::pin(forward(jobs_rx, queues, draining, backlog)),
+        forwarder: Box::pin(forward(jobs_rx, intake, draining, backlog)),
         subscribed,
     }
 }
@@ -217,7 +226,7 @@ pub fn start(
 /// Moves jobs into the function's bounded queue, waiting for room.
 async fn forward(
     mut jobs: mpsc::Receiver<Job>,
-    queues: Queues,
+    intake: Intake,
     draining: Arc<AtomicBool>,
     backlog: Arc<Backlog>,
 ) {
@@ -229,7 +238,7 @@ async fn forward(
             // Shutting down: not acked, so the broker keeps it for the next start.
             continue;
         }
-        if !queues.send(job).await {
+        if !intake.send(job).await {
             return;
         }
     }
@@ -350,27 +359,24 @@ impl Reader {
             // Not acked: the broker keeps it for the next start.
             return;
         }
-        let ticket = (message.qos > 0).then(|| self.session.acks().arrive(message.pkid));
-        let ack = ticket.map(|ticket| {
-            Ack::Mqtt(AckHandle {
+        let settle = match message.qos {
+            0 => Settle::Nothing,
+            _ => Settle::Mqtt(AckHandle {
                 session: self.session.clone(),
-                ticket,
-            })
-        });
+                ticket: self.session.acks().arrive(message.pkid),
+            }),
+        };
         router.route_into(&message.topic, matched);
         let Some(&trigger) = matched.first() else {
             tracing::warn!(function, topic = %message.topic, "message matches no trigger; acknowledged and ignored");
-            if let Some(Ack::Mqtt(handle)) = ack {
-                handle.ack();
-            }
+            settle.resolve(true);
             return;
         };
-        inc(&self.metrics.received);
         let dedup = self.spec.triggers[trigger]
             .dedup
             .as_ref()
             .and_then(|dedup| dedup.id(&message));
-        let qos0 = ack.is_none();
+        let qos0 = matches!(settle, Settle::Nothing);
         let job = Job {
             event: OwnedEvent::mqtt_with_properties(
                 message.topic,
@@ -380,12 +386,15 @@ impl Reader {
                 &message.user_properties,
             ),
             arrived: Instant::now(),
-            ack,
+            settle,
             dedup,
         };
         // QoS 0 promised at most once: past a queue's worth of backlog,
         // keeping memory bounded wins. QoS 1 is bounded by the broker's window.
         if qos0 && self.backlog.messages.load(Ordering::SeqCst) >= self.spec.queue {
+            // Received, but not to be offered to the function's intake
+            // (which counts the rest).
+            inc(&self.metrics.received);
             inc(&self.metrics.dropped);
             return;
         }

@@ -1,0 +1,224 @@
+//! The trigger seam: every event source hands events to a function the same
+//! way and learns their fate the same way.
+//!
+//! A source (an MQTT session, the fan-out invoke drain, a schedule) makes a
+//! [`Job`] with the [`Settle`] that says how to tell the source the event is
+//! done, and offers it to the function's [`Intake`]. The intake is bounded:
+//! `send` waits while the event's shard is full, so the source stops taking
+//! and whatever holds its events keeps them (the broker, the outbox, the
+//! schedule's durable cursor). Once a worker has run the event, the store
+//! commits its effects (or its dead letter) and only then is the job's
+//! `Settle` resolved: an MQTT message acknowledged, a consumed outbox row or
+//! a schedule's cursor written in that same transaction ([`Settle::cursor`]).
+//! Settling happens in [`Settle::resolve`] and nowhere else, so a new source
+//! cannot acknowledge early: it only chooses its variant.
+//!
+//! In the style of vector's `SourceContext { out, shutdown, acknowledgements }`:
+//! the framework owns intake, settling and shutdown; a source only produces.
+
+pub mod invoke;
+pub mod mqtt;
+pub mod schedule;
+
+use crate::event::OwnedEvent;
+use crate::metrics::{inc, FunctionMetrics};
+use crate::store::Cursor;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+/// One event on its way to one function.
+#[derive(Debug)]
+pub struct Job {
+    pub event: OwnedEvent,
+    /// When the gateway received it; latency is measured from here.
+    pub arrived: Instant,
+    /// How the source learns the event is done.
+    pub settle: Settle,
+    /// The device-provided message id, when the trigger has a `dedup_key`
+    /// or a `dedup_property`.
+    pub dedup: Option<String>,
+}
+
+/// How an event's source is told that the event's outcome (its effects, or
+/// its dead letter) is durable.
+#[derive(Debug)]
+pub enum Settle {
+    /// Nothing to tell: a QoS 0 message.
+    Nothing,
+    /// An MQTT message: PUBACK it, in arrival order.
+    Mqtt(mqtt::AckHandle),
+    /// A fan-out invoke waiting in the outbox: its row is deleted in the
+    /// transaction that commits the invocation (or its dead letter).
+    Outbox { id: i64 },
+    /// A schedule's tick: its fire time is written in the transaction that
+    /// commits it, and the schedule hears whether that happened.
+    Schedule(schedule::Tick),
+}
+
+impl Settle {
+    /// What the commit of this event's outcome must record in its own
+    /// transaction, so that the source is settled exactly when the outcome
+    /// is kept (and a crash before cannot settle it, nor after run it again).
+    pub fn cursor(&self) -> Option<Cursor> {
+        match self {
+            Settle::Outbox { id } => Some(Cursor::OutboxRow(*id)),
+            Settle::Schedule(tick) => Some(tick.cursor()),
+            Settle::Nothing | Settle::Mqtt(_) => None,
+        }
+    }
+
+    /// Tells the source. `durable`: the outcome is committed, settle it;
+    /// otherwise (a shutdown, a store that gave up) leave the event with its
+    /// source for the next start: unacknowledged at the broker, in the
+    /// outbox, or due again on the schedule. Returns whether an MQTT
+    /// acknowledgement was given.
+    pub fn resolve(self, durable: bool) -> bool {
+        match self {
+            Settle::Mqtt(handle) if durable => handle.ack(),
+            // Settled already, in the commit itself.
+            Settle::Outbox { .. } => durable,
+            Settle::Schedule(tick) => {
+                tick.resolve(durable);
+                durable
+            }
+            Settle::Mqtt(_) | Settle::Nothing => false,
+        }
+    }
+}
+
+/// Which shard serves events with this ordering key.
+pub fn shard_for(key: &str, shards: usize) -> usize {
+    if shards <= 1 {
+        return 0;
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    (hasher.finish() % shards as u64) as usize
+}
+
+/// The key that orders an event: its topic, or what stands in for one.
+pub fn ordering_key(event: &OwnedEvent) -> &str {
+    match event {
+        OwnedEvent::Mqtt { topic, .. } => topic,
+        OwnedEvent::Http { path, .. } => path,
+        OwnedEvent::File { path, .. } => path,
+        OwnedEvent::Schedule { schedule, .. } => schedule,
+        OwnedEvent::KvChange { key, .. } => key,
+        OwnedEvent::Invoke { from, .. } => from,
+        OwnedEvent::Batch(_) => "",
+    }
+}
+
+/// The way into one function: its shards' bounded queues. Events with one
+/// ordering key go to one shard, so they run in arrival order.
+#[derive(Debug, Clone)]
+pub struct Intake {
+    shards: Vec<mpsc::Sender<Job>>,
+    /// Jobs sent and not yet finished (settled or left), for a clean shutdown.
+    pub in_flight: Arc<AtomicUsize>,
+    /// Where a full queue is counted (`throttled`).
+    metrics: Arc<FunctionMetrics>,
+}
+
+impl Intake {
+    pub fn new(
+        shards: Vec<mpsc::Sender<Job>>,
+        in_flight: Arc<AtomicUsize>,
+        metrics: Arc<FunctionMetrics>,
+    ) -> Intake {
+        Intake {
+            shards,
+            in_flight,
+            metrics,
+        }
+    }
+
+    fn shard(&self, event: &OwnedEvent) -> &mpsc::Sender<Job> {
+        &self.shards[shard_for(ordering_key(event), self.shards.len())]
+    }
+
+    /// Waits for room: the source stops taking while a shard is full, and
+    /// whatever holds its events keeps them; each job that has to wait is
+    /// counted as throttled. `false` if the workers are gone.
+    #[must_use]
+    pub async fn send(&self, job: Job) -> bool {
+        inc(&self.metrics.received);
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let shard = self.shard(&job.event).clone();
+        let job = match shard.try_send(job) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Closed(job)) => return self.refused(job),
+            Err(mpsc::error::TrySendError::Full(job)) => job,
+        };
+        inc(&self.metrics.throttled);
+        match shard.send(job).await {
+            Ok(()) => true,
+            Err(mpsc::error::SendError(job)) => self.refused(job),
+        }
+    }
+
+    /// The workers are gone (shutting down): the event stays with its source.
+    fn refused(&self, job: Job) -> bool {
+        job.settle.resolve(false);
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_topic_always_lands_on_one_shard() {
+        for topic in ["a/b", "vending/vm-1/telemetry", ""] {
+            let first = shard_for(topic, 4);
+            assert!(first < 4);
+            assert!((0..10).all(|_| shard_for(topic, 4) == first));
+        }
+        assert_eq!(shard_for("anything", 1), 0);
+        assert_eq!(shard_for("anything", 0), 0);
+    }
+
+    #[test]
+    fn many_topics_spread_over_the_shards() {
+        let mut counts = [0usize; 4];
+        for i in 0..1_000 {
+            counts[shard_for(&format!("vending/vm-{i}/telemetry"), 4)] += 1;
+        }
+        assert!(counts.iter().all(|&n| n > 150), "{counts:?}");
+    }
+
+    #[test]
+    fn a_job_the_workers_cannot_take_stays_with_its_source() {
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        let intake = Intake::new(
+            vec![tx],
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(FunctionMetrics::default()),
+        );
+        let (tick, mut told) = schedule::Tick::for_test("every-minute", 60_000);
+        let job = Job {
+            event: OwnedEvent::Schedule {
+                schedule: "every-minute".into(),
+                scheduled_ms: 60_000,
+                fired_ms: 60_000,
+                catch_up: false,
+            },
+            arrived: Instant::now(),
+            settle: Settle::Schedule(tick),
+            dedup: None,
+        };
+        let sent = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(intake.send(job));
+        assert!(!sent);
+        assert_eq!(intake.in_flight.load(Ordering::SeqCst), 0);
+        assert_eq!(told.try_recv(), Ok(false), "the tick is due again");
+    }
+}
