@@ -219,7 +219,7 @@ fn config_check_explains_bad_schedules() {
         "gateway.toml:7: functions[0].triggers[0].schedule: invalid schedule \"every 5 minutes\": expected rate(5 minutes)",
         "functions[0].triggers[1].schedule: invalid schedule \"cron(0 0 31 2 ? *)\": cron(0 0 31 2 ? *) never fires",
         "functions[0].triggers[2].dedup_key: `dedup_key` has no effect on a schedule",
-        "functions[0].triggers[3].schedule: `schedule` cannot be used with `mqtt` in one trigger",
+        "functions[0].triggers[3].schedule: `schedule` cannot be used beside another kind in one trigger",
         "functions[0].triggers[4]: a trigger needs `mqtt",
     ] {
         assert!(out.stderr.contains(says), "missing {says:?} in:\n{}", out.stderr);

@@ -56,7 +56,11 @@ pub enum DemoError {
 
 /// The demo's gateway: one function per device kind, thresholds set so that
 /// alerts actually happen.
-fn config(listen: SocketAddr, data_dir: &std::path::Path) -> Result<Config, DemoError> {
+fn config(
+    listen: SocketAddr,
+    http: SocketAddr,
+    data_dir: &std::path::Path,
+) -> Result<Config, DemoError> {
     let text = format!(
         r#"
 gateway_id = "demo"
@@ -65,6 +69,9 @@ data_dir = "{data_dir}"
 [broker]
 mode = "embedded"
 listen = "{listen}"
+
+[http]
+listen = "{http}"
 
 [[functions]]
 name = "vending"
@@ -86,6 +93,18 @@ local = ["robots/+/alert"]
 upstream = ["robots/+/position"]
 [functions.config]
 battery_low_pct = "20"
+
+[[functions]]
+name = "hello"
+wasm = "hello_http.wasm"
+triggers = [{{ http = "ANY /hello" }}]
+
+[[functions]]
+name = "heartbeat"
+wasm = "vending_heartbeat.wasm"
+triggers = [{{ schedule = "rate(10 seconds)", missed = "skip" }}]
+[functions.grants]
+upstream = ["heartbeat/#"]
 "#,
         data_dir = data_dir.display().to_string().replace('\\', "\\\\"),
     );
@@ -96,16 +115,19 @@ fn pick_listen(requested: Option<SocketAddr>) -> SocketAddr {
     if let Some(addr) = requested {
         return addr;
     }
-    let preferred = SocketAddr::from(([127, 0, 0, 1], 1883));
+    pick_port(1883, "the demo broker")
+}
+
+/// 127.0.0.1:`port`, or a free port if it is taken.
+fn pick_port(port: u16, what: &str) -> SocketAddr {
+    let preferred = SocketAddr::from(([127, 0, 0, 1], port));
     match TcpListener::bind(preferred) {
         Ok(_) => preferred,
         Err(_) => {
             let free = TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
                 .unwrap_or(preferred);
-            println!(
-                "port 1883 is taken (another broker?); the demo broker listens on {free} instead"
-            );
+            println!("port {port} is taken; {what} listens on {free} instead");
             free
         }
     }
@@ -124,24 +146,30 @@ pub async fn run(
             true,
         ),
     };
-    let config = config(listen, &data_dir)?;
-    let modules = vec![
-        FunctionModule {
-            config: config.functions[0].clone(),
-            wasm: ModuleSource::Bytes(crate::examples::VENDING.bytes.into()),
-        },
-        FunctionModule {
-            config: config.functions[1].clone(),
-            wasm: ModuleSource::Bytes(crate::examples::ROBOT.bytes.into()),
-        },
+    let http = pick_port(8080, "the demo's HTTP route");
+    let config = config(listen, http, &data_dir)?;
+    let examples = [
+        crate::examples::VENDING,
+        crate::examples::ROBOT,
+        crate::examples::HELLO,
+        crate::examples::HEARTBEAT,
     ];
+    let modules = config
+        .functions
+        .iter()
+        .zip(examples)
+        .map(|(f, example)| FunctionModule {
+            config: f.clone(),
+            wasm: ModuleSource::Bytes(example.bytes.into()),
+        })
+        .collect();
     let gateway = Gateway::start(&config, modules).await?;
     // Devices, the watcher and the user connect where devices do: the
     // gateway's own endpoint is its internal listener, which takes only the
     // gateway's sessions.
     let endpoint = (listen.ip().to_string(), listen.port());
     println!(
-        "wasmgate demo: broker on {listen}, functions vending and robots, {} simulated devices at {} msg/s{}",
+        "wasmgate demo: broker on {listen}, functions vending, robots, hello (HTTP) and heartbeat (schedule), {} simulated devices at {} msg/s{}",
         options.devices,
         options.rate,
         match options.duration {
@@ -150,8 +178,11 @@ pub async fn run(
         }
     );
     println!(
-        "watch it yourself: mosquitto_sub -h {} -p {} -t '#' -v\n",
+        "watch it yourself: mosquitto_sub -h {} -p {} -t '#' -v",
         endpoint.0, endpoint.1
+    );
+    println!(
+        "an HTTP route: curl 'http://{http}/hello?name=Ada'; a heartbeat upstream every 10 s (heartbeat/rate)\n"
     );
 
     let alerts = Arc::new(Alerts::default());
@@ -340,9 +371,11 @@ mod tests {
     fn the_demo_config_is_valid() {
         let config = config(
             "127.0.0.1:1883".parse().unwrap(),
+            "127.0.0.1:8080".parse().unwrap(),
             std::path::Path::new("/tmp/x"),
         )
         .unwrap();
-        assert_eq!(config.functions.len(), 2);
+        let names: Vec<&str> = config.functions.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["vending", "robots", "hello", "heartbeat"]);
     }
 }

@@ -100,6 +100,7 @@ pub fn event_json(event: &Event<'_>) -> Value {
             body.insert("path".into(), h.path.into());
             body.insert("query".into(), h.query.into());
             body.insert("headers".into(), Value::Object(pairs(&h.headers)));
+            body.insert("params".into(), Value::Object(pairs(&h.params)));
             bytes(&mut body, "body", h.body);
             "http"
         }

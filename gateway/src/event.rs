@@ -34,6 +34,8 @@ pub enum OwnedEvent {
         query: String,
         headers: Vec<u8>,
         body: Vec<u8>,
+        /// Encoded `Seq<Pair>`: the route's path parameters.
+        params: Vec<u8>,
     },
     File {
         path: String,
@@ -73,7 +75,10 @@ impl OwnedEvent {
                 query,
                 headers,
                 body,
-            } => method.len() + path.len() + query.len() + headers.len() + body.len(),
+                params,
+            } => {
+                method.len() + path.len() + query.len() + headers.len() + body.len() + params.len()
+            }
             OwnedEvent::File { path, contents, .. } => path.len() + contents.len(),
             OwnedEvent::KvChange {
                 namespace,
@@ -126,6 +131,17 @@ impl OwnedEvent {
         }
     }
 
+    /// `(name, value)` pairs as the ABI's `Seq<Pair>` (HTTP headers, path
+    /// parameters).
+    pub fn encode_pairs(pairs: &[(String, String)]) -> Vec<u8> {
+        let lent: Vec<Pair<'_>> = pairs
+            .iter()
+            .map(|(name, value)| Pair { name, value })
+            .collect();
+        // postcard cannot fail to encode strings into a Vec.
+        Seq::<Pair>::encode(&lent).unwrap_or_default()
+    }
+
     /// Several events delivered to one invocation.
     pub fn batch(events: &[OwnedEvent]) -> Self {
         let lent: Vec<Event<'_>> = events.iter().map(OwnedEvent::as_event).collect();
@@ -165,12 +181,14 @@ impl OwnedEvent {
                 query,
                 headers,
                 body,
+                params,
             } => Event::Http(HttpRequest {
                 method,
                 path,
                 query,
                 headers: Seq::from_encoded(headers),
                 body,
+                params: Seq::from_encoded(params),
             }),
             OwnedEvent::File {
                 path,
@@ -277,6 +295,7 @@ impl OwnedEvent {
                 query: fields.str_or("query", "")?,
                 headers: fields.pairs("headers")?,
                 body: fields.bytes("body")?,
+                params: fields.pairs("params")?,
             },
             "schedule" => {
                 let scheduled_ms = fields.u64_or("scheduled_ms", 0)?;
@@ -330,7 +349,9 @@ impl OwnedEvent {
                 "retain",
                 "user_properties",
             ],
-            "http" => &["method", "path", "query", "headers", "body", "body_hex"],
+            "http" => &[
+                "method", "path", "query", "headers", "params", "body", "body_hex",
+            ],
             "schedule" => &["schedule", "scheduled_ms", "fired_ms", "catch_up"],
             "file" => &["path", "size", "modified_ms", "contents", "contents_hex"],
             "kv_change" => &["namespace", "key", "op", "value", "value_hex"],

@@ -26,6 +26,18 @@ pub const ROBOT: Example = Example {
     bytes: include_bytes!("../../functions/examples/wasm/robot_telemetry.wasm"),
 };
 
+/// An HTTP route: a JSON greeting and a hit counter.
+pub const HELLO: Example = Example {
+    file: "hello_http.wasm",
+    bytes: include_bytes!("../../functions/examples/wasm/hello_http.wasm"),
+};
+
+/// A schedule: a heartbeat upstream on each tick.
+pub const HEARTBEAT: Example = Example {
+    file: "vending_heartbeat.wasm",
+    bytes: include_bytes!("../../functions/examples/wasm/vending_heartbeat.wasm"),
+};
+
 /// Where `config init` puts the example module, relative to the config.
 pub const DIR: &str = "functions";
 

@@ -68,7 +68,10 @@ fn render_function(out: &mut String, f: &FunctionConfig) {
                     escape(schedule),
                     t.missed.unwrap_or_default()
                 ),
-                (None, None) => "none".to_owned(),
+                (None, None) => match &t.http {
+                    Some(route) => format!("http {}", escape(route)),
+                    None => "none".to_owned(),
+                },
             };
             if let Some(key) = &t.dedup_key {
                 let _ = write!(s, " dedup_key {}", escape(key));

@@ -158,6 +158,9 @@ pub struct HttpRequest<'a> {
     pub headers: Seq<'a, Pair<'a>>,
     #[serde(serialize_with = "as_bytes::serialize")]
     pub body: &'a [u8],
+    /// The route's path parameters: `{machine}` in `GET /vending/{machine}/state`.
+    #[serde(borrow)]
+    pub params: Seq<'a, Pair<'a>>,
 }
 
 /// A file that appeared in a watched directory.
@@ -303,6 +306,7 @@ mod tests {
                 query: "",
                 headers: Seq::empty(),
                 body: b"hi",
+                params: Seq::empty(),
             }),
         };
         let bytes = env.encode().unwrap();

@@ -444,6 +444,7 @@ pub fn http<'a>(
         query,
         headers: Seq::empty(),
         body: body.as_ref(),
+        params: Seq::empty(),
     })
 }
 

@@ -138,6 +138,22 @@ pub enum ConfigErrorKind {
         /// What is wrong with it.
         message: String,
     },
+    /// An HTTP route that does not parse.
+    #[error("invalid route {value:?}: {message}")]
+    InvalidRoute {
+        /// The route as written.
+        value: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// Two routes one request could match.
+    #[error("route {value:?} clashes with {other}: one request would match both")]
+    RouteClash {
+        /// The route as written.
+        value: String,
+        /// The route it clashes with, and its function.
+        other: String,
+    },
     /// An `invoke` grant names a function that is not configured.
     #[error("no function named {name:?} is configured")]
     UnknownFunction {

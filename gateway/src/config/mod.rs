@@ -117,6 +117,9 @@ pub struct Config {
     /// How the SQLite state is written.
     #[serde(default)]
     pub store: StoreConfig,
+    /// The HTTP listener that `http` triggers' routes are served on.
+    #[serde(default)]
+    pub http: HttpConfig,
     /// The functions this gateway runs; a function's index here is its
     /// [`FunctionId`] in [`Config::router`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -134,9 +137,45 @@ impl Default for Config {
             broker: BrokerConfig::default(),
             upstream: None,
             store: StoreConfig::default(),
+            http: HttpConfig::default(),
             functions: Vec::new(),
             origin: Origin::default(),
         }
+    }
+}
+
+/// The API gateway on the gateway: where `http` triggers are served. It
+/// listens only when some function has an `http` trigger.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// The `ip:port` to listen on. Default `"127.0.0.1:8080"` (this machine
+    /// only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// The largest request body taken, 0 to 16 MiB; a larger one gets 413.
+    /// Default 1 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u32>,
+}
+
+/// Default [`HttpConfig::listen`].
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
+/// Default [`HttpConfig::max_body_bytes`].
+pub const DEFAULT_MAX_BODY_BYTES: u32 = 1 << 20;
+
+impl HttpConfig {
+    /// `listen`, or the default; `None` if unparsable (validation says so).
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen
+            .as_deref()
+            .unwrap_or(DEFAULT_HTTP_LISTEN)
+            .parse()
+            .ok()
+    }
+
+    pub fn max_body(&self) -> usize {
+        self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES) as usize
     }
 }
 
@@ -758,6 +797,12 @@ pub struct TriggerConfig {
     /// like a message: it runs exactly once, across restarts too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
+    /// An HTTP route on the gateway's `[http]` listener: a method (`GET`,
+    /// `POST`, `PUT`, `PATCH`, `DELETE`, or `ANY`) and a path whose
+    /// `{name}` segments are path parameters: `"GET /vending/{machine}/state"`.
+    /// The function answers with `respond`; without, the client gets 204.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
     /// Schedule only: what to do about ticks missed while the gateway was
     /// down: `"once"` (default: one catch-up run, told it is late),
     /// `"skip"`, or `"all"` (each, up to 1,000).

@@ -109,6 +109,7 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
         self::upstream(&mut c, &root.key("upstream"), upstream);
     }
     store(&mut c, &root.key("store"), &config.store);
+    http(&mut c, config);
     if config.functions.len() > max::FUNCTIONS {
         c.push(
             root.key("functions"),
@@ -261,6 +262,136 @@ fn tls_listener(
                 hint: "other machines could connect without proving who they are: set broker.tls_listener.client_ca = \"devices-ca.pem\" (devices present certificates it signed) or broker.passwords, or allow_anonymous = true to accept that, or listen on 127.0.0.1",
             },
         );
+    }
+}
+
+/// One trigger: exactly one of `mqtt`, `schedule` and `http`, each checked
+/// with the fields that belong to it.
+fn trigger_kind(c: &mut Checker, path: &FieldPath, trigger: &TriggerConfig, protocol: Protocol) {
+    let kinds = [
+        ("mqtt", trigger.mqtt.is_some()),
+        ("schedule", trigger.schedule.is_some()),
+        ("http", trigger.http.is_some()),
+    ];
+    let set: Vec<&str> = kinds.iter().filter(|(_, s)| *s).map(|(k, _)| *k).collect();
+    if set.is_empty() {
+        c.push(path.clone(), Kind::EmptyTrigger);
+        return;
+    }
+    if set.len() > 1 {
+        c.push(
+            path.key(set[1]),
+            Kind::Conflict {
+                field: set[1],
+                with: "beside another kind in one trigger",
+                hint: "make them two triggers: triggers = [{ mqtt = \"...\" }, { schedule = \"rate(5 minutes)\" }]",
+            },
+        );
+        return;
+    }
+    let unused = |c: &mut Checker, fields: &[(&'static str, bool)], when: &'static str| {
+        for &(field, is_set) in fields {
+            if is_set {
+                c.push(path.key(field), Kind::Unused { field, when });
+            }
+        }
+    };
+    if let Some(filter) = &trigger.mqtt {
+        c.filter(path.key("mqtt"), filter);
+        // QoS 2's exactly-once handshake is not supported: delivery is
+        // at-least-once end to end, and functions see duplicates anyway.
+        c.range(path.key("qos"), trigger.qos.into(), 0, 1);
+        dedup(c, path, trigger, protocol);
+        unused(
+            c,
+            &[("missed", trigger.missed.is_some())],
+            "on an mqtt trigger (it is for schedules)",
+        );
+    }
+    if let Some(schedule) = &trigger.schedule {
+        if let Err(message) = crate::triggers::schedule::Expression::parse(schedule) {
+            c.push(
+                path.key("schedule"),
+                Kind::InvalidSchedule {
+                    value: schedule.clone(),
+                    message,
+                },
+            );
+        }
+        unused(
+            c,
+            &[
+                ("dedup_key", trigger.dedup_key.is_some()),
+                ("dedup_property", trigger.dedup_property.is_some()),
+            ],
+            "on a schedule (each tick runs exactly once already)",
+        );
+    }
+    if let Some(route) = &trigger.http {
+        if let Err(message) = crate::triggers::http::Route::parse(route) {
+            c.push(
+                path.key("http"),
+                Kind::InvalidRoute {
+                    value: route.clone(),
+                    message,
+                },
+            );
+        }
+        unused(
+            c,
+            &[
+                ("dedup_key", trigger.dedup_key.is_some()),
+                ("dedup_property", trigger.dedup_property.is_some()),
+                ("missed", trigger.missed.is_some()),
+            ],
+            "on an http trigger",
+        );
+    }
+}
+
+/// The HTTP listener, and no two routes that one request could match.
+fn http(c: &mut Checker, config: &Config) {
+    let path = FieldPath::root().key("http");
+    if let Some(listen) = &config.http.listen {
+        if let Err(e) = listen.parse::<SocketAddr>() {
+            c.push(
+                path.key("listen"),
+                Kind::InvalidListen {
+                    value: listen.clone(),
+                    message: e.to_string(),
+                },
+            );
+        }
+    }
+    if let Some(n) = config.http.max_body_bytes {
+        c.range(path.key("max_body_bytes"), n.into(), 0, 16 << 20);
+    }
+    let mut seen: Vec<(crate::triggers::http::Route, String)> = Vec::new();
+    for (i, f) in config.functions.iter().enumerate() {
+        for (j, t) in f.triggers.iter().enumerate() {
+            let Some(Ok(route)) = t.http.as_deref().map(crate::triggers::http::Route::parse) else {
+                continue;
+            };
+            if let Some((_, other)) = seen.iter().find(|(r, _)| r.clashes_with(&route)) {
+                c.push(
+                    FieldPath::root()
+                        .key("functions")
+                        .index(i)
+                        .key("triggers")
+                        .index(j)
+                        .key("http"),
+                    Kind::RouteClash {
+                        value: t.http.clone().unwrap_or_default(),
+                        other: other.clone(),
+                    },
+                );
+                continue;
+            }
+            seen.push((
+                route,
+                format!("{} of {}", t.http.clone().unwrap_or_default(), f.name),
+            ));
+        }
     }
 }
 
@@ -501,58 +632,7 @@ fn function(c: &mut Checker, path: &FieldPath, function: &FunctionConfig, config
     }
     for (i, trigger) in function.triggers.iter().enumerate() {
         let trigger_path = triggers.index(i);
-        match (&trigger.mqtt, &trigger.schedule) {
-            (Some(filter), None) => {
-                c.filter(trigger_path.key("mqtt"), filter);
-                // QoS 2's exactly-once handshake is not supported: delivery
-                // is at-least-once end to end, and functions see duplicates.
-                c.range(trigger_path.key("qos"), trigger.qos.into(), 0, 1);
-                dedup(c, &trigger_path, trigger, config.broker.protocol);
-                if trigger.missed.is_some() {
-                    c.push(
-                        trigger_path.key("missed"),
-                        Kind::Unused {
-                            field: "missed",
-                            when: "on an mqtt trigger (it is for schedules)",
-                        },
-                    );
-                }
-            }
-            (None, Some(schedule)) => {
-                if let Err(message) = crate::triggers::schedule::Expression::parse(schedule) {
-                    c.push(
-                        trigger_path.key("schedule"),
-                        Kind::InvalidSchedule {
-                            value: schedule.clone(),
-                            message,
-                        },
-                    );
-                }
-                for (field, set) in [
-                    ("dedup_key", trigger.dedup_key.is_some()),
-                    ("dedup_property", trigger.dedup_property.is_some()),
-                ] {
-                    if set {
-                        c.push(
-                            trigger_path.key(field),
-                            Kind::Unused {
-                                field,
-                                when: "on a schedule (each tick runs exactly once already)",
-                            },
-                        );
-                    }
-                }
-            }
-            (Some(_), Some(_)) => c.push(
-                trigger_path.key("schedule"),
-                Kind::Conflict {
-                    field: "schedule",
-                    with: "with `mqtt` in one trigger",
-                    hint: "make them two triggers: triggers = [{ mqtt = \"...\" }, { schedule = \"rate(5 minutes)\" }]",
-                },
-            ),
-            (None, None) => c.push(trigger_path.clone(), Kind::EmptyTrigger),
-        }
+        trigger_kind(c, &trigger_path, trigger, config.broker.protocol);
     }
 
     limits(c, &path.key("limits"), &function.limits);

@@ -20,6 +20,7 @@ use super::retry::{Jitter, RetryPolicy, Stop};
 use crate::metrics::{inc, FunctionMetrics};
 use crate::runtime::{Function, KvRead};
 use crate::store::{Attempt, Commit, Cursor, NewDeadLetter, Seen, Store};
+use crate::triggers::http::Answer;
 use crate::triggers::{ordering_key, Intake, Job, Settle};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -193,11 +194,16 @@ impl Worker {
                 .refused
                 .fetch_add(report.refused_count as u64, Ordering::Relaxed);
             let error = match report.outcome {
-                Ok(effects) => {
+                Ok(mut effects) => {
                     inc(&self.metrics.succeeded);
                     self.metrics
                         .emitted
                         .fetch_add(effects.emits.len() as u64, Ordering::Relaxed);
+                    let mut done = done;
+                    done.settle.tell(Answer::Ran {
+                        request_id,
+                        response: effects.response.take(),
+                    });
                     self.sinks.store.submit(Commit {
                         function: f.name().to_owned(),
                         effects,
@@ -324,6 +330,15 @@ impl Worker {
         done: Done,
     ) {
         let f = &self.function;
+        let mut done = done;
+        if let Some(last) = attempts.last() {
+            if let Some(failure) = crate::runtime::FailureKind::parse(&last.kind) {
+                done.settle.tell(Answer::Failed {
+                    request_id,
+                    failure,
+                });
+            }
+        }
         let received_ms = crate::dlq::now_ms() - done.arrived.elapsed().as_millis() as i64;
         let letter = NewDeadLetter {
             function: f.name().to_owned(),

@@ -68,6 +68,10 @@ pub enum GatewayError {
         needed: u64,
         limit: u64,
     },
+    #[error(
+        "http: cannot listen on {addr}: {error} (is something else on that port? set http.listen)"
+    )]
+    HttpBind { addr: String, error: std::io::Error },
     #[error("the config has no functions to run")]
     NoFunctions,
     #[error(transparent)]
@@ -227,6 +231,8 @@ pub struct Gateway {
     invoke_task: JoinHandle<()>,
     /// One per schedule trigger; they stop taking ticks once draining.
     schedule_tasks: Vec<JoinHandle<()>>,
+    /// The HTTP listener, when some function has an `http` trigger.
+    http: Option<HttpListener>,
     draining: Arc<AtomicBool>,
     /// Wakes workers waiting between attempts, at shutdown.
     stop: Arc<Stop>,
@@ -405,6 +411,7 @@ impl Gateway {
             subscribed.push(started.subscribed);
         }
         let schedule_tasks = start_schedules(&deployed, &dispatchers, &store, &draining).await?;
+        let http = start_http(config, &deployed, &dispatchers).await?;
         // "Running" means subscribed: a message published after this line
         // reaches its function even on a first start with a fresh broker.
         let all_subscribed = async {
@@ -456,6 +463,7 @@ impl Gateway {
             drains,
             invoke_task,
             schedule_tasks,
+            http,
             draining,
             stop,
             endpoint,
@@ -508,6 +516,10 @@ impl Gateway {
         // A worker in a backoff gives up on that event now (it stays at the
         // broker) rather than holding the shutdown for the whole wait.
         self.stop.stop();
+        // No new requests; those in flight are answered as they settle.
+        if let Some(http) = &self.http {
+            let _ = http.stop.send(true);
+        }
         let deadline = tokio::time::Instant::now() + grace;
         let in_flight = || -> usize {
             self.dispatchers
@@ -542,6 +554,14 @@ impl Gateway {
             forwarder.abort();
         }
         self.invoke_task.abort();
+        if let Some(mut http) = self.http {
+            if tokio::time::timeout(Duration::from_secs(2), &mut http.task)
+                .await
+                .is_err()
+            {
+                http.task.abort();
+            }
+        }
         for task in self.schedule_tasks {
             // A tick in flight is settled (or left due) by its worker.
             task.abort();
@@ -659,6 +679,49 @@ fn log_store_totals(store: &Store) {
         outbox_bytes_waiting = store.outbox_bytes(),
         "store totals"
     );
+}
+
+/// The running HTTP listener.
+#[derive(Debug)]
+struct HttpListener {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// Binds `[http] listen` and serves every `http` trigger's route, if any.
+async fn start_http(
+    config: &Config,
+    deployed: &[(FunctionConfig, Arc<crate::runtime::Function>)],
+    dispatchers: &[Dispatcher],
+) -> Result<Option<HttpListener>, GatewayError> {
+    use crate::triggers::http::{Route, Server};
+    let mut routes = Vec::new();
+    for ((f, _), dispatcher) in deployed.iter().zip(dispatchers) {
+        for t in &f.triggers {
+            // Validation has parsed it already.
+            let Some(Ok(route)) = t.http.as_deref().map(Route::parse) else {
+                continue;
+            };
+            routes.push((route, dispatcher.intake.clone()));
+        }
+    }
+    if routes.is_empty() {
+        return Ok(None);
+    }
+    let addr = config
+        .http
+        .listen_addr()
+        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let server = Server::bind(addr, routes, config.http.max_body())
+        .await
+        .map_err(|error| GatewayError::HttpBind {
+            addr: addr.to_string(),
+            error,
+        })?;
+    tracing::info!(listen = %addr, "http listening");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(server.serve(stopped));
+    Ok(Some(HttpListener { stop, task }))
 }
 
 /// Starts one task per schedule trigger, each from its last settled tick.

@@ -178,6 +178,11 @@ impl FailureKind {
         FailureKind::Failed,
     ];
 
+    /// The kind of this name (as [`FailureKind::as_str`] writes it).
+    pub fn parse(name: &str) -> Option<FailureKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             FailureKind::Trap => "trap",

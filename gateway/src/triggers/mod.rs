@@ -16,6 +16,7 @@
 //! In the style of vector's `SourceContext { out, shutdown, acknowledgements }`:
 //! the framework owns intake, settling and shutdown; a source only produces.
 
+pub mod http;
 pub mod invoke;
 pub mod mqtt;
 pub mod schedule;
@@ -56,6 +57,9 @@ pub enum Settle {
     /// A schedule's tick: its fire time is written in the transaction that
     /// commits it, and the schedule hears whether that happened.
     Schedule(schedule::Tick),
+    /// An HTTP request: answered with what the invocation said, once that
+    /// is durable.
+    Http(http::Pending),
 }
 
 impl Settle {
@@ -66,7 +70,15 @@ impl Settle {
         match self {
             Settle::Outbox { id } => Some(Cursor::OutboxRow(*id)),
             Settle::Schedule(tick) => Some(tick.cursor()),
-            Settle::Nothing | Settle::Mqtt(_) => None,
+            Settle::Nothing | Settle::Mqtt(_) | Settle::Http(_) => None,
+        }
+    }
+
+    /// What the invocation ended with, for a source that answers (HTTP);
+    /// it is passed on only once the outcome is durable.
+    pub fn tell(&mut self, answer: http::Answer) {
+        if let Settle::Http(pending) = self {
+            pending.tell(answer);
         }
     }
 
@@ -84,9 +96,22 @@ impl Settle {
                 tick.resolve(durable);
                 durable
             }
+            Settle::Http(pending) => {
+                pending.resolve(durable);
+                durable
+            }
             Settle::Mqtt(_) | Settle::Nothing => false,
         }
     }
+}
+
+/// Why [`Intake::try_send`] did not take a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The shard's queue is full.
+    Full,
+    /// The workers are gone.
+    Closed,
 }
 
 /// Which shard serves events with this ordering key.
@@ -157,6 +182,26 @@ impl Intake {
         match shard.send(job).await {
             Ok(()) => true,
             Err(mpsc::error::SendError(job)) => self.refused(job),
+        }
+    }
+
+    /// Takes the job only if its shard has room now: for a source whose
+    /// caller can hold the event and come back (an HTTP client gets 429).
+    pub fn try_send(&self, job: Job) -> Result<(), Refused> {
+        let shard = self.shard(&job.event).clone();
+        inc(&self.metrics.received);
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        match shard.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(job)) => {
+                inc(&self.metrics.throttled);
+                self.refused(job);
+                Err(Refused::Full)
+            }
+            Err(mpsc::error::TrySendError::Closed(job)) => {
+                self.refused(job);
+                Err(Refused::Closed)
+            }
         }
     }
 

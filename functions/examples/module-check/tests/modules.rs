@@ -383,6 +383,7 @@ fn hello_module_responds_over_http_under_wasmi() {
         query: "name=Ada",
         headers: Seq::empty(),
         body: b"",
+        params: Seq::empty(),
     });
     assert_eq!(vm.handle(request), 0);
     let (status, body) = vm.host().response.clone().unwrap();

@@ -1,0 +1,488 @@
+//! HTTP routes as a source: an API gateway on the gateway.
+//!
+//! `triggers = [{ http = "GET /vending/{machine}/state" }]` serves that route
+//! on the `[http]` listener. A request becomes an event like a message: it
+//! waits for room in the function's intake (or gets 429 at once when the
+//! queue is full: the client holds the request and retries), and it is
+//! answered only once its invocation's effects are committed, or its dead
+//! letter is ([`Settle::Http`]). So a 2xx means the effects are durable.
+//!
+//! What a client can act on: 404 unknown route, 405 wrong method (with
+//! `Allow`), 413 body over `max_body_bytes`, 429 queue full (with
+//! `Retry-After`), 502 the function failed every attempt, 504 it ran past
+//! its deadline, 503 the gateway is stopping. Every answer from a function
+//! carries `x-request-id`, the request id of the gateway's logs and of the
+//! dead letter. A function that does not `respond` answers 204.
+//!
+//! Routing is a small matcher of our own (literal and `{name}` segments),
+//! not axum's router: config validation must find a clash between two
+//! routes before start, and axum's router panics on one.
+//!
+//! [`Settle::Http`]: super::Settle::Http
+
+use super::{Intake, Job, Settle};
+use crate::event::OwnedEvent;
+use crate::runtime::{FailureKind, Response};
+use axum::body::Body;
+use axum::http::{HeaderValue, Request, StatusCode};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{oneshot, watch};
+
+/// Methods a route may name; `ANY` takes every one.
+const METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+
+/// How many headers of a request the event carries at most.
+const MAX_HEADERS: usize = 64;
+
+/// One path segment of a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param(String),
+}
+
+/// A parsed `http` trigger: a method (or any) and a path pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// `None`: any method.
+    method: Option<String>,
+    segments: Vec<Segment>,
+}
+
+impl Route {
+    /// Parses `"GET /vending/{machine}/state"`; the error is for `config check`.
+    pub fn parse(text: &str) -> Result<Route, String> {
+        let expected = "expected a method and a path, as in \"GET /vending/{machine}/state\"";
+        let mut words = text.split_whitespace();
+        let (Some(method), Some(path), None) = (words.next(), words.next(), words.next()) else {
+            return Err(expected.into());
+        };
+        let method = match method {
+            "ANY" => None,
+            m if METHODS.contains(&m) => Some(m.to_owned()),
+            m => {
+                return Err(format!(
+                    "unknown method {m:?}: expected one of {}, or ANY",
+                    METHODS.join(", ")
+                ))
+            }
+        };
+        let Some(rest) = path.strip_prefix('/') else {
+            return Err(format!("the path {path:?} must start with '/'"));
+        };
+        let mut segments = Vec::new();
+        let mut names = Vec::new();
+        for part in rest.split('/').filter(|p| !p.is_empty()) {
+            if let Some(name) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(format!(
+                        "path parameter {part:?}: a name of letters, digits and '_'"
+                    ));
+                }
+                if names.contains(&name) {
+                    return Err(format!("path parameter {{{name}}} appears twice"));
+                }
+                names.push(name);
+                segments.push(Segment::Param(name.to_owned()));
+            } else if part.contains(['{', '}', '?', '#', '%']) {
+                return Err(format!(
+                    "path segment {part:?}: a literal, or a whole segment {{name}}"
+                ));
+            } else {
+                segments.push(Segment::Literal(part.to_owned()));
+            }
+        }
+        Ok(Route { method, segments })
+    }
+
+    /// Whether one request could match both routes: the methods overlap,
+    /// and the paths have the same length with no two literals differing.
+    pub fn clashes_with(&self, other: &Route) -> bool {
+        let methods = match (&self.method, &other.method) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        methods
+            && self.segments.len() == other.segments.len()
+            && self
+                .segments
+                .iter()
+                .zip(&other.segments)
+                .all(|pair| match pair {
+                    (Segment::Literal(a), Segment::Literal(b)) => a == b,
+                    _ => true,
+                })
+    }
+
+    /// The path parameters if `path` matches (the method aside).
+    fn match_path(&self, path: &str) -> Option<Vec<(String, String)>> {
+        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        if parts.len() != self.segments.len() {
+            return None;
+        }
+        let mut params = Vec::new();
+        for (segment, part) in self.segments.iter().zip(parts) {
+            match segment {
+                Segment::Literal(literal) if literal == part => {}
+                Segment::Literal(_) => return None,
+                Segment::Param(name) => params.push((name.clone(), part.to_owned())),
+            }
+        }
+        Some(params)
+    }
+
+    fn allows(&self, method: &str) -> bool {
+        self.method.as_deref().is_none_or(|m| m == method)
+    }
+}
+
+/// What a request matched.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Matched<T> {
+    Route(T, Vec<(String, String)>),
+    /// The path exists, for these methods only.
+    WrongMethod(Vec<String>),
+    NotFound,
+}
+
+/// Every function's routes, and what each leads to.
+#[derive(Debug, Clone)]
+pub struct Routes<T> {
+    routes: Vec<(Route, T)>,
+}
+
+impl<T: Clone> Routes<T> {
+    pub fn new(routes: Vec<(Route, T)>) -> Self {
+        Routes { routes }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// The route a request takes; validation has ruled out two matching.
+    pub fn find(&self, method: &str, path: &str) -> Matched<T> {
+        let mut allowed = Vec::new();
+        for (route, target) in &self.routes {
+            let Some(params) = route.match_path(path) else {
+                continue;
+            };
+            if route.allows(method) {
+                return Matched::Route(target.clone(), params);
+            }
+            allowed.extend(route.method.clone());
+        }
+        if allowed.is_empty() {
+            Matched::NotFound
+        } else {
+            Matched::WrongMethod(allowed)
+        }
+    }
+}
+
+/// The end of an HTTP event: the answer for its client.
+#[derive(Debug)]
+pub struct Pending {
+    answer: Option<Answer>,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// How an invocation ended, for its client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Ran, and its effects are committed; `None`: it did not respond.
+    Ran {
+        request_id: u64,
+        response: Option<Response>,
+    },
+    /// Failed every attempt; its dead letter is committed.
+    Failed {
+        request_id: u64,
+        failure: FailureKind,
+    },
+    /// Not settled: the gateway is stopping, or could not commit.
+    Unavailable,
+}
+
+impl Pending {
+    /// Keeps what the invocation said until its outcome is durable.
+    pub(super) fn tell(&mut self, answer: Answer) {
+        self.answer = Some(answer);
+    }
+
+    pub(super) fn resolve(self, durable: bool) {
+        let answer = match self.answer {
+            Some(answer) if durable => answer,
+            _ => Answer::Unavailable,
+        };
+        // The client may have gone: the effects stand all the same.
+        let _ = self.reply.send(answer);
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    routes: Routes<usize>,
+    /// Each route's function, by the index `routes` leads to.
+    targets: Vec<Intake>,
+    max_body: usize,
+}
+
+/// The listener, bound: binding happens at start so that a taken port is a
+/// start-up error naming the address.
+#[derive(Debug)]
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    state: Arc<State>,
+}
+
+impl Server {
+    pub async fn bind(
+        addr: SocketAddr,
+        routes: Vec<(Route, Intake)>,
+        max_body: usize,
+    ) -> std::io::Result<Server> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let mut targets = Vec::new();
+        let routes = routes
+            .into_iter()
+            .map(|(route, target)| {
+                targets.push(target);
+                (route, targets.len() - 1)
+            })
+            .collect();
+        Ok(Server {
+            listener,
+            state: Arc::new(State {
+                routes: Routes::new(routes),
+                targets,
+                max_body,
+            }),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `stop` turns true; then takes no new request and
+    /// finishes the ones in flight (their invocations commit or are left).
+    pub async fn serve(self, mut stop: watch::Receiver<bool>) {
+        let state = self.state.clone();
+        let app = axum::Router::new().fallback(move |request: Request<Body>| {
+            let state = state.clone();
+            async move { handle(&state, request).await }
+        });
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(self.listener, app)
+            .with_graceful_shutdown(stopped)
+            .await
+        {
+            tracing::error!(error = %e, "HTTP listener failed");
+        }
+    }
+}
+
+type HttpResponse = axum::response::Response;
+
+fn plain(status: StatusCode, text: &str) -> HttpResponse {
+    let mut response = HttpResponse::new(Body::from(format!("{text}\n")));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+async fn handle(state: &State, request: Request<Body>) -> HttpResponse {
+    let method = request.method().as_str().to_owned();
+    let path = request.uri().path().to_owned();
+    let (index, params) = match state.routes.find(&method, &path) {
+        Matched::Route(index, params) => (index, params),
+        Matched::NotFound => return plain(StatusCode::NOT_FOUND, "no route for this path"),
+        Matched::WrongMethod(allowed) => {
+            let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+            if let Ok(allow) = HeaderValue::from_str(&allowed.join(", ")) {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::ALLOW, allow);
+            }
+            return response;
+        }
+    };
+    let target = &state.targets[index];
+    let query = request.uri().query().unwrap_or("").to_owned();
+    let headers: Vec<(String, String)> = request
+        .headers()
+        .iter()
+        .take(MAX_HEADERS)
+        .filter_map(|(name, value)| {
+            Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+        })
+        .collect();
+    let body = match axum::body::to_bytes(request.into_body(), state.max_body).await {
+        Ok(body) => body,
+        Err(_) => {
+            return plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the body is over {} bytes", state.max_body),
+            )
+        }
+    };
+    let (reply, answer) = oneshot::channel();
+    let job = Job {
+        event: OwnedEvent::Http {
+            method,
+            path,
+            query,
+            headers: OwnedEvent::encode_pairs(&headers),
+            body: body.to_vec(),
+            params: OwnedEvent::encode_pairs(&params),
+        },
+        arrived: Instant::now(),
+        settle: Settle::Http(Pending {
+            answer: None,
+            reply,
+        }),
+        dedup: None,
+    };
+    match target.try_send(job) {
+        Ok(()) => {}
+        Err(super::Refused::Full) => {
+            let mut response = plain(
+                StatusCode::TOO_MANY_REQUESTS,
+                "the function's queue is full; retry",
+            );
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                HeaderValue::from_static("1"),
+            );
+            return response;
+        }
+        Err(super::Refused::Closed) => {
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "the gateway is stopping")
+        }
+    }
+    match answer.await.unwrap_or(Answer::Unavailable) {
+        Answer::Ran {
+            request_id,
+            response,
+        } => with_request_id(from_function(response), request_id),
+        Answer::Failed {
+            request_id,
+            failure,
+        } => {
+            let (status, text) = match failure {
+                FailureKind::Deadline => (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the function ran past its deadline",
+                ),
+                _ => (StatusCode::BAD_GATEWAY, "the function failed"),
+            };
+            let text = format!(
+                "{text} (kind {}); its event is in the dead-letter queue",
+                failure.as_str()
+            );
+            with_request_id(plain(status, &text), request_id)
+        }
+        Answer::Unavailable => plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not committed (the gateway is stopping); retry",
+        ),
+    }
+}
+
+/// The function's `respond`, or 204 without one.
+fn from_function(response: Option<Response>) -> HttpResponse {
+    let Some(response) = response else {
+        let mut empty = HttpResponse::new(Body::empty());
+        *empty.status_mut() = StatusCode::NO_CONTENT;
+        return empty;
+    };
+    // A JSON body says so; anything else goes as bytes.
+    let json = serde_json::from_slice::<serde::de::IgnoredAny>(&response.body).is_ok();
+    let mut out = HttpResponse::new(Body::from(response.body));
+    *out.status_mut() = StatusCode::from_u16(response.status).unwrap_or(StatusCode::OK);
+    out.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static(if json {
+            "application/json"
+        } else {
+            "application/octet-stream"
+        }),
+    );
+    out
+}
+
+fn with_request_id(mut response: HttpResponse, request_id: u64) -> HttpResponse {
+    if let Ok(value) = HeaderValue::from_str(&request_id.to_string()) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn route(text: &str) -> Route {
+        Route::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"))
+    }
+
+    #[test]
+    fn routes_parse_and_bad_ones_say_why() {
+        route("GET /vending/{machine}/state");
+        route("ANY /");
+        route("POST /telemetry/");
+        for (bad, says) in [
+            ("/vending", "expected a method and a path"),
+            ("FETCH /a", "unknown method"),
+            ("GET vending", "must start with '/'"),
+            ("GET /a/{}", "path parameter"),
+            ("GET /a/{x}/{x}", "appears twice"),
+            ("GET /a/x{y}", "a whole segment"),
+        ] {
+            let error = Route::parse(bad).unwrap_err();
+            assert!(error.contains(says), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn requests_find_their_route_its_parameters_or_why_not() {
+        let routes = Routes::new(vec![
+            (route("GET /vending/{machine}/state"), 0),
+            (route("POST /vending/{machine}/state"), 1),
+            (route("ANY /hello"), 2),
+        ]);
+        assert_eq!(
+            routes.find("GET", "/vending/vm-17/state"),
+            Matched::Route(0, vec![("machine".into(), "vm-17".into())])
+        );
+        assert_eq!(
+            routes.find("POST", "/vending/vm-17/state/"),
+            Matched::Route(1, vec![("machine".into(), "vm-17".into())])
+        );
+        assert_eq!(
+            routes.find("DELETE", "/vending/vm-17/state"),
+            Matched::WrongMethod(vec!["GET".into(), "POST".into()])
+        );
+        assert_eq!(routes.find("PUT", "/hello"), Matched::Route(2, vec![]));
+        assert_eq!(routes.find("GET", "/vending/vm-17"), Matched::NotFound);
+    }
+
+    #[test]
+    fn routes_one_request_could_match_clash() {
+        let clash = |a: &str, b: &str| route(a).clashes_with(&route(b));
+        assert!(clash("GET /a/{x}", "GET /a/{y}"));
+        assert!(clash("GET /a/{x}", "ANY /a/b"));
+        assert!(!clash("GET /a/{x}", "POST /a/{x}"));
+        assert!(!clash("GET /a/b", "GET /a/c"));
+        assert!(!clash("GET /a/{x}", "GET /a/{x}/y"));
+    }
+}
