@@ -68,9 +68,17 @@ fn render_function(out: &mut String, f: &FunctionConfig) {
                     escape(schedule),
                     t.missed.unwrap_or_default()
                 ),
-                (None, None) => match &t.http {
-                    Some(route) => format!("http {}", escape(route)),
-                    None => "none".to_owned(),
+                (None, None) => match (&t.http, &t.file) {
+                    (Some(route), _) => format!("http {}", escape(route)),
+                    (None, Some(pattern)) => format!(
+                        "file {} after {}",
+                        escape(pattern),
+                        match t.after.unwrap_or_default() {
+                            crate::config::After::Move => "move",
+                            crate::config::After::Delete => "delete",
+                        }
+                    ),
+                    (None, None) => "none".to_owned(),
                 },
             };
             if let Some(key) = &t.dedup_key {

@@ -25,8 +25,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::string::{String, ToString};
 use std::vec::Vec;
 use wasmgate_abi::{
-    is_valid_publish_topic, Context, EmitOptions, Envelope, Event, HttpRequest, LogLevel,
-    MqttMessage, Pair, ScheduleTick, Seq, Status,
+    is_valid_publish_topic, Context, EmitOptions, Envelope, Event, FileArrival, HttpRequest,
+    LogLevel, MqttMessage, Pair, ScheduleTick, Seq, Status,
 };
 
 /// A message the function emitted.
@@ -445,6 +445,17 @@ pub fn http<'a>(
         headers: Seq::empty(),
         body: body.as_ref(),
         params: Seq::empty(),
+    })
+}
+
+/// A file that landed in a watched directory, with these contents.
+pub fn file<'a>(path: &'a str, contents: &'a (impl AsRef<[u8]> + ?Sized)) -> Event<'a> {
+    let contents = contents.as_ref();
+    Event::File(FileArrival {
+        path,
+        size: contents.len() as u64,
+        modified_ms: FakeHost::START_MS as u64,
+        contents,
     })
 }
 

@@ -138,6 +138,20 @@ pub enum ConfigErrorKind {
         /// What is wrong with it.
         message: String,
     },
+    /// A file trigger's pattern that does not parse.
+    #[error("invalid file pattern {value:?}: {message}")]
+    InvalidFilePattern {
+        /// The pattern as written.
+        value: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A watched directory that is not there.
+    #[error("the watched directory {} does not exist (create it, or fix the path)", path.display())]
+    NoSuchDirectory {
+        /// The directory, resolved against the config file's directory.
+        path: PathBuf,
+    },
     /// An HTTP route that does not parse.
     #[error("invalid route {value:?}: {message}")]
     InvalidRoute {

@@ -803,6 +803,20 @@ pub struct TriggerConfig {
     /// The function answers with `respond`; without, the client gets 204.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
+    /// Files that land in a directory: `"/var/spool/wasmgate/in/*.csv"` (`*`
+    /// and `?` in the file name only). Each complete file (closed after
+    /// writing, or renamed in) runs the function once its effects commit it
+    /// moves to `done/` beside it (`failed/` if dead-lettered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// File only: `"move"` (default) a processed file to `done/`, or
+    /// `"delete"` it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<After>,
+    /// File only: the largest file read, 1 byte to 16 MiB (default 1 MiB);
+    /// a larger one goes to the dead-letter queue as `too_large`, unread.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_file_bytes: Option<u32>,
     /// Schedule only: what to do about ticks missed while the gateway was
     /// down: `"once"` (default: one catch-up run, told it is late),
     /// `"skip"`, or `"all"` (each, up to 1,000).
@@ -825,6 +839,20 @@ pub struct TriggerConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup_property: Option<String>,
 }
+
+/// What happens to a file once its invocation is committed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum After {
+    /// To `done/` beside it.
+    #[default]
+    Move,
+    /// Deleted.
+    Delete,
+}
+
+/// Default [`TriggerConfig::max_file_bytes`].
+pub const DEFAULT_MAX_FILE_BYTES: u32 = 1 << 20;
 
 /// What a schedule does about the ticks it missed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -1190,6 +1218,30 @@ impl Config {
             files.push((root.key("functions").index(i).key("wasm"), &function.wasm));
         }
 
+        let mut directories = Vec::new();
+        for (i, function) in self.functions.iter().enumerate() {
+            for (j, trigger) in function.triggers.iter().enumerate() {
+                let Some(Ok(pattern)) = trigger
+                    .file
+                    .as_deref()
+                    .map(crate::triggers::file::Pattern::parse)
+                else {
+                    continue;
+                };
+                if !pattern.dir.is_dir() {
+                    let path = root
+                        .key("functions")
+                        .index(i)
+                        .key("triggers")
+                        .index(j)
+                        .key("file");
+                    directories.push(ConfigError::new(
+                        path,
+                        ConfigErrorKind::NoSuchDirectory { path: pattern.dir },
+                    ));
+                }
+            }
+        }
         let errors = files
             .into_iter()
             .filter_map(|(path, file)| {
@@ -1213,6 +1265,7 @@ impl Config {
                 };
                 Some(ConfigError::new(path, kind))
             })
+            .chain(directories)
             .collect();
         self.locate(errors)
     }
@@ -1239,6 +1292,13 @@ impl Config {
         }
         for function in &mut self.functions {
             resolve(&mut function.wasm);
+            for trigger in &mut function.triggers {
+                if let Some(pattern) = &mut trigger.file {
+                    if Path::new(pattern.as_str()).is_relative() {
+                        *pattern = base_dir.join(&*pattern).display().to_string();
+                    }
+                }
+            }
         }
     }
 

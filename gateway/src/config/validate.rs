@@ -272,6 +272,7 @@ fn trigger_kind(c: &mut Checker, path: &FieldPath, trigger: &TriggerConfig, prot
         ("mqtt", trigger.mqtt.is_some()),
         ("schedule", trigger.schedule.is_some()),
         ("http", trigger.http.is_some()),
+        ("file", trigger.file.is_some()),
     ];
     let set: Vec<&str> = kinds.iter().filter(|(_, s)| *s).map(|(k, _)| *k).collect();
     if set.is_empty() {
@@ -325,6 +326,39 @@ fn trigger_kind(c: &mut Checker, path: &FieldPath, trigger: &TriggerConfig, prot
                 ("dedup_property", trigger.dedup_property.is_some()),
             ],
             "on a schedule (each tick runs exactly once already)",
+        );
+    }
+    if trigger.file.is_none() {
+        unused(
+            c,
+            &[
+                ("after", trigger.after.is_some()),
+                ("max_file_bytes", trigger.max_file_bytes.is_some()),
+            ],
+            "without `file`",
+        );
+    }
+    if let Some(pattern) = &trigger.file {
+        if let Err(message) = crate::triggers::file::Pattern::parse(pattern) {
+            c.push(
+                path.key("file"),
+                Kind::InvalidFilePattern {
+                    value: pattern.clone(),
+                    message,
+                },
+            );
+        }
+        if let Some(n) = trigger.max_file_bytes {
+            c.range(path.key("max_file_bytes"), n.into(), 1, 16 << 20);
+        }
+        unused(
+            c,
+            &[
+                ("dedup_key", trigger.dedup_key.is_some()),
+                ("dedup_property", trigger.dedup_property.is_some()),
+                ("missed", trigger.missed.is_some()),
+            ],
+            "on a file trigger (a file's effects are kept once already)",
         );
     }
     if let Some(route) = &trigger.http {

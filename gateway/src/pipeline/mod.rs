@@ -233,6 +233,8 @@ pub struct Gateway {
     schedule_tasks: Vec<JoinHandle<()>>,
     /// The HTTP listener, when some function has an `http` trigger.
     http: Option<HttpListener>,
+    /// One per file trigger.
+    file_tasks: Vec<JoinHandle<()>>,
     draining: Arc<AtomicBool>,
     /// Wakes workers waiting between attempts, at shutdown.
     stop: Arc<Stop>,
@@ -412,6 +414,7 @@ impl Gateway {
         }
         let schedule_tasks = start_schedules(&deployed, &dispatchers, &store, &draining).await?;
         let http = start_http(config, &deployed, &dispatchers).await?;
+        let file_tasks = start_files(&deployed, &dispatchers, &store, &draining);
         // "Running" means subscribed: a message published after this line
         // reaches its function even on a first start with a fresh broker.
         let all_subscribed = async {
@@ -464,6 +467,7 @@ impl Gateway {
             invoke_task,
             schedule_tasks,
             http,
+            file_tasks,
             draining,
             stop,
             endpoint,
@@ -561,6 +565,10 @@ impl Gateway {
             {
                 http.task.abort();
             }
+        }
+        for task in self.file_tasks {
+            // A file in flight is settled (or left in place) by its worker.
+            task.abort();
         }
         for task in self.schedule_tasks {
             // A tick in flight is settled (or left due) by its worker.
@@ -722,6 +730,43 @@ async fn start_http(
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(server.serve(stopped));
     Ok(Some(HttpListener { stop, task }))
+}
+
+/// Starts one task per file trigger.
+fn start_files(
+    deployed: &[(FunctionConfig, Arc<crate::runtime::Function>)],
+    dispatchers: &[Dispatcher],
+    store: &Store,
+    draining: &Arc<AtomicBool>,
+) -> Vec<JoinHandle<()>> {
+    use crate::triggers::file::{self, FileSpec, Pattern};
+    let mut tasks = Vec::new();
+    for ((f, function), dispatcher) in deployed.iter().zip(dispatchers) {
+        for t in &f.triggers {
+            // Validation has parsed it already.
+            let Some(Ok(pattern)) = t.file.as_deref().map(Pattern::parse) else {
+                continue;
+            };
+            let spec = FileSpec {
+                function: f.name.clone(),
+                version: function.version().to_owned(),
+                pattern,
+                after: t.after.unwrap_or_default(),
+                max_file_bytes: t
+                    .max_file_bytes
+                    .unwrap_or(crate::config::DEFAULT_MAX_FILE_BYTES)
+                    .into(),
+                keep: f.dead_letters.keep,
+            };
+            tasks.push(tokio::spawn(file::run(
+                spec,
+                store.clone(),
+                dispatcher.intake.clone(),
+                draining.clone(),
+            )));
+        }
+    }
+    tasks
 }
 
 /// Starts one task per schedule trigger, each from its last settled tick.

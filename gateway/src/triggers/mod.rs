@@ -16,6 +16,7 @@
 //! In the style of vector's `SourceContext { out, shutdown, acknowledgements }`:
 //! the framework owns intake, settling and shutdown; a source only produces.
 
+pub mod file;
 pub mod http;
 pub mod invoke;
 pub mod mqtt;
@@ -60,6 +61,8 @@ pub enum Settle {
     /// An HTTP request: answered with what the invocation said, once that
     /// is durable.
     Http(http::Pending),
+    /// A file: moved to `done/` (or `failed/`, or deleted) once durable.
+    File(file::Pending),
 }
 
 impl Settle {
@@ -70,15 +73,17 @@ impl Settle {
         match self {
             Settle::Outbox { id } => Some(Cursor::OutboxRow(*id)),
             Settle::Schedule(tick) => Some(tick.cursor()),
-            Settle::Nothing | Settle::Mqtt(_) | Settle::Http(_) => None,
+            Settle::Nothing | Settle::Mqtt(_) | Settle::Http(_) | Settle::File(_) => None,
         }
     }
 
     /// What the invocation ended with, for a source that answers (HTTP);
     /// it is passed on only once the outcome is durable.
     pub fn tell(&mut self, answer: http::Answer) {
-        if let Settle::Http(pending) = self {
-            pending.tell(answer);
+        match self {
+            Settle::Http(pending) => pending.tell(answer),
+            Settle::File(pending) => pending.tell(&answer),
+            _ => {}
         }
     }
 
@@ -97,6 +102,10 @@ impl Settle {
                 durable
             }
             Settle::Http(pending) => {
+                pending.resolve(durable);
+                durable
+            }
+            Settle::File(pending) => {
                 pending.resolve(durable);
                 durable
             }

@@ -7,12 +7,13 @@ use wasmgate_abi::{
 };
 use wasmi::{Caller, Engine, ExternType, Linker, Module, Store, ValType};
 
-const MODULES: [&str; 5] = [
+const MODULES: [&str; 6] = [
     "vending_telemetry",
     "robot_telemetry",
     "hello_http",
     "telemetry_enrich",
     "vending_heartbeat",
+    "vending_sales",
 ];
 
 #[track_caller]
