@@ -122,6 +122,9 @@ pub fn event_json(event: &Event<'_>) -> Value {
             if let Some(value) = k.value {
                 bytes(&mut body, "value", value);
             }
+            if let Some(old) = k.old {
+                bytes(&mut body, "old", old);
+            }
             "kv_change"
         }
         Event::Invoke(i) => {

@@ -48,6 +48,8 @@ pub enum OwnedEvent {
         key: String,
         op: KvOp,
         value: Option<Vec<u8>>,
+        /// The value before the change; `None` for a new key.
+        old: Option<Vec<u8>>,
     },
     Invoke {
         from: String,
@@ -84,8 +86,14 @@ impl OwnedEvent {
                 namespace,
                 key,
                 value,
+                old,
                 ..
-            } => namespace.len() + key.len() + value.as_ref().map_or(0, Vec::len),
+            } => {
+                namespace.len()
+                    + key.len()
+                    + value.as_ref().map_or(0, Vec::len)
+                    + old.as_ref().map_or(0, Vec::len)
+            }
             OwnedEvent::Invoke { from, payload } => from.len() + payload.len(),
             OwnedEvent::Batch(events) => events.len(),
         }
@@ -206,11 +214,13 @@ impl OwnedEvent {
                 key,
                 op,
                 value,
+                old,
             } => Event::KvChange(KvChange {
                 namespace,
                 key,
                 op: *op,
                 value: value.as_deref(),
+                old: old.as_deref(),
             }),
             OwnedEvent::Invoke { from, payload } => Event::Invoke(InvokeRequest { from, payload }),
             OwnedEvent::Batch(encoded) => Event::Batch(Seq::from_encoded(encoded)),
@@ -322,11 +332,14 @@ impl OwnedEvent {
                     other => return Err(EventJsonError::new(at, &format!("op must be \"put\" or \"delete\", not {other:?}"))),
                 };
                 let value = fields.bytes("value")?;
+                let has_old = ["old", "old_hex"].iter().any(|k| fields.map.contains_key(*k));
+                let old = if has_old { Some(fields.bytes("old")?) } else { None };
                 OwnedEvent::KvChange {
                     namespace: fields.required_str("namespace")?,
                     key: fields.required_str("key")?,
                     op,
                     value: (op == KvOp::Put).then_some(value),
+                    old,
                 }
             }
             "invoke" => OwnedEvent::Invoke {
@@ -354,7 +367,15 @@ impl OwnedEvent {
             ],
             "schedule" => &["schedule", "scheduled_ms", "fired_ms", "catch_up"],
             "file" => &["path", "size", "modified_ms", "contents", "contents_hex"],
-            "kv_change" => &["namespace", "key", "op", "value", "value_hex"],
+            "kv_change" => &[
+                "namespace",
+                "key",
+                "op",
+                "value",
+                "value_hex",
+                "old",
+                "old_hex",
+            ],
             _ => &["from", "payload", "payload_hex"],
         })?;
         Ok(event)

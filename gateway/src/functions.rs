@@ -78,7 +78,14 @@ fn render_function(out: &mut String, f: &FunctionConfig) {
                             crate::config::After::Delete => "delete",
                         }
                     ),
-                    (None, None) => "none".to_owned(),
+                    (None, None) => match &t.kv_change {
+                        Some(namespace) => format!(
+                            "kv_change {} keys {}",
+                            escape(namespace),
+                            escape(t.keys.as_deref().unwrap_or("*"))
+                        ),
+                        None => "none".to_owned(),
+                    },
                 },
             };
             if let Some(key) = &t.dedup_key {

@@ -190,6 +190,10 @@ pub struct KvChange<'a> {
     /// The new value for `Put`; `None` for `Delete`.
     #[serde(serialize_with = "as_bytes::serialize_option")]
     pub value: Option<&'a [u8]>,
+    /// The value before: `None` when a `Put` made the key (an INSERT, where
+    /// `Some` is a MODIFY). A `Delete` has the value it removed.
+    #[serde(serialize_with = "as_bytes::serialize_option")]
+    pub old: Option<&'a [u8]>,
 }
 
 /// An asynchronous invocation from another function.
@@ -230,6 +234,7 @@ mod tests {
             key: "k",
             op: KvOp::Put,
             value: Some(payload),
+            old: Some(payload),
         };
         let encoded = postcard::to_allocvec(&change).unwrap();
         assert!(encoded.ends_with(&some), "{encoded:?} ends with {some:?}");
@@ -351,6 +356,7 @@ mod tests {
                 key: "total",
                 op: KvOp::Delete,
                 value: None,
+                old: None,
             }),
         };
         let mut buf = [0u8; 128];

@@ -809,6 +809,19 @@ pub struct TriggerConfig {
     /// moves to `done/` beside it (`failed/` if dead-lettered).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+    /// The KV change stream of a function (its name): each committed write
+    /// of its KV runs this function with the key, the value before and the
+    /// value after, in commit order, at least once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_change: Option<String>,
+    /// kv_change only: the keys to take (`*` and `?`, as `"vm-*/stock"`);
+    /// every key by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<String>,
+    /// kv_change only: allow a function to follow its own namespace (each
+    /// of its writes runs it again: a loop, unless it stops writing).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_self: bool,
     /// File only: `"move"` (default) a processed file to `done/`, or
     /// `"delete"` it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -273,6 +273,7 @@ fn trigger_kind(c: &mut Checker, path: &FieldPath, trigger: &TriggerConfig, prot
         ("schedule", trigger.schedule.is_some()),
         ("http", trigger.http.is_some()),
         ("file", trigger.file.is_some()),
+        ("kv_change", trigger.kv_change.is_some()),
     ];
     let set: Vec<&str> = kinds.iter().filter(|(_, s)| *s).map(|(k, _)| *k).collect();
     if set.is_empty() {
@@ -326,6 +327,16 @@ fn trigger_kind(c: &mut Checker, path: &FieldPath, trigger: &TriggerConfig, prot
                 ("dedup_property", trigger.dedup_property.is_some()),
             ],
             "on a schedule (each tick runs exactly once already)",
+        );
+    }
+    if trigger.kv_change.is_none() {
+        unused(
+            c,
+            &[
+                ("keys", trigger.keys.is_some()),
+                ("allow_self", trigger.allow_self),
+            ],
+            "without `kv_change`",
         );
     }
     if trigger.file.is_none() {
@@ -667,6 +678,25 @@ fn function(c: &mut Checker, path: &FieldPath, function: &FunctionConfig, config
     for (i, trigger) in function.triggers.iter().enumerate() {
         let trigger_path = triggers.index(i);
         trigger_kind(c, &trigger_path, trigger, config.broker.protocol);
+        if let Some(namespace) = &trigger.kv_change {
+            if !config.functions.iter().any(|f| &f.name == namespace) {
+                c.push(
+                    trigger_path.key("kv_change"),
+                    Kind::UnknownFunction {
+                        name: namespace.clone(),
+                    },
+                );
+            } else if *namespace == function.name && !trigger.allow_self {
+                c.push(
+                    trigger_path.key("kv_change"),
+                    Kind::Conflict {
+                        field: "kv_change",
+                        with: "on the function's own namespace",
+                        hint: "each of its writes would run it again; set allow_self = true if it stops writing on its own",
+                    },
+                );
+            }
+        }
     }
 
     limits(c, &path.key("limits"), &function.limits);

@@ -233,7 +233,7 @@ pub struct Gateway {
     schedule_tasks: Vec<JoinHandle<()>>,
     /// The HTTP listener, when some function has an `http` trigger.
     http: Option<HttpListener>,
-    /// One per file trigger.
+    /// One per file and kv_change trigger.
     file_tasks: Vec<JoinHandle<()>>,
     draining: Arc<AtomicBool>,
     /// Wakes workers waiting between attempts, at shutdown.
@@ -282,6 +282,11 @@ impl Gateway {
         options.outbox_max_bytes = u64::from(config.store.outbox_max_mb) << 20;
         options.local_when_full = config.store.local_when_full;
         options.upstream_when_full = config.store.upstream_when_full;
+        options.kv_streams = config
+            .functions
+            .iter()
+            .flat_map(|f| f.triggers.iter().filter_map(|t| t.kv_change.clone()))
+            .collect();
         let store = tokio::task::spawn_blocking(move || Store::open(options))
             .await
             .map_err(|e| GatewayError::Threads(std::io::Error::other(e.to_string())))??;
@@ -414,7 +419,8 @@ impl Gateway {
         }
         let schedule_tasks = start_schedules(&deployed, &dispatchers, &store, &draining).await?;
         let http = start_http(config, &deployed, &dispatchers).await?;
-        let file_tasks = start_files(&deployed, &dispatchers, &store, &draining);
+        let mut file_tasks = start_files(&deployed, &dispatchers, &store, &draining);
+        file_tasks.extend(start_streams(&deployed, &dispatchers, &store, &draining));
         // "Running" means subscribed: a message published after this line
         // reaches its function even on a first start with a fresh broker.
         let all_subscribed = async {
@@ -730,6 +736,37 @@ async fn start_http(
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(server.serve(stopped));
     Ok(Some(HttpListener { stop, task }))
+}
+
+/// Starts one task per kv_change trigger.
+fn start_streams(
+    deployed: &[(FunctionConfig, Arc<crate::runtime::Function>)],
+    dispatchers: &[Dispatcher],
+    store: &Store,
+    draining: &Arc<AtomicBool>,
+) -> Vec<JoinHandle<()>> {
+    use crate::triggers::kv_change::{self, StreamSpec};
+    let mut tasks = Vec::new();
+    for ((f, _), dispatcher) in deployed.iter().zip(dispatchers) {
+        for (i, t) in f.triggers.iter().enumerate() {
+            let Some(namespace) = &t.kv_change else {
+                continue;
+            };
+            let spec = StreamSpec {
+                function: f.name.clone(),
+                consumer: format!("{}/{i}", f.name),
+                namespace: namespace.clone(),
+                keys: t.keys.clone(),
+            };
+            tasks.push(tokio::spawn(kv_change::run(
+                spec,
+                store.clone(),
+                dispatcher.intake.clone(),
+                draining.clone(),
+            )));
+        }
+    }
+    tasks
 }
 
 /// Starts one task per file trigger.

@@ -104,6 +104,9 @@ pub struct StoreOptions {
     /// read once at open and only the gateway's drainer makes room, so a
     /// full outbox (an uplink down for days) would hold it for good.
     pub operator: bool,
+    /// Namespaces a `kv_change` trigger watches: their writes are kept in
+    /// the change stream (with the value before), the others' are not.
+    pub kv_streams: Vec<String>,
 }
 
 impl StoreOptions {
@@ -119,6 +122,7 @@ impl StoreOptions {
             local_when_full: WhenFull::Block,
             upstream_when_full: WhenFull::Block,
             operator: false,
+            kv_streams: Vec::new(),
         }
     }
 }
@@ -171,6 +175,24 @@ pub enum Cursor {
         schedule: String,
         scheduled_ms: i64,
     },
+    /// A KV change stream's consumer: its last settled change, moved
+    /// forward; changes every consumer of the namespace passed are dropped.
+    KvStream {
+        consumer: String,
+        namespace: String,
+        seq: i64,
+    },
+}
+
+/// One committed KV write, as the change stream keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvChangeRow {
+    pub seq: i64,
+    pub key: String,
+    /// `None`: the key was new.
+    pub old: Option<Vec<u8>>,
+    /// `None`: the key was deleted.
+    pub new: Option<Vec<u8>>,
 }
 
 /// One invocation's effects, to be committed together.
@@ -624,6 +646,53 @@ impl Store {
         })
     }
 
+    /// The change stream of `namespace` after `after`, oldest first.
+    pub fn kv_changes_after(
+        &self,
+        namespace: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<KvChangeRow>, StoreError> {
+        self.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, key, old, new FROM kv_changes WHERE namespace = ?1 AND seq > ?2
+                 ORDER BY seq LIMIT ?3",
+            )?;
+            let rows = stmt
+                .query_map(params![namespace, after, limit as i64], |r| {
+                    Ok(KvChangeRow {
+                        seq: r.get(0)?,
+                        key: r.get(1)?,
+                        old: r.get(2)?,
+                        new: r.get(3)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// A change stream consumer's settled position; `None` before its first
+    /// start. And the stream's newest change, where a new consumer begins.
+    pub fn kv_cursor(
+        &self,
+        consumer: &str,
+        namespace: &str,
+    ) -> Result<(Option<i64>, i64), StoreError> {
+        self.with_reader(|conn| {
+            let cursor = conn
+                .prepare_cached("SELECT seq FROM kv_cursors WHERE consumer = ?1")?
+                .query_row([consumer], |r| r.get(0))
+                .optional()?;
+            let newest = conn
+                .prepare_cached(
+                    "SELECT coalesce(max(seq), 0) FROM kv_changes WHERE namespace = ?1",
+                )?
+                .query_row([namespace], |r| r.get(0))?;
+            Ok((cursor, newest))
+        })
+    }
+
     /// Every committed KV entry of `namespace` (operators' `wasmgate kv list`).
     pub fn kv_list(&self, namespace: &str) -> Result<Vec<KvEntry>, StoreError> {
         self.with_reader(|conn| {
@@ -989,7 +1058,27 @@ impl StoreThread {
                 "INSERT INTO schedules (function, schedule, last_ms) VALUES (?1, ?2, ?3)
                  ON CONFLICT (function, schedule) DO UPDATE SET last_ms = max(last_ms, excluded.last_ms)",
             )?;
+            let mut stream_cursor = tx.prepare_cached(
+                "INSERT INTO kv_cursors (consumer, namespace, seq) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (consumer) DO UPDATE SET seq = max(seq, excluded.seq)",
+            )?;
+            let mut stream_prune = tx.prepare_cached(
+                "DELETE FROM kv_changes WHERE namespace = ?1
+                 AND seq <= (SELECT min(seq) FROM kv_cursors WHERE namespace = ?1)",
+            )?;
+            let mut change = tx.prepare_cached(
+                "INSERT INTO kv_changes (namespace, key, old, new, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let streams = &self.options.kv_streams;
             let mut advance = |cursor: &Cursor| match cursor {
+                Cursor::KvStream {
+                    consumer,
+                    namespace,
+                    seq,
+                } => {
+                    stream_cursor.execute(params![consumer, namespace, seq])?;
+                    stream_prune.execute([namespace]).map(drop)
+                }
                 Cursor::OutboxRow(id) => unbox_row(*id),
                 Cursor::Schedule {
                     function,
@@ -1053,14 +1142,21 @@ impl StoreThread {
                         if let Some(id) = &commit.dedup {
                             seen.execute(params![ns, id, now])?;
                         }
+                        let streamed = streams.iter().any(|s| s == ns);
                         for (key, write) in &commit.effects.kv {
-                            let current = match write {
-                                KvWrite::Add(_) => get
-                                    .query_row(params![ns, key], |r| r.get::<_, Vec<u8>>(0))
-                                    .optional()?,
-                                _ => None,
+                            // An increment adds to what is there; the change
+                            // stream keeps the value before.
+                            let current = if streamed || matches!(write, KvWrite::Add(_)) {
+                                get.query_row(params![ns, key], |r| r.get::<_, Vec<u8>>(0))
+                                    .optional()?
+                            } else {
+                                None
                             };
-                            match write.apply(current.as_deref()) {
+                            let new = write.apply(current.as_deref());
+                            if streamed && (current.is_some() || new.is_some()) {
+                                change.execute(params![ns, key, current, new, now])?;
+                            }
+                            match new {
                                 Some(value) => put.execute(params![
                                     ns,
                                     key,

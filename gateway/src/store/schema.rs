@@ -87,6 +87,26 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (function, schedule)
     );
     "#,
+    // 5: the KV change stream: each committed write of a namespace that a
+    // `kv_change` trigger watches, in commit order, with the value before
+    // and after; and each consumer's cursor, moved in the transaction that
+    // commits the change's invocation. Rows every consumer has passed go.
+    r#"
+    CREATE TABLE kv_changes (
+        seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+        namespace TEXT NOT NULL,
+        key       TEXT NOT NULL,
+        old       BLOB,
+        new       BLOB,
+        at_ms     INTEGER NOT NULL
+    );
+    CREATE INDEX kv_changes_by_namespace ON kv_changes (namespace, seq);
+    CREATE TABLE kv_cursors (
+        consumer  TEXT PRIMARY KEY,
+        namespace TEXT NOT NULL,
+        seq       INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The version this binary writes.

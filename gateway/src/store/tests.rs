@@ -725,3 +725,61 @@ fn an_increment_marks_its_value_a_counter_and_a_put_does_not() {
     assert_eq!(listed.len(), 2);
     assert!(store.kv_entry("robot", "missing").unwrap().is_none());
 }
+
+#[test]
+fn a_watched_namespace_keeps_its_changes_until_every_consumer_passed_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = StoreOptions::new(dir.path().join("wasmgate.db"));
+    options.kv_streams = vec!["vending".into()];
+    let store = Store::open(options).expect("opens");
+    let put = |v: &str| KvWrite::Put(v.as_bytes().to_vec());
+    commit(&store, "vending", effects(&[("a", put("1"))], &[]));
+    commit(&store, "vending", effects(&[("a", put("2"))], &[]));
+    commit(&store, "vending", effects(&[("a", KvWrite::Delete)], &[]));
+    // A delete of a key that is not there changes nothing.
+    commit(&store, "vending", effects(&[("b", KvWrite::Delete)], &[]));
+    // Another namespace is not watched.
+    commit(&store, "robots", effects(&[("a", put("x"))], &[]));
+    let rows = store.kv_changes_after("vending", 0, 10).unwrap();
+    type Images<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+    let seen: Vec<Images> = rows
+        .iter()
+        .map(|r| (r.old.as_deref(), r.new.as_deref()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (None, Some(&b"1"[..])),
+            (Some(&b"1"[..]), Some(&b"2"[..])),
+            (Some(&b"2"[..]), None)
+        ]
+    );
+    assert!(store.kv_changes_after("robots", 0, 10).unwrap().is_empty());
+
+    // Two consumers: the changes go only once both have passed them.
+    let advance = |consumer: &str, seq: i64| {
+        let fx = Effects::default();
+        let (tx, rx) = channel();
+        store.submit(Commit {
+            function: "audit".into(),
+            effects: fx,
+            dedup: None,
+            cursor: Some(Cursor::KvStream {
+                consumer: consumer.into(),
+                namespace: "vending".into(),
+                seq,
+            }),
+            done: Box::new(move |r| tx.send(r.is_ok()).unwrap()),
+        });
+        assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap());
+    };
+    advance("stock/0", rows[0].seq);
+    advance("audit/0", rows[2].seq);
+    assert_eq!(store.kv_changes_after("vending", 0, 10).unwrap().len(), 2);
+    assert_eq!(
+        store.kv_cursor("audit/0", "vending").unwrap(),
+        (Some(rows[2].seq), rows[2].seq)
+    );
+    advance("stock/0", rows[2].seq);
+    assert!(store.kv_changes_after("vending", 0, 10).unwrap().is_empty());
+}

@@ -77,7 +77,7 @@ impl Pattern {
 }
 
 /// `*` matches any run of bytes, `?` one byte, anything else itself.
-fn glob(pattern: &[u8], name: &[u8]) -> bool {
+pub(super) fn glob(pattern: &[u8], name: &[u8]) -> bool {
     let (mut p, mut n) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while n < name.len() {

@@ -19,6 +19,7 @@
 pub mod file;
 pub mod http;
 pub mod invoke;
+pub mod kv_change;
 pub mod mqtt;
 pub mod schedule;
 
@@ -55,9 +56,10 @@ pub enum Settle {
     /// A fan-out invoke waiting in the outbox: its row is deleted in the
     /// transaction that commits the invocation (or its dead letter).
     Outbox { id: i64 },
-    /// A schedule's tick: its fire time is written in the transaction that
-    /// commits it, and the schedule hears whether that happened.
-    Schedule(schedule::Tick),
+    /// A source with a cursor of its own (a schedule's last tick, a change
+    /// stream's position): the cursor is written in the transaction that
+    /// commits the event, and the source hears whether that happened.
+    Advance(Advance),
     /// An HTTP request: answered with what the invocation said, once that
     /// is durable.
     Http(http::Pending),
@@ -72,7 +74,7 @@ impl Settle {
     pub fn cursor(&self) -> Option<Cursor> {
         match self {
             Settle::Outbox { id } => Some(Cursor::OutboxRow(*id)),
-            Settle::Schedule(tick) => Some(tick.cursor()),
+            Settle::Advance(advance) => Some(advance.cursor.clone()),
             Settle::Nothing | Settle::Mqtt(_) | Settle::Http(_) | Settle::File(_) => None,
         }
     }
@@ -97,8 +99,10 @@ impl Settle {
             Settle::Mqtt(handle) if durable => handle.ack(),
             // Settled already, in the commit itself.
             Settle::Outbox { .. } => durable,
-            Settle::Schedule(tick) => {
-                tick.resolve(durable);
+            Settle::Advance(advance) => {
+                // The source may be gone (shutting down): then the stored
+                // cursor says where to start.
+                let _ = advance.told.send(durable);
                 durable
             }
             Settle::Http(pending) => {
@@ -111,6 +115,22 @@ impl Settle {
             }
             Settle::Mqtt(_) | Settle::Nothing => false,
         }
+    }
+}
+
+/// A cursor to write with an event's outcome, and who waits to hear of it.
+#[derive(Debug)]
+pub struct Advance {
+    cursor: Cursor,
+    told: tokio::sync::oneshot::Sender<bool>,
+}
+
+impl Advance {
+    /// The settle, and where the source hears `true` (durable) or `false`
+    /// (left: due again).
+    pub fn new(cursor: Cursor) -> (Advance, tokio::sync::oneshot::Receiver<bool>) {
+        let (told, heard) = tokio::sync::oneshot::channel();
+        (Advance { cursor, told }, heard)
     }
 }
 
@@ -255,7 +275,11 @@ mod tests {
             Arc::new(AtomicUsize::new(0)),
             Arc::new(FunctionMetrics::default()),
         );
-        let (tick, mut told) = schedule::Tick::for_test("every-minute", 60_000);
+        let (tick, mut told) = Advance::new(Cursor::Schedule {
+            function: "f".into(),
+            schedule: "every-minute".into(),
+            scheduled_ms: 60_000,
+        });
         let job = Job {
             event: OwnedEvent::Schedule {
                 schedule: "every-minute".into(),
@@ -264,7 +288,7 @@ mod tests {
                 catch_up: false,
             },
             arrived: Instant::now(),
-            settle: Settle::Schedule(tick),
+            settle: Settle::Advance(tick),
             dedup: None,
         };
         let sent = tokio::runtime::Builder::new_current_thread()

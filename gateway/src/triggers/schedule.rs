@@ -3,7 +3,7 @@
 //!
 //! Each tick is an event like any other, and its time is the schedule's
 //! cursor: written (`schedules.last_ms`) in the transaction that commits the
-//! tick's invocation or its dead letter ([`Settle::Schedule`]). So across a
+//! tick's invocation or its dead letter ([`Settle::Advance`]). So across a
 //! kill -9 a tick either committed, and is never run again, or did not, and
 //! is due again at the next start: exactly once. A schedule runs one tick at
 //! a time, the next only once the last is settled; what it missed while the
@@ -11,9 +11,9 @@
 //!
 //! Times are UTC: `at(...)` and `cron(...)` fields are read in UTC.
 //!
-//! [`Settle::Schedule`]: super::Settle::Schedule
+//! [`Settle::Advance`]: super::Settle::Advance
 
-use super::{Intake, Job, Settle};
+use super::{Advance, Intake, Job, Settle};
 pub use crate::config::Missed;
 use crate::event::OwnedEvent;
 use crate::runtime::Effects;
@@ -21,7 +21,6 @@ use crate::store::{Commit, Cursor, Store};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
 
 /// The most missed ticks `missed = "all"` runs after downtime; older ones
 /// are skipped with a warning (a rate of a second, down for a week, would
@@ -209,43 +208,6 @@ pub fn plan(expression: &Expression, last: Option<i64>, now: i64, missed: Missed
     }
 }
 
-/// One tick on its way: what its commit writes, and how the schedule hears
-/// that it was settled.
-#[derive(Debug)]
-pub struct Tick {
-    function: String,
-    schedule: String,
-    scheduled_ms: i64,
-    told: oneshot::Sender<bool>,
-}
-
-impl Tick {
-    pub(super) fn cursor(&self) -> Cursor {
-        Cursor::Schedule {
-            function: self.function.clone(),
-            schedule: self.schedule.clone(),
-            scheduled_ms: self.scheduled_ms,
-        }
-    }
-
-    pub(super) fn resolve(self, durable: bool) {
-        // The schedule may be gone (shutting down): then the cursor says.
-        let _ = self.told.send(durable);
-    }
-
-    #[cfg(test)]
-    pub(super) fn for_test(schedule: &str, scheduled_ms: i64) -> (Tick, oneshot::Receiver<bool>) {
-        let (told, heard) = oneshot::channel();
-        let tick = Tick {
-            function: "f".into(),
-            schedule: schedule.into(),
-            scheduled_ms,
-            told,
-        };
-        (tick, heard)
-    }
-}
-
 /// One schedule of one function.
 #[derive(Debug, Clone)]
 pub struct ScheduleSpec {
@@ -346,7 +308,11 @@ async fn fire(
         if draining.load(Ordering::SeqCst) {
             return false;
         }
-        let (told, heard) = oneshot::channel();
+        let (advance, heard) = Advance::new(Cursor::Schedule {
+            function: spec.function.clone(),
+            schedule: spec.name.clone(),
+            scheduled_ms: scheduled,
+        });
         let job = Job {
             event: OwnedEvent::Schedule {
                 schedule: spec.name.clone(),
@@ -355,12 +321,7 @@ async fn fire(
                 catch_up,
             },
             arrived: Instant::now(),
-            settle: Settle::Schedule(Tick {
-                function: spec.function.clone(),
-                schedule: spec.name.clone(),
-                scheduled_ms: scheduled,
-                told,
-            }),
+            settle: Settle::Advance(advance),
             dedup: None,
         };
         if !intake.send(job).await {

@@ -7,13 +7,14 @@ use wasmgate_abi::{
 };
 use wasmi::{Caller, Engine, ExternType, Linker, Module, Store, ValType};
 
-const MODULES: [&str; 6] = [
+const MODULES: [&str; 7] = [
     "vending_telemetry",
     "robot_telemetry",
     "hello_http",
     "telemetry_enrich",
     "vending_heartbeat",
     "vending_sales",
+    "kv_audit",
 ];
 
 #[track_caller]
