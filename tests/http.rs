@@ -32,10 +32,15 @@ impl Reply {
 
 /// One HTTP/1.1 request on its own connection.
 fn request(port: u16, method: &str, target: &str, body: &[u8]) -> Reply {
+    request_with(port, method, target, "", body)
+}
+
+/// The same with extra header lines (each ending in `\r\n`).
+fn request_with(port: u16, method: &str, target: &str, headers: &str, body: &[u8]) -> Reply {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     stream.set_read_timeout(Some(ONE)).unwrap();
     let head = format!(
-        "{method} {target} HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        "{method} {target} HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\n{headers}content-length: {}\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).unwrap();
@@ -101,6 +106,11 @@ triggers = [{{ http = "POST /vending/{{machine}}/telemetry" }}]
 attempts = 1
 
 [[functions]]
+name = "private"
+wasm = {hello:?}
+triggers = [{{ http = "GET /private", auth = {{ api_keys = {{ file = {keys:?} }} }} }}]
+
+[[functions]]
 name = "slow"
 wasm = {endless:?}
 triggers = [{{ http = "GET /slow" }}]
@@ -116,6 +126,15 @@ attempts = 1
             hello = example_wasm("hello_http.wasm").display().to_string(),
             vending = example_wasm("vending_telemetry.wasm").display().to_string(),
             endless = endless(dir),
+            keys = {
+                let path = dir.join("api-keys");
+                std::fs::write(
+                    &path,
+                    "# one key per line\nkey-for-the-tablet-7f3a\nkey-for-the-dashboard-91c2\n",
+                )
+                .unwrap();
+                path.display().to_string()
+            },
         )
     })
 }
@@ -165,6 +184,44 @@ fn routes_answer_with_the_function_and_errors_a_client_can_act_on() {
         "the path parameter: {}",
         shown.stdout
     );
+}
+
+#[test]
+fn a_route_with_api_keys_answers_only_a_client_with_one() {
+    let port = free_port();
+    let gateway = gateway(port);
+    let none = request(port, "GET", "/private", b"");
+    assert_eq!(none.status, 401, "{none:?}");
+    assert!(none.header("www-authenticate").is_some());
+    let wrong = request_with(
+        port,
+        "GET",
+        "/private",
+        "x-api-key: key-for-the-tablet\r\n",
+        b"",
+    );
+    assert_eq!(wrong.status, 401, "{wrong:?}");
+    let right = request_with(
+        port,
+        "GET",
+        "/private?name=Tab",
+        "x-api-key: key-for-the-dashboard-91c2\r\n",
+        b"",
+    );
+    assert_eq!(right.status, 200, "{right:?}\n{}", gateway.logs());
+    assert!(right.body.contains("Hello, Tab!"), "{right:?}");
+    assert_eq!(
+        gateway.log_lines_with(&["x-api-key"]).len(),
+        2,
+        "{}",
+        gateway.logs()
+    );
+    assert!(
+        !gateway.logs().contains("key-for-the"),
+        "a key reached the log"
+    );
+    // Other routes stay open.
+    assert_eq!(request(port, "GET", "/hello", b"").status, 200);
 }
 
 #[test]

@@ -809,6 +809,11 @@ pub struct TriggerConfig {
     /// moves to `done/` beside it (`failed/` if dead-lettered).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+    /// http only: clients must send one of these API keys in `x-api-key`
+    /// (401 otherwise): `auth = { api_keys = { file = "/etc/wasmgate/api-keys" } }`,
+    /// one key per line (or `{ env = ... }`, `{ credential = ... }`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<RouteAuth>,
     /// The KV change stream of a function (its name): each committed write
     /// of its KV runs this function with the key, the value before and the
     /// value after, in commit order, at least once.
@@ -851,6 +856,27 @@ pub struct TriggerConfig {
     /// None by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup_property: Option<String>,
+}
+
+/// Who may call an HTTP route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteAuth {
+    /// The keys, one per line (blank lines and `#` comments aside).
+    pub api_keys: Secret,
+}
+
+impl RouteAuth {
+    /// The keys, once resolved.
+    pub fn keys(&self) -> Vec<String> {
+        self.api_keys
+            .expose()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect()
+    }
 }
 
 /// What happens to a file once its invocation is committed.
@@ -1336,6 +1362,18 @@ impl Config {
                     .key("secrets")
                     .key(name.clone());
                 secrets.push((path, secret));
+            }
+            for (j, trigger) in function.triggers.iter_mut().enumerate() {
+                if let Some(auth) = &mut trigger.auth {
+                    let path = root
+                        .key("functions")
+                        .index(i)
+                        .key("triggers")
+                        .index(j)
+                        .key("auth")
+                        .key("api_keys");
+                    secrets.push((path, &mut auth.api_keys));
+                }
             }
         }
         for (path, secret) in secrets {

@@ -329,6 +329,9 @@ fn trigger_kind(c: &mut Checker, path: &FieldPath, trigger: &TriggerConfig, prot
             "on a schedule (each tick runs exactly once already)",
         );
     }
+    if trigger.http.is_none() {
+        unused(c, &[("auth", trigger.auth.is_some())], "without `http`");
+    }
     if trigger.kv_change.is_none() {
         unused(
             c,

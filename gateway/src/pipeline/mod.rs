@@ -708,7 +708,7 @@ async fn start_http(
     deployed: &[(FunctionConfig, Arc<crate::runtime::Function>)],
     dispatchers: &[Dispatcher],
 ) -> Result<Option<HttpListener>, GatewayError> {
-    use crate::triggers::http::{Route, Server};
+    use crate::triggers::http::{Route, Server, Target};
     let mut routes = Vec::new();
     for ((f, _), dispatcher) in deployed.iter().zip(dispatchers) {
         for t in &f.triggers {
@@ -716,7 +716,11 @@ async fn start_http(
             let Some(Ok(route)) = t.http.as_deref().map(Route::parse) else {
                 continue;
             };
-            routes.push((route, dispatcher.intake.clone()));
+            let target = Target {
+                intake: dispatcher.intake.clone(),
+                api_keys: t.auth.as_ref().map(crate::config::RouteAuth::keys),
+            };
+            routes.push((route, target));
         }
     }
     if routes.is_empty() {

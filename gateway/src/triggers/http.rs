@@ -222,12 +222,31 @@ impl Pending {
     }
 }
 
+/// Where a route leads, and who may call it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub intake: Intake,
+    /// API keys one of which a client must send in `x-api-key`; none: open.
+    pub api_keys: Option<Vec<String>>,
+}
+
 #[derive(Debug)]
 struct State {
     routes: Routes<usize>,
     /// Each route's function, by the index `routes` leads to.
-    targets: Vec<Intake>,
+    targets: Vec<Target>,
     max_body: usize,
+}
+
+/// Whether `given` is one of `keys`, in time that does not depend on where
+/// the first differing byte is.
+fn key_matches(keys: &[String], given: &[u8]) -> bool {
+    keys.iter().fold(false, |found, key| {
+        let key = key.as_bytes();
+        let same = key.len() == given.len()
+            && key.iter().zip(given).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        found | same
+    })
 }
 
 /// The listener, bound: binding happens at start so that a taken port is a
@@ -241,7 +260,7 @@ pub struct Server {
 impl Server {
     pub async fn bind(
         addr: SocketAddr,
-        routes: Vec<(Route, Intake)>,
+        routes: Vec<(Route, Target)>,
         max_body: usize,
     ) -> std::io::Result<Server> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -316,6 +335,24 @@ async fn handle(state: &State, request: Request<Body>) -> HttpResponse {
         }
     };
     let target = &state.targets[index];
+    if let Some(keys) = &target.api_keys {
+        let given = request
+            .headers()
+            .get("x-api-key")
+            .map(HeaderValue::as_bytes);
+        if !given.is_some_and(|given| key_matches(keys, given)) {
+            tracing::warn!(method, path, "http request refused: no or wrong x-api-key");
+            let mut response = plain(
+                StatusCode::UNAUTHORIZED,
+                "an API key is required (x-api-key)",
+            );
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("ApiKey header=\"x-api-key\""),
+            );
+            return response;
+        }
+    }
     let query = request.uri().query().unwrap_or("").to_owned();
     let headers: Vec<(String, String)> = request
         .headers()
@@ -351,7 +388,7 @@ async fn handle(state: &State, request: Request<Body>) -> HttpResponse {
         }),
         dedup: None,
     };
-    match target.try_send(job) {
+    match target.intake.try_send(job) {
         Ok(()) => {}
         Err(super::Refused::Full) => {
             let mut response = plain(
@@ -474,6 +511,15 @@ mod tests {
         );
         assert_eq!(routes.find("PUT", "/hello"), Matched::Route(2, vec![]));
         assert_eq!(routes.find("GET", "/vending/vm-17"), Matched::NotFound);
+    }
+
+    #[test]
+    fn an_api_key_must_be_one_of_the_keys_exactly() {
+        let keys = vec!["k-1".to_owned(), "k-22".to_owned()];
+        assert!(key_matches(&keys, b"k-22"));
+        assert!(!key_matches(&keys, b"k-2"));
+        assert!(!key_matches(&keys, b"k-222"));
+        assert!(!key_matches(&[], b""));
     }
 
     #[test]
