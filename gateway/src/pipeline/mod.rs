@@ -695,6 +695,34 @@ fn log_store_totals(store: &Store) {
     );
 }
 
+/// A deployed function's parts, as every trigger source needs them.
+type DeployedFunction = (FunctionConfig, Arc<crate::runtime::Function>);
+
+/// Every trigger of every deployed function: the function's config and
+/// module, its dispatcher, and the trigger with its index.
+fn each_trigger<'a>(
+    deployed: &'a [DeployedFunction],
+    dispatchers: &'a [Dispatcher],
+) -> impl Iterator<
+    Item = (
+        &'a FunctionConfig,
+        &'a crate::runtime::Function,
+        &'a Dispatcher,
+        usize,
+        &'a crate::config::TriggerConfig,
+    ),
+> {
+    deployed
+        .iter()
+        .zip(dispatchers)
+        .flat_map(|((f, function), dispatcher)| {
+            f.triggers
+                .iter()
+                .enumerate()
+                .map(move |(i, t)| (f, &**function, dispatcher, i, t))
+        })
+}
+
 /// The running HTTP listener.
 #[derive(Debug)]
 struct HttpListener {
@@ -705,24 +733,21 @@ struct HttpListener {
 /// Binds `[http] listen` and serves every `http` trigger's route, if any.
 async fn start_http(
     config: &Config,
-    deployed: &[(FunctionConfig, Arc<crate::runtime::Function>)],
+    deployed: &[DeployedFunction],
     dispatchers: &[Dispatcher],
 ) -> Result<Option<HttpListener>, GatewayError> {
     use crate::triggers::http::{Route, Server, Target};
-    let mut routes = Vec::new();
-    for ((f, _), dispatcher) in deployed.iter().zip(dispatchers) {
-        for t in &f.triggers {
+    let routes: Vec<_> = each_trigger(deployed, dispatchers)
+        .filter_map(|(_, _, dispatcher, _, t)| {
             // Validation has parsed it already.
-            let Some(Ok(route)) = t.http.as_deref().map(Route::parse) else {
-                continue;
-            };
+            let route = Route::parse(t.http.as_deref()?).ok()?;
             let target = Target {
                 intake: dispatcher.intake.clone(),
                 api_keys: t.auth.as_ref().map(crate::config::RouteAuth::keys),
             };
-            routes.push((route, target));
-        }
-    }
+            Some((route, target))
+        })
+        .collect();
     if routes.is_empty() {
         return Ok(None);
     }
@@ -744,50 +769,42 @@ async fn start_http(
 
 /// Starts one task per kv_change trigger.
 fn start_streams(
-    deployed: &[(FunctionConfig, Arc<crate::runtime::Function>)],
+    deployed: &[DeployedFunction],
     dispatchers: &[Dispatcher],
     store: &Store,
     draining: &Arc<AtomicBool>,
 ) -> Vec<JoinHandle<()>> {
     use crate::triggers::kv_change::{self, StreamSpec};
-    let mut tasks = Vec::new();
-    for ((f, _), dispatcher) in deployed.iter().zip(dispatchers) {
-        for (i, t) in f.triggers.iter().enumerate() {
-            let Some(namespace) = &t.kv_change else {
-                continue;
-            };
+    each_trigger(deployed, dispatchers)
+        .filter_map(|(f, _, dispatcher, i, t)| {
             let spec = StreamSpec {
                 function: f.name.clone(),
                 consumer: format!("{}/{i}", f.name),
-                namespace: namespace.clone(),
+                namespace: t.kv_change.clone()?,
                 keys: t.keys.clone(),
             };
-            tasks.push(tokio::spawn(kv_change::run(
+            Some(tokio::spawn(kv_change::run(
                 spec,
                 store.clone(),
                 dispatcher.intake.clone(),
                 draining.clone(),
-            )));
-        }
-    }
-    tasks
+            )))
+        })
+        .collect()
 }
 
 /// Starts one task per file trigger.
 fn start_files(
-    deployed: &[(FunctionConfig, Arc<crate::runtime::Function>)],
+    deployed: &[DeployedFunction],
     dispatchers: &[Dispatcher],
     store: &Store,
     draining: &Arc<AtomicBool>,
 ) -> Vec<JoinHandle<()>> {
     use crate::triggers::file::{self, FileSpec, Pattern};
-    let mut tasks = Vec::new();
-    for ((f, function), dispatcher) in deployed.iter().zip(dispatchers) {
-        for t in &f.triggers {
+    each_trigger(deployed, dispatchers)
+        .filter_map(|(f, function, dispatcher, _, t)| {
             // Validation has parsed it already.
-            let Some(Ok(pattern)) = t.file.as_deref().map(Pattern::parse) else {
-                continue;
-            };
+            let pattern = Pattern::parse(t.file.as_deref()?).ok()?;
             let spec = FileSpec {
                 function: f.name.clone(),
                 version: function.version().to_owned(),
@@ -799,20 +816,19 @@ fn start_files(
                     .into(),
                 keep: f.dead_letters.keep,
             };
-            tasks.push(tokio::spawn(file::run(
+            Some(tokio::spawn(file::run(
                 spec,
                 store.clone(),
                 dispatcher.intake.clone(),
                 draining.clone(),
-            )));
-        }
-    }
-    tasks
+            )))
+        })
+        .collect()
 }
 
 /// Starts one task per schedule trigger, each from its last settled tick.
 async fn start_schedules(
-    deployed: &[(FunctionConfig, Arc<crate::runtime::Function>)],
+    deployed: &[DeployedFunction],
     dispatchers: &[Dispatcher],
     store: &Store,
     draining: &Arc<AtomicBool>,
@@ -826,14 +842,11 @@ async fn start_schedules(
             .into_iter()
             .map(|(function, name, last)| ((function, name), last))
             .collect();
-    let mut tasks = Vec::new();
-    for ((f, _), dispatcher) in deployed.iter().zip(dispatchers) {
-        for t in &f.triggers {
-            let Some(name) = &t.schedule else { continue };
+    let tasks = each_trigger(deployed, dispatchers)
+        .filter_map(|(f, _, dispatcher, _, t)| {
+            let name = t.schedule.as_ref()?;
             // Validation has parsed it already.
-            let Ok(expression) = Expression::parse(name) else {
-                continue;
-            };
+            let expression = Expression::parse(name).ok()?;
             let spec = ScheduleSpec {
                 function: f.name.clone(),
                 name: name.clone(),
@@ -841,15 +854,15 @@ async fn start_schedules(
                 missed: t.missed.unwrap_or_default(),
             };
             let last = last.get(&(f.name.clone(), name.clone())).copied();
-            tasks.push(tokio::spawn(schedule::run(
+            Some(tokio::spawn(schedule::run(
                 spec,
                 last,
                 store.clone(),
                 dispatcher.intake.clone(),
                 draining.clone(),
-            )));
-        }
-    }
+            )))
+        })
+        .collect();
     Ok(tasks)
 }
 

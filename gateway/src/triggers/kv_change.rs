@@ -118,11 +118,7 @@ async fn deliver(
     intake: &Intake,
     draining: &AtomicBool,
 ) -> bool {
-    let mut delay = Duration::from_millis(500);
-    loop {
-        if draining.load(Ordering::SeqCst) {
-            return false;
-        }
+    let make = || {
         let (advance, heard) = Advance::new(stream_cursor(spec, row.seq));
         let job = Job {
             event: OwnedEvent::KvChange {
@@ -140,19 +136,11 @@ async fn deliver(
             settle: Settle::Advance(advance),
             dedup: None,
         };
-        if !intake.send(job).await {
-            return false;
-        }
-        match heard.await {
-            Ok(true) => return true,
-            _ => {
-                if draining.load(Ordering::SeqCst) {
-                    return false;
-                }
-                tracing::warn!(function = %spec.function, namespace = %spec.namespace, seq = row.seq, retry_in = ?delay, "change not settled; running it again");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
-            }
-        }
-    }
+        (job, heard)
+    };
+    let what = format!(
+        "function {} change {} of {}",
+        spec.function, row.seq, spec.namespace
+    );
+    super::deliver_settled(make, intake, draining, &what).await
 }

@@ -134,6 +134,38 @@ impl Advance {
     }
 }
 
+/// Offers the job `make` builds until its outcome is durable, for a source
+/// that moves a cursor ([`Settle::Advance`]) and so takes one event at a
+/// time: a job left unsettled (a store that gave up, a shutdown) is made
+/// and offered again after a backoff. `false` when the source is to stop:
+/// the gateway drains, or the workers are gone.
+pub async fn deliver_settled(
+    mut make: impl FnMut() -> (Job, tokio::sync::oneshot::Receiver<bool>),
+    intake: &Intake,
+    draining: &std::sync::atomic::AtomicBool,
+    what: &str,
+) -> bool {
+    let mut delay = std::time::Duration::from_millis(500);
+    loop {
+        if draining.load(Ordering::SeqCst) {
+            return false;
+        }
+        let (job, heard) = make();
+        if !intake.send(job).await {
+            return false;
+        }
+        if heard.await == Ok(true) {
+            return true;
+        }
+        if draining.load(Ordering::SeqCst) {
+            return false;
+        }
+        tracing::warn!(retry_in = ?delay, "{what}: not settled; running it again");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(std::time::Duration::from_secs(30));
+    }
+}
+
 /// Why [`Intake::try_send`] did not take a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {

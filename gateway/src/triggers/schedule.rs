@@ -303,11 +303,7 @@ async fn fire(
     intake: &Intake,
     draining: &AtomicBool,
 ) -> bool {
-    let mut delay = Duration::from_millis(500);
-    loop {
-        if draining.load(Ordering::SeqCst) {
-            return false;
-        }
+    let make = || {
         let (advance, heard) = Advance::new(Cursor::Schedule {
             function: spec.function.clone(),
             schedule: spec.name.clone(),
@@ -324,23 +320,13 @@ async fn fire(
             settle: Settle::Advance(advance),
             dedup: None,
         };
-        if !intake.send(job).await {
-            return false;
-        }
-        match heard.await {
-            Ok(true) => return true,
-            // Left unsettled: a store that gave up, or a shutdown. The tick
-            // is due again; try it again unless the gateway is stopping.
-            Ok(false) | Err(_) => {
-                if draining.load(Ordering::SeqCst) {
-                    return false;
-                }
-                tracing::warn!(function = %spec.function, schedule = %spec.name, retry_in = ?delay, "tick not settled; running it again");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
-            }
-        }
-    }
+        (job, heard)
+    };
+    let what = format!(
+        "function {} schedule {} tick {scheduled}",
+        spec.function, spec.name
+    );
+    super::deliver_settled(make, intake, draining, &what).await
 }
 
 /// One schedule as `wasmgate schedules` shows it.
