@@ -48,14 +48,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// Largest MQTT payload the embedded broker accepts. Above the 1 MB a camera
-/// still or firmware chunk may need; functions refuse what they cannot handle.
-pub const MAX_PAYLOAD_BYTES: usize = 2 << 20;
-
-/// The largest message the embedded broker takes, topic included, as an
-/// emit's payload limit must respect: the payload limit less room for a
-/// topic (MQTT allows 65,535 bytes) and the fixed header.
-pub const MAX_EMIT_BYTES: usize = MAX_PAYLOAD_BYTES - 65_535 - 16;
+pub use crate::config::{
+    EMBEDDED_MAX_EMIT_BYTES as MAX_EMIT_BYTES, EMBEDDED_MAX_PAYLOAD_BYTES as MAX_PAYLOAD_BYTES,
+};
 
 /// How long a device may take from TCP connect to its CONNECT packet. A
 /// real device sends it at once; a connection that sends nothing holds a

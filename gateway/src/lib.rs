@@ -18,6 +18,7 @@ pub mod files;
 pub mod functions;
 pub mod local;
 pub mod metrics;
+pub mod mqtt;
 #[cfg(feature = "embedded-broker")]
 pub mod passwords;
 pub mod pipeline;

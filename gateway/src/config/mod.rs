@@ -45,6 +45,16 @@ pub const DEFAULT_DATA_DIR: &str = "./wasmgate-data";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:1883";
 /// Default [`TlsListenerConfig::listen`]; loopback, as above.
 pub const DEFAULT_TLS_LISTEN: &str = "127.0.0.1:8883";
+/// Largest MQTT payload the embedded broker accepts. Above the 1 MB a camera
+/// still or firmware chunk may need; functions refuse what they cannot
+/// handle. (Here, not in `broker`, so that validation needs no broker.)
+pub const EMBEDDED_MAX_PAYLOAD_BYTES: usize = 2 << 20;
+
+/// The largest message the embedded broker takes, topic included, as an
+/// emit's payload limit must respect: the payload limit less room for a
+/// topic (MQTT allows 65,535 bytes) and the fixed header.
+pub const EMBEDDED_MAX_EMIT_BYTES: usize = EMBEDDED_MAX_PAYLOAD_BYTES - 65_535 - 16;
+
 /// MQTT's port without TLS.
 pub const MQTT_PORT: u16 = 1883;
 /// MQTT's port with TLS.
@@ -429,7 +439,18 @@ pub struct BatchConfig {
     pub max_delay_ms: u64,
     /// `"none"` (default) or `"deflate"` (raw DEFLATE of the body).
     #[serde(default)]
-    pub compression: crate::pipeline::Compression,
+    pub compression: Compression,
+}
+
+/// How an upstream batch's body is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Compression {
+    #[default]
+    None,
+    /// Raw DEFLATE: `zlib.decompress(body, -15)` in Python, `inflateRaw` in
+    /// Node, `flate2::read::DeflateDecoder` in Rust.
+    Deflate,
 }
 
 const fn default_batch_messages() -> u32 {
@@ -879,42 +900,12 @@ impl RouteAuth {
     }
 }
 
-/// What happens to a file once its invocation is committed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum After {
-    /// To `done/` beside it.
-    #[default]
-    Move,
-    /// Deleted.
-    Delete,
-}
+pub use crate::triggers::pattern::After;
 
 /// Default [`TriggerConfig::max_file_bytes`].
 pub const DEFAULT_MAX_FILE_BYTES: u32 = 1 << 20;
 
-/// What a schedule does about the ticks it missed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Missed {
-    /// None of them runs.
-    Skip,
-    /// The latest one runs, late.
-    #[default]
-    Once,
-    /// Each runs, oldest first, up to 1,000.
-    All,
-}
-
-impl std::fmt::Display for Missed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(match self {
-            Missed::Skip => "skip",
-            Missed::Once => "once",
-            Missed::All => "all",
-        })
-    }
-}
+pub use crate::triggers::expression::Missed;
 
 /// Resource limits of a function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -1263,7 +1254,7 @@ impl Config {
                 let Some(Ok(pattern)) = trigger
                     .file
                     .as_deref()
-                    .map(crate::triggers::file::Pattern::parse)
+                    .map(crate::triggers::pattern::Pattern::parse)
                 else {
                     continue;
                 };
@@ -1404,21 +1395,6 @@ impl Config {
     }
 
     /// The client id of the gateway's session on the upstream broker, if any.
-    /// The upstream batching settings, with the default topic filled in.
-    pub fn upstream_batch(&self) -> Option<crate::pipeline::BatchSettings> {
-        let batch = self.upstream.as_ref()?.batch.as_ref()?;
-        Some(crate::pipeline::BatchSettings {
-            topic: batch
-                .topic
-                .clone()
-                .unwrap_or_else(|| format!("wasmgate/{}/batch", self.gateway_id)),
-            max_messages: batch.max_messages as usize,
-            max_bytes: batch.max_bytes as usize,
-            max_delay: Duration::from_millis(batch.max_delay_ms),
-            compression: batch.compression,
-        })
-    }
-
     pub fn upstream_client_id(&self) -> Option<String> {
         let upstream = self.upstream.as_ref()?;
         Some(

@@ -340,14 +340,14 @@ fn upstream_batching_defaults_and_bad_values() {
     let config = valid(
         "gateway_id = \"gw-1\"\n[upstream]\nhost = \"cloud\"\nbatch = { compression = \"deflate\" }\n",
     );
-    let batch = config.upstream_batch().expect("batching on");
+    let batch = crate::pipeline::upstream_batch(&config).expect("batching on");
     assert_eq!(batch.topic, "wasmgate/gw-1/batch");
     assert_eq!(batch.max_messages, 100);
     assert_eq!(batch.max_bytes, 65_536);
     assert_eq!(batch.max_delay, std::time::Duration::from_secs(1));
     assert_eq!(batch.compression, crate::pipeline::Compression::Deflate);
     assert_eq!(
-        valid("[upstream]\nhost = \"cloud\"\n").upstream_batch(),
+        crate::pipeline::upstream_batch(&valid("[upstream]\nhost = \"cloud\"\n")),
         None
     );
 

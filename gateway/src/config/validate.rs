@@ -353,7 +353,7 @@ fn trigger_kind(c: &mut Checker, path: &FieldPath, trigger: &TriggerConfig, prot
         );
     }
     if let Some(pattern) = &trigger.file {
-        if let Err(message) = crate::triggers::file::Pattern::parse(pattern) {
+        if let Err(message) = crate::triggers::pattern::Pattern::parse(pattern) {
             c.push(
                 path.key("file"),
                 Kind::InvalidFilePattern {
@@ -376,7 +376,7 @@ fn trigger_kind(c: &mut Checker, path: &FieldPath, trigger: &TriggerConfig, prot
         );
     }
     if let Some(route) = &trigger.http {
-        if let Err(message) = crate::triggers::http::Route::parse(route) {
+        if let Err(message) = crate::triggers::route::Route::parse(route) {
             c.push(
                 path.key("http"),
                 Kind::InvalidRoute {
@@ -414,10 +414,11 @@ fn http(c: &mut Checker, config: &Config) {
     if let Some(n) = config.http.max_body_bytes {
         c.range(path.key("max_body_bytes"), n.into(), 0, 16 << 20);
     }
-    let mut seen: Vec<(crate::triggers::http::Route, String)> = Vec::new();
+    let mut seen: Vec<(crate::triggers::route::Route, String)> = Vec::new();
     for (i, f) in config.functions.iter().enumerate() {
         for (j, t) in f.triggers.iter().enumerate() {
-            let Some(Ok(route)) = t.http.as_deref().map(crate::triggers::http::Route::parse) else {
+            let Some(Ok(route)) = t.http.as_deref().map(crate::triggers::route::Route::parse)
+            else {
                 continue;
             };
             if let Some((_, other)) = seen.iter().find(|(r, _)| r.clashes_with(&route)) {
@@ -852,7 +853,7 @@ fn store(c: &mut Checker, path: &FieldPath, store: &super::StoreConfig) {
 /// outbox dead-letters what a broker keeps refusing.)
 fn emit_size(c: &mut Checker, path: &FieldPath, limits: &Limits, broker: &BrokerConfig) {
     #[cfg(feature = "embedded-broker")]
-    let embedded_max = crate::broker::MAX_EMIT_BYTES as u64;
+    let embedded_max = super::EMBEDDED_MAX_EMIT_BYTES as u64;
     #[cfg(not(feature = "embedded-broker"))]
     let embedded_max = MAX_MQTT_PAYLOAD;
     if broker.mode == BrokerMode::Embedded && u64::from(limits.max_emit_bytes) > embedded_max {

@@ -11,7 +11,6 @@
 //! row in it is deleted only when the broker acknowledges the batch.
 
 use crate::store::OutboxRow;
-use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// The first bytes of every batch: format name and version.
@@ -19,16 +18,7 @@ pub const MAGIC: &[u8; 4] = b"WGB1";
 /// Header flag: the body is raw DEFLATE (RFC 1951) compressed.
 pub const FLAG_DEFLATE: u8 = 1;
 
-/// How a batch body is compressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Compression {
-    #[default]
-    None,
-    /// Raw DEFLATE: `zlib.decompress(body, -15)` in Python, `inflateRaw` in
-    /// Node, `flate2::read::DeflateDecoder` in Rust.
-    Deflate,
-}
+pub use crate::config::Compression;
 
 /// What the upstream drainer needs to batch.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,19 +4,17 @@
 //! [`Gateway::start`] wires it up from a validated config; [`run`] adds
 //! signal handling and a clean shutdown, which is all `wasmgate run` is.
 
-mod backoff;
 mod batch;
 mod dispatch;
-pub(crate) mod mqtt;
 mod outbox;
 mod retry;
 
-pub use backoff::Backoff;
+pub use crate::mqtt::{Backoff, Endpoint};
 pub use batch::{decode as decode_batch, BatchError, BatchSettings, Compression};
 pub use dispatch::FailurePolicy;
 pub use retry::{RetryPolicy, Stop};
 
-use crate::config::{BrokerMode, Config, FunctionConfig, Protocol};
+use crate::config::{BrokerMode, Config, FunctionConfig};
 use crate::metrics::FunctionMetrics;
 use crate::runtime::{FunctionSpec, Grants, Limits, LoadError, Runtime};
 use crate::store::{OutboxDestination, Store, StoreError, StoreOptions};
@@ -76,58 +74,8 @@ pub enum GatewayError {
     NoFunctions,
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[cfg(feature = "tls")]
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
-    #[cfg(not(feature = "tls"))]
-    #[error("this build has no TLS (feature `tls`), but the config asks for it")]
-    NoTls,
-}
-
-/// Where the gateway's MQTT clients connect.
-#[derive(Debug, Clone)]
-pub struct Endpoint {
-    pub host: String,
-    pub port: u16,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    /// MQTT 3.1.1 or 5 (see `mqtt.rs` for the options of each).
-    pub protocol: Protocol,
-    /// The largest packet this broker takes, when known without asking
-    /// (the embedded broker's); MQTT 5 brokers say so in their CONNACK.
-    pub max_packet_bytes: Option<usize>,
-    /// TLS settings, built and checked once at start.
-    #[cfg(feature = "tls")]
-    pub tls: Option<Arc<rustls::ClientConfig>>,
-}
-
-impl Endpoint {
-    /// A broker from the config: host, port, credentials and TLS files.
-    fn from_config(
-        host: &str,
-        port: u16,
-        username: Option<&String>,
-        password: Option<&crate::config::Secret>,
-        tls: Option<&crate::config::TlsConfig>,
-        protocol: Protocol,
-    ) -> Result<Endpoint, GatewayError> {
-        #[cfg(feature = "tls")]
-        let tls = tls.map(crate::tls::client_config).transpose()?;
-        #[cfg(not(feature = "tls"))]
-        if tls.is_some() {
-            return Err(GatewayError::NoTls);
-        }
-        Ok(Endpoint {
-            host: host.to_owned(),
-            port,
-            username: username.cloned(),
-            password: password.map(|p| p.expose().to_owned()),
-            protocol,
-            max_packet_bytes: None,
-            #[cfg(feature = "tls")]
-            tls,
-        })
-    }
+    Endpoint(#[from] crate::mqtt::EndpointError),
 }
 
 /// A function ready to deploy: its config and where its module comes from.
@@ -335,7 +283,7 @@ impl Gateway {
                 OutboxDestination::Upstream,
                 up.clone(),
                 id,
-                config.upstream_batch(),
+                upstream_batch(config),
             ),
             _ => Drain::start(
                 store.clone(),
@@ -885,6 +833,21 @@ fn connect_to(config: &Config) -> Result<(Endpoint, Option<EmbeddedBrokerHandle>
     }
 }
 
+/// The upstream batching settings, with the default topic filled in.
+pub fn upstream_batch(config: &Config) -> Option<BatchSettings> {
+    let batch = config.upstream.as_ref()?.batch.as_ref()?;
+    Some(BatchSettings {
+        topic: batch
+            .topic
+            .clone()
+            .unwrap_or_else(|| format!("wasmgate/{}/batch", config.gateway_id)),
+        max_messages: batch.max_messages as usize,
+        max_bytes: batch.max_bytes as usize,
+        max_delay: Duration::from_millis(batch.max_delay_ms),
+        compression: batch.compression,
+    })
+}
+
 /// The cloud broker, if configured.
 fn upstream_endpoint(config: &Config) -> Result<Option<Endpoint>, GatewayError> {
     config
@@ -901,6 +864,7 @@ fn upstream_endpoint(config: &Config) -> Result<Option<Endpoint>, GatewayError> 
             )
         })
         .transpose()
+        .map_err(GatewayError::from)
 }
 
 #[cfg(feature = "embedded-broker")]
@@ -961,7 +925,7 @@ fn start_embedded(
         password.as_ref(),
         None,
         // Validation keeps MQTT 5 to external brokers.
-        Protocol::V311,
+        crate::config::Protocol::V311,
     )?;
     endpoint.max_packet_bytes = Some(crate::broker::MAX_PAYLOAD_BYTES);
     Ok((endpoint, Some(broker)))

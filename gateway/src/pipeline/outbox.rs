@@ -44,10 +44,8 @@
 //! the broker's last words. `wasmgate dlq replay` puts it back in the
 //! outbox once the cause is fixed.
 
-use super::backoff::Backoff;
 use super::batch::{self, BatchSettings, Unit};
-use super::mqtt::{self, Client, PollError, Polled};
-use super::Endpoint;
+use crate::mqtt::{self, Backoff, Client, Endpoint, PollError, Polled};
 use crate::store::{OutboxDestination, OutboxRow, Store};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -246,7 +244,7 @@ impl InFlight {
             deleting: HashSet::new(),
             refusals: HashMap::new(),
             strikes: None,
-            max_packet: super::mqtt::MAX_PACKET,
+            max_packet: mqtt::MAX_PACKET,
             last: 0,
             held: Vec::new(),
             held_since: None,
@@ -558,14 +556,14 @@ impl Drainer {
             _ => return Err("event loop ended".into()),
         };
         flight.max_packet = [
-            Some(super::mqtt::MAX_PACKET),
+            Some(mqtt::MAX_PACKET),
             self.endpoint.max_packet_bytes,
             max_packet,
         ]
         .into_iter()
         .flatten()
         .min()
-        .unwrap_or(super::mqtt::MAX_PACKET);
+        .unwrap_or(mqtt::MAX_PACKET);
         tracing::debug!(outbox = name, "connected");
         let mut acked = Vec::new();
         // Whether the outbox may hold rows beyond `flight.last`: set by a

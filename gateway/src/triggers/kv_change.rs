@@ -92,7 +92,7 @@ pub async fn run(spec: StreamSpec, store: Store, intake: Intake, draining: Arc<A
             let wanted = spec
                 .keys
                 .as_deref()
-                .is_none_or(|keys| super::file::glob(keys.as_bytes(), row.key.as_bytes()));
+                .is_none_or(|keys| super::pattern::glob(keys.as_bytes(), row.key.as_bytes()));
             if wanted && !deliver(&spec, &row, &intake, &draining).await {
                 return;
             }

@@ -16,11 +16,14 @@
 //! In the style of vector's `SourceContext { out, shutdown, acknowledgements }`:
 //! the framework owns intake, settling and shutdown; a source only produces.
 
+pub mod expression;
 pub mod file;
 pub mod http;
 pub mod invoke;
 pub mod kv_change;
 pub mod mqtt;
+pub mod pattern;
+pub mod route;
 pub mod schedule;
 
 use crate::event::OwnedEvent;

@@ -8,12 +8,73 @@
 //! two, and [`Polled`] is the version-neutral event, which is where MQTT 5's
 //! additions surface: a message's user properties, and a PUBACK that refuses.
 
-use super::Endpoint;
 use crate::config::Protocol;
+pub use backoff::Backoff;
 use rumqttc::v5::mqttbytes::v5 as p5;
 use rumqttc::v5::mqttbytes::QoS as QoS5;
 use rumqttc::{Outgoing, QoS};
+#[cfg(feature = "tls")]
+use std::sync::Arc;
 use std::time::Duration;
+
+mod backoff;
+
+/// Why a broker's settings cannot make an endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[cfg(feature = "tls")]
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[cfg(not(feature = "tls"))]
+    #[error("this build has no TLS (feature `tls`), but the config asks for it")]
+    NoTls,
+}
+
+/// Where the gateway's MQTT clients connect.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// MQTT 3.1.1 or 5 (see `mqtt.rs` for the options of each).
+    pub protocol: Protocol,
+    /// The largest packet this broker takes, when known without asking
+    /// (the embedded broker's); MQTT 5 brokers say so in their CONNACK.
+    pub max_packet_bytes: Option<usize>,
+    /// TLS settings, built and checked once at start.
+    #[cfg(feature = "tls")]
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Endpoint {
+    /// A broker from the config: host, port, credentials and TLS files.
+    pub(crate) fn from_config(
+        host: &str,
+        port: u16,
+        username: Option<&String>,
+        password: Option<&crate::config::Secret>,
+        tls: Option<&crate::config::TlsConfig>,
+        protocol: Protocol,
+    ) -> Result<Endpoint, EndpointError> {
+        #[cfg(feature = "tls")]
+        let tls = tls.map(crate::tls::client_config).transpose()?;
+        #[cfg(not(feature = "tls"))]
+        if tls.is_some() {
+            return Err(EndpointError::NoTls);
+        }
+        Ok(Endpoint {
+            host: host.to_owned(),
+            port,
+            username: username.cloned(),
+            password: password.map(|p| p.expose().to_owned()),
+            protocol,
+            max_packet_bytes: None,
+            #[cfg(feature = "tls")]
+            tls,
+        })
+    }
+}
 
 /// Room for 1 MB payloads and then some; what a function cannot handle it
 /// fails on visibly, rather than the connection dropping.
@@ -94,6 +155,15 @@ pub enum Client {
 pub enum EventLoop {
     V3(Box<rumqttc::EventLoop>),
     V5(Box<rumqttc::v5::EventLoop>),
+}
+
+impl std::fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EventLoop::V3(_) => "EventLoop::V3",
+            EventLoop::V5(_) => "EventLoop::V5",
+        })
+    }
 }
 
 impl Client {
