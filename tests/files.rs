@@ -31,27 +31,6 @@ fn drop_file(inbox: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
-fn kv(gateway: &GatewayProcess, key: &str) -> Option<String> {
-    let out = wasmgate(
-        &[
-            "kv",
-            "--config",
-            gateway.config_path().to_str().unwrap(),
-            "get",
-            "sales",
-            key,
-        ],
-        ONE,
-    );
-    (out.code == Some(0)).then(|| {
-        out.stdout
-            .split_whitespace()
-            .next()
-            .unwrap_or("")
-            .to_owned()
-    })
-}
-
 #[test]
 fn files_run_once_then_move_to_done_and_failing_ones_to_failed() {
     let inbox_dir = tempfile::tempdir().unwrap();
@@ -66,7 +45,10 @@ fn files_run_once_then_move_to_done_and_failing_ones_to_failed() {
     let done = inbox.join("done/sales-1.csv");
     assert!(wait_until(ONE, || done.exists()), "{}", gateway.logs());
     assert!(!inbox.join("sales-1.csv").exists());
-    assert_eq!(kv(&gateway, "sales/vm-17").as_deref(), Some("430"));
+    assert_eq!(
+        support::gateway::kv_value(&gateway, "sales", "sales/vm-17").as_deref(),
+        Some("430")
+    );
 
     // A bad line: nothing counted, the file to failed/ and the DLQ.
     drop_file(&inbox, "sales-2.csv", "machine,slot,cents\nvm-17,A3,lots\n");
@@ -84,8 +66,14 @@ fn files_run_once_then_move_to_done_and_failing_ones_to_failed() {
         "{}",
         gateway.logs()
     );
-    assert_eq!(kv(&gateway, "sales/vm-17").as_deref(), Some("430"));
-    assert_eq!(kv(&gateway, "sales/vm-9"), None);
+    assert_eq!(
+        support::gateway::kv_value(&gateway, "sales", "sales/vm-17").as_deref(),
+        Some("430")
+    );
+    assert_eq!(
+        support::gateway::kv_value(&gateway, "sales", "sales/vm-9"),
+        None
+    );
     let config = gateway.config_path().to_str().unwrap().to_owned();
     let listed = wasmgate(&["dlq", "--config", &config, "list"], ONE);
     assert!(listed.stdout.contains("sales-2.csv"), "{}", listed.stdout);
@@ -97,7 +85,10 @@ fn files_run_once_then_move_to_done_and_failing_ones_to_failed() {
     assert!(inbox.join("sales-4.csv.part").exists());
     // The done file ran once: its sales were counted once.
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(kv(&gateway, "sales/vm-17").as_deref(), Some("430"));
+    assert_eq!(
+        support::gateway::kv_value(&gateway, "sales", "sales/vm-17").as_deref(),
+        Some("430")
+    );
 }
 
 #[test]
@@ -113,7 +104,10 @@ fn a_file_dropped_while_the_gateway_was_down_runs_at_the_next_start() {
         "{}",
         gateway.logs()
     );
-    assert_eq!(kv(&gateway, "sales/vm-4").as_deref(), Some("200"));
+    assert_eq!(
+        support::gateway::kv_value(&gateway, "sales", "sales/vm-4").as_deref(),
+        Some("200")
+    );
 }
 
 #[test]

@@ -11,27 +11,6 @@ use support::rig::{telemetry, telemetry_topic};
 
 const ONE: Duration = Duration::from_secs(30);
 
-fn kv(gateway: &GatewayProcess, namespace: &str, key: &str) -> Option<String> {
-    let out = wasmgate(
-        &[
-            "kv",
-            "--config",
-            gateway.config_path().to_str().unwrap(),
-            "get",
-            namespace,
-            key,
-        ],
-        ONE,
-    );
-    (out.code == Some(0)).then(|| {
-        out.stdout
-            .split_whitespace()
-            .next()
-            .unwrap_or("")
-            .to_owned()
-    })
-}
-
 #[test]
 fn writes_of_one_function_run_another_in_order_across_a_restart() {
     let port = free_port();
@@ -54,7 +33,7 @@ fn writes_of_one_function_run_another_in_order_across_a_restart() {
     };
     let modified = |gateway: &GatewayProcess, n: u64| {
         wait_until(ONE, || {
-            kv(gateway, "audit", "changes/modify") == Some(n.to_string())
+            support::gateway::kv_value(gateway, "audit", "changes/modify") == Some(n.to_string())
         })
     };
     publish(1, 6);
@@ -66,17 +45,20 @@ fn writes_of_one_function_run_another_in_order_across_a_restart() {
     publish(6, 11);
     assert!(modified(&gateway, 9), "{}", gateway.logs());
     assert_eq!(
-        kv(&gateway, "audit", "changes/insert").as_deref(),
+        support::gateway::kv_value(&gateway, "audit", "changes/insert").as_deref(),
         Some("1")
     );
-    assert_eq!(kv(&gateway, "audit", "changes/remove"), None);
+    assert_eq!(
+        support::gateway::kv_value(&gateway, "audit", "changes/remove"),
+        None
+    );
     // The copy is the last value written: the changes ran in commit order.
     assert_eq!(
-        kv(&gateway, "audit", "copy/vm-1/last_temp_c"),
-        kv(&gateway, "vending", "vm-1/last_temp_c")
+        support::gateway::kv_value(&gateway, "audit", "copy/vm-1/last_temp_c"),
+        support::gateway::kv_value(&gateway, "vending", "vm-1/last_temp_c")
     );
     assert_eq!(
-        kv(&gateway, "vending", "vm-1/last_temp_c").as_deref(),
+        support::gateway::kv_value(&gateway, "vending", "vm-1/last_temp_c").as_deref(),
         Some("10.0")
     );
 }

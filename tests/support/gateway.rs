@@ -397,3 +397,24 @@ pub fn wasmgate(args: &[&str], timeout: Duration) -> CommandOutput {
         stderr: read_log(&err),
     }
 }
+
+/// What `wasmgate kv get NAMESPACE KEY` shows of a key (the value's first
+/// word), `None` if the key is not there.
+pub fn kv_value(gateway: &GatewayProcess, namespace: &str, key: &str) -> Option<String> {
+    let config = gateway
+        .config_path()
+        .to_str()
+        .expect("config path")
+        .to_owned();
+    let out = wasmgate(
+        &["kv", "--config", &config, "get", namespace, key],
+        std::time::Duration::from_secs(30),
+    );
+    (out.code == Some(0)).then(|| {
+        out.stdout
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_owned()
+    })
+}

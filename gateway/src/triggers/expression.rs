@@ -37,6 +37,9 @@ pub const MAX_CATCH_UP: usize = 1_000;
 /// trigger's job, and a rate of 0 would never end.
 pub const MIN_RATE: Duration = Duration::from_secs(1);
 
+/// The longest rate, ten years and some.
+pub const MAX_RATE: Duration = Duration::from_secs(3_660 * 86_400);
+
 /// When a schedule fires.
 #[derive(Debug, Clone)]
 pub enum Expression {
@@ -113,6 +116,11 @@ fn parse_rate(text: &str) -> Result<Duration, String> {
         .ok_or_else(expected)?;
     if period < MIN_RATE {
         return Err(format!("invalid rate({text}): at least rate(1 second)"));
+    }
+    // Periods are counted in milliseconds as i64: a rate past a few
+    // centuries would wrap (and a wrapped 0 divides by zero).
+    if period > MAX_RATE {
+        return Err(format!("invalid rate({text}): at most rate(3660 days)"));
     }
     Ok(period)
 }
@@ -243,6 +251,7 @@ mod tests {
             ("rate(5 fortnights)", "invalid rate(5 fortnights)"),
             ("rate(0 seconds)", "at least rate(1 second)"),
             ("rate(five minutes)", "a number and a unit"),
+            ("rate(213503982334601 days)", "at most rate(3660 days)"),
             ("cron(0 2 * * *)", "expected 6 fields"),
             ("cron(0 25 * * ? *)", "invalid cron"),
             ("cron(0 0 31 2 ? *)", "never fires"),
