@@ -148,6 +148,8 @@ fn routes_answer_with_the_function_and_errors_a_client_can_act_on() {
     assert_eq!(ok.status, 200, "{ok:?}\n{}", gateway.logs());
     assert_eq!(ok.body, r#"{"greeting":"Hello, Ada!","hits":1}"#);
     assert_eq!(ok.header("content-type"), Some("application/json"));
+    // A header of the function's own (`respond_header`).
+    assert_eq!(ok.header("cache-control"), Some("no-store"));
     assert!(ok.header("x-request-id").is_some(), "{ok:?}");
     // The effects were committed before the answer: the counter is there.
     let post = request(port, "POST", "/hello", br#"{"name":"Bob"}"#);

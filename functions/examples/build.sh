@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-crates=(vending-telemetry robot-telemetry hello-http telemetry-enrich vending-heartbeat vending-sales kv-audit)
+crates=(vending-telemetry robot-telemetry hello-http telemetry-enrich vending-heartbeat vending-sales kv-audit vending-ledger)
 target_dir="${CARGO_TARGET_DIR:-target}"
 
 args=()

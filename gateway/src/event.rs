@@ -152,7 +152,12 @@ impl OwnedEvent {
 
     /// Several events delivered to one invocation.
     pub fn batch(events: &[OwnedEvent]) -> Self {
-        let lent: Vec<Event<'_>> = events.iter().map(OwnedEvent::as_event).collect();
+        Self::batch_of(events)
+    }
+
+    /// [`OwnedEvent::batch`] of events held elsewhere (a batch's items).
+    pub fn batch_of<'a>(events: impl IntoIterator<Item = &'a OwnedEvent>) -> Self {
+        let lent: Vec<Event<'_>> = events.into_iter().map(OwnedEvent::as_event).collect();
         // postcard cannot fail to encode these plain types into a Vec.
         OwnedEvent::Batch(Seq::<Event>::encode(&lent).unwrap_or_default())
     }

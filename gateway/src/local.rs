@@ -195,6 +195,17 @@ fn render_effects(out: &mut String, effects: &Effects) {
             response.status,
             show_bytes(&response.body)
         );
+        for (name, value) in &response.headers {
+            let _ = writeln!(out, "  {name}: {}", crate::text::escape(value));
+        }
+    }
+    if !effects.failed_items.is_empty() {
+        let items: Vec<String> = effects.failed_items.iter().map(u32::to_string).collect();
+        let _ = writeln!(
+            out,
+            "failed   items {} of the batch (retried alone; the rest commit)",
+            items.join(", ")
+        );
     }
     let _ = writeln!(out, "emits    {}", effects.emits.len());
     for emit in &effects.emits {
@@ -262,8 +273,10 @@ pub fn to_json(run: &LocalRun) -> Value {
                     })).collect::<Vec<_>>(),
                     "response": effects.response.as_ref().map(|r| json!({
                         "status": r.status,
+                        "headers": r.headers,
                         "body": String::from_utf8_lossy(&r.body),
                     })),
+                    "failed_items": effects.failed_items,
                 }),
                 Err(error) => json!({"ok": false, "error": error.kind(), "message": error.to_string()}),
             };

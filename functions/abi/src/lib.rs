@@ -62,9 +62,13 @@ pub mod imports {
     pub const INVOKE: &str = "invoke";
     /// `(status: i32, body: i32, body_len: i32) -> i32`
     pub const RESPOND: &str = "respond";
+    /// `(name: i32, name_len: i32, value: i32, value_len: i32) -> i32`
+    pub const RESPOND_HEADER: &str = "respond_header";
+    /// `(index: i32) -> i32`: an item of a batch failed (only it is retried).
+    pub const ITEM_FAILED: &str = "item_failed";
 
     /// Every import name, for hosts that want to reject unknown imports by name.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 14] = [
         EVENT_READ,
         EMIT,
         KV_GET,
@@ -77,6 +81,8 @@ pub mod imports {
         SECRET_GET,
         INVOKE,
         RESPOND,
+        RESPOND_HEADER,
+        ITEM_FAILED,
     ];
 }
 

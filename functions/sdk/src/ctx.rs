@@ -178,6 +178,27 @@ impl<'a, H: Host + ?Sized> Ctx<'a, H> {
         let ret = self.host.respond(status.into(), body.as_ref());
         check("respond", ret).map(drop)
     }
+
+    /// Adds a header to the reply (`content-type`, `cache-control`...),
+    /// before or after `respond`. Names the gateway sets itself
+    /// (`content-length`, `x-request-id`, the connection's framing) are
+    /// refused, as are control characters; at most 32 headers.
+    pub fn respond_header(&mut self, name: &str, value: &str) -> Result<(), Error> {
+        let ret = self.host.respond_header(name, value);
+        check("respond_header", ret).map(drop)
+    }
+
+    /// Reports the batch's item number `index` (as [`crate::events`] walks
+    /// them, from 0) failed, as Lambda's `ReportBatchItemFailures`: only the
+    /// items reported are retried and dead-lettered; the others commit with
+    /// this invocation's effects, so a function should make none for an
+    /// item it reports. `INVALID_ARGUMENT` outside a batch or past its end.
+    pub fn item_failed(&mut self, index: usize) -> Result<(), Error> {
+        let ret = self
+            .host
+            .item_failed(i32::try_from(index).unwrap_or(i32::MAX));
+        check("item_failed", ret).map(drop)
+    }
 }
 
 impl<H: Host + ?Sized> core::fmt::Debug for Ctx<'_, H> {

@@ -28,6 +28,8 @@ pub trait Host {
     fn secret_get(&mut self, name: &str, dst: &mut [u8]) -> i32;
     fn invoke(&mut self, function: &str, payload: &[u8]) -> i32;
     fn respond(&mut self, status: i32, body: &[u8]) -> i32;
+    fn respond_header(&mut self, name: &str, value: &str) -> i32;
+    fn item_failed(&mut self, index: i32) -> i32;
 }
 
 /// The host a plain `Ctx<'_>` uses: the real imports on `wasm32`, the fake elsewhere.

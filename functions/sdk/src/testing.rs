@@ -64,6 +64,8 @@ pub struct Invoked {
 pub struct Response {
     pub status: u16,
     pub body: Vec<u8>,
+    /// Headers set with `respond_header`, in order.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Response {
@@ -81,6 +83,7 @@ struct Effects {
     emits: Vec<Emitted>,
     invokes: Vec<Invoked>,
     response: Option<Response>,
+    failed_items: BTreeSet<usize>,
 }
 
 /// The in-memory host. See the [module docs](self).
@@ -94,6 +97,15 @@ pub struct FakeHost {
     now_ms: i64,
     next_request_id: u64,
     event: Vec<u8>,
+    /// The current event's items, if it is a batch.
+    batch_len: Option<usize>,
+}
+
+fn batch_len(event: &Event<'_>) -> Option<usize> {
+    match event {
+        Event::Batch(items) => Some(items.count().unwrap_or(0)),
+        _ => None,
+    }
 }
 
 impl Default for FakeHost {
@@ -118,6 +130,7 @@ impl FakeHost {
             now_ms: Self::START_MS,
             next_request_id: 1,
             event: Vec::new(),
+            batch_len: None,
         }
     }
 
@@ -132,6 +145,7 @@ impl FakeHost {
     {
         let saved = self.effects.clone();
         let context = self.next_context();
+        self.batch_len = batch_len(event);
         let result = handler(event, &mut Ctx::new(self, context));
         if result.is_err() {
             self.effects = saved;
@@ -155,6 +169,7 @@ impl FakeHost {
         let bytes = envelope.encode().expect("an event always encodes");
         let event_len = i32::try_from(bytes.len()).expect("test event under 2 GiB");
         self.event = bytes;
+        self.batch_len = batch_len(event);
         let saved = self.effects.clone();
         let mut buf = std::vec![0u8; buffer_size];
         let code = crate::glue::run(self, &mut buf, event_len, handler);
@@ -244,7 +259,13 @@ impl FakeHost {
         self.effects.emits.clear();
         self.effects.invokes.clear();
         self.effects.response = None;
+        self.effects.failed_items.clear();
         self
+    }
+
+    /// The items of the last batch reported failed (`item_failed`), in order.
+    pub fn failed_items(&self) -> Vec<usize> {
+        self.effects.failed_items.iter().copied().collect()
     }
 
     pub fn logs(&self) -> &[Logged] {
@@ -410,11 +431,57 @@ impl Host for FakeHost {
         let Ok(status @ 100..=599) = u16::try_from(status) else {
             return INVALID_ARGUMENT;
         };
+        let headers = self
+            .effects
+            .response
+            .take()
+            .map(|r| r.headers)
+            .unwrap_or_default();
         self.effects.response = Some(Response {
             status,
             body: body.to_vec(),
+            headers,
         });
         OK
+    }
+
+    fn respond_header(&mut self, name: &str, value: &str) -> i32 {
+        let token = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        let printable = value.bytes().all(|b| b == b'\t' || b >= b' ' && b != 0x7f);
+        let reserved = [
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "x-request-id",
+            "upgrade",
+            "keep-alive",
+        ];
+        if !token || !printable || reserved.iter().any(|r| name.eq_ignore_ascii_case(r)) {
+            return INVALID_ARGUMENT;
+        }
+        let response = self.effects.response.get_or_insert_with(|| Response {
+            status: 200,
+            body: Vec::new(),
+            headers: Vec::new(),
+        });
+        if response.headers.len() >= 32 {
+            return INVALID_ARGUMENT;
+        }
+        response.headers.push((name.to_string(), value.to_string()));
+        OK
+    }
+
+    fn item_failed(&mut self, index: i32) -> i32 {
+        match (self.batch_len, usize::try_from(index)) {
+            (Some(len), Ok(index)) if index < len => {
+                self.effects.failed_items.insert(index);
+                OK
+            }
+            _ => INVALID_ARGUMENT,
+        }
     }
 }
 

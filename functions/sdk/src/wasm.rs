@@ -39,6 +39,13 @@ mod imports {
             payload_len: i32,
         ) -> i32;
         pub fn respond(status: i32, body: *const u8, body_len: i32) -> i32;
+        pub fn respond_header(
+            name: *const u8,
+            name_len: i32,
+            value: *const u8,
+            value_len: i32,
+        ) -> i32;
+        pub fn item_failed(index: i32) -> i32;
     }
 }
 
@@ -101,6 +108,13 @@ impl Host for WasmHost {
     }
     fn respond(&mut self, status: i32, body: &[u8]) -> i32 {
         unsafe { imports::respond(status, body.as_ptr(), len(body)) }
+    }
+    fn respond_header(&mut self, name: &str, value: &str) -> i32 {
+        let (n, v) = (name.as_bytes(), value.as_bytes());
+        unsafe { imports::respond_header(n.as_ptr(), len(n), v.as_ptr(), len(v)) }
+    }
+    fn item_failed(&mut self, index: i32) -> i32 {
+        unsafe { imports::item_failed(index) }
     }
 }
 

@@ -861,6 +861,13 @@ pub struct TriggerConfig {
     /// `"skip"`, or `"all"` (each, up to 1,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missed: Option<Missed>,
+    /// mqtt and file only: hand the function a batch of events, up to
+    /// `size`, or what arrived within `window_ms` of the first:
+    /// `batch = { size = 100, window_ms = 500 }`. The function may report
+    /// single items failed (`item_failed`): only those are retried and
+    /// dead-lettered, the rest commit. None by default (one event each).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchWindow>,
     /// QoS of the subscription: 0 or 1 (default 1). QoS 1 with manual acks is
     /// what makes delivery at-least-once.
     #[serde(default = "default_qos")]
@@ -878,6 +885,23 @@ pub struct TriggerConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup_property: Option<String>,
 }
+
+/// A trigger's batching window (Lambda's batch size and batching window).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchWindow {
+    /// Events per batch at most, 1 to 10,000.
+    pub size: u32,
+    /// How long a batch waits for more events after its first, 0 to
+    /// 60,000 ms; 0 takes only what is already waiting. Default 0.
+    #[serde(default)]
+    pub window_ms: u64,
+}
+
+/// The most events one batch holds.
+pub const MAX_BATCH_SIZE: u32 = 10_000;
+/// The longest batching window.
+pub const MAX_BATCH_WINDOW_MS: u64 = 60_000;
 
 /// Who may call an HTTP route.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

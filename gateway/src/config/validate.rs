@@ -329,6 +329,28 @@ fn trigger_kind(c: &mut Checker, path: &FieldPath, trigger: &TriggerConfig, prot
             "on a schedule (each tick runs exactly once already)",
         );
     }
+    match &trigger.batch {
+        Some(batch) if trigger.mqtt.is_some() || trigger.file.is_some() => {
+            c.range(
+                path.key("batch").key("size"),
+                batch.size.into(),
+                1,
+                crate::config::MAX_BATCH_SIZE.into(),
+            );
+            c.range(
+                path.key("batch").key("window_ms"),
+                batch.window_ms,
+                0,
+                crate::config::MAX_BATCH_WINDOW_MS,
+            );
+        }
+        Some(_) => unused(
+            c,
+            &[("batch", true)],
+            "on this kind of trigger (batching windows are for mqtt and file triggers)",
+        ),
+        None => {}
+    }
     if trigger.http.is_none() {
         unused(c, &[("auth", trigger.auth.is_some())], "without `http`");
     }

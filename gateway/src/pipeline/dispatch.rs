@@ -17,6 +17,7 @@
 //! leaves that event unacknowledged, for the broker to redeliver.
 
 use super::retry::{Jitter, RetryPolicy, Stop};
+use crate::event::OwnedEvent;
 use crate::metrics::{inc, FunctionMetrics};
 use crate::runtime::{Function, KvRead};
 use crate::store::{Attempt, Commit, Cursor, NewDeadLetter, Seen, Store};
@@ -149,13 +150,12 @@ impl Worker {
     /// way once its dead letter commits.
     fn handle(&mut self, job: Job) {
         let f = self.function.clone();
-        let settles = job.settle.cursor();
-        let done = Done {
-            metrics: self.metrics.clone(),
-            in_flight: self.in_flight.clone(),
-            settle: job.settle,
-            arrived: job.arrived,
+        let settle = match job.settle {
+            Settle::Batch(items) => return self.handle_batch(items),
+            settle => settle,
         };
+        let settles = settle.cursor();
+        let done = self.done(settle, job.arrived);
         let done = match &job.dedup {
             Some(id) => match self.check_dedup(id, done) {
                 Some(done) => done,
@@ -170,29 +170,7 @@ impl Worker {
         let mut attempt = 1;
         loop {
             let report = f.invoke(request_id, attempt, &event, Some(self.kv.clone()));
-            for line in &report.logs {
-                log_guest_line(&f, request_id, topic, line.level, &line.message);
-            }
-            // An output the function meant to send is lost: an error.
-            for reason in &report.refused {
-                tracing::error!(
-                    function = f.name(),
-                    version = f.version(),
-                    request_id,
-                    trigger = topic,
-                    "{reason}"
-                );
-            }
-            if report.refused_count > report.refused.len() {
-                tracing::warn!(
-                    function = f.name(),
-                    more = report.refused_count - report.refused.len(),
-                    "more emits or invokes refused in this invocation"
-                );
-            }
-            self.metrics
-                .refused
-                .fetch_add(report.refused_count as u64, Ordering::Relaxed);
+            self.log_report(request_id, topic, &report);
             let error = match report.outcome {
                 Ok(mut effects) => {
                     inc(&self.metrics.succeeded);
@@ -207,8 +185,8 @@ impl Worker {
                     self.sinks.store.submit(Commit {
                         function: f.name().to_owned(),
                         effects,
-                        dedup: job.dedup,
-                        cursor: settles,
+                        dedup: job.dedup.into_iter().collect(),
+                        cursors: settles.into_iter().collect(),
                         done: Box::new(move |committed| done.finish(committed.is_ok())),
                     });
                     return;
@@ -267,6 +245,211 @@ impl Worker {
             attempts,
             done,
         );
+    }
+
+    fn done(&self, settle: Settle, arrived: Instant) -> Done {
+        Done {
+            metrics: self.metrics.clone(),
+            in_flight: self.in_flight.clone(),
+            settle,
+            arrived,
+        }
+    }
+
+    /// What the operator must hear of an attempt: the function's log lines,
+    /// and the outputs it meant to send that were refused (lost: an error).
+    fn log_report(&self, request_id: u64, topic: &str, report: &crate::runtime::Report) {
+        let f = &self.function;
+        for line in &report.logs {
+            log_guest_line(f, request_id, topic, line.level, &line.message);
+        }
+        for reason in &report.refused {
+            tracing::error!(
+                function = f.name(),
+                version = f.version(),
+                request_id,
+                trigger = topic,
+                "{reason}"
+            );
+        }
+        if report.refused_count > report.refused.len() {
+            tracing::warn!(
+                function = f.name(),
+                more = report.refused_count - report.refused.len(),
+                "more emits or invokes refused in this invocation"
+            );
+        }
+        self.metrics
+            .refused
+            .fetch_add(report.refused_count as u64, Ordering::Relaxed);
+    }
+
+    /// Runs a batch ([`crate::triggers::batch`]) as one invocation, retrying
+    /// as a single event is retried. Items the function reports failed
+    /// (`item_failed`) are run again as a smaller batch, and at their last
+    /// attempt each goes to the dead-letter queue on its own (so `dlq
+    /// replay` replays the one event); the others commit with the
+    /// invocation's effects, their dedup ids and cursors in that same
+    /// transaction, and are settled once it is durable. A failed invocation
+    /// fails every item, as in Lambda without `ReportBatchItemFailures`.
+    fn handle_batch(&mut self, jobs: Vec<Job>) {
+        let f = self.function.clone();
+        let mut items = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let cursor = job.settle.cursor();
+            let done = self.done(job.settle, job.arrived);
+            let done = match &job.dedup {
+                Some(id) => match self.check_dedup(id, done) {
+                    Some(done) => done,
+                    None => continue,
+                },
+                None => done,
+            };
+            items.push(Item {
+                event: job.event,
+                dedup: job.dedup,
+                cursor,
+                done,
+                attempts: Vec::new(),
+            });
+        }
+        if items.is_empty() {
+            return;
+        }
+        let request_id = self.request_ids.fetch_add(1, Ordering::Relaxed);
+        let mut attempt = 1;
+        loop {
+            let batch = OwnedEvent::batch_of(items.iter().map(|item| &item.event));
+            let topic = ordering_key(&items[0].event).to_owned();
+            let report = f.invoke(
+                request_id,
+                attempt,
+                &batch.as_event(),
+                Some(self.kv.clone()),
+            );
+            drop(batch);
+            self.log_report(request_id, &topic, &report);
+            let logs = crate::dlq::attempt_logs(&report.logs);
+            let (failure, error) = match report.outcome {
+                Ok(mut effects) => {
+                    inc(&self.metrics.succeeded);
+                    let failed = std::mem::take(&mut effects.failed_items);
+                    let (bad, good): (Vec<_>, Vec<_>) = items
+                        .into_iter()
+                        .enumerate()
+                        .partition(|(i, _)| failed.contains(&(*i as u32)));
+                    items = bad.into_iter().map(|(_, item)| item).collect();
+                    let good: Vec<Item> = good.into_iter().map(|(_, item)| item).collect();
+                    if good.is_empty() {
+                        // Every item failed: as a failed invocation, its
+                        // effects are not kept (a retry would repeat them).
+                        tracing::debug!(
+                            function = f.name(),
+                            request_id,
+                            "every item of the batch failed; its effects are dropped"
+                        );
+                    } else {
+                        self.commit_items(request_id, effects, good);
+                    }
+                    if items.is_empty() {
+                        return;
+                    }
+                    (
+                        crate::runtime::FailureKind::Failed,
+                        "the function reported this item of its batch failed (item_failed)"
+                            .to_owned(),
+                    )
+                }
+                Err(error) => {
+                    inc(&self.metrics.failed);
+                    (error.failure(), error.to_string())
+                }
+            };
+            for item in &mut items {
+                item.attempts.push(Attempt {
+                    attempt,
+                    at_ms: crate::dlq::now_ms(),
+                    kind: failure.as_str().to_owned(),
+                    error: error.clone(),
+                    version: f.version().to_owned(),
+                    logs: logs.clone(),
+                });
+            }
+            if !self.failures.retry.retries(failure, attempt) {
+                tracing::warn!(
+                    function = f.name(),
+                    version = f.version(),
+                    request_id,
+                    kind = failure.as_str(),
+                    items = items.len(),
+                    attempts = attempt,
+                    "batch items failed: {error}; each goes to the dead-letter queue"
+                );
+                for item in items {
+                    let topic = ordering_key(&item.event).to_owned();
+                    self.dead_letter(
+                        item.event.as_event(),
+                        &topic,
+                        request_id,
+                        (item.dedup, item.cursor),
+                        item.attempts,
+                        item.done,
+                    );
+                }
+                return;
+            }
+            let delay = self.failures.retry.delay(attempt, self.jitter.next());
+            tracing::debug!(
+                function = f.name(),
+                kind = failure.as_str(),
+                items = items.len(),
+                attempt,
+                retry_in = ?delay,
+                "batch attempt failed; retrying its failed items: {error}"
+            );
+            if !self.stop.sleep(delay) {
+                for item in items {
+                    item.done.finish(false);
+                }
+                return;
+            }
+            inc(&self.metrics.retries);
+            attempt += 1;
+        }
+    }
+
+    /// Commits a batch's effects with the items that did not fail; each is
+    /// settled once that transaction is durable.
+    fn commit_items(&self, request_id: u64, effects: crate::runtime::Effects, items: Vec<Item>) {
+        self.metrics
+            .emitted
+            .fetch_add(effects.emits.len() as u64, Ordering::Relaxed);
+        let dedup = items.iter().filter_map(|item| item.dedup.clone()).collect();
+        let cursors = items
+            .iter()
+            .filter_map(|item| item.cursor.clone())
+            .collect();
+        let dones: Vec<Done> = items
+            .into_iter()
+            .map(|mut item| {
+                item.done.settle.tell(Answer::Ran {
+                    request_id,
+                    response: None,
+                });
+                item.done
+            })
+            .collect();
+        self.sinks.store.submit(Commit {
+            function: self.function.name().to_owned(),
+            effects,
+            dedup,
+            cursors,
+            done: Box::new(move |committed| {
+                for done in dones {
+                    done.finish(committed.is_ok());
+                }
+            }),
+        });
     }
 
     /// Looks up a message's dedup id; gives `done` back if the message is
@@ -368,6 +551,15 @@ impl Worker {
             }
         });
     }
+}
+
+/// One event of a batch, until it is committed or dead-lettered.
+struct Item {
+    event: OwnedEvent,
+    dedup: Option<String>,
+    cursor: Option<Cursor>,
+    done: Done,
+    attempts: Vec<Attempt>,
 }
 
 /// What is left to do for a job once its outcome is settled. Only the

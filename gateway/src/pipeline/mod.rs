@@ -340,6 +340,7 @@ impl Gateway {
                             (None, Some(name)) => Some(ingress::Dedup::Property(name.clone())),
                             (None, None) => None,
                         },
+                        batch: t.batch.map(Into::into),
                     })
                 })
                 .collect();
@@ -764,10 +765,18 @@ fn start_files(
                     .into(),
                 keep: f.dead_letters.keep,
             };
+            let intake = match t.batch {
+                Some(window) => crate::triggers::batch::batched(
+                    &dispatcher.intake,
+                    window.into(),
+                    draining.clone(),
+                ),
+                None => dispatcher.intake.clone(),
+            };
             Some(tokio::spawn(file::run(
                 spec,
                 store.clone(),
-                dispatcher.intake.clone(),
+                intake,
                 draining.clone(),
             )))
         })

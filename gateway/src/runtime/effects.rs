@@ -27,6 +27,8 @@ pub struct Invoke {
 pub struct Response {
     pub status: u16,
     pub body: Vec<u8>,
+    /// Headers the function set (`respond_header`), in order.
+    pub headers: Vec<(String, String)>,
 }
 
 /// The net effect of an invocation on one KV key.
@@ -73,6 +75,9 @@ pub struct Effects {
     pub kv: BTreeMap<String, KvWrite>,
     pub invokes: Vec<Invoke>,
     pub response: Option<Response>,
+    /// The items of a batch the function said failed (`item_failed`), by
+    /// index: only those are retried, the rest commit with these effects.
+    pub failed_items: std::collections::BTreeSet<u32>,
 }
 
 impl Effects {

@@ -69,6 +69,8 @@ pub(crate) struct CallState {
     pub meter: Meter,
     /// A budget a host call found spent; it ended the invocation.
     pub stop: Option<Stop>,
+    /// How many events the invocation's batch holds; `None`: not a batch.
+    pub batch_len: Option<u32>,
 }
 
 /// What host calls charge against: the invocation's deadline and fuel.
@@ -717,12 +719,115 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors
             let Ok(code @ 100..=599) = u16::try_from(code) else {
                 return Ok(status(Status::InvalidArgument));
             };
-            caller.data_mut().call.effects.response = Some(Response { status: code, body });
+            let effects = &mut caller.data_mut().call.effects;
+            // Headers set before the status stay.
+            let headers = effects
+                .response
+                .take()
+                .map(|r| r.headers)
+                .unwrap_or_default();
+            effects.response = Some(Response {
+                status: code,
+                body,
+                headers,
+            });
             Ok(status(Status::Ok))
         },
     )?;
 
+    linker.func_wrap(
+        m,
+        imports::RESPOND_HEADER,
+        |mut caller: Caller<'_, HostState>,
+         name: i32,
+         name_len: i32,
+         value: i32,
+         value_len: i32|
+         -> HostResult<i32> {
+            enter(&mut caller, imports::RESPOND_HEADER)?;
+            check_size(
+                &mut caller,
+                imports::RESPOND_HEADER,
+                "name",
+                name_len,
+                MAX_HEADER_BYTES,
+            )?;
+            check_size(
+                &mut caller,
+                imports::RESPOND_HEADER,
+                "value",
+                value_len,
+                MAX_HEADER_BYTES,
+            )?;
+            let name = read(&mut caller, imports::RESPOND_HEADER, name, name_len)?;
+            let value = read(&mut caller, imports::RESPOND_HEADER, value, value_len)?;
+            let (Ok(name), Ok(value)) = (String::from_utf8(name), String::from_utf8(value)) else {
+                return Ok(status(Status::InvalidArgument));
+            };
+            if !valid_header(&name, &value) {
+                return Ok(status(Status::InvalidArgument));
+            }
+            let effects = &mut caller.data_mut().call.effects;
+            let response = effects.response.get_or_insert_with(|| Response {
+                status: 200,
+                body: Vec::new(),
+                headers: Vec::new(),
+            });
+            if response.headers.len() >= MAX_RESPONSE_HEADERS {
+                return Ok(status(Status::InvalidArgument));
+            }
+            response.headers.push((name, value));
+            Ok(status(Status::Ok))
+        },
+    )?;
+
+    linker.func_wrap(
+        m,
+        imports::ITEM_FAILED,
+        |mut caller: Caller<'_, HostState>, index: i32| -> HostResult<i32> {
+            enter(&mut caller, imports::ITEM_FAILED)?;
+            let call = &mut caller.data_mut().call;
+            let Some(len) = call.batch_len else {
+                return Ok(status(Status::InvalidArgument));
+            };
+            match u32::try_from(index) {
+                Ok(index) if index < len => {
+                    call.effects.failed_items.insert(index);
+                    Ok(status(Status::Ok))
+                }
+                _ => Ok(status(Status::InvalidArgument)),
+            }
+        },
+    )?;
+
     Ok(())
+}
+
+/// The longest header name or value a function may answer with.
+pub const MAX_HEADER_BYTES: usize = 8 << 10;
+/// The most headers a function may answer with.
+pub const MAX_RESPONSE_HEADERS: usize = 32;
+
+/// A header a client may be sent: a token name, a value without control
+/// characters, and none the gateway sets itself (the length, the request id)
+/// or that would change how the connection is framed.
+fn valid_header(name: &str, value: &str) -> bool {
+    let token = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    let printable = value
+        .bytes()
+        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80);
+    let reserved = [
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "x-request-id",
+        "upgrade",
+        "keep-alive",
+    ];
+    token && printable && !reserved.iter().any(|r| name.eq_ignore_ascii_case(r))
 }
 
 /// Why an emit was denied, and the grant that would allow it: the topic's

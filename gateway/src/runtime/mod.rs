@@ -538,6 +538,10 @@ impl Function {
         let state = &mut instance.store.data_mut().call;
         state.envelope = envelope;
         state.kv = kv;
+        state.batch_len = match event {
+            Event::Batch(items) => Some(items.count().unwrap_or(0) as u32),
+            _ => None,
+        };
         let (outcome, fuel) = self.run(&mut instance, started);
         let memory_bytes = instance
             .store

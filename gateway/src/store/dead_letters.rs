@@ -261,8 +261,8 @@ impl Store {
             super::Commit {
                 function: letter.function.clone(),
                 effects,
-                dedup: letter.dedup.clone(),
-                cursor: None,
+                dedup: letter.dedup.clone().into_iter().collect(),
+                cursors: Vec::new(),
                 done: Box::new(move |result| {
                     let _ = tx.send(result);
                 }),

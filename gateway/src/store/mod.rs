@@ -199,12 +199,13 @@ pub struct KvChangeRow {
 pub struct Commit {
     pub function: String,
     pub effects: Effects,
-    /// The device-provided id of the message, recorded in the same
-    /// transaction so that a redelivery is recognised ([`Store::seen`]).
-    pub dedup: Option<String>,
-    /// What the event's source records in the same transaction (see
+    /// The device-provided ids of the messages (one, or a batch's), recorded
+    /// in the same transaction so that a redelivery is recognised
+    /// ([`Store::seen`]).
+    pub dedup: Vec<String>,
+    /// What the events' sources record in the same transaction (see
     /// [`Cursor`]).
-    pub cursor: Option<Cursor>,
+    pub cursors: Vec<Cursor>,
     /// Called on the store thread once the transaction holding these effects
     /// is durable (`Ok`), or when the store gives up on it (`Err`, at shutdown).
     pub done: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
@@ -323,10 +324,11 @@ impl Inner {
     /// A commit with a dedup id has ended: the id leaves the pending set,
     /// and the copies that waited for it learn whether it was kept.
     fn settle_pending_id(&self, commit: &Commit, committed: bool) {
-        let Some(id) = &commit.dedup else { return };
-        let waiters = lock(&self.pending_ids).remove(&(commit.function.clone(), id.clone()));
-        for waiter in waiters.into_iter().flatten() {
-            waiter(committed);
+        for id in &commit.dedup {
+            let waiters = lock(&self.pending_ids).remove(&(commit.function.clone(), id.clone()));
+            for waiter in waiters.into_iter().flatten() {
+                waiter(committed);
+            }
         }
     }
 }
@@ -438,7 +440,7 @@ impl Store {
         let seq = submitter.next_seq;
         submitter.next_seq += 1;
         lock(&self.inner.overlay).push(seq, &commit.function, &commit.effects.kv);
-        if let Some(id) = &commit.dedup {
+        for id in &commit.dedup {
             lock(&self.inner.pending_ids)
                 .entry((commit.function.clone(), id.clone()))
                 .or_default();
@@ -726,8 +728,8 @@ impl Store {
         self.submit(Commit {
             function: function.to_owned(),
             effects,
-            dedup: None,
-            cursor: None,
+            dedup: Vec::new(),
+            cursors: Vec::new(),
             done: Box::new(move |result| {
                 let _ = tx.send(result);
             }),
@@ -1135,11 +1137,11 @@ impl StoreThread {
                         if let Some(id) = resolves {
                             tx.execute("DELETE FROM dead_letters WHERE id = ?1", [id])?;
                         }
-                        if let Some(cursor) = &commit.cursor {
+                        for cursor in &commit.cursors {
                             advance(cursor)?;
                         }
                         let ns = commit.function.as_str();
-                        if let Some(id) = &commit.dedup {
+                        for id in &commit.dedup {
                             seen.execute(params![ns, id, now])?;
                         }
                         let streamed = streams.iter().any(|s| s == ns);

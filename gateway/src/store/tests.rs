@@ -29,8 +29,8 @@ fn commit(store: &Store, function: &str, fx: Effects) {
     store.submit(Commit {
         function: function.into(),
         effects: fx,
-        dedup: None,
-        cursor: None,
+        dedup: Vec::new(),
+        cursors: Vec::new(),
         done: Box::new(move |r| tx.send(r.is_ok()).unwrap()),
     });
     assert!(
@@ -80,8 +80,8 @@ fn done_runs_only_once_the_data_is_on_disk() {
     store.submit(Commit {
         function: "f".into(),
         effects: effects(&[("k", KvWrite::Put(b"v".to_vec()))], &[]),
-        dedup: None,
-        cursor: None,
+        dedup: Vec::new(),
+        cursors: Vec::new(),
         done: Box::new(move |r| {
             // A separate connection, as after a crash, sees the value.
             let conn = Connection::open(&path).unwrap();
@@ -111,8 +111,8 @@ fn reads_see_submitted_writes_before_they_commit() {
     store.submit(Commit {
         function: "f".into(),
         effects: effects(&[("n", KvWrite::Add(5))], &[]),
-        dedup: None,
-        cursor: None,
+        dedup: Vec::new(),
+        cursors: Vec::new(),
         done: Box::new(move |_| tx.send(()).unwrap()),
     });
     // Still inside the 300 ms group-commit window.
@@ -137,8 +137,8 @@ fn increments_from_many_threads_all_count() {
                     store.submit(Commit {
                         function: "f".into(),
                         effects: effects(&[("n", KvWrite::Add(1))], &[]),
-                        dedup: None,
-                        cursor: None,
+                        dedup: Vec::new(),
+                        cursors: Vec::new(),
                         done: Box::new(|_| {}),
                     });
                 }
@@ -162,8 +162,8 @@ fn group_commit_puts_many_invocations_in_one_transaction() {
         store.submit(Commit {
             function: "f".into(),
             effects: effects(&[(&format!("k{i}"), KvWrite::Put(vec![1]))], &[("t", "p")]),
-            dedup: None,
-            cursor: None,
+            dedup: Vec::new(),
+            cursors: Vec::new(),
             done: Box::new(|_| {}),
         });
     }
@@ -263,8 +263,8 @@ fn sequence_numbers_continue_after_a_reopen() {
     store.submit(Commit {
         function: "f".into(),
         effects: effects(&[("n", KvWrite::Add(1))], &[]),
-        dedup: None,
-        cursor: None,
+        dedup: Vec::new(),
+        cursors: Vec::new(),
         done: Box::new(|_| {}),
     });
     assert_eq!(store.get("f", "n").unwrap(), counter(2));
@@ -279,8 +279,8 @@ fn submit_after_close_fails_the_commit_without_acking() {
     store.submit(Commit {
         function: "f".into(),
         effects: Effects::default(),
-        dedup: None,
-        cursor: None,
+        dedup: Vec::new(),
+        cursors: Vec::new(),
         done: Box::new(move |r| tx.send(r.is_ok()).unwrap()),
     });
     assert!(!rx.recv().unwrap());
@@ -298,8 +298,8 @@ fn a_dedup_id_is_seen_from_submit_on_and_after_a_reopen() {
     store.submit(Commit {
         function: "f".into(),
         effects: Effects::default(),
-        dedup: Some("msg-1".into()),
-        cursor: None,
+        dedup: vec!["msg-1".into()],
+        cursors: Vec::new(),
         done: Box::new(move |r| tx.send(r.is_ok()).unwrap()),
     });
     let (copy_tx, copy) = channel();
@@ -349,8 +349,8 @@ fn a_copy_of_a_message_still_committing_is_settled_only_by_that_commit() {
     store.submit(Commit {
         function: "f".into(),
         effects: effects(&[("n", KvWrite::Add(1))], &[]),
-        dedup: Some("msg-1".into()),
-        cursor: None,
+        dedup: vec!["msg-1".into()],
+        cursors: Vec::new(),
         done: Box::new(|_| {}),
     });
     let (copy_tx, copy) = channel();
@@ -393,8 +393,8 @@ fn an_invocation_consumes_its_outbox_row_in_its_own_commit() {
     store.submit(Commit {
         function: "g".into(),
         effects: effects(&[("done", KvWrite::Add(1))], &[]),
-        dedup: None,
-        cursor: Some(Cursor::OutboxRow(rows[0].id)),
+        dedup: Vec::new(),
+        cursors: vec![Cursor::OutboxRow(rows[0].id)],
         done: Box::new(move |r| tx.send(r.is_ok()).unwrap()),
     });
     assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap());
@@ -613,8 +613,8 @@ fn an_operators_commit_beside_a_running_gateway_hides_none_of_its_pending_writes
     gateway.submit(Commit {
         function: "f".into(),
         effects: effects(&[("n", KvWrite::Add(1))], &[]),
-        dedup: None,
-        cursor: None,
+        dedup: Vec::new(),
+        cursors: Vec::new(),
         done: Box::new(move |r| tx.send(r.is_ok()).unwrap()),
     });
     // Inside the gateway's 2 s window, `wasmgate kv put` commits through a
@@ -763,12 +763,12 @@ fn a_watched_namespace_keeps_its_changes_until_every_consumer_passed_them() {
         store.submit(Commit {
             function: "audit".into(),
             effects: fx,
-            dedup: None,
-            cursor: Some(Cursor::KvStream {
+            dedup: Vec::new(),
+            cursors: vec![Cursor::KvStream {
                 consumer: consumer.into(),
                 namespace: "vending".into(),
                 seq,
-            }),
+            }],
             done: Box::new(move |r| tx.send(r.is_ok()).unwrap()),
         });
         assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap());

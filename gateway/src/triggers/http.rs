@@ -291,18 +291,31 @@ fn from_function(response: Option<Response>) -> HttpResponse {
         *empty.status_mut() = StatusCode::NO_CONTENT;
         return empty;
     };
-    // A JSON body says so; anything else goes as bytes.
-    let json = serde_json::from_slice::<serde::de::IgnoredAny>(&response.body).is_ok();
-    let mut out = HttpResponse::new(Body::from(response.body));
+    let mut out = HttpResponse::new(Body::empty());
     *out.status_mut() = StatusCode::from_u16(response.status).unwrap_or(StatusCode::OK);
-    out.headers_mut().insert(
-        axum::http::header::CONTENT_TYPE,
-        HeaderValue::from_static(if json {
-            "application/json"
-        } else {
-            "application/octet-stream"
-        }),
-    );
+    for (name, value) in &response.headers {
+        // The host let only valid names and values through.
+        if let (Ok(name), Ok(value)) = (
+            axum::http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            out.headers_mut().append(name, value);
+        }
+    }
+    if !out.headers().contains_key(axum::http::header::CONTENT_TYPE) && !response.body.is_empty() {
+        // Without a content type of the function's: a JSON body says so,
+        // anything else goes as bytes.
+        let json = serde_json::from_slice::<serde::de::IgnoredAny>(&response.body).is_ok();
+        out.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static(if json {
+                "application/json"
+            } else {
+                "application/octet-stream"
+            }),
+        );
+    }
+    *out.body_mut() = Body::from(response.body);
     out
 }
 

@@ -55,8 +55,8 @@ pub async fn run(spec: StreamSpec, store: Store, intake: Intake, draining: Arc<A
             store.submit(Commit {
                 function: spec.function.clone(),
                 effects: Effects::default(),
-                dedup: None,
-                cursor: Some(stream_cursor(&spec, newest)),
+                dedup: Vec::new(),
+                cursors: vec![stream_cursor(&spec, newest)],
                 done: Box::new(|_| {}),
             });
             newest

@@ -16,6 +16,7 @@
 //! In the style of vector's `SourceContext { out, shutdown, acknowledgements }`:
 //! the framework owns intake, settling and shutdown; a source only produces.
 
+pub mod batch;
 pub mod expression;
 pub mod file;
 pub mod http;
@@ -68,6 +69,9 @@ pub enum Settle {
     Http(http::Pending),
     /// A file: moved to `done/` (or `failed/`, or deleted) once durable.
     File(file::Pending),
+    /// A batch ([`batch`]): each of its events is settled on its own, by
+    /// the commit (or dead letter) that holds it.
+    Batch(Vec<Job>),
 }
 
 impl Settle {
@@ -78,7 +82,11 @@ impl Settle {
         match self {
             Settle::Outbox { id } => Some(Cursor::OutboxRow(*id)),
             Settle::Advance(advance) => Some(advance.cursor.clone()),
-            Settle::Nothing | Settle::Mqtt(_) | Settle::Http(_) | Settle::File(_) => None,
+            Settle::Nothing
+            | Settle::Mqtt(_)
+            | Settle::Http(_)
+            | Settle::File(_)
+            | Settle::Batch(_) => None,
         }
     }
 
@@ -116,6 +124,9 @@ impl Settle {
                 pending.resolve(durable);
                 durable
             }
+            Settle::Batch(items) => items
+                .into_iter()
+                .fold(false, |acked, item| item.settle.resolve(durable) | acked),
             Settle::Mqtt(_) | Settle::Nothing => false,
         }
     }

@@ -55,12 +55,12 @@ pub async fn run(
         store.submit(Commit {
             function: spec.function.clone(),
             effects: Effects::default(),
-            dedup: None,
-            cursor: Some(Cursor::Schedule {
+            dedup: Vec::new(),
+            cursors: vec![Cursor::Schedule {
                 function: spec.function.clone(),
                 schedule: spec.name.clone(),
                 scheduled_ms: now,
-            }),
+            }],
             done: Box::new(|_| {}),
         });
         last = Some(now);

@@ -52,6 +52,8 @@ pub fn handle(event: &Event<'_>, ctx: &mut Ctx<'_>) -> Result<(), Error> {
     };
     let len = serde_json_core::to_slice(&body, &mut out)
         .map_err(|_| Error::msg("reply over its buffer"))?;
+    // A count that changes with every call: no cache may keep it.
+    ctx.respond_header("cache-control", "no-store")?;
     ctx.respond(200, &out[..len])
 }
 
@@ -133,6 +135,17 @@ mod tests {
         let (status, body) = request(&mut host, "GET", "name=Ada", "");
         assert_eq!(status, 200);
         assert_eq!(body, r#"{"greeting":"Hello, Ada!","hits":1}"#);
+    }
+
+    #[test]
+    fn a_greeting_is_not_to_be_cached() {
+        let mut host = FakeHost::new();
+        request(&mut host, "GET", "name=Ada", "");
+        let headers = &host.response().unwrap().headers;
+        assert_eq!(
+            headers,
+            &[("cache-control".to_string(), "no-store".to_string())]
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use wasmgate_abi::{
 };
 use wasmi::{Caller, Engine, ExternType, Linker, Module, Store, ValType};
 
-const MODULES: [&str; 7] = [
+const MODULES: [&str; 8] = [
     "vending_telemetry",
     "robot_telemetry",
     "hello_http",
@@ -15,6 +15,7 @@ const MODULES: [&str; 7] = [
     "vending_heartbeat",
     "vending_sales",
     "kv_audit",
+    "vending_ledger",
 ];
 
 #[track_caller]

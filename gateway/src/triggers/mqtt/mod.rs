@@ -47,6 +47,8 @@ pub struct Trigger {
     pub qos: u8,
     /// Where a device-provided message id is, if the trigger deduplicates.
     pub dedup: Option<Dedup>,
+    /// Its batching window, if it hands the function batches.
+    pub batch: Option<super::batch::Window>,
 }
 
 /// Where a trigger finds a message's id.
@@ -202,6 +204,15 @@ pub fn start(
         client,
         acks: Mutex::new(AckQueue::default()),
     });
+    // Each trigger's way in: the function's intake, or a batching one.
+    let intakes = spec
+        .triggers
+        .iter()
+        .map(|trigger| match trigger.batch {
+            Some(window) => super::batch::batched(&intake, window, draining.clone()),
+            None => intake.clone(),
+        })
+        .collect();
     let (jobs_tx, jobs_rx) = mpsc::channel(spec.queue.max(1) + FORWARD_SLACK);
     let (subscribed_tx, subscribed) = watch::channel(None);
     let backlog = Arc::new(Backlog::default());
@@ -217,19 +228,21 @@ pub fn start(
     Started {
         session,
         reader: Box::pin(reader.run(eventloop)),
-        forwarder: Box::pin(forward(jobs_rx, intake, draining, backlog)),
+        forwarder: Box::pin(forward(jobs_rx, intakes, draining, backlog)),
         subscribed,
     }
 }
 
-/// Moves jobs into the function's bounded queue, waiting for room.
+/// Moves jobs into the function's bounded queue (through their trigger's
+/// intake, by index), waiting for room.
 async fn forward(
-    mut jobs: mpsc::Receiver<Job>,
-    intake: Intake,
+    mut jobs: mpsc::Receiver<(usize, Job)>,
+    intakes: Vec<Intake>,
     draining: Arc<AtomicBool>,
     backlog: Arc<Backlog>,
 ) {
-    while let Some(job) = jobs.recv().await {
+    while let Some((trigger, job)) = jobs.recv().await {
+        let intake = &intakes[trigger];
         backlog.messages.fetch_sub(1, Ordering::SeqCst);
         backlog.bytes.fetch_sub(job.event.size(), Ordering::SeqCst);
         backlog.taken.notify_one();
@@ -248,7 +261,7 @@ struct Reader {
     spec: IngressSpec,
     metrics: Arc<FunctionMetrics>,
     draining: Arc<AtomicBool>,
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<(usize, Job)>,
     /// Jobs read but not yet in the queue.
     backlog: Arc<Backlog>,
     subscribed: watch::Sender<Option<Instant>>,
@@ -351,7 +364,7 @@ impl Reader {
         message: Message,
         router: &Router,
         matched: &mut Vec<usize>,
-        room: &mut Option<mpsc::OwnedPermit<Job>>,
+        room: &mut Option<mpsc::OwnedPermit<(usize, Job)>>,
     ) {
         let function = self.spec.function.as_str();
         if self.draining.load(Ordering::SeqCst) {
@@ -402,7 +415,7 @@ impl Reader {
             self.backlog
                 .bytes
                 .fetch_add(job.event.size(), Ordering::SeqCst);
-            permit.send(job);
+            permit.send((trigger, job));
         }
     }
 }
