@@ -270,3 +270,133 @@ fn config_check_finds_bad_and_clashing_routes() {
         assert!(out.stderr.contains(says), "missing {says:?} in:\n{}", out.stderr);
     }
 }
+
+/// `invocation = "event"`: 202 once the request is durable, the function
+/// after. Requests answered 202 run once each, even when the gateway is
+/// killed right after answering them.
+#[test]
+fn an_event_route_answers_202_once_queued_and_runs_each_request_once_across_kill_9() {
+    let port = free_port();
+    let mut gateway = GatewayProcess::start_toml(|dir| {
+        format!(
+            "data_dir = {data:?}\n[broker]\nlisten = \"127.0.0.1:{broker}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n\
+             [[functions]]\nname = \"ingest\"\nwasm = {hello:?}\n\
+             triggers = [{{ http = \"POST /ingest\", invocation = \"event\" }}]\n",
+            data = dir.join("data").display().to_string(),
+            broker = free_port(),
+            hello = example_wasm("hello_http.wasm").display().to_string(),
+        )
+    });
+    let hits = |gateway: &GatewayProcess| {
+        support::gateway::kv_value(gateway, "ingest", "hits").and_then(|v| v.parse::<u32>().ok())
+    };
+    for round in 1..=2u32 {
+        for i in 0..20 {
+            let reply = request(
+                port,
+                "POST",
+                "/ingest",
+                format!(r#"{{"name":"d{i}"}}"#).as_bytes(),
+            );
+            assert_eq!(reply.status, 202, "{reply:?}\n{}", gateway.logs());
+            assert_eq!(reply.body.trim(), r#"{"queued":true}"#);
+        }
+        if round == 2 {
+            // Answered, perhaps not yet run: the queue is on disk.
+            gateway.kill();
+            gateway.restart();
+        }
+        let want = 20 * round;
+        assert!(
+            support::mqtt::wait_until(ONE, || hits(&gateway) == Some(want)),
+            "hits {:?}, want {want}\n{}",
+            hits(&gateway),
+            gateway.logs()
+        );
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(hits(&gateway), Some(40), "nothing ran twice");
+}
+
+/// One HTTPS request on its own connection, as `tls` allows.
+fn request_tls(
+    port: u16,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    target: &str,
+) -> std::io::Result<Reply> {
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let connection = rustls::ClientConnection::new(tls, name).unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", port))?;
+    tcp.set_read_timeout(Some(ONE))?;
+    let mut stream = rustls::StreamOwned::new(connection, tcp);
+    stream.write_all(
+        format!("GET {target} HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\n\r\n").as_bytes(),
+    )?;
+    let mut raw = Vec::new();
+    match stream.read_to_end(&mut raw) {
+        Ok(_) => {}
+        // Some servers close without close_notify; what came is the answer.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(e) => return Err(e),
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status line in {text:?}")))?;
+    Ok(Reply {
+        status,
+        headers: Vec::new(),
+        body: body.to_owned(),
+    })
+}
+
+/// `[http] tls` with `client_ca`: the route is served over HTTPS to a
+/// client with a certificate from the CA, and no one else gets in.
+#[test]
+fn https_with_client_certificates_serves_only_clients_of_the_ca() {
+    use support::tls::{device_tls, Ca};
+    let ca = Ca::new("tablets CA");
+    let other = Ca::new("someone else's CA");
+    let (cert, key) = ca.sign("127.0.0.1");
+    let port = free_port();
+    let gateway = GatewayProcess::start_toml(|dir| {
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        format!(
+            "data_dir = {data:?}\n[broker]\nlisten = \"127.0.0.1:{broker}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n\
+             tls = {{ cert = {cert:?}, key = {key:?}, client_ca = {ca:?} }}\n\
+             [[functions]]\nname = \"hello\"\nwasm = {hello:?}\ntriggers = [{{ http = \"GET /hello\" }}]\n",
+            data = dir.join("data").display().to_string(),
+            broker = free_port(),
+            cert = write("server.crt", &cert),
+            key = write("server.key", &key),
+            ca = write("clients-ca.crt", &ca.pem),
+            hello = example_wasm("hello_http.wasm").display().to_string(),
+        )
+    });
+    let tablet = ca.sign("tablet-7");
+    let ok = request_tls(port, device_tls(&ca, Some(&tablet)), "/hello?name=Tab")
+        .unwrap_or_else(|e| panic!("{e}\n{}", gateway.logs()));
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert!(ok.body.contains("Hello, Tab!"), "{ok:?}");
+    // No certificate, or one from another CA: refused in the handshake.
+    assert!(request_tls(port, device_tls(&ca, None), "/hello").is_err());
+    let stranger = other.sign("stranger");
+    assert!(request_tls(port, device_tls(&ca, Some(&stranger)), "/hello").is_err());
+    // Plain HTTP on the HTTPS port is not served either.
+    let plain = std::panic::catch_unwind(|| request(port, "GET", "/hello", b""));
+    assert!(plain.map_or(true, |r| r.status != 200));
+    assert!(
+        support::mqtt::wait_until(ONE, || gateway
+            .logs()
+            .contains("https client refused: TLS handshake failed")),
+        "{}",
+        gateway.logs()
+    );
+}

@@ -162,6 +162,51 @@ impl OwnedEvent {
         OwnedEvent::Batch(Seq::<Event>::encode(&lent).unwrap_or_default())
     }
 
+    /// An owned copy of a lent event (one decoded from the store).
+    pub fn from_abi(event: &Event<'_>) -> Self {
+        match *event {
+            Event::Mqtt(m) => OwnedEvent::Mqtt {
+                topic: m.topic.to_owned(),
+                payload: m.payload.to_vec(),
+                qos: m.qos,
+                retain: m.retain,
+                user_properties: m.user_properties.encoded().to_vec(),
+            },
+            Event::Schedule(t) => OwnedEvent::Schedule {
+                schedule: t.schedule.to_owned(),
+                scheduled_ms: t.scheduled_ms,
+                fired_ms: t.fired_ms,
+                catch_up: t.catch_up,
+            },
+            Event::Http(r) => OwnedEvent::Http {
+                method: r.method.to_owned(),
+                path: r.path.to_owned(),
+                query: r.query.to_owned(),
+                headers: r.headers.encoded().to_vec(),
+                body: r.body.to_vec(),
+                params: r.params.encoded().to_vec(),
+            },
+            Event::File(f) => OwnedEvent::File {
+                path: f.path.to_owned(),
+                size: f.size,
+                modified_ms: f.modified_ms,
+                contents: f.contents.to_vec(),
+            },
+            Event::KvChange(c) => OwnedEvent::KvChange {
+                namespace: c.namespace.to_owned(),
+                key: c.key.to_owned(),
+                op: c.op,
+                value: c.value.map(<[u8]>::to_vec),
+                old: c.old.map(<[u8]>::to_vec),
+            },
+            Event::Invoke(i) => OwnedEvent::Invoke {
+                from: i.from.to_owned(),
+                payload: i.payload.to_vec(),
+            },
+            Event::Batch(items) => OwnedEvent::Batch(items.encoded().to_vec()),
+        }
+    }
+
     pub fn as_event(&self) -> Event<'_> {
         match self {
             OwnedEvent::Mqtt {

@@ -7,6 +7,8 @@ pub mod gateway;
 pub mod mosquitto;
 pub mod mqtt;
 pub mod rig;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 /// The last 40 lines of the gateway's log (every run) and of each broker's,
 /// for a failing assertion's message.

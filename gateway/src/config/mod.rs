@@ -167,6 +167,25 @@ pub struct HttpConfig {
     /// Default 1 MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<u32>,
+    /// Serve HTTPS: `tls = { cert = "...", key = "..." }`, and with
+    /// `client_ca` clients must present a certificate that CA signed
+    /// (mutual TLS, for a maintenance tablet). None by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<HttpTlsConfig>,
+}
+
+/// The HTTP listener's certificate, and the CA of its clients' if any.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTlsConfig {
+    /// PEM certificate (chain) clients check the gateway against.
+    pub cert: PathBuf,
+    /// PEM private key of `cert`.
+    pub key: PathBuf,
+    /// PEM CA(s) that sign client certificates: with it, a client without
+    /// one of theirs is refused in the handshake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Default [`HttpConfig::listen`].
@@ -835,6 +854,13 @@ pub struct TriggerConfig {
     /// one key per line (or `{ env = ... }`, `{ credential = ... }`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<RouteAuth>,
+    /// http only: `"request_response"` (default: the client waits for the
+    /// function's answer) or `"event"`: 202 as soon as the request is
+    /// durably queued, and the function runs after, at least once, with
+    /// retries and the dead-letter queue (Lambda's asynchronous invoke), so
+    /// a device can post telemetry over HTTP with MQTT's guarantee.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invocation: Option<crate::triggers::route::Invocation>,
     /// The KV change stream of a function (its name): each committed write
     /// of its KV runs this function with the key, the value before and the
     /// value after, in commit order, at least once.
@@ -1266,6 +1292,14 @@ impl Config {
                 files.push((path.key("client_ca"), ca));
             }
         }
+        if let Some(tls) = &self.http.tls {
+            let path = root.key("http").key("tls");
+            files.push((path.key("cert"), &tls.cert));
+            files.push((path.key("key"), &tls.key));
+            if let Some(ca) = &tls.client_ca {
+                files.push((path.key("client_ca"), ca));
+            }
+        }
         let upstream_tls = self.upstream.as_ref().and_then(|u| u.tls.as_ref());
         tls_files(&mut files, root.key("upstream"), upstream_tls);
         for (i, function) in self.functions.iter().enumerate() {
@@ -1340,6 +1374,13 @@ impl Config {
         }
         if let Some(listener) = &mut self.broker.tls_listener {
             listener.files_mut().for_each(resolve);
+        }
+        if let Some(tls) = &mut self.http.tls {
+            resolve(&mut tls.cert);
+            resolve(&mut tls.key);
+            if let Some(ca) = &mut tls.client_ca {
+                resolve(ca);
+            }
         }
         if let Some(tls) = self.upstream.as_mut().and_then(|u| u.tls.as_mut()) {
             tls.files_mut().for_each(resolve);

@@ -352,7 +352,14 @@ fn trigger_kind(c: &mut Checker, path: &FieldPath, trigger: &TriggerConfig, prot
         None => {}
     }
     if trigger.http.is_none() {
-        unused(c, &[("auth", trigger.auth.is_some())], "without `http`");
+        unused(
+            c,
+            &[
+                ("auth", trigger.auth.is_some()),
+                ("invocation", trigger.invocation.is_some()),
+            ],
+            "without `http`",
+        );
     }
     if trigger.kv_change.is_none() {
         unused(

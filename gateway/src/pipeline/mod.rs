@@ -70,6 +70,8 @@ pub enum GatewayError {
         "http: cannot listen on {addr}: {error} (is something else on that port? set http.listen)"
     )]
     HttpBind { addr: String, error: std::io::Error },
+    #[error("http.tls: {0}")]
+    HttpTls(String),
     #[error("the config has no functions to run")]
     NoFunctions,
     #[error(transparent)]
@@ -367,7 +369,7 @@ impl Gateway {
             subscribed.push(started.subscribed);
         }
         let schedule_tasks = start_schedules(&deployed, &dispatchers, &store, &draining).await?;
-        let http = start_http(config, &deployed, &dispatchers).await?;
+        let http = start_http(config, &deployed, &dispatchers, &store).await?;
         let mut file_tasks = start_files(&deployed, &dispatchers, &store, &draining);
         file_tasks.extend(start_streams(&deployed, &dispatchers, &store, &draining));
         // "Running" means subscribed: a message published after this line
@@ -684,15 +686,21 @@ async fn start_http(
     config: &Config,
     deployed: &[DeployedFunction],
     dispatchers: &[Dispatcher],
+    store: &Store,
 ) -> Result<Option<HttpListener>, GatewayError> {
-    use crate::triggers::http::{Route, Server, Target};
+    use crate::triggers::http::{Queue, Route, Server, Target};
+    use crate::triggers::route::Invocation;
     let routes: Vec<_> = each_trigger(deployed, dispatchers)
-        .filter_map(|(_, _, dispatcher, _, t)| {
+        .filter_map(|(f, _, dispatcher, _, t)| {
             // Validation has parsed it already.
             let route = Route::parse(t.http.as_deref()?).ok()?;
             let target = Target {
                 intake: dispatcher.intake.clone(),
                 api_keys: t.auth.as_ref().map(crate::config::RouteAuth::keys),
+                queue: (t.invocation == Some(Invocation::Event)).then(|| Queue {
+                    store: store.clone(),
+                    function: f.name.clone(),
+                }),
             };
             Some((route, target))
         })
@@ -704,16 +712,38 @@ async fn start_http(
         .http
         .listen_addr()
         .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 8080)));
-    let server = Server::bind(addr, routes, config.http.max_body())
+    let tls = match &config.http.tls {
+        None => None,
+        Some(tls) => Some(http_tls(tls)?),
+    };
+    let https = tls.is_some();
+    let server = Server::bind(addr, routes, config.http.max_body(), tls)
         .await
         .map_err(|error| GatewayError::HttpBind {
             addr: addr.to_string(),
             error,
         })?;
-    tracing::info!(listen = %addr, "http listening");
+    tracing::info!(listen = %addr, tls = https, "http listening");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(server.serve(stopped));
     Ok(Some(HttpListener { stop, task }))
+}
+
+/// The HTTP listener's TLS settings, read once at start so that a bad file
+/// is a start-up error naming it.
+#[cfg(feature = "tls")]
+fn http_tls(
+    tls: &crate::config::HttpTlsConfig,
+) -> Result<crate::triggers::http::Tls, GatewayError> {
+    crate::tls::server_config(&tls.cert, &tls.key, tls.client_ca.as_deref())
+        .map_err(|e| GatewayError::HttpTls(e.to_string()))
+}
+
+#[cfg(not(feature = "tls"))]
+fn http_tls(_: &crate::config::HttpTlsConfig) -> Result<crate::triggers::http::Tls, GatewayError> {
+    Err(GatewayError::HttpTls(
+        "this build has no TLS (feature `tls`)".into(),
+    ))
 }
 
 /// Starts one task per kv_change trigger.

@@ -20,6 +20,10 @@ pub struct Emit {
 pub struct Invoke {
     pub function: String,
     pub payload: Vec<u8>,
+    /// `payload` is a whole event (postcard `Event`), to be run as it is,
+    /// not the payload of an `Invoke` event: an HTTP request taken with
+    /// `invocation = "event"`.
+    pub whole_event: bool,
 }
 
 /// The reply to a request/response trigger.

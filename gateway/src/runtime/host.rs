@@ -694,12 +694,11 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors
                 });
                 return Ok(status(Status::Denied));
             }
-            caller
-                .data_mut()
-                .call
-                .effects
-                .invokes
-                .push(Invoke { function, payload });
+            caller.data_mut().call.effects.invokes.push(Invoke {
+                function,
+                payload,
+                whole_event: false,
+            });
             Ok(status(Status::Ok))
         },
     )?;

@@ -1181,12 +1181,13 @@ impl StoreThread {
                             )?;
                         }
                         for invoke in &commit.effects.invokes {
+                            // An invoke row's `retain` marks a whole event.
                             add_row(
                                 OutboxDestination::Invoke,
                                 &invoke.function,
                                 &invoke.payload,
                                 1,
-                                false,
+                                invoke.whole_event,
                                 ns,
                             )?;
                         }

@@ -190,6 +190,7 @@ fn outbox_keeps_order_per_destination_and_forgets_deleted_rows() {
     fx.invokes.push(Invoke {
         function: "other".into(),
         payload: b"4".to_vec(),
+        whole_event: false,
     });
     commit(&store, "f", fx);
     let local = store.outbox_after(OutboxDestination::Local, 0, 10).unwrap();
@@ -383,6 +384,7 @@ fn an_invocation_consumes_its_outbox_row_in_its_own_commit() {
     invoke.invokes.push(crate::runtime::Invoke {
         function: "g".into(),
         payload: b"job".to_vec(),
+        whole_event: false,
     });
     commit(&store, "f", invoke);
     let rows = store

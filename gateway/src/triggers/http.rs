@@ -14,6 +14,10 @@
 //! carries `x-request-id`, the request id of the gateway's logs and of the
 //! dead letter. A function that does not `respond` answers 204.
 //!
+//! With `invocation = "event"` a route answers 202 as soon as the request is
+//! durably queued (in the outbox, as a fan-out invoke is), and the function
+//! runs after: at least once, with retries and the dead-letter queue.
+//!
 //! Routing is [`super::route`]'s, not axum's router.
 //!
 //! [`Settle::Http`]: super::Settle::Http
@@ -78,6 +82,59 @@ pub struct Target {
     pub intake: Intake,
     /// API keys one of which a client must send in `x-api-key`; none: open.
     pub api_keys: Option<Vec<String>>,
+    /// `invocation = "event"`: requests are queued here, durably, and
+    /// answered 202; the invoke drain runs them after.
+    pub queue: Option<Queue>,
+}
+
+/// Where a route with `invocation = "event"` queues its requests.
+#[derive(Debug, Clone)]
+pub struct Queue {
+    pub store: crate::store::Store,
+    pub function: String,
+}
+
+impl Queue {
+    /// Writes the request to the outbox as a whole event for the function;
+    /// 202 once that is durable. The outbox is the buffer: while it is over
+    /// its budget the write waits, and so does the client.
+    async fn accept(&self, event: OwnedEvent) -> HttpResponse {
+        let payload = crate::dlq::encode_event(&event.as_event());
+        let (told, heard) = oneshot::channel();
+        let (store, function) = (self.store.clone(), self.function.clone());
+        let submitted = tokio::task::spawn_blocking(move || {
+            let mut effects = crate::runtime::Effects::default();
+            effects.invokes.push(crate::runtime::Invoke {
+                function: function.clone(),
+                payload,
+                whole_event: true,
+            });
+            store.submit(crate::store::Commit {
+                function,
+                effects,
+                dedup: Vec::new(),
+                cursors: Vec::new(),
+                done: Box::new(move |committed| {
+                    let _ = told.send(committed.is_ok());
+                }),
+            });
+        })
+        .await;
+        if submitted.is_ok() && heard.await == Ok(true) {
+            let mut response = HttpResponse::new(Body::from("{\"queued\":true}\n"));
+            *response.status_mut() = StatusCode::ACCEPTED;
+            response.headers_mut().insert(
+                axum::http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        } else {
+            plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not queued (the gateway is stopping); retry",
+            )
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -99,12 +156,26 @@ fn key_matches(keys: &[String], given: &[u8]) -> bool {
     })
 }
 
+/// The listener's TLS settings (HTTPS); a build without TLS has none.
+#[cfg(feature = "tls")]
+pub type Tls = Arc<rustls::ServerConfig>;
+#[cfg(not(feature = "tls"))]
+pub type Tls = std::convert::Infallible;
+
+/// How long a client has for its TLS handshake, and then for each request's
+/// head: a peer that opens a connection and stalls holds only its own task.
+#[cfg(feature = "tls")]
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+#[cfg(feature = "tls")]
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The listener, bound: binding happens at start so that a taken port is a
 /// start-up error naming the address.
 #[derive(Debug)]
 pub struct Server {
     listener: tokio::net::TcpListener,
     state: Arc<State>,
+    tls: Option<Tls>,
 }
 
 impl Server {
@@ -112,6 +183,7 @@ impl Server {
         addr: SocketAddr,
         routes: Vec<(Route, Target)>,
         max_body: usize,
+        tls: Option<Tls>,
     ) -> std::io::Result<Server> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let mut targets = Vec::new();
@@ -129,6 +201,7 @@ impl Server {
                 targets,
                 max_body,
             }),
+            tls,
         })
     }
 
@@ -144,6 +217,12 @@ impl Server {
             let state = state.clone();
             async move { handle(&state, request).await }
         });
+        if let Some(tls) = self.tls {
+            #[cfg(feature = "tls")]
+            return serve_tls(self.listener, tls, app, stop).await;
+            #[cfg(not(feature = "tls"))]
+            match tls {}
+        }
         let stopped = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
@@ -153,6 +232,61 @@ impl Server {
         {
             tracing::error!(error = %e, "HTTP listener failed");
         }
+    }
+}
+
+/// HTTPS: each connection's handshake and requests in a task of its own,
+/// so a client that stalls its handshake holds no one else up. At `stop`
+/// no new connection is taken; requests in flight still get their answers.
+#[cfg(feature = "tls")]
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    tls: Tls,
+    app: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let mut stopped = std::pin::pin!(async move {
+        let _ = stop.wait_for(|s| *s).await;
+    });
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, most likely: wait, do not spin.
+                    tracing::warn!(error = %e, "https: cannot accept a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut stopped => return,
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => return,
+                Ok(Err(error)) => {
+                    tracing::warn!(%peer, %error, "https client refused: TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "https: TLS handshake timed out");
+                    return;
+                }
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(error) = served {
+                tracing::debug!(%peer, %error, "https connection ended");
+            }
+        });
     }
 }
 
@@ -221,16 +355,20 @@ async fn handle(state: &State, request: Request<Body>) -> HttpResponse {
             )
         }
     };
+    let event = OwnedEvent::Http {
+        method,
+        path,
+        query,
+        headers: OwnedEvent::encode_pairs(&headers),
+        body: body.to_vec(),
+        params: OwnedEvent::encode_pairs(&params),
+    };
+    if let Some(queue) = &target.queue {
+        return queue.accept(event).await;
+    }
     let (reply, answer) = oneshot::channel();
     let job = Job {
-        event: OwnedEvent::Http {
-            method,
-            path,
-            query,
-            headers: OwnedEvent::encode_pairs(&headers),
-            body: body.to_vec(),
-            params: OwnedEvent::encode_pairs(&params),
-        },
+        event,
         arrived: Instant::now(),
         settle: Settle::Http(Pending {
             answer: None,

@@ -3,6 +3,7 @@
 //! row to its target function's intake. The row is deleted in the
 //! transaction that commits the target's invocation or its dead letter
 //! ([`Settle::Outbox`]), so a crash in between runs it again, never loses it.
+//! HTTP requests taken with `invocation = "event"` wait here the same way.
 
 use super::{Intake, Job, Settle};
 use crate::event::OwnedEvent;
@@ -64,11 +65,25 @@ pub async fn drain(store: Store, intakes: Arc<Intakes>, wake: Arc<Notify>) {
                 store.delete_outbox(vec![row.id]);
                 continue;
             };
-            let job = Job {
-                event: OwnedEvent::Invoke {
+            // A whole event (an HTTP request taken with `invocation =
+            // "event"`), or the payload of an invoke.
+            let event = if row.retain {
+                match crate::dlq::decode_event(&row.payload) {
+                    Ok(event) => OwnedEvent::from_abi(&event),
+                    Err(e) => {
+                        tracing::error!(target = %row.topic, error = %e, "a queued event does not decode (written by another version of wasmgate?); dropped");
+                        store.delete_outbox(vec![row.id]);
+                        continue;
+                    }
+                }
+            } else {
+                OwnedEvent::Invoke {
                     from: row.function,
                     payload: row.payload,
-                },
+                }
+            };
+            let job = Job {
+                event,
                 arrived: Instant::now(),
                 settle: Settle::Outbox { id: row.id },
                 dedup: None,

@@ -6,6 +6,19 @@
 //! A small matcher of our own (literal and `{name}` segments), not axum's
 //! router: axum's router panics on a clash between two routes.
 
+/// How a route runs its function (Lambda's invocation types).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Invocation {
+    /// The client waits for the function's answer (`respond`), sent once
+    /// its effects are committed.
+    #[default]
+    RequestResponse,
+    /// The client gets 202 once the request is durably queued; the function
+    /// runs after, with retries and the dead-letter queue as for a message.
+    Event,
+}
+
 /// Methods a route may name; `ANY` takes every one.
 const METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
 
