@@ -121,7 +121,7 @@ fn skipped_ticks_stay_skipped_and_schedules_says_when_next() {
         config(
             dir,
             "vending_heartbeat.wasm",
-            "{ schedule = \"rate(1 second)\", missed = \"skip\" }, { schedule = \"cron(0 3 * * ? *)\" }",
+            "{ schedule = \"rate(1 second)\", missed = \"skip\" }, { schedule = \"cron(0 3 * * ? *)\" }, { schedule = \"cron(0 4 * * ? *)\", timezone = \"Asia/Kolkata\" }",
             "",
         )
     });
@@ -149,6 +149,9 @@ fn skipped_ticks_stay_skipped_and_schedules_says_when_next() {
         cron.contains("once") && cron.contains(" 03:00:00"),
         "{cron}"
     );
+    // 04:00 in Kolkata (UTC+5:30, no DST) is 22:30 UTC.
+    let local = lines.iter().find(|l| l.contains("Asia/Kolkata")).unwrap();
+    assert!(local.contains(" 22:30:00"), "{local}");
     let before = counters(&gateway);
     gateway.restart();
     assert!(wait_until(ONE, || counters(&gateway).get("ticks")
@@ -208,7 +211,7 @@ fn config_check_explains_bad_schedules() {
         config(
             dir.path(),
             "vending_heartbeat.wasm",
-            "{ schedule = \"every 5 minutes\" }, { schedule = \"cron(0 0 31 2 ? *)\" }, { schedule = \"rate(1 second)\", dedup_key = \"id\" }, { mqtt = \"a/b\", schedule = \"rate(1 minute)\" }, { qos = 1 }",
+            "{ schedule = \"every 5 minutes\" }, { schedule = \"cron(0 0 31 2 ? *)\" }, { schedule = \"rate(1 second)\", dedup_key = \"id\" }, { mqtt = \"a/b\", schedule = \"rate(1 minute)\" }, { qos = 1 }, { schedule = \"cron(0 2 * * ? *)\", timezone = \"Mars/Olympus_Mons\" }, { schedule = \"rate(1 day)\", timezone = \"Europe/Berlin\" }",
             "",
         ),
     )
@@ -221,6 +224,8 @@ fn config_check_explains_bad_schedules() {
         "functions[0].triggers[2].dedup_key: `dedup_key` has no effect on a schedule",
         "functions[0].triggers[3].schedule: `schedule` cannot be used beside another kind in one trigger",
         "functions[0].triggers[4]: a trigger needs `mqtt",
+        "functions[0].triggers[5].timezone: invalid schedule \"Mars/Olympus_Mons\": unknown time zone",
+        "functions[0].triggers[6].timezone: `timezone` has no effect on a rate",
     ] {
         assert!(out.stderr.contains(says), "missing {says:?} in:\n{}", out.stderr);
     }

@@ -832,11 +832,16 @@ pub struct TriggerConfig {
     pub mqtt: Option<String>,
     /// When to run the function, in EventBridge Scheduler's forms:
     /// `"rate(5 minutes)"` (1 second at least), `"cron(0 2 * * ? *)"` (six
-    /// fields: minutes hours day-of-month month day-of-week year, in UTC),
-    /// or once, `"at(2026-12-24T18:00:00)"` (UTC). Each tick is committed
+    /// fields: minutes hours day-of-month month day-of-week year, in UTC or
+    /// `timezone`), or once, `"at(2026-12-24T18:00:00)"`. Each tick is committed
     /// like a message: it runs exactly once, across restarts too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
+    /// Schedule only: cron and at times are wall times in this zone (an
+    /// IANA name from the system's tz database: `"Europe/Berlin"`), DST
+    /// included. UTC by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
     /// An HTTP route on the gateway's `[http]` listener: a method (`GET`,
     /// `POST`, `PUT`, `PATCH`, `DELETE`, or `ANY`) and a path whose
     /// `{name}` segments are path parameters: `"GET /vending/{machine}/state"`.

@@ -311,14 +311,31 @@ fn trigger_kind(c: &mut Checker, path: &FieldPath, trigger: &TriggerConfig, prot
         );
     }
     if let Some(schedule) = &trigger.schedule {
-        if let Err(message) = crate::triggers::schedule::Expression::parse(schedule) {
-            c.push(
-                path.key("schedule"),
+        let zone = trigger.timezone.as_deref();
+        match zone.map(crate::triggers::expression::Zone::named) {
+            Some(Err(message)) => c.push(
+                path.key("timezone"),
                 Kind::InvalidSchedule {
-                    value: schedule.clone(),
+                    value: zone.unwrap_or_default().to_owned(),
                     message,
                 },
-            );
+            ),
+            Some(Ok(_)) if schedule.trim_start().starts_with("rate(") => unused(
+                c,
+                &[("timezone", true)],
+                "on a rate (it counts periods, not wall times; use cron(...) for a local time of day)",
+            ),
+            _ => {
+                if let Err(message) = crate::triggers::schedule::Expression::parse_in(schedule, zone) {
+                    c.push(
+                        path.key("schedule"),
+                        Kind::InvalidSchedule {
+                            value: schedule.clone(),
+                            message,
+                        },
+                    );
+                }
+            }
         }
         unused(
             c,
@@ -350,6 +367,13 @@ fn trigger_kind(c: &mut Checker, path: &FieldPath, trigger: &TriggerConfig, prot
             "on this kind of trigger (batching windows are for mqtt and file triggers)",
         ),
         None => {}
+    }
+    if trigger.schedule.is_none() {
+        unused(
+            c,
+            &[("timezone", trigger.timezone.is_some())],
+            "without `schedule`",
+        );
     }
     if trigger.http.is_none() {
         unused(

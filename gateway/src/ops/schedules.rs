@@ -61,7 +61,7 @@ fn status(
     for f in &config.functions {
         for t in &f.triggers {
             let Some(name) = &t.schedule else { continue };
-            let Ok(expression) = Expression::parse(name) else {
+            let Ok(expression) = Expression::parse_in(name, t.timezone.as_deref()) else {
                 continue;
             };
             let missed = t.missed.unwrap_or_default();
@@ -72,7 +72,10 @@ fn status(
             let plan = plan(&expression, last_ms, now, missed);
             out.push(Status {
                 function: f.name.clone(),
-                schedule: name.clone(),
+                schedule: match &t.timezone {
+                    Some(zone) => format!("{name} {zone}"),
+                    None => name.clone(),
+                },
                 missed,
                 last_ms,
                 next_ms: plan.catch_up.first().copied().or(plan.next),

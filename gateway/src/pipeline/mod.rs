@@ -833,7 +833,7 @@ async fn start_schedules(
         .filter_map(|(f, _, dispatcher, _, t)| {
             let name = t.schedule.as_ref()?;
             // Validation has parsed it already.
-            let expression = Expression::parse(name).ok()?;
+            let expression = Expression::parse_in(name, t.timezone.as_deref()).ok()?;
             let spec = ScheduleSpec {
                 function: f.name.clone(),
                 name: name.clone(),

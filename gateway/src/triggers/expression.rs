@@ -1,6 +1,8 @@
 //! The forms a schedule is written in (EventBridge Scheduler's `rate(...)`,
-//! `cron(...)` and `at(...)`, in UTC) and what a schedule does about ticks
-//! it missed: pure, for `config check` and for the schedules that run them.
+//! `cron(...)` and `at(...)`, in UTC or in a `timezone`) and what a schedule
+//! does about ticks it missed: pure (but for reading a zone's rules from the
+//! system's tz database), for `config check` and for the schedules that run
+//! them.
 
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -40,21 +42,78 @@ pub const MIN_RATE: Duration = Duration::from_secs(1);
 /// The longest rate, ten years and some.
 pub const MAX_RATE: Duration = Duration::from_secs(3_660 * 86_400);
 
+/// A schedule's time zone, from the system's tz database (Debian's tzdata).
+/// Cron and at times are local wall times in it. A wall time skipped when
+/// the clocks go forward runs as far after the change as it would have been
+/// (02:30 on a day that goes from 02:00 to 03:00 runs at 03:30); a wall time
+/// that happens twice when they go back runs once, the first time.
+#[derive(Debug, Clone)]
+pub struct Zone(jiff::tz::TimeZone);
+
+impl Zone {
+    /// The zone of an IANA name (`"Europe/Berlin"`); the error says why not.
+    pub fn named(name: &str) -> Result<Zone, String> {
+        jiff::tz::db().get(name).map(Zone).map_err(|e| {
+            format!(
+                "unknown time zone {name:?} ({e}); names are the tz database's (Europe/Berlin, America/New_York), read from /usr/share/zoneinfo (the tzdata package)"
+            )
+        })
+    }
+
+    /// The wall time at `t` (Unix ms), as chrono's naive time.
+    fn wall(&self, t: i64) -> Option<chrono::NaiveDateTime> {
+        let dt = self
+            .0
+            .to_datetime(jiff::Timestamp::from_millisecond(t).ok()?);
+        chrono::NaiveDate::from_ymd_opt(dt.year().into(), dt.month() as u32, dt.day() as u32)?
+            .and_hms_milli_opt(
+                dt.hour() as u32,
+                dt.minute() as u32,
+                dt.second() as u32,
+                dt.millisecond() as u32,
+            )
+    }
+
+    /// The instant (Unix ms) of a wall time, as [`Zone`] says for gaps and folds.
+    fn instant(&self, wall: chrono::NaiveDateTime) -> Option<i64> {
+        use chrono::{Datelike, Timelike};
+        let dt = jiff::civil::DateTime::new(
+            i16::try_from(wall.year()).ok()?,
+            wall.month() as i8,
+            wall.day() as i8,
+            wall.hour() as i8,
+            wall.minute() as i8,
+            wall.second() as i8,
+            (wall.nanosecond() % 1_000_000_000) as i32,
+        )
+        .ok()?;
+        let ts = self.0.to_ambiguous_timestamp(dt).compatible().ok()?;
+        Some(ts.as_millisecond())
+    }
+}
+
 /// When a schedule fires.
 #[derive(Debug, Clone)]
 pub enum Expression {
     /// Every period, counted from the last tick (or from the first start).
     Rate(Duration),
-    /// At these times, in UTC.
-    Cron(Box<croner::Cron>),
-    /// Once, at this Unix time in milliseconds (UTC).
+    /// At these times, in UTC, or as wall times in a zone.
+    Cron(Box<croner::Cron>, Option<Zone>),
+    /// Once, at this Unix time in milliseconds.
     At(i64),
 }
 
 impl Expression {
-    /// Parses EventBridge Scheduler's `rate(...)`, `cron(...)` and `at(...)`.
-    /// The error says what was expected, for `config check`.
+    /// Parses EventBridge Scheduler's `rate(...)`, `cron(...)` and `at(...)`,
+    /// in UTC. The error says what was expected, for `config check`.
     pub fn parse(text: &str) -> Result<Expression, String> {
+        Self::parse_in(text, None)
+    }
+
+    /// The same, with cron and at times as wall times in `zone` (an IANA
+    /// name, `"Europe/Berlin"`); `None` is UTC. A rate has no zone.
+    pub fn parse_in(text: &str, zone: Option<&str>) -> Result<Expression, String> {
+        let zone = zone.map(Zone::named).transpose()?;
         let text = text.trim();
         let inner = |prefix: &str| {
             text.strip_prefix(prefix)
@@ -65,10 +124,11 @@ impl Expression {
             return parse_rate(rate).map(Expression::Rate);
         }
         if let Some(cron) = inner("cron(") {
-            return parse_cron(cron).map(|c| Expression::Cron(Box::new(c)));
+            let cron = parse_cron(cron)?;
+            return Ok(Expression::Cron(Box::new(cron), zone));
         }
         if let Some(at) = inner("at(") {
-            return parse_at(at).map(Expression::At);
+            return parse_at(at, zone.as_ref()).map(Expression::At);
         }
         Err("expected rate(5 minutes), cron(0 2 * * ? *) or at(2026-12-24T18:00:00)".into())
     }
@@ -85,10 +145,24 @@ impl Expression {
                 Some(anchor + ((t - anchor) / period + 1) * period)
             }
             Expression::At(at) => (*at > t).then_some(*at),
-            Expression::Cron(cron) => {
+            Expression::Cron(cron, None) => {
                 let after = chrono::DateTime::from_timestamp_millis(t)?;
                 let next = cron.find_next_occurrence(&after, false).ok()?;
                 Some(next.timestamp_millis())
+            }
+            Expression::Cron(cron, Some(zone)) => {
+                // Cron over wall times: the next matching wall time after
+                // t's, as an instant. A wall time of a fold's first pass
+                // may lie before t (t is in the second pass): look past it.
+                let mut wall = zone.wall(t)?.and_utc();
+                for _ in 0..8 {
+                    wall = cron.find_next_occurrence(&wall, false).ok()?;
+                    let at = zone.instant(wall.naive_utc())?;
+                    if at > t {
+                        return Some(at);
+                    }
+                }
+                None
             }
         }
     }
@@ -150,11 +224,16 @@ fn parse_cron(text: &str) -> Result<croner::Cron, String> {
     Ok(cron)
 }
 
-fn parse_at(text: &str) -> Result<i64, String> {
+fn parse_at(text: &str, zone: Option<&Zone>) -> Result<i64, String> {
     let time = chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S").map_err(|e| {
         format!("invalid at({text}): {e}; expected a date and time as in at(2026-12-24T18:00:00)")
     })?;
-    Ok(time.and_utc().timestamp_millis())
+    match zone {
+        None => Ok(time.and_utc().timestamp_millis()),
+        Some(zone) => zone
+            .instant(time)
+            .ok_or_else(|| format!("invalid at({text}): not a time in its zone")),
+    }
 }
 
 /// What a schedule does about ticks it missed (the gateway was down, or a
@@ -235,6 +314,77 @@ mod tests {
         Expression::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"))
     }
 
+    /// Unix ms of a UTC time.
+    fn utc(text: &str) -> i64 {
+        chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M")
+            .unwrap()
+            .and_utc()
+            .timestamp_millis()
+    }
+
+    #[test]
+    fn cron_in_a_zone_follows_its_wall_clock_through_both_dst_changes() {
+        // Berlin: CET (+1) in winter, CEST (+2) from 2026-03-29 02:00 to
+        // 2026-10-25 03:00.
+        let cron = Expression::parse_in("cron(30 2 * * ? *)", Some("Europe/Berlin")).unwrap();
+        let next = |t: &str| {
+            cron.next_after(0, utc(t)).map(|ms| {
+                chrono::DateTime::from_timestamp_millis(ms)
+                    .unwrap()
+                    .format("%Y-%m-%dT%H:%M")
+                    .to_string()
+            })
+        };
+        // 02:30 CET is 01:30 UTC.
+        assert_eq!(
+            next("2026-03-27T12:00").as_deref(),
+            Some("2026-03-28T01:30")
+        );
+        // The day the clocks skip 02:00-03:00: 02:30 runs an hour late in
+        // wall time, at 03:30 CEST (01:30 UTC), once.
+        assert_eq!(
+            next("2026-03-28T12:00").as_deref(),
+            Some("2026-03-29T01:30")
+        );
+        // Then 02:30 CEST is 00:30 UTC.
+        assert_eq!(
+            next("2026-03-29T12:00").as_deref(),
+            Some("2026-03-30T00:30")
+        );
+        // The day 02:00-03:00 happens twice: once, the first time (CEST)...
+        assert_eq!(
+            next("2026-10-24T12:00").as_deref(),
+            Some("2026-10-25T00:30")
+        );
+        // ...and not again in the second pass: the next is the next day's.
+        assert_eq!(
+            next("2026-10-25T00:30").as_deref(),
+            Some("2026-10-26T01:30")
+        );
+        assert_eq!(
+            next("2026-10-25T01:15").as_deref(),
+            Some("2026-10-26T01:30")
+        );
+        // Without a zone, UTC.
+        let plain = expr("cron(30 2 * * ? *)");
+        assert_eq!(
+            plain.next_after(0, utc("2026-03-28T12:00")),
+            Some(utc("2026-03-29T02:30"))
+        );
+    }
+
+    #[test]
+    fn at_in_a_zone_is_its_wall_time_and_unknown_zones_say_where_names_come_from() {
+        let at = Expression::parse_in("at(2026-12-24T18:00:00)", Some("America/New_York")).unwrap();
+        assert!(matches!(at, Expression::At(ms) if ms == utc("2026-12-24T23:00")));
+        let error =
+            Expression::parse_in("cron(0 2 * * ? *)", Some("Mars/Olympus_Mons")).unwrap_err();
+        assert!(
+            error.contains("unknown time zone") && error.contains("tzdata"),
+            "{error}"
+        );
+    }
+
     #[test]
     fn eventbridge_forms_parse_and_others_say_what_was_expected() {
         assert!(
@@ -244,7 +394,10 @@ mod tests {
             matches!(expr("rate(1 second)"), Expression::Rate(d) if d == Duration::from_secs(1))
         );
         assert!(matches!(expr(" rate(10 seconds) "), Expression::Rate(_)));
-        assert!(matches!(expr("cron(0 2 * * ? *)"), Expression::Cron(_)));
+        assert!(matches!(
+            expr("cron(0 2 * * ? *)"),
+            Expression::Cron(_, None)
+        ));
         assert!(matches!(expr("at(2026-12-24T18:00:00)"), Expression::At(_)));
         for (bad, says) in [
             ("every 5 minutes", "expected rate(5 minutes)"),
