@@ -223,7 +223,7 @@ fn config_check_explains_bad_schedules() {
         "functions[0].triggers[1].schedule: invalid schedule \"cron(0 0 31 2 ? *)\": cron(0 0 31 2 ? *) never fires",
         "functions[0].triggers[2].dedup_key: `dedup_key` has no effect on a schedule",
         "functions[0].triggers[3].schedule: `schedule` cannot be used beside another kind in one trigger",
-        "functions[0].triggers[4]: a trigger needs `mqtt",
+        "functions[0].triggers[4]: a trigger needs a kind: `mqtt",
         "functions[0].triggers[5].timezone: invalid schedule \"Mars/Olympus_Mons\": unknown time zone",
         "functions[0].triggers[6].timezone: `timezone` has no effect on a rate",
     ] {

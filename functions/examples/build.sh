@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-crates=(vending-telemetry robot-telemetry hello-http telemetry-enrich vending-heartbeat vending-sales kv-audit vending-ledger)
+crates=(vending-telemetry robot-telemetry hello-http telemetry-enrich vending-heartbeat vending-sales kv-audit vending-ledger vending-live)
 target_dir="${CARGO_TARGET_DIR:-target}"
 
 args=()

@@ -132,6 +132,21 @@ pub fn event_json(event: &Event<'_>) -> Value {
             bytes(&mut body, "payload", i.payload);
             "invoke"
         }
+        Event::WebSocket(w) => {
+            body.insert("route".into(), w.route.into());
+            body.insert("connection_id".into(), w.connection_id.into());
+            let kind = match w.kind {
+                wasmgate_abi::WebSocketKind::Connect => "connect",
+                wasmgate_abi::WebSocketKind::Message => "message",
+                wasmgate_abi::WebSocketKind::Disconnect => "disconnect",
+            };
+            body.insert("kind".into(), kind.into());
+            bytes(&mut body, "data", w.data);
+            body.insert("text".into(), w.text.into());
+            body.insert("query".into(), w.query.into());
+            body.insert("headers".into(), Value::Object(pairs(&w.headers)));
+            "websocket"
+        }
         Event::Batch(events) => {
             let list: Vec<Value> = events
                 .iter()

@@ -8,7 +8,7 @@
 use serde_json::{Map, Value};
 use wasmgate_abi::{
     Event, FileArrival, HttpRequest, InvokeRequest, KvChange, KvOp, MqttMessage, Pair,
-    ScheduleTick, Seq,
+    ScheduleTick, Seq, WebSocketEvent, WebSocketKind,
 };
 
 /// An event that owns its bytes. `as_event` lends it out in ABI form.
@@ -57,6 +57,16 @@ pub enum OwnedEvent {
     },
     /// Encoded `Seq<Event>`.
     Batch(Vec<u8>),
+    WebSocket {
+        route: String,
+        connection_id: String,
+        kind: WebSocketKind,
+        data: Vec<u8>,
+        text: bool,
+        query: String,
+        /// Encoded `Seq<Pair>`.
+        headers: Vec<u8>,
+    },
 }
 
 impl OwnedEvent {
@@ -96,6 +106,14 @@ impl OwnedEvent {
             }
             OwnedEvent::Invoke { from, payload } => from.len() + payload.len(),
             OwnedEvent::Batch(events) => events.len(),
+            OwnedEvent::WebSocket {
+                route,
+                connection_id,
+                data,
+                query,
+                headers,
+                ..
+            } => route.len() + connection_id.len() + data.len() + query.len() + headers.len(),
         }
     }
 
@@ -204,6 +222,15 @@ impl OwnedEvent {
                 payload: i.payload.to_vec(),
             },
             Event::Batch(items) => OwnedEvent::Batch(items.encoded().to_vec()),
+            Event::WebSocket(w) => OwnedEvent::WebSocket {
+                route: w.route.to_owned(),
+                connection_id: w.connection_id.to_owned(),
+                kind: w.kind,
+                data: w.data.to_vec(),
+                text: w.text,
+                query: w.query.to_owned(),
+                headers: w.headers.encoded().to_vec(),
+            },
         }
     }
 
@@ -274,6 +301,23 @@ impl OwnedEvent {
             }),
             OwnedEvent::Invoke { from, payload } => Event::Invoke(InvokeRequest { from, payload }),
             OwnedEvent::Batch(encoded) => Event::Batch(Seq::from_encoded(encoded)),
+            OwnedEvent::WebSocket {
+                route,
+                connection_id,
+                kind,
+                data,
+                text,
+                query,
+                headers,
+            } => Event::WebSocket(WebSocketEvent {
+                route,
+                connection_id,
+                kind: *kind,
+                data,
+                text: *text,
+                query,
+                headers: Seq::from_encoded(headers),
+            }),
         }
     }
 
@@ -310,7 +354,7 @@ impl OwnedEvent {
         let object = value
             .as_object()
             .filter(|o| o.len() == 1)
-            .ok_or_else(|| EventJsonError::new("", "an event is an object with exactly one key: mqtt, http, schedule, file, kv_change, invoke or batch"))?;
+            .ok_or_else(|| EventJsonError::new("", "an event is an object with exactly one key: mqtt, http, schedule, file, kv_change, invoke, websocket or batch"))?;
         let (kind, body) = object
             .iter()
             .next()
@@ -396,10 +440,27 @@ impl OwnedEvent {
                 from: fields.str_or("from", "cli")?,
                 payload: fields.bytes("payload")?,
             },
+            "websocket" => {
+                let kind = match fields.str_or("kind", "message")?.as_str() {
+                    "connect" => WebSocketKind::Connect,
+                    "message" => WebSocketKind::Message,
+                    "disconnect" => WebSocketKind::Disconnect,
+                    other => return Err(EventJsonError::new(at, &format!("kind must be \"connect\", \"message\" or \"disconnect\", not {other:?}"))),
+                };
+                OwnedEvent::WebSocket {
+                    route: fields.str_or("route", "/")?,
+                    connection_id: fields.str_or("connection_id", "cli")?,
+                    kind,
+                    data: fields.bytes("data")?,
+                    text: fields.bool_or("text", true)?,
+                    query: fields.str_or("query", "")?,
+                    headers: fields.pairs("headers")?,
+                }
+            }
             other => {
                 return Err(EventJsonError::new(
                     "",
-                    &format!("unknown event kind {other:?}; expected mqtt, http, schedule, file, kv_change, invoke or batch"),
+                    &format!("unknown event kind {other:?}; expected mqtt, http, schedule, file, kv_change, invoke, websocket or batch"),
                 ))
             }
         };
@@ -426,6 +487,16 @@ impl OwnedEvent {
                 "old",
                 "old_hex",
             ],
+            "websocket" => &[
+                "route",
+                "connection_id",
+                "kind",
+                "data",
+                "data_hex",
+                "text",
+                "query",
+                "headers",
+            ],
             _ => &["from", "payload", "payload_hex"],
         })?;
         Ok(event)
@@ -440,6 +511,7 @@ pub const EVENT_JSON_HELP: &str = r#"An event file holds one JSON object keyed b
   {"file": {"path": "/data/in/a.csv", "contents": "a,b\n1,2\n"}}
   {"kv_change": {"namespace": "vending", "key": "total", "op": "put", "value": "42"}}
   {"invoke": {"from": "other-function", "payload": "..."}}
+  {"websocket": {"route": "/live", "connection_id": "c1", "kind": "message", "data": "hi", "text": true}}
   {"batch": [ <event>, <event>, ... ]}
 Payloads (payload, body, contents, value): a JSON string is taken as its UTF-8 bytes, any
 other JSON value is sent as compact JSON; use payload_hex (body_hex, ...) for binary.

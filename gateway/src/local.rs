@@ -207,6 +207,17 @@ fn render_effects(out: &mut String, effects: &Effects) {
             items.join(", ")
         );
     }
+    if !effects.posts.is_empty() {
+        let _ = writeln!(out, "posts    {}", effects.posts.len());
+        for post in &effects.posts {
+            let _ = writeln!(
+                out,
+                "  {} {}",
+                crate::text::escape(&post.connection),
+                show_bytes(&post.data)
+            );
+        }
+    }
     let _ = writeln!(out, "emits    {}", effects.emits.len());
     for emit in &effects.emits {
         let _ = writeln!(
@@ -277,6 +288,10 @@ pub fn to_json(run: &LocalRun) -> Value {
                         "body": String::from_utf8_lossy(&r.body),
                     })),
                     "failed_items": effects.failed_items,
+                    "posts": effects.posts.iter().map(|p| json!({
+                        "connection": p.connection,
+                        "data": String::from_utf8_lossy(&p.data),
+                    })).collect::<Vec<_>>(),
                 }),
                 Err(error) => json!({"ok": false, "error": error.kind(), "message": error.to_string()}),
             };

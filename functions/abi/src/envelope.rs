@@ -67,6 +67,9 @@ pub enum Event<'a> {
     /// Several events delivered at once (a batching window); never nested.
     #[serde(borrow)]
     Batch(Seq<'a, Event<'a>>),
+    /// A WebSocket connection opened, sent a message, or closed.
+    #[serde(borrow)]
+    WebSocket(WebSocketEvent<'a>),
 }
 
 impl Event<'_> {
@@ -80,6 +83,7 @@ impl Event<'_> {
             Event::KvChange(_) => "kv_change",
             Event::Invoke(_) => "invoke",
             Event::Batch(_) => "batch",
+            Event::WebSocket(_) => "websocket",
         }
     }
 }
@@ -194,6 +198,39 @@ pub struct KvChange<'a> {
     /// `Some` is a MODIFY). A `Delete` has the value it removed.
     #[serde(serialize_with = "as_bytes::serialize_option")]
     pub old: Option<&'a [u8]>,
+}
+
+/// What happened on a WebSocket connection: API Gateway's `$connect`,
+/// `$default` and `$disconnect`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WebSocketKind {
+    /// A client opened the connection; `respond` with a status of 400 or
+    /// more refuses it (closed with 1008 and the body as the reason).
+    Connect,
+    /// The client sent a message.
+    Message,
+    /// The connection closed (the client, a limit, or the gateway).
+    Disconnect,
+}
+
+/// An event of one WebSocket connection on a `websocket` route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebSocketEvent<'a> {
+    /// The route, as configured (`/live`).
+    pub route: &'a str,
+    /// The connection's id, for `post_to_connection`; unguessable.
+    pub connection_id: &'a str,
+    pub kind: WebSocketKind,
+    /// A message's bytes; for a disconnect, the close reason if any.
+    #[serde(serialize_with = "as_bytes::serialize")]
+    pub data: &'a [u8],
+    /// A message sent as text (UTF-8) rather than binary.
+    pub text: bool,
+    /// On connect: the opening request's query string, without `?`.
+    pub query: &'a str,
+    /// On connect: the opening request's headers.
+    #[serde(borrow)]
+    pub headers: Seq<'a, Pair<'a>>,
 }
 
 /// An asynchronous invocation from another function.

@@ -14,7 +14,7 @@ mod seq;
 
 pub use envelope::{
     Context, Envelope, Event, FileArrival, HttpRequest, InvokeRequest, KvChange, KvOp, MqttMessage,
-    Pair, ScheduleTick,
+    Pair, ScheduleTick, WebSocketEvent, WebSocketKind,
 };
 pub use seq::{Seq, SeqIter};
 
@@ -66,9 +66,11 @@ pub mod imports {
     pub const RESPOND_HEADER: &str = "respond_header";
     /// `(index: i32) -> i32`: an item of a batch failed (only it is retried).
     pub const ITEM_FAILED: &str = "item_failed";
+    /// `(connection: i32, connection_len: i32, data: i32, data_len: i32) -> i32`
+    pub const POST_TO_CONNECTION: &str = "post_to_connection";
 
     /// Every import name, for hosts that want to reject unknown imports by name.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         EVENT_READ,
         EMIT,
         KV_GET,
@@ -83,6 +85,7 @@ pub mod imports {
         RESPOND,
         RESPOND_HEADER,
         ITEM_FAILED,
+        POST_TO_CONNECTION,
     ];
 }
 

@@ -188,6 +188,19 @@ impl<'a, H: Host + ?Sized> Ctx<'a, H> {
         check("respond_header", ret).map(drop)
     }
 
+    /// Sends `data` to a WebSocket connection (by the `connection_id` of its
+    /// events) once this invocation commits, as API Gateway's
+    /// `post_to_connection`: text if it is UTF-8, else binary. A connection
+    /// that has closed by then is skipped. At most 100 per invocation.
+    pub fn post_to_connection(
+        &mut self,
+        connection: &str,
+        data: impl AsRef<[u8]>,
+    ) -> Result<(), Error> {
+        let ret = self.host.post_to_connection(connection, data.as_ref());
+        check("post_to_connection", ret).map(drop)
+    }
+
     /// Reports the batch's item number `index` (as [`crate::events`] walks
     /// them, from 0) failed, as Lambda's `ReportBatchItemFailures`: only the
     /// items reported are retried and dead-lettered; the others commit with

@@ -30,6 +30,7 @@ pub trait Host {
     fn respond(&mut self, status: i32, body: &[u8]) -> i32;
     fn respond_header(&mut self, name: &str, value: &str) -> i32;
     fn item_failed(&mut self, index: i32) -> i32;
+    fn post_to_connection(&mut self, connection: &str, data: &[u8]) -> i32;
 }
 
 /// The host a plain `Ctx<'_>` uses: the real imports on `wasm32`, the fake elsewhere.

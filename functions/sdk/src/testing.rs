@@ -26,7 +26,7 @@ use std::string::{String, ToString};
 use std::vec::Vec;
 use wasmgate_abi::{
     is_valid_publish_topic, Context, EmitOptions, Envelope, Event, FileArrival, HttpRequest,
-    LogLevel, MqttMessage, Pair, ScheduleTick, Seq, Status,
+    LogLevel, MqttMessage, Pair, ScheduleTick, Seq, Status, WebSocketEvent, WebSocketKind,
 };
 
 /// A message the function emitted.
@@ -76,6 +76,13 @@ impl Response {
     }
 }
 
+/// A message for a WebSocket connection (`post_to_connection`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Posted {
+    pub connection: String,
+    pub data: Vec<u8>,
+}
+
 /// What an invocation may change, saved so that a failed one can be undone.
 #[derive(Debug, Clone, Default)]
 struct Effects {
@@ -84,6 +91,7 @@ struct Effects {
     invokes: Vec<Invoked>,
     response: Option<Response>,
     failed_items: BTreeSet<usize>,
+    posts: Vec<Posted>,
 }
 
 /// The in-memory host. See the [module docs](self).
@@ -260,6 +268,7 @@ impl FakeHost {
         self.effects.invokes.clear();
         self.effects.response = None;
         self.effects.failed_items.clear();
+        self.effects.posts.clear();
         self
     }
 
@@ -291,6 +300,11 @@ impl FakeHost {
 
     pub fn invokes(&self) -> &[Invoked] {
         &self.effects.invokes
+    }
+
+    /// What was sent to WebSocket connections, in order.
+    pub fn posts(&self) -> &[Posted] {
+        &self.effects.posts
     }
 
     pub fn response(&self) -> Option<&Response> {
@@ -474,6 +488,17 @@ impl Host for FakeHost {
         OK
     }
 
+    fn post_to_connection(&mut self, connection: &str, data: &[u8]) -> i32 {
+        if connection.is_empty() || self.effects.posts.len() >= 100 {
+            return INVALID_ARGUMENT;
+        }
+        self.effects.posts.push(Posted {
+            connection: connection.to_string(),
+            data: data.to_vec(),
+        });
+        OK
+    }
+
     fn item_failed(&mut self, index: i32) -> i32 {
         match (self.batch_len, usize::try_from(index)) {
             (Some(len), Ok(index)) if index < len => {
@@ -533,6 +558,26 @@ pub fn schedule(schedule: &str, scheduled_ms: u64) -> Event<'_> {
         scheduled_ms,
         fired_ms: scheduled_ms,
         catch_up: false,
+    })
+}
+
+/// A WebSocket event on `route` for `connection`: a message (`data` as
+/// text), or a connect with this query, or a disconnect.
+pub fn websocket<'a>(
+    kind: WebSocketKind,
+    route: &'a str,
+    connection: &'a str,
+    query: &'a str,
+    data: &'a (impl AsRef<[u8]> + ?Sized),
+) -> Event<'a> {
+    Event::WebSocket(WebSocketEvent {
+        route,
+        connection_id: connection,
+        kind,
+        data: data.as_ref(),
+        text: true,
+        query,
+        headers: Seq::empty(),
     })
 }
 

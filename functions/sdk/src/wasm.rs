@@ -46,6 +46,12 @@ mod imports {
             value_len: i32,
         ) -> i32;
         pub fn item_failed(index: i32) -> i32;
+        pub fn post_to_connection(
+            connection: *const u8,
+            connection_len: i32,
+            data: *const u8,
+            data_len: i32,
+        ) -> i32;
     }
 }
 
@@ -115,6 +121,10 @@ impl Host for WasmHost {
     }
     fn item_failed(&mut self, index: i32) -> i32 {
         unsafe { imports::item_failed(index) }
+    }
+    fn post_to_connection(&mut self, connection: &str, data: &[u8]) -> i32 {
+        let c = connection.as_bytes();
+        unsafe { imports::post_to_connection(c.as_ptr(), len(c), data.as_ptr(), len(data)) }
     }
 }
 

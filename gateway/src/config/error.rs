@@ -128,7 +128,7 @@ pub enum ConfigErrorKind {
     #[error("a function needs at least one trigger")]
     NoTriggers,
     /// A trigger that says neither what nor when.
-    #[error("a trigger needs `mqtt = \"topic/filter\"` or `schedule = \"rate(5 minutes)\"`")]
+    #[error("a trigger needs a kind: `mqtt = \"topic/filter\"`, `schedule = \"rate(5 minutes)\"`, `http = \"GET /path\"`, `websocket = \"/path\"`, `file = \"/dir/*.csv\"` or `kv_change = \"function\"`")]
     EmptyTrigger,
     /// A schedule expression that does not parse, or never fires.
     #[error("invalid schedule {value:?}: {message}")]

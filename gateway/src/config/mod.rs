@@ -854,6 +854,24 @@ pub struct TriggerConfig {
     /// moves to `done/` beside it (`failed/` if dead-lettered).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+    /// A WebSocket route on the `[http]` listener: `"/live"`. Each
+    /// connection's open, messages and close run the function (API
+    /// Gateway's `$connect`, `$default`, `$disconnect`) with its connection
+    /// id, and `post_to_connection` sends to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<String>,
+    /// websocket only: connections open at once, 1 to 10,000 (default 100);
+    /// one more is closed with 1013 (try again later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// websocket only: a connection with nothing sent either way for this
+    /// long is closed with 1001, 1 s to 2 h (default 10 minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
+    /// websocket only: the largest message taken, 1 byte to 1 MiB (default
+    /// 32 KiB); a larger one closes the connection with 1009.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_message_bytes: Option<u32>,
     /// http only: clients must send one of these API keys in `x-api-key`
     /// (401 otherwise): `auth = { api_keys = { file = "/etc/wasmgate/api-keys" } }`,
     /// one key per line (or `{ env = ... }`, `{ credential = ... }`).
@@ -916,6 +934,23 @@ pub struct TriggerConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup_property: Option<String>,
 }
+
+impl TriggerConfig {
+    /// The HTTP route this trigger serves, as a route is written: its
+    /// `http`, or `GET <path>` for a `websocket` (the upgrade request).
+    pub fn route(&self) -> Option<String> {
+        match (&self.http, &self.websocket) {
+            (Some(http), _) => Some(http.clone()),
+            (None, Some(path)) => Some(format!("GET {path}")),
+            (None, None) => None,
+        }
+    }
+}
+
+/// Defaults of a websocket trigger's limits.
+pub const DEFAULT_WS_CONNECTIONS: u32 = 100;
+pub const DEFAULT_WS_IDLE_MS: u64 = 600_000;
+pub const DEFAULT_WS_MESSAGE_BYTES: u32 = 32 << 10;
 
 /// A trigger's batching window (Lambda's batch size and batching window).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -272,6 +272,7 @@ fn trigger_kind(c: &mut Checker, path: &FieldPath, trigger: &TriggerConfig, prot
         ("mqtt", trigger.mqtt.is_some()),
         ("schedule", trigger.schedule.is_some()),
         ("http", trigger.http.is_some()),
+        ("websocket", trigger.websocket.is_some()),
         ("file", trigger.file.is_some()),
         ("kv_change", trigger.kv_change.is_some()),
     ];
@@ -375,13 +376,57 @@ fn trigger_kind(c: &mut Checker, path: &FieldPath, trigger: &TriggerConfig, prot
             "without `schedule`",
         );
     }
+    match &trigger.websocket {
+        Some(ws) => {
+            if let Err(message) = crate::triggers::route::Route::parse(&format!("GET {ws}")) {
+                c.push(
+                    path.key("websocket"),
+                    Kind::InvalidRoute {
+                        value: ws.clone(),
+                        message,
+                    },
+                );
+            }
+            if let Some(n) = trigger.max_connections {
+                c.range(path.key("max_connections"), n.into(), 1, 10_000);
+            }
+            if let Some(ms) = trigger.idle_timeout_ms {
+                c.range(path.key("idle_timeout_ms"), ms, 1_000, 7_200_000);
+            }
+            if let Some(n) = trigger.max_message_bytes {
+                c.range(path.key("max_message_bytes"), n.into(), 1, 1 << 20);
+            }
+            unused(
+                c,
+                &[
+                    ("dedup_key", trigger.dedup_key.is_some()),
+                    ("dedup_property", trigger.dedup_property.is_some()),
+                    ("invocation", trigger.invocation.is_some()),
+                ],
+                "on a websocket trigger",
+            );
+        }
+        None => unused(
+            c,
+            &[
+                ("max_connections", trigger.max_connections.is_some()),
+                ("idle_timeout_ms", trigger.idle_timeout_ms.is_some()),
+                ("max_message_bytes", trigger.max_message_bytes.is_some()),
+            ],
+            "without `websocket`",
+        ),
+    }
+    if trigger.http.is_none() && trigger.websocket.is_none() {
+        unused(
+            c,
+            &[("auth", trigger.auth.is_some())],
+            "without `http` or `websocket`",
+        );
+    }
     if trigger.http.is_none() {
         unused(
             c,
-            &[
-                ("auth", trigger.auth.is_some()),
-                ("invocation", trigger.invocation.is_some()),
-            ],
+            &[("invocation", trigger.invocation.is_some())],
             "without `http`",
         );
     }
@@ -470,9 +515,15 @@ fn http(c: &mut Checker, config: &Config) {
     let mut seen: Vec<(crate::triggers::route::Route, String)> = Vec::new();
     for (i, f) in config.functions.iter().enumerate() {
         for (j, t) in f.triggers.iter().enumerate() {
-            let Some(Ok(route)) = t.http.as_deref().map(crate::triggers::route::Route::parse)
+            let written = t.route();
+            let Some(Ok(route)) = written.as_deref().map(crate::triggers::route::Route::parse)
             else {
                 continue;
+            };
+            let key = if t.http.is_some() {
+                "http"
+            } else {
+                "websocket"
             };
             if let Some((_, other)) = seen.iter().find(|(r, _)| r.clashes_with(&route)) {
                 c.push(
@@ -481,9 +532,9 @@ fn http(c: &mut Checker, config: &Config) {
                         .index(i)
                         .key("triggers")
                         .index(j)
-                        .key("http"),
+                        .key(key),
                     Kind::RouteClash {
-                        value: t.http.clone().unwrap_or_default(),
+                        value: written.clone().unwrap_or_default(),
                         other: other.clone(),
                     },
                 );
@@ -491,7 +542,7 @@ fn http(c: &mut Checker, config: &Config) {
             }
             seen.push((
                 route,
-                format!("{} of {}", t.http.clone().unwrap_or_default(), f.name),
+                format!("{} of {}", written.clone().unwrap_or_default(), f.name),
             ));
         }
     }

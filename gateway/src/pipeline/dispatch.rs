@@ -37,6 +37,30 @@ const WORKER_STACK_BYTES: usize = 8 << 20;
 #[derive(Debug)]
 pub struct Sinks {
     pub store: Store,
+    /// Open WebSocket connections: where a committed invocation's posts go.
+    pub connections: Arc<crate::triggers::websocket::Connections>,
+}
+
+impl Sinks {
+    /// A commit's `done` that first sends the invocation's posts, if the
+    /// commit is durable (a failed one sends nothing, as it emits nothing).
+    fn posting(
+        &self,
+        function: &str,
+        posts: Vec<crate::runtime::Post>,
+        then: impl FnOnce(bool) + Send + 'static,
+    ) -> Box<dyn FnOnce(Result<(), crate::store::StoreError>) + Send> {
+        if posts.is_empty() {
+            return Box::new(move |committed| then(committed.is_ok()));
+        }
+        let (connections, function) = (self.connections.clone(), function.to_owned());
+        Box::new(move |committed| {
+            if committed.is_ok() {
+                connections.deliver(&function, posts);
+            }
+            then(committed.is_ok());
+        })
+    }
 }
 
 /// What happens to a function's failed invocations.
@@ -182,12 +206,15 @@ impl Worker {
                         request_id,
                         response: effects.response.take(),
                     });
+                    let posts = std::mem::take(&mut effects.posts);
                     self.sinks.store.submit(Commit {
                         function: f.name().to_owned(),
                         effects,
                         dedup: job.dedup.into_iter().collect(),
                         cursors: settles.into_iter().collect(),
-                        done: Box::new(move |committed| done.finish(committed.is_ok())),
+                        done: self
+                            .sinks
+                            .posting(f.name(), posts, move |durable| done.finish(durable)),
                     });
                     return;
                 }
@@ -420,7 +447,12 @@ impl Worker {
 
     /// Commits a batch's effects with the items that did not fail; each is
     /// settled once that transaction is durable.
-    fn commit_items(&self, request_id: u64, effects: crate::runtime::Effects, items: Vec<Item>) {
+    fn commit_items(
+        &self,
+        request_id: u64,
+        mut effects: crate::runtime::Effects,
+        items: Vec<Item>,
+    ) {
         self.metrics
             .emitted
             .fetch_add(effects.emits.len() as u64, Ordering::Relaxed);
@@ -439,16 +471,19 @@ impl Worker {
                 item.done
             })
             .collect();
+        let posts = std::mem::take(&mut effects.posts);
         self.sinks.store.submit(Commit {
             function: self.function.name().to_owned(),
             effects,
             dedup,
             cursors,
-            done: Box::new(move |committed| {
-                for done in dones {
-                    done.finish(committed.is_ok());
-                }
-            }),
+            done: self
+                .sinks
+                .posting(self.function.name(), posts, move |durable| {
+                    for done in dones {
+                        done.finish(durable);
+                    }
+                }),
         });
     }
 

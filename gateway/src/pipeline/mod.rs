@@ -244,8 +244,10 @@ impl Gateway {
         let upstream = upstream_endpoint(config)?;
         let (endpoint, broker) = connect_to(config)?;
 
+        let connections = Arc::new(crate::triggers::websocket::Connections::default());
         let sinks = Arc::new(Sinks {
             store: store.clone(),
+            connections: connections.clone(),
         });
         let stop = Arc::new(Stop::default());
         let mut dispatchers = Vec::with_capacity(deployed.len());
@@ -369,7 +371,7 @@ impl Gateway {
             subscribed.push(started.subscribed);
         }
         let schedule_tasks = start_schedules(&deployed, &dispatchers, &store, &draining).await?;
-        let http = start_http(config, &deployed, &dispatchers, &store).await?;
+        let http = start_http(config, &deployed, &dispatchers, &store, connections).await?;
         let mut file_tasks = start_files(&deployed, &dispatchers, &store, &draining);
         file_tasks.extend(start_streams(&deployed, &dispatchers, &store, &draining));
         // "Running" means subscribed: a message published after this line
@@ -687,13 +689,32 @@ async fn start_http(
     deployed: &[DeployedFunction],
     dispatchers: &[Dispatcher],
     store: &Store,
+    connections: Arc<crate::triggers::websocket::Connections>,
 ) -> Result<Option<HttpListener>, GatewayError> {
     use crate::triggers::http::{Queue, Route, Server, Target};
     use crate::triggers::route::Invocation;
     let routes: Vec<_> = each_trigger(deployed, dispatchers)
         .filter_map(|(f, _, dispatcher, _, t)| {
             // Validation has parsed it already.
-            let route = Route::parse(t.http.as_deref()?).ok()?;
+            let route = Route::parse(&t.route()?).ok()?;
+            let websocket = t.websocket.as_ref().map(|path| {
+                Arc::new(crate::triggers::websocket::Settings {
+                    route: path.clone(),
+                    max_connections: t
+                        .max_connections
+                        .unwrap_or(crate::config::DEFAULT_WS_CONNECTIONS)
+                        as usize,
+                    idle: std::time::Duration::from_millis(
+                        t.idle_timeout_ms
+                            .unwrap_or(crate::config::DEFAULT_WS_IDLE_MS),
+                    ),
+                    max_message: t
+                        .max_message_bytes
+                        .unwrap_or(crate::config::DEFAULT_WS_MESSAGE_BYTES)
+                        as usize,
+                    open: Default::default(),
+                })
+            });
             let target = Target {
                 intake: dispatcher.intake.clone(),
                 api_keys: t.auth.as_ref().map(crate::config::RouteAuth::keys),
@@ -701,6 +722,7 @@ async fn start_http(
                     store: store.clone(),
                     function: f.name.clone(),
                 }),
+                websocket,
             };
             Some((route, target))
         })
@@ -717,7 +739,7 @@ async fn start_http(
         Some(tls) => Some(http_tls(tls)?),
     };
     let https = tls.is_some();
-    let server = Server::bind(addr, routes, config.http.max_body(), tls)
+    let server = Server::bind(addr, routes, config.http.max_body(), tls, connections)
         .await
         .map_err(|error| GatewayError::HttpBind {
             addr: addr.to_string(),

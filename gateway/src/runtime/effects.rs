@@ -26,6 +26,13 @@ pub struct Invoke {
     pub whole_event: bool,
 }
 
+/// A message for a WebSocket connection, sent once the invocation commits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Post {
+    pub connection: String,
+    pub data: Vec<u8>,
+}
+
 /// The reply to a request/response trigger.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
@@ -82,6 +89,10 @@ pub struct Effects {
     /// The items of a batch the function said failed (`item_failed`), by
     /// index: only those are retried, the rest commit with these effects.
     pub failed_items: std::collections::BTreeSet<u32>,
+    /// Messages for WebSocket connections (`post_to_connection`): not kept
+    /// in the store (a connection does not outlive the process), sent once
+    /// the rest is durable.
+    pub posts: Vec<Post>,
 }
 
 impl Effects {
@@ -90,6 +101,7 @@ impl Effects {
             && self.kv.is_empty()
             && self.invokes.is_empty()
             && self.response.is_none()
+            && self.posts.is_empty()
     }
 
     /// What a read of `key` sees: this invocation's own write if any, layered

@@ -4,7 +4,7 @@
 //! records a contract violation in [`CallState`] before trapping, so that the
 //! invocation's error says exactly what went wrong instead of "host trap".
 
-use super::effects::{Effects, Emit, Invoke, KvArithmeticError, KvWrite, Response};
+use super::effects::{Effects, Emit, Invoke, KvArithmeticError, KvWrite, Post, Response};
 use super::error::AbiViolation;
 use super::{Grants, KvRead, Limits, LogLine};
 use std::collections::BTreeMap;
@@ -782,6 +782,50 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors
 
     linker.func_wrap(
         m,
+        imports::POST_TO_CONNECTION,
+        |mut caller: Caller<'_, HostState>,
+         connection: i32,
+         connection_len: i32,
+         data: i32,
+         data_len: i32|
+         -> HostResult<i32> {
+            enter(&mut caller, imports::POST_TO_CONNECTION)?;
+            check_size(
+                &mut caller,
+                imports::POST_TO_CONNECTION,
+                "connection",
+                connection_len,
+                MAX_KEY_BYTES,
+            )?;
+            let limit = caller.data().env.limits.max_emit_bytes;
+            check_size(
+                &mut caller,
+                imports::POST_TO_CONNECTION,
+                "data",
+                data_len,
+                limit,
+            )?;
+            let connection = read(
+                &mut caller,
+                imports::POST_TO_CONNECTION,
+                connection,
+                connection_len,
+            )?;
+            let data = read(&mut caller, imports::POST_TO_CONNECTION, data, data_len)?;
+            let Ok(connection) = String::from_utf8(connection) else {
+                return Ok(status(Status::InvalidArgument));
+            };
+            let posts = &mut caller.data_mut().call.effects.posts;
+            if connection.is_empty() || posts.len() >= MAX_POSTS {
+                return Ok(status(Status::InvalidArgument));
+            }
+            posts.push(Post { connection, data });
+            Ok(status(Status::Ok))
+        },
+    )?;
+
+    linker.func_wrap(
+        m,
         imports::ITEM_FAILED,
         |mut caller: Caller<'_, HostState>, index: i32| -> HostResult<i32> {
             enter(&mut caller, imports::ITEM_FAILED)?;
@@ -801,6 +845,9 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors
 
     Ok(())
 }
+
+/// The most WebSocket messages one invocation may send.
+pub const MAX_POSTS: usize = 100;
 
 /// The longest header name or value a function may answer with.
 pub const MAX_HEADER_BYTES: usize = 8 << 10;

@@ -12,7 +12,9 @@ mod error;
 mod host;
 
 pub use check::{MAX_CONST_EXPR_DEPTH, MAX_MODULE_BYTES};
-pub use effects::{decode_counter, Effects, Emit, Invoke, KvArithmeticError, KvWrite, Response};
+pub use effects::{
+    decode_counter, Effects, Emit, Invoke, KvArithmeticError, KvWrite, Post, Response,
+};
 pub use error::{AbiViolation, FailureKind, InvokeError, LoadError};
 pub use host::{
     HOST_BYTES_PER_FUEL, HOST_CALL_FUEL, MAX_KEY_BYTES, MAX_KV_WRITES, MAX_LOG_LINES,

@@ -61,6 +61,14 @@ pub enum Answer {
 }
 
 impl Pending {
+    /// An answer to wait for on `reply`.
+    pub(super) fn new(reply: oneshot::Sender<Answer>) -> Pending {
+        Pending {
+            answer: None,
+            reply,
+        }
+    }
+
     /// Keeps what the invocation said until its outcome is durable.
     pub(super) fn tell(&mut self, answer: Answer) {
         self.answer = Some(answer);
@@ -85,6 +93,8 @@ pub struct Target {
     /// `invocation = "event"`: requests are queued here, durably, and
     /// answered 202; the invoke drain runs them after.
     pub queue: Option<Queue>,
+    /// A websocket route: upgrades are served as connections.
+    pub websocket: Option<Arc<super::websocket::Settings>>,
 }
 
 /// Where a route with `invocation = "event"` queues its requests.
@@ -143,6 +153,8 @@ struct State {
     /// Each route's function, by the index `routes` leads to.
     targets: Vec<Target>,
     max_body: usize,
+    /// Open WebSocket connections, where committed posts go.
+    connections: Arc<super::websocket::Connections>,
 }
 
 /// Whether `given` is one of `keys`, in time that does not depend on where
@@ -184,6 +196,7 @@ impl Server {
         routes: Vec<(Route, Target)>,
         max_body: usize,
         tls: Option<Tls>,
+        connections: Arc<super::websocket::Connections>,
     ) -> std::io::Result<Server> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let mut targets = Vec::new();
@@ -200,6 +213,7 @@ impl Server {
                 routes: Routes::new(routes),
                 targets,
                 max_body,
+                connections,
             }),
             tls,
         })
@@ -213,9 +227,10 @@ impl Server {
     /// finishes the ones in flight (their invocations commit or are left).
     pub async fn serve(self, mut stop: watch::Receiver<bool>) {
         let state = self.state.clone();
+        let stopping = stop.clone();
         let app = axum::Router::new().fallback(move |request: Request<Body>| {
-            let state = state.clone();
-            async move { handle(&state, request).await }
+            let (state, stopping) = (state.clone(), stopping.clone());
+            async move { handle(&state, request, stopping).await }
         });
         if let Some(tls) = self.tls {
             #[cfg(feature = "tls")]
@@ -282,6 +297,7 @@ async fn serve_tls(
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
                 .await;
             if let Err(error) = served {
                 tracing::debug!(%peer, %error, "https connection ended");
@@ -302,7 +318,11 @@ fn plain(status: StatusCode, text: &str) -> HttpResponse {
     response
 }
 
-async fn handle(state: &State, request: Request<Body>) -> HttpResponse {
+async fn handle(
+    state: &State,
+    request: Request<Body>,
+    stopping: watch::Receiver<bool>,
+) -> HttpResponse {
     let method = request.method().as_str().to_owned();
     let path = request.uri().path().to_owned();
     let (index, params) = match state.routes.find(&method, &path) {
@@ -337,6 +357,16 @@ async fn handle(state: &State, request: Request<Body>) -> HttpResponse {
             return response;
         }
     }
+    if let Some(settings) = &target.websocket {
+        return super::websocket::upgrade(
+            request,
+            settings.clone(),
+            target.intake.clone(),
+            state.connections.clone(),
+            stopping,
+        )
+        .await;
+    }
     let query = request.uri().query().unwrap_or("").to_owned();
     let headers: Vec<(String, String)> = request
         .headers()
@@ -370,10 +400,7 @@ async fn handle(state: &State, request: Request<Body>) -> HttpResponse {
     let job = Job {
         event,
         arrived: Instant::now(),
-        settle: Settle::Http(Pending {
-            answer: None,
-            reply,
-        }),
+        settle: Settle::Http(Pending::new(reply)),
         dedup: None,
     };
     match target.intake.try_send(job) {

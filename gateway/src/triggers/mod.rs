@@ -26,6 +26,7 @@ pub mod mqtt;
 pub mod pattern;
 pub mod route;
 pub mod schedule;
+pub mod websocket;
 
 use crate::event::OwnedEvent;
 use crate::metrics::{inc, FunctionMetrics};
@@ -209,6 +210,8 @@ pub fn ordering_key(event: &OwnedEvent) -> &str {
         OwnedEvent::KvChange { key, .. } => key,
         OwnedEvent::Invoke { from, .. } => from,
         OwnedEvent::Batch(_) => "",
+        // A connection's events run in the order it sent them.
+        OwnedEvent::WebSocket { connection_id, .. } => connection_id,
     }
 }
 

@@ -7,7 +7,7 @@ use wasmgate_abi::{
 };
 use wasmi::{Caller, Engine, ExternType, Linker, Module, Store, ValType};
 
-const MODULES: [&str; 8] = [
+const MODULES: [&str; 9] = [
     "vending_telemetry",
     "robot_telemetry",
     "hello_http",
@@ -16,6 +16,7 @@ const MODULES: [&str; 8] = [
     "vending_sales",
     "kv_audit",
     "vending_ledger",
+    "vending_live",
 ];
 
 #[track_caller]
@@ -36,6 +37,8 @@ fn abi_signature(name: &str) -> Option<(Vec<ValType>, Vec<ValType>)> {
         "log" => (vec![I32; 3], vec![]),
         "now_ms" => (vec![], vec![I64]),
         "respond" => (vec![I32; 3], vec![I32]),
+        "respond_header" | "post_to_connection" => (vec![I32; 4], vec![I32]),
+        "item_failed" => (vec![I32], vec![I32]),
         _ => return None,
     })
 }
@@ -90,6 +93,7 @@ struct Host {
     config: HashMap<String, String>,
     logs: Vec<(i32, String)>,
     response: Option<(i32, Vec<u8>)>,
+    headers: Vec<(String, String)>,
 }
 
 type Cx<'a> = Caller<'a, Host>;
@@ -233,6 +237,26 @@ impl Instance {
                     c.data_mut().response = Some((status, body));
                     0
                 },
+            )
+            .unwrap()
+            .func_wrap(
+                m,
+                "respond_header",
+                |mut c: Cx<'_>, n: i32, nl: i32, v: i32, vl: i32| {
+                    let header = (text(&c, n, nl), text(&c, v, vl));
+                    c.data_mut().headers.push(header);
+                    0
+                },
+            )
+            .unwrap()
+            .func_wrap(m, "item_failed", |_: Cx<'_>, _: i32| {
+                Status::InvalidArgument.code()
+            })
+            .unwrap()
+            .func_wrap(
+                m,
+                "post_to_connection",
+                |_: Cx<'_>, _: i32, _: i32, _: i32, _: i32| 0,
             )
             .unwrap();
         let mut store = Store::new(&engine, Host::default());
@@ -392,4 +416,8 @@ fn hello_module_responds_over_http_under_wasmi() {
     let (status, body) = vm.host().response.clone().unwrap();
     assert_eq!(status, 200);
     assert_eq!(body, br#"{"greeting":"Hello, Ada!","hits":1}"#);
+    assert_eq!(
+        vm.host().headers,
+        [("cache-control".to_owned(), "no-store".to_owned())]
+    );
 }
