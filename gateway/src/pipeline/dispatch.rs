@@ -94,11 +94,11 @@ impl Dispatcher {
         metrics: Arc<FunctionMetrics>,
         failures: FailurePolicy,
         stop: Arc<Stop>,
+        request_ids: Arc<AtomicU64>,
     ) -> std::io::Result<Self> {
         let concurrency = concurrency.max(1);
         let per_shard = (queue / concurrency).max(1);
         let in_flight = Arc::new(AtomicUsize::new(0));
-        let request_ids = Arc::new(AtomicU64::new(1));
         let mut shards = Vec::with_capacity(concurrency);
         let mut workers = Vec::with_capacity(concurrency);
         for shard in 0..concurrency {

@@ -250,6 +250,9 @@ impl Gateway {
             connections: connections.clone(),
         });
         let stop = Arc::new(Stop::default());
+        // One sequence for every function: an id names one invocation on
+        // this gateway, across restarts too (see `Store::first_request_id`).
+        let request_ids = Arc::new(std::sync::atomic::AtomicU64::new(store.first_request_id()));
         let mut dispatchers = Vec::with_capacity(deployed.len());
         for (f, function) in &deployed {
             let dispatcher = Dispatcher::start(
@@ -260,6 +263,7 @@ impl Gateway {
                 Arc::new(FunctionMetrics::default()),
                 failure_policy(f),
                 stop.clone(),
+                request_ids.clone(),
             )
             .map_err(|error| GatewayError::Workers {
                 function: f.name.clone(),

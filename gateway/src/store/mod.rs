@@ -298,6 +298,8 @@ struct Submitter {
 
 struct Inner {
     path: PathBuf,
+    /// How many times this database has been opened, this time included.
+    run: u64,
     submitter: Mutex<Submitter>,
     overlay: Mutex<Overlay>,
     /// Dedup ids submitted but not yet committed, as (function, id), with
@@ -372,10 +374,12 @@ impl Store {
         })?;
         let committed_seq = committed_seq(&conn).map_err(|e| open_err(explain(&e)))?;
         let outbox_bytes = outbox_bytes(&conn).map_err(|e| open_err(explain(&e)))?;
+        let run = next_run(&conn).map_err(|e| open_err(explain(&e)))?;
 
         let (tx, rx) = mpsc::channel();
         let inner = Arc::new(Inner {
             path: path.clone(),
+            run,
             submitter: Mutex::new(Submitter {
                 next_seq: committed_seq + 1,
                 tx: Some(tx),
@@ -752,6 +756,14 @@ impl Store {
         }
     }
 
+    /// The first request id of this run: request ids are unique across
+    /// restarts (and across functions), as a Lambda request id is, because
+    /// each opening of the store counts a run and a run's ids start at
+    /// `run << 40` (a trillion per run).
+    pub fn first_request_id(&self) -> u64 {
+        (self.inner.run << 40) | 1
+    }
+
     fn with_reader<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
@@ -790,6 +802,20 @@ impl KvRead for Store {
         let (value, seq) = read.map_err(|e| e.to_string())?;
         Ok(overlay.read(namespace, key, seq, value))
     }
+}
+
+/// Counts one more opening of the database and returns the count.
+fn next_run(conn: &Connection) -> rusqlite::Result<u64> {
+    let run: i64 = conn.query_row(
+        "INSERT INTO meta (key, value) VALUES ('runs', 1)
+         ON CONFLICT (key) DO UPDATE SET value = value + 1
+         RETURNING value",
+        [],
+        |r| r.get(0),
+    )?;
+    // 24 bits of runs: after 16 million starts the count wraps, long after
+    // any request id of the first runs is remembered anywhere.
+    Ok(run as u64 & 0xff_ffff)
 }
 
 fn configure(conn: &Connection, synchronous: Synchronous) -> rusqlite::Result<()> {

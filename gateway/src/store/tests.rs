@@ -785,3 +785,16 @@ fn a_watched_namespace_keeps_its_changes_until_every_consumer_passed_them() {
     advance("stock/0", rows[2].seq);
     assert!(store.kv_changes_after("vending", 0, 10).unwrap().is_empty());
 }
+
+#[test]
+fn each_opening_starts_request_ids_past_every_earlier_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(&dir);
+    let a = first.first_request_id();
+    first.close();
+    drop(first);
+    let second = open(&dir);
+    let b = second.first_request_id();
+    // A trillion ids apart: a run never reaches the next one's.
+    assert!(b > a && b - a >= 1 << 40, "{a} then {b}");
+}
