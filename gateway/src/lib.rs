@@ -10,6 +10,8 @@ pub mod board;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod config;
+#[cfg(unix)]
+pub mod control;
 pub mod demo;
 pub mod dlq;
 pub mod event;
@@ -22,6 +24,7 @@ pub mod mqtt;
 #[cfg(feature = "embedded-broker")]
 pub mod passwords;
 pub mod pipeline;
+pub mod registry;
 pub mod router;
 pub mod runtime;
 pub mod scaffold;

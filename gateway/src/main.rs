@@ -79,6 +79,22 @@ enum Command {
     /// List the schedule triggers: each one's last tick and when it fires
     /// next (and the missed ticks a start now would run late).
     Schedules(ops::schedules::SchedulesArgs),
+    /// Deploy a module as a function's new live version on the running
+    /// gateway: checked, kept under data_dir/modules, warmed, then the next
+    /// events run on it (no restart, no device disconnected). `rollback`
+    /// moves it back.
+    #[cfg(unix)]
+    Deploy(ops::deploy::DeployArgs),
+    /// A function's versions on the running gateway: which is live, which
+    /// was before, where each came from.
+    #[cfg(unix)]
+    Versions(ops::deploy::VersionsArgs),
+    /// Point a function's `live` alias at one of its versions.
+    #[cfg(unix)]
+    Alias(ops::deploy::AliasArgs),
+    /// Move a function's `live` alias back to the version it ran before.
+    #[cfg(unix)]
+    Rollback(ops::deploy::RollbackArgs),
     /// Write a new function crate: Cargo.toml (with the SDK), a handler with
     /// a unit test, an event file and a README.
     New(ops::new::NewArgs),
@@ -225,6 +241,14 @@ fn main() -> ExitCode {
         Command::Invoke(args) => ops::invoke::invoke(args),
         Command::Functions(args) => ops::functions::functions(args),
         Command::Schedules(args) => ops::schedules::schedules(args),
+        #[cfg(unix)]
+        Command::Deploy(args) => ops::deploy::deploy(args),
+        #[cfg(unix)]
+        Command::Versions(args) => ops::deploy::versions(args),
+        #[cfg(unix)]
+        Command::Alias(args) => ops::deploy::alias(args),
+        #[cfg(unix)]
+        Command::Rollback(args) => ops::deploy::rollback(args),
         Command::New(args) => ops::new::new(args),
         Command::Simulate(args) => simulate(*args),
         Command::Bench(args) => bench(*args),

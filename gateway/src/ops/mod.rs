@@ -1,7 +1,10 @@
 //! The operator's and developer's commands: `kv`, `dlq`, `invoke`,
-//! `functions`, `schedules` and `new`. Binary-private: each
-//! parses its arguments, calls the library, and prints.
+//! `functions`, `schedules`, `new`, and `deploy`, `versions`, `alias`,
+//! `rollback` (through the running gateway's management socket).
+//! Binary-private: each parses its arguments, calls the library, and prints.
 
+#[cfg(unix)]
+pub mod deploy;
 pub mod dlq;
 pub mod functions;
 pub mod invoke;

@@ -39,6 +39,9 @@ pub struct Sinks {
     pub store: Store,
     /// Open WebSocket connections: where a committed invocation's posts go.
     pub connections: Arc<crate::triggers::websocket::Connections>,
+    /// The next request id, for every function: an id names one invocation
+    /// on this gateway, across restarts too (`Store::first_request_id`).
+    pub request_ids: Arc<AtomicU64>,
 }
 
 impl Sinks {
@@ -76,7 +79,8 @@ pub struct FailurePolicy {
 /// A deployed function with its queues and workers.
 #[derive(Debug)]
 pub struct Dispatcher {
-    pub function: Arc<Function>,
+    /// The version its triggers run: moved by a deploy.
+    pub live: Arc<crate::registry::Live>,
     pub intake: Intake,
     pub metrics: Arc<FunctionMetrics>,
     workers: Vec<JoinHandle<()>>,
@@ -87,17 +91,17 @@ impl Dispatcher {
     /// `queue / concurrency` (at least 1) jobs. `stop` cuts backoffs short
     /// at shutdown.
     pub fn start(
-        function: Arc<Function>,
+        live: Arc<crate::registry::Live>,
         concurrency: usize,
         queue: usize,
         sinks: Arc<Sinks>,
         metrics: Arc<FunctionMetrics>,
         failures: FailurePolicy,
         stop: Arc<Stop>,
-        request_ids: Arc<AtomicU64>,
     ) -> std::io::Result<Self> {
         let concurrency = concurrency.max(1);
         let per_shard = (queue / concurrency).max(1);
+        let function = live.current();
         let in_flight = Arc::new(AtomicUsize::new(0));
         let mut shards = Vec::with_capacity(concurrency);
         let mut workers = Vec::with_capacity(concurrency);
@@ -106,11 +110,12 @@ impl Dispatcher {
             shards.push(tx);
             let worker = Worker {
                 function: function.clone(),
+                live: live.clone(),
                 kv: Arc::new(sinks.store.clone()),
                 sinks: sinks.clone(),
                 metrics: metrics.clone(),
                 in_flight: in_flight.clone(),
-                request_ids: request_ids.clone(),
+                request_ids: sinks.request_ids.clone(),
                 failures: failures.clone(),
                 stop: stop.clone(),
                 jitter: Jitter::new(
@@ -129,7 +134,7 @@ impl Dispatcher {
             );
         }
         Ok(Dispatcher {
-            function,
+            live,
             intake: Intake::new(shards, in_flight, metrics.clone()),
             metrics,
             workers,
@@ -138,7 +143,7 @@ impl Dispatcher {
 
     /// Waits for the worker threads; they end once every sender is gone.
     pub fn join(self) {
-        let name = self.function.name().to_owned();
+        let name = self.live.current().name().to_owned();
         drop(self.intake);
         for worker in self.workers {
             if worker.join().is_err() {
@@ -149,7 +154,10 @@ impl Dispatcher {
 }
 
 struct Worker {
+    /// The version this event runs on: `live`'s, read as each event starts,
+    /// so one in flight finishes on the version it began with.
     function: Arc<Function>,
+    live: Arc<crate::registry::Live>,
     kv: Arc<dyn KvRead>,
     sinks: Arc<Sinks>,
     metrics: Arc<FunctionMetrics>,
@@ -173,6 +181,7 @@ impl Worker {
     /// invocations. An event that fails its last attempt is finished the same
     /// way once its dead letter commits.
     fn handle(&mut self, job: Job) {
+        self.function = self.live.current();
         let f = self.function.clone();
         let settle = match job.settle {
             Settle::Batch(items) => return self.handle_batch(items),

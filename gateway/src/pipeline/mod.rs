@@ -75,6 +75,11 @@ pub enum GatewayError {
     #[error("the config has no functions to run")]
     NoFunctions,
     #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    #[cfg(unix)]
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Endpoint(#[from] crate::mqtt::EndpointError),
@@ -189,6 +194,10 @@ pub struct Gateway {
     /// Wakes workers waiting between attempts, at shutdown.
     stop: Arc<Stop>,
     endpoint: Endpoint,
+    /// Versions and aliases: what the management API moves.
+    registry: Arc<crate::registry::Registry>,
+    /// The management socket's task, and what stops it.
+    control: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
     /// Kept alive for the gateway's lifetime.
     _broker: Option<EmbeddedBrokerHandle>,
 }
@@ -207,16 +216,22 @@ impl Gateway {
         // Deploy everything before connecting anything: a bad module stops
         // the start before any message is taken from the broker.
         let runtime = Runtime::new();
+        let modules_dir = config.data_dir.join("modules");
         let mut deployed = Vec::with_capacity(modules.len());
         for module in &modules {
-            let function = module
+            let module_error = |error| GatewayError::Module {
+                path: module.config.wasm.display().to_string(),
+                error,
+            };
+            let wasm = module
                 .wasm
                 .read(&module.config.name)
-                .and_then(|wasm| runtime.deploy(function_spec(&module.config), &wasm))
-                .map_err(|error| GatewayError::Module {
-                    path: module.config.wasm.display().to_string(),
-                    error,
-                })?;
+                .map_err(module_error)?;
+            let function = runtime
+                .deploy(function_spec(&module.config), &wasm)
+                .map_err(module_error)?;
+            // The registry keeps its versions' bytes, not the path.
+            crate::registry::keep_module(&modules_dir, &wasm)?;
             tracing::info!(
                 function = function.name(),
                 version = function.version(),
@@ -244,26 +259,61 @@ impl Gateway {
         let upstream = upstream_endpoint(config)?;
         let (endpoint, broker) = connect_to(config)?;
 
+        let registry = Arc::new(crate::registry::Registry::new(
+            runtime,
+            store.clone(),
+            modules_dir,
+            crate::registry::DEFAULT_KEEP_VERSIONS,
+        ));
+        // The management socket before any session or trigger: a second gateway on
+        // this data_dir stops here, before it takes a message.
+        #[cfg(unix)]
+        let control = match crate::control::Control::bind(&config.data_dir) {
+            Ok(bound) => {
+                let (stop, stopped) = tokio::sync::watch::channel(false);
+                Some((stop, tokio::spawn(bound.serve(registry.clone(), stopped))))
+            }
+            Err(e @ crate::control::ControlError::InUse(_)) => return Err(e.into()),
+            // The gateway runs without its management API rather than not at
+            // all (a data_dir path too long for a socket name, say).
+            Err(e) => {
+                tracing::warn!(error = %e, "no management API: deploys need a restart");
+                None
+            }
+        };
+        #[cfg(not(unix))]
+        let control = None;
+        let mut lives = Vec::with_capacity(deployed.len());
+        for (f, function) in &mut deployed {
+            let prewarm = f.limits.concurrency.min(f.limits.warm_instances) as usize;
+            let live = registry.adopt(
+                function_spec(f),
+                function.clone(),
+                &f.wasm.display().to_string(),
+                prewarm,
+            )?;
+            *function = live.current();
+            lives.push(live);
+        }
         let connections = Arc::new(crate::triggers::websocket::Connections::default());
         let sinks = Arc::new(Sinks {
             store: store.clone(),
             connections: connections.clone(),
+            request_ids: Arc::new(std::sync::atomic::AtomicU64::new(
+                store.first_request_id(),
+            )),
         });
         let stop = Arc::new(Stop::default());
-        // One sequence for every function: an id names one invocation on
-        // this gateway, across restarts too (see `Store::first_request_id`).
-        let request_ids = Arc::new(std::sync::atomic::AtomicU64::new(store.first_request_id()));
         let mut dispatchers = Vec::with_capacity(deployed.len());
-        for (f, function) in &deployed {
+        for ((f, _), live) in deployed.iter().zip(lives) {
             let dispatcher = Dispatcher::start(
-                function.clone(),
+                live,
                 f.limits.concurrency as usize,
                 f.limits.queue as usize,
                 sinks.clone(),
                 Arc::new(FunctionMetrics::default()),
                 failure_policy(f),
                 stop.clone(),
-                request_ids.clone(),
             )
             .map_err(|error| GatewayError::Workers {
                 function: f.name.clone(),
@@ -276,7 +326,7 @@ impl Gateway {
         intakes.set(
             dispatchers
                 .iter()
-                .map(|d| (d.function.name().to_owned(), d.intake.clone()))
+                .map(|d| (d.live.name().to_owned(), d.intake.clone()))
                 .collect(),
         );
 
@@ -434,8 +484,15 @@ impl Gateway {
             draining,
             stop,
             endpoint,
+            registry,
+            control,
             _broker: broker,
         })
+    }
+
+    /// The function registry, for the management API.
+    pub fn registry(&self) -> Arc<crate::registry::Registry> {
+        self.registry.clone()
     }
 
     /// Where devices (and tests) reach the local broker.
@@ -447,7 +504,7 @@ impl Gateway {
     pub fn metrics(&self) -> Vec<(String, Arc<FunctionMetrics>)> {
         self.dispatchers
             .iter()
-            .map(|d| (d.function.name().to_owned(), d.metrics.clone()))
+            .map(|d| (d.live.name().to_owned(), d.metrics.clone()))
             .collect()
     }
 
@@ -521,6 +578,10 @@ impl Gateway {
             forwarder.abort();
         }
         self.invoke_task.abort();
+        if let Some((stop, task)) = self.control {
+            let _ = stop.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        }
         if let Some(mut http) = self.http {
             if tokio::time::timeout(Duration::from_secs(2), &mut http.task)
                 .await

@@ -777,6 +777,18 @@ impl Function {
         Ok(())
     }
 
+    /// Fills the warm pool up to `n` instances (at most its limit), so the
+    /// first events after a swap to this version find them ready: a swap
+    /// makes no cold-start spike. Returns how many are warm.
+    pub fn prewarm(&self, n: usize) -> Result<usize, InvokeError> {
+        let n = n.min(self.env.limits.warm_instances);
+        while self.warm_instances() < n {
+            let instance = self.instantiate()?;
+            lock(&self.pool).push(instance);
+        }
+        Ok(self.warm_instances())
+    }
+
     fn take_warm(&self) -> Option<Instance> {
         let instance = lock(&self.pool).pop()?;
         self.warm_starts.fetch_add(1, Ordering::Relaxed);

@@ -13,9 +13,11 @@ mod dead_letters;
 mod feed;
 mod overlay;
 mod schema;
+mod versions;
 
 pub use dead_letters::{Attempt, DeadLetter, NewDeadLetter, Purge};
 pub use schema::{MigrationError, VERSION as SCHEMA_VERSION};
+pub use versions::{AliasRow, VersionRow};
 
 use crate::runtime::{Effects, KvRead, KvWrite};
 use feed::Feed;

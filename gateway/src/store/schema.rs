@@ -107,6 +107,29 @@ const MIGRATIONS: &[&str] = &[
         seq       INTEGER NOT NULL
     );
     "#,
+    // 6: the function registry: every version published (its bytes are in
+    // data_dir/modules/<version>.wasm), and where each alias points, with
+    // the version it pointed at before (for a rollback) and the version the
+    // config file named when the file last set it (who wins at a start).
+    r#"
+    CREATE TABLE versions (
+        function     TEXT NOT NULL,
+        version      TEXT NOT NULL,
+        size         INTEGER NOT NULL,
+        published_ms INTEGER NOT NULL,
+        source       TEXT NOT NULL,
+        PRIMARY KEY (function, version)
+    ) WITHOUT ROWID;
+    CREATE TABLE aliases (
+        function    TEXT NOT NULL,
+        alias       TEXT NOT NULL,
+        version     TEXT NOT NULL,
+        previous    TEXT,
+        from_config TEXT,
+        moved_ms    INTEGER NOT NULL,
+        PRIMARY KEY (function, alias)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The version this binary writes.

@@ -1,0 +1,199 @@
+//! `wasmgate deploy`, `versions`, `alias`, `rollback`: the running gateway's
+//! function registry, through its management socket (`data_dir/
+//! control.sock`). Nothing here writes the database: the gateway does.
+
+use crate::{load_config_for, Needs};
+use clap::Args;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use wasmgate::control::client::{request, Answer};
+
+/// Where the running gateway is.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// The gateway config (TOML): its data_dir holds the management socket.
+    #[arg(long, short, default_value = "gateway.toml", global = true)]
+    config: PathBuf,
+    /// Print the gateway's answer as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// The function, as configured.
+    name: String,
+    /// The module to run as its new live version.
+    wasm: PathBuf,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Debug, Args)]
+pub struct VersionsArgs {
+    /// The function, as configured.
+    name: String,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Debug, Args)]
+pub struct AliasArgs {
+    /// The function, as configured.
+    name: String,
+    /// The alias to move; only `live` today.
+    alias: String,
+    /// The version to point it at (`wasmgate versions NAME` lists them).
+    version: String,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The function, as configured.
+    name: String,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// Exit code for a request the gateway refused.
+const REFUSED: u8 = 1;
+
+fn data_dir(target: &Target) -> Result<PathBuf, ExitCode> {
+    load_config_for(&target.config, None, Needs::DATABASE).map(|c| c.data_dir)
+}
+
+/// Prints the answer (as JSON, or as `describe` says) and picks the exit code.
+fn finish(
+    answer: Answer,
+    json: bool,
+    describe: impl FnOnce(&serde_json::Value) -> String,
+) -> ExitCode {
+    if (200..300).contains(&answer.status) {
+        if json {
+            println!("{:#}", answer.body);
+        } else {
+            print!("{}", describe(&answer.body));
+        }
+        ExitCode::SUCCESS
+    } else {
+        let error = answer.body["error"].as_str().unwrap_or("refused");
+        if json {
+            println!("{:#}", answer.body);
+        }
+        eprintln!("refused ({}): {error}", answer.status);
+        ExitCode::from(REFUSED)
+    }
+}
+
+fn moved(body: &serde_json::Value) -> String {
+    format!(
+        "{}: live {} -> {} ({} instance(s) warm before the move)\n",
+        body["function"].as_str().unwrap_or("?"),
+        body["from"].as_str().unwrap_or("?"),
+        body["to"].as_str().unwrap_or("?"),
+        body["warm"].as_u64().unwrap_or(0),
+    )
+}
+
+pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
+    let dir = match data_dir(&args.target) {
+        Ok(dir) => dir,
+        Err(code) => return Ok(code),
+    };
+    let wasm =
+        wasmgate::files::read_limited(&args.wasm, wasmgate::files::MAX_MODULE_BYTES, "module")
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.wasm.display()))?;
+    let source = args.wasm.display().to_string();
+    let answer = request(
+        &dir,
+        "POST",
+        &format!("/v1/functions/{}/deploy", args.name),
+        &[
+            ("x-wasmgate-source", &source),
+            ("content-type", "application/wasm"),
+        ],
+        &wasm,
+    )?;
+    Ok(finish(answer, args.target.json, moved))
+}
+
+pub fn versions(args: VersionsArgs) -> anyhow::Result<ExitCode> {
+    let dir = match data_dir(&args.target) {
+        Ok(dir) => dir,
+        Err(code) => return Ok(code),
+    };
+    let functions = request(&dir, "GET", "/v1/functions", &[], b"")?;
+    let live = functions.body.as_array().and_then(|all| {
+        all.iter()
+            .find(|f| f["name"] == args.name.as_str())
+            .map(|f| (f["live"].clone(), f["alias"]["previous"].clone()))
+    });
+    let answer = request(
+        &dir,
+        "GET",
+        &format!("/v1/functions/{}/versions", args.name),
+        &[],
+        b"",
+    )?;
+    Ok(finish(answer, args.target.json, |body| {
+        let (live, previous) = live.unwrap_or_default();
+        let mut out = format!(
+            "{:<14} {:>9}  {:<20} {:<10} SOURCE\n",
+            "VERSION", "BYTES", "PUBLISHED (UTC)", "ALIAS"
+        );
+        for v in body.as_array().into_iter().flatten() {
+            let version = v["version"].as_str().unwrap_or("?");
+            let alias = if v["version"] == live {
+                "live"
+            } else if v["version"] == previous {
+                "(previous)"
+            } else {
+                ""
+            };
+            out += &format!(
+                "{version:<14} {:>9}  {:<20} {alias:<10} {}\n",
+                v["size"].as_u64().unwrap_or(0),
+                wasmgate::dlq::utc(v["published_ms"].as_i64().unwrap_or(0)),
+                v["source"].as_str().unwrap_or(""),
+            );
+        }
+        out
+    }))
+}
+
+pub fn alias(args: AliasArgs) -> anyhow::Result<ExitCode> {
+    if args.alias != wasmgate::registry::LIVE {
+        eprintln!("only the `live` alias exists (triggers run it); weighted and named aliases are not built yet");
+        return Ok(ExitCode::from(2));
+    }
+    let dir = match data_dir(&args.target) {
+        Ok(dir) => dir,
+        Err(code) => return Ok(code),
+    };
+    let body = serde_json::json!({ "version": args.version }).to_string();
+    let answer = request(
+        &dir,
+        "PUT",
+        &format!("/v1/functions/{}/aliases/live", args.name),
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    )?;
+    Ok(finish(answer, args.target.json, moved))
+}
+
+pub fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
+    let dir = match data_dir(&args.target) {
+        Ok(dir) => dir,
+        Err(code) => return Ok(code),
+    };
+    let answer = request(
+        &dir,
+        "POST",
+        &format!("/v1/functions/{}/rollback", args.name),
+        &[],
+        b"",
+    )?;
+    Ok(finish(answer, args.target.json, moved))
+}

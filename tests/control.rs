@@ -1,0 +1,225 @@
+//! The control plane end to end, against the real binary: `wasmgate deploy`
+//! moves a function's live version on the running gateway under a stream of
+//! QoS 1 messages. Nothing is lost or run twice, the topic switches version
+//! once (per-topic order holds across the swap), the device's connection is
+//! never dropped; `versions` and `rollback` see and move it back; a module
+//! that does not load is refused and the live version is untouched.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+use support::gateway::{example_wasm, wasmgate, GatewayProcess};
+use support::mqtt::{free_port, unique_id, MqttClient};
+use support::rig::{telemetry, telemetry_topic};
+
+const ONE: Duration = Duration::from_secs(60);
+
+/// Version 2: one message to `swapped/v2` per event, whatever it is.
+const V2: &str = r#"(module
+  (import "wasmgate" "emit" (func $emit (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "swapped/v2")
+  (data (i32.const 16) "2")
+  (func (export "wasmgate_abi_version") (result i32) i32.const 1)
+  (func (export "wasmgate_handle") (param i32) (result i32)
+    (drop (call $emit (i32.const 0) (i32.const 10) (i32.const 16) (i32.const 1) (i32.const 1)))
+    i32.const 0))"#;
+
+#[test]
+fn deploy_swaps_the_live_version_under_load_losing_nothing_and_rollback_moves_it_back() {
+    const N: u64 = 600;
+    let broker_port = free_port();
+    let mut v2_path = None;
+    let gateway = GatewayProcess::start_toml(|dir| {
+        let v2 = dir.join("v2.wasm");
+        std::fs::write(&v2, wat::parse_str(V2).unwrap()).unwrap();
+        v2_path = Some(v2);
+        format!(
+            "data_dir = {data:?}\n[broker]\nlisten = \"127.0.0.1:{broker_port}\"\n\
+             [[functions]]\nname = \"enrich\"\nwasm = {wasm:?}\ntriggers = [{{ mqtt = \"vending/+/telemetry\" }}]\n\
+             [functions.grants]\nupstream = [\"telemetry/#\"]\nlocal = [\"swapped/#\"]\n[functions.config]\nsite = \"test\"\n",
+            data = dir.join("data").display().to_string(),
+            wasm = example_wasm("telemetry_enrich.wasm").display().to_string(),
+        )
+    });
+    let v2 = v2_path.unwrap();
+    let config = gateway.config_path().display().to_string();
+    let outputs = MqttClient::connect(broker_port, &unique_id("outputs"));
+    outputs.subscribe("telemetry/#");
+    outputs.subscribe("swapped/#");
+    let device = MqttClient::connect(broker_port, &unique_id("vm-1"));
+    let publish = |seqs: std::ops::Range<u64>| {
+        for seq in seqs {
+            device.publish(&telemetry_topic("vm-1"), telemetry(seq, 5.0));
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    };
+    publish(0..N / 3);
+    let deployed = wasmgate(
+        &[
+            "deploy",
+            "enrich",
+            v2.to_str().unwrap(),
+            "--config",
+            &config,
+        ],
+        ONE,
+    );
+    assert_eq!(deployed.code, Some(0), "{deployed:?}\n{}", gateway.logs());
+    assert!(deployed.stdout.contains("live "), "{}", deployed.stdout);
+    publish(N / 3..N);
+    device.wait_acked(ONE);
+
+    // Every message once: on v1 (its seq comes back) or on v2.
+    let (mut v1, mut v2_count) = (BTreeSet::new(), 0u64);
+    let all = outputs.collect_until(Duration::from_secs(10), |m| {
+        if m.topic == "swapped/v2" {
+            v2_count += 1;
+        } else if let Some(ts) = m.json()["ts"].as_u64() {
+            assert!(v1.insert(ts), "seq {ts} ran twice");
+        }
+        v1.len() as u64 + v2_count == N
+    });
+    assert!(
+        all,
+        "v1 {} + v2 {v2_count} of {N}\n{}",
+        v1.len(),
+        gateway.logs()
+    );
+    // The topic switched once: v1 ran a prefix of the stream, v2 the rest.
+    let k = v1.len() as u64;
+    assert!((N / 3..N).contains(&k), "v1 ran {k}");
+    assert_eq!(
+        v1,
+        (0..k).collect::<BTreeSet<_>>(),
+        "v1 ran out of order of the swap"
+    );
+    assert_eq!(
+        device.connacks(),
+        1,
+        "the device was disconnected by the deploy"
+    );
+
+    let versions = wasmgate(&["versions", "enrich", "--config", &config], ONE);
+    assert_eq!(versions.code, Some(0), "{versions:?}");
+    let lines: Vec<&str> = versions.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", versions.stdout);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(" live ") && l.contains("v2.wasm")),
+        "{}",
+        versions.stdout
+    );
+
+    // Not wasm: refused, v2 stays live.
+    let junk = v2.with_file_name("junk.wasm");
+    std::fs::write(&junk, b"not a module").unwrap();
+    let refused = wasmgate(
+        &[
+            "deploy",
+            "enrich",
+            junk.to_str().unwrap(),
+            "--config",
+            &config,
+        ],
+        ONE,
+    );
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+    assert!(
+        refused.stderr.contains("refused (422)"),
+        "{}",
+        refused.stderr
+    );
+    publish(N..N + 5);
+    let still_v2 = outputs.drain_for(Duration::from_secs(2));
+    assert!(
+        still_v2.iter().all(|m| m.topic == "swapped/v2") && still_v2.len() == 5,
+        "{still_v2:?}"
+    );
+
+    // Rolled back: v1 again, for the next events.
+    let back = wasmgate(&["rollback", "enrich", "--config", &config], ONE);
+    assert_eq!(back.code, Some(0), "{back:?}");
+    publish(N + 5..N + 10);
+    let again = outputs.drain_for(Duration::from_secs(2));
+    let seqs: Vec<u64> = again
+        .iter()
+        .filter_map(|m| m.json()["ts"].as_u64())
+        .collect();
+    assert_eq!(seqs, (N + 5..N + 10).collect::<Vec<_>>(), "{again:?}");
+}
+
+#[test]
+fn the_cli_says_when_no_gateway_is_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "data_dir = {:?}\n[[functions]]\nname = \"enrich\"\nwasm = {:?}\ntriggers = [{{ mqtt = \"a/b\" }}]\n",
+            dir.path().join("data").display().to_string(),
+            example_wasm("telemetry_enrich.wasm").display().to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let out = wasmgate(
+        &["rollback", "enrich", "--config", path.to_str().unwrap()],
+        ONE,
+    );
+    assert_ne!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stderr.contains("no gateway is running"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// The model of desired state (docs/deployments.md): an API deploy stands
+/// across restarts while the config names the module it named before; once
+/// the config names another module, the file wins.
+#[test]
+fn a_deploy_stands_across_restarts_until_the_config_names_another_module() {
+    let broker_port = free_port();
+    let mut gateway = GatewayProcess::start_toml(|dir| {
+        std::fs::write(dir.join("v2.wasm"), wat::parse_str(V2).unwrap()).unwrap();
+        format!(
+            "data_dir = {data:?}\n[broker]\nlisten = \"127.0.0.1:{broker_port}\"\n\
+             [[functions]]\nname = \"enrich\"\nwasm = {wasm:?}\ntriggers = [{{ mqtt = \"vending/+/telemetry\" }}]\n\
+             [functions.grants]\nupstream = [\"telemetry/#\"]\nlocal = [\"swapped/#\"]\n",
+            data = dir.join("data").display().to_string(),
+            wasm = example_wasm("telemetry_enrich.wasm").display().to_string(),
+        )
+    });
+    let config = gateway.config_path().display().to_string();
+    let v2 = gateway.config_path().with_file_name("v2.wasm");
+    let live = |gateway: &GatewayProcess| {
+        let out = wasmgate(&["versions", "enrich", "--config", &config, "--json"], ONE);
+        assert_eq!(out.code, Some(0), "{out:?}\n{}", gateway.logs());
+        let listed = wasmgate(&["versions", "enrich", "--config", &config], ONE).stdout;
+        listed
+            .lines()
+            .find(|l| l.contains(" live "))
+            .map(|l| l.split_whitespace().next().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    let v1 = live(&gateway);
+    let deployed = wasmgate(&["deploy", "enrich", v2.to_str().unwrap(), "--config", &config], ONE);
+    assert_eq!(deployed.code, Some(0), "{deployed:?}");
+    let v2_version = live(&gateway);
+    assert_ne!(v1, v2_version);
+    gateway.stop();
+    gateway.restart();
+    assert_eq!(live(&gateway), v2_version, "the deploy stands: the file did not change");
+    // The config now names another module: the file wins.
+    gateway.stop();
+    let text = std::fs::read_to_string(gateway.config_path()).unwrap();
+    let robot = example_wasm("robot_telemetry.wasm").display().to_string();
+    let telemetry_enrich = example_wasm("telemetry_enrich.wasm").display().to_string();
+    std::fs::write(gateway.config_path(), text.replace(&telemetry_enrich, &robot)).unwrap();
+    gateway.restart();
+    let now = live(&gateway);
+    assert!(now != v1 && now != v2_version, "the config's new module runs: {now}");
+}
