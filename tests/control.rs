@@ -206,20 +206,40 @@ fn a_deploy_stands_across_restarts_until_the_config_names_another_module() {
             .unwrap_or_default()
     };
     let v1 = live(&gateway);
-    let deployed = wasmgate(&["deploy", "enrich", v2.to_str().unwrap(), "--config", &config], ONE);
+    let deployed = wasmgate(
+        &[
+            "deploy",
+            "enrich",
+            v2.to_str().unwrap(),
+            "--config",
+            &config,
+        ],
+        ONE,
+    );
     assert_eq!(deployed.code, Some(0), "{deployed:?}");
     let v2_version = live(&gateway);
     assert_ne!(v1, v2_version);
     gateway.stop();
     gateway.restart();
-    assert_eq!(live(&gateway), v2_version, "the deploy stands: the file did not change");
+    assert_eq!(
+        live(&gateway),
+        v2_version,
+        "the deploy stands: the file did not change"
+    );
     // The config now names another module: the file wins.
     gateway.stop();
     let text = std::fs::read_to_string(gateway.config_path()).unwrap();
     let robot = example_wasm("robot_telemetry.wasm").display().to_string();
     let telemetry_enrich = example_wasm("telemetry_enrich.wasm").display().to_string();
-    std::fs::write(gateway.config_path(), text.replace(&telemetry_enrich, &robot)).unwrap();
+    std::fs::write(
+        gateway.config_path(),
+        text.replace(&telemetry_enrich, &robot),
+    )
+    .unwrap();
     gateway.restart();
     let now = live(&gateway);
-    assert!(now != v1 && now != v2_version, "the config's new module runs: {now}");
+    assert!(
+        now != v1 && now != v2_version,
+        "the config's new module runs: {now}"
+    );
 }

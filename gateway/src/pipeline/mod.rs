@@ -299,9 +299,7 @@ impl Gateway {
         let sinks = Arc::new(Sinks {
             store: store.clone(),
             connections: connections.clone(),
-            request_ids: Arc::new(std::sync::atomic::AtomicU64::new(
-                store.first_request_id(),
-            )),
+            request_ids: Arc::new(std::sync::atomic::AtomicU64::new(store.first_request_id())),
         });
         let stop = Arc::new(Stop::default());
         let mut dispatchers = Vec::with_capacity(deployed.len());
