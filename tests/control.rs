@@ -243,3 +243,87 @@ fn a_deploy_stands_across_restarts_until_the_config_names_another_module() {
         "the config's new module runs: {now}"
     );
 }
+
+/// A canary: `live` on one version with a share of the events on another,
+/// each event's version picked by its request id; a share outside (0, 1)
+/// is refused.
+#[test]
+fn a_weighted_alias_sends_its_share_of_the_events_to_the_second_version() {
+    const N: u64 = 400;
+    let broker_port = free_port();
+    let gateway = GatewayProcess::start_toml(|dir| {
+        std::fs::write(dir.join("v2.wasm"), wat::parse_str(V2).unwrap()).unwrap();
+        format!(
+            "data_dir = {data:?}\n[broker]\nlisten = \"127.0.0.1:{broker_port}\"\n\
+             [[functions]]\nname = \"enrich\"\nwasm = {wasm:?}\ntriggers = [{{ mqtt = \"vending/+/telemetry\" }}]\n\
+             [functions.grants]\nupstream = [\"telemetry/#\"]\nlocal = [\"swapped/#\"]\n",
+            data = dir.join("data").display().to_string(),
+            wasm = example_wasm("telemetry_enrich.wasm").display().to_string(),
+        )
+    });
+    let config = gateway.config_path().display().to_string();
+    let v2 = gateway.config_path().with_file_name("v2.wasm");
+    let version_of =
+        |path: &std::path::Path| wasmgate::runtime::module_version(&std::fs::read(path).unwrap());
+    let v1 = version_of(&example_wasm("telemetry_enrich.wasm"));
+    let deployed = wasmgate(
+        &[
+            "deploy",
+            "enrich",
+            v2.to_str().unwrap(),
+            "--config",
+            &config,
+        ],
+        ONE,
+    );
+    assert_eq!(deployed.code, Some(0), "{deployed:?}");
+    let v2_version = version_of(&v2);
+    let weighted = format!("{v2_version}=0.3");
+    let canary = wasmgate(
+        &[
+            "alias", "enrich", "live", &v1, "--weight", &weighted, "--config", &config,
+        ],
+        ONE,
+    );
+    assert_eq!(canary.code, Some(0), "{canary:?}\n{}", gateway.logs());
+    assert!(
+        canary.stdout.contains("0.3 of the events"),
+        "{}",
+        canary.stdout
+    );
+
+    let outputs = MqttClient::connect(broker_port, &unique_id("outputs"));
+    outputs.subscribe("telemetry/#");
+    outputs.subscribe("swapped/#");
+    let device = MqttClient::connect(broker_port, &unique_id("vm-1"));
+    for seq in 0..N {
+        device.publish(&telemetry_topic("vm-1"), telemetry(seq, 5.0));
+    }
+    device.wait_acked(ONE);
+    let (mut on_v1, mut on_v2) = (0u64, 0u64);
+    let all = outputs.collect_until(Duration::from_secs(10), |m| {
+        if m.topic == "swapped/v2" {
+            on_v2 += 1;
+        } else {
+            on_v1 += 1;
+        }
+        on_v1 + on_v2 == N
+    });
+    assert!(all, "{on_v1} + {on_v2} of {N}\n{}", gateway.logs());
+    // 30% of 400 is 120; the ids pick, so the share is near it, not on it.
+    assert!((70..170).contains(&on_v2), "{on_v2} of {N} on the canary");
+
+    let bad = format!("{v2_version}=1.5");
+    let refused = wasmgate(
+        &[
+            "alias", "enrich", "live", &v1, "--weight", &bad, "--config", &config,
+        ],
+        ONE,
+    );
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+    assert!(
+        refused.stderr.contains("between 0 and 1"),
+        "{}",
+        refused.stderr
+    );
+}

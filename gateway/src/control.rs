@@ -9,7 +9,8 @@
 //! - `GET  /v1/functions/{name}/versions`
 //! - `POST /v1/functions/{name}/versions`: publish a module (the body), 201
 //! - `POST /v1/functions/{name}/deploy`: publish it and move `live` to it
-//! - `PUT  /v1/functions/{name}/aliases/live`: `{"version": "..."}`
+//! - `PUT  /v1/functions/{name}/aliases/live`: `{"version": "..."}`, or with
+//!   a canary `{"version": "...", "other": "...", "weight": 0.1}`
 //! - `POST /v1/functions/{name}/rollback`: `live` back where it was
 //!
 //! A module that does not load (not wasm, another ABI, over its limits) is
@@ -47,6 +48,7 @@ fn refused(error: &RegistryError) -> Response {
             StatusCode::NOT_FOUND
         }
         RegistryError::NothingToRollBack(_) => StatusCode::CONFLICT,
+        RegistryError::Weight(_) => StatusCode::BAD_REQUEST,
         RegistryError::Load(_) | RegistryError::Start(_) => StatusCode::UNPROCESSABLE_ENTITY,
         RegistryError::Store(_) | RegistryError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     };
@@ -130,16 +132,33 @@ fn app(registry: Arc<Registry>) -> axum::Router {
             "/v1/functions/:name/aliases/live",
             put(
                 |State(r): State<Arc<Registry>>, Path(name): Path<String>, body: Bytes| async move {
-                    let version = serde_json::from_slice::<serde_json::Value>(&body)
-                        .ok()
-                        .and_then(|v| v.get("version")?.as_str().map(str::to_owned));
+                    let asked =
+                        serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default();
+                    let version = asked["version"].as_str().map(str::to_owned);
+                    let other = match (asked["other"].as_str(), asked["weight"].as_f64()) {
+                        (Some(other), Some(weight)) => Some((other.to_owned(), weight)),
+                        (None, None) => None,
+                        _ => {
+                            return json(
+                                StatusCode::BAD_REQUEST,
+                                &serde_json::json!({ "error": "`other` and `weight` go together" }),
+                            )
+                        }
+                    };
                     let Some(version) = version else {
                         return json(
                             StatusCode::BAD_REQUEST,
                             &serde_json::json!({ "error": "expected {\"version\": \"...\"}" }),
                         );
                     };
-                    blocking(StatusCode::OK, move || r.point(&name, &version)).await
+                    blocking(StatusCode::OK, move || {
+                        r.route(
+                            &name,
+                            &version,
+                            other.as_ref().map(|(v, w)| (v.as_str(), *w)),
+                        )
+                    })
+                    .await
                 },
             ),
         )

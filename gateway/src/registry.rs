@@ -13,18 +13,64 @@
 use crate::runtime::Function;
 use std::sync::{Arc, PoisonError, RwLock};
 
-/// The version a function's triggers run now.
+/// Where `live` points: one version, or two with a share of the events
+/// for the second (Lambda's alias routing configuration).
+#[derive(Debug, Clone)]
+pub struct Routing {
+    pub primary: Arc<Function>,
+    /// The other version and the share of events it takes, in (0, 1).
+    pub secondary: Option<(Arc<Function>, f64)>,
+}
+
+impl Routing {
+    pub fn one(function: Arc<Function>) -> Routing {
+        Routing {
+            primary: function,
+            secondary: None,
+        }
+    }
+
+    /// The version for an event with this stable key: its dedup id, else
+    /// its request id, so every retry of one event runs on one version.
+    pub fn pick(&self, key: u64) -> &Arc<Function> {
+        match &self.secondary {
+            Some((other, share)) if unit(key) < *share => other,
+            _ => &self.primary,
+        }
+    }
+}
+
+/// A key spread evenly over [0, 1): a request id's low bits count up, so
+/// they are mixed first (splitmix64's finalizer).
+fn unit(key: u64) -> f64 {
+    let mut z = key.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The stable key of a dedup id.
+pub fn key_of(id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // Fixed keys: the same id picks the same version in every process.
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The version (or versions) a function's triggers run now.
 #[derive(Debug)]
 pub struct Live {
     name: String,
-    current: RwLock<Arc<Function>>,
+    routing: RwLock<Routing>,
 }
 
 impl Live {
     pub fn new(function: Arc<Function>) -> Live {
         Live {
             name: function.name().to_owned(),
-            current: RwLock::new(function),
+            routing: RwLock::new(Routing::one(function)),
         }
     }
 
@@ -32,18 +78,36 @@ impl Live {
         &self.name
     }
 
-    /// The version the next event runs on.
+    /// The primary version (the one taking the larger share).
     pub fn current(&self) -> Arc<Function> {
-        self.current
+        self.routing().primary
+    }
+
+    pub fn routing(&self) -> Routing {
+        self.routing
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
-    /// Moves the alias; returns the version it pointed at.
+    /// The version an event with this key runs on.
+    pub fn pick(&self, key: u64) -> Arc<Function> {
+        self.routing
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pick(key)
+            .clone()
+    }
+
+    /// Moves the alias to one version; returns the primary it had.
     pub fn swap(&self, function: Arc<Function>) -> Arc<Function> {
-        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
-        std::mem::replace(&mut *current, function)
+        self.route(Routing::one(function))
+    }
+
+    /// Moves the alias; returns the primary it had.
+    pub fn route(&self, routing: Routing) -> Arc<Function> {
+        let mut current = self.routing.write().unwrap_or_else(PoisonError::into_inner);
+        std::mem::replace(&mut *current, routing).primary
     }
 }
 
@@ -67,6 +131,8 @@ pub enum RegistryError {
     UnknownVersion { function: String, version: String },
     #[error("function {0:?} has no earlier version to roll back to")]
     NothingToRollBack(String),
+    #[error("a second version's share must be between 0 and 1 (exclusive), on another version than the first; got {0}")]
+    Weight(f64),
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error("the new version does not start: {0}")]
@@ -102,12 +168,14 @@ pub fn keep_module(dir: &Path, wasm: &[u8]) -> Result<String, RegistryError> {
 }
 
 /// A move of an alias.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Moved {
     pub function: String,
     pub alias: String,
     pub from: String,
     pub to: String,
+    /// A second version and its share of the events, if weighted.
+    pub other: Option<(String, f64)>,
     /// Instances of the new version made ready before the move.
     pub warm: usize,
 }
@@ -190,38 +258,51 @@ impl Registry {
             },
         )?;
         let alias = self.store.alias(&name, LIVE)?;
-        let mut live = from_config;
-        match alias {
-            Some(alias)
-                if alias.from_config.as_deref() == Some(config_version.as_str())
-                    && alias.version != config_version =>
-            {
-                match self.load(&spec, &alias.version) {
-                    Ok(deployed) => {
-                        tracing::info!(function = %name, version = %alias.version, config = %config_version, "live stays on the version deployed through the API (the config's module is unchanged since)");
-                        live = Arc::new(deployed);
-                    }
-                    Err(e) => {
-                        tracing::warn!(function = %name, version = %alias.version, error = %e, "the live version deployed through the API cannot be loaded; running the config's");
-                        self.store.set_alias(
-                            &name,
-                            LIVE,
-                            &config_version,
-                            Some(&config_version),
-                            now_ms(),
-                        )?;
-                    }
-                }
-            }
-            _ => self.store.set_alias(
+        let mut routing = Routing::one(from_config);
+        let file_wins = |store: &Store| {
+            store.set_alias(
                 &name,
                 LIVE,
                 &config_version,
+                None,
                 Some(&config_version),
                 now_ms(),
-            )?,
+            )
+        };
+        match alias {
+            // The file names what it named when it last set `live`: what
+            // the API did since stands.
+            Some(alias)
+                if alias.from_config.as_deref() == Some(config_version.as_str())
+                    && (alias.version != config_version || alias.other.is_some()) =>
+            {
+                let restored = self.load(&spec, &alias.version).and_then(|primary| {
+                    let secondary = match (&alias.other, alias.weight) {
+                        (Some(other), Some(weight)) => {
+                            Some((Arc::new(self.load(&spec, other)?), weight))
+                        }
+                        _ => None,
+                    };
+                    Ok(Routing {
+                        primary: Arc::new(primary),
+                        secondary,
+                    })
+                });
+                match restored {
+                    Ok(restored) => {
+                        tracing::info!(function = %name, version = %alias.version, other = ?alias.other, config = %config_version, "live stays where the API put it (the config's module is unchanged since)");
+                        routing = restored;
+                    }
+                    Err(e) => {
+                        tracing::warn!(function = %name, version = %alias.version, error = %e, "the live version deployed through the API cannot be loaded; running the config's");
+                        file_wins(&self.store)?;
+                    }
+                }
+            }
+            _ => file_wins(&self.store)?,
         }
-        let live = Arc::new(Live::new(live));
+        let live = Arc::new(Live::new(routing.primary.clone()));
+        live.route(routing);
         self.functions
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -282,26 +363,51 @@ impl Registry {
     /// Moves `live` to a published version: its instances are made first,
     /// then the next events run on it; those in flight finish where they are.
     pub fn point(&self, name: &str, version: &str) -> Result<Moved, RegistryError> {
+        self.route(name, version, None)
+    }
+
+    /// Moves `live` to `version`, with `other` taking a share of the events
+    /// (in (0, 1); Lambda's routing configuration, at most two versions).
+    /// Each event's version is picked by its dedup id, else its request id.
+    pub fn route(
+        &self,
+        name: &str,
+        version: &str,
+        other: Option<(&str, f64)>,
+    ) -> Result<Moved, RegistryError> {
         let (spec, live, prewarm) =
             self.entry(name, |e| (e.spec.clone(), e.live.clone(), e.prewarm))?;
-        if !self
-            .store
-            .versions(name)?
-            .iter()
-            .any(|v| v.version == version)
-        {
-            return Err(RegistryError::UnknownVersion {
-                function: name.to_owned(),
-                version: version.to_owned(),
-            });
+        if let Some((other_version, weight)) = other {
+            if !(weight > 0.0 && weight < 1.0) || other_version == version {
+                return Err(RegistryError::Weight(weight));
+            }
         }
-        let function = Arc::new(self.load(&spec, version)?);
-        let warm = function
-            .prewarm(prewarm)
-            .map_err(|e| RegistryError::Start(e.to_string()))?;
-        let old = live.swap(function);
-        self.store.set_alias(name, LIVE, version, None, now_ms())?;
-        let kept: Vec<&str> = vec![version, old.version()];
+        let known = self.store.versions(name)?;
+        for wanted in std::iter::once(version).chain(other.map(|(v, _)| v)) {
+            if !known.iter().any(|v| v.version == wanted) {
+                return Err(RegistryError::UnknownVersion {
+                    function: name.to_owned(),
+                    version: wanted.to_owned(),
+                });
+            }
+        }
+        let start = |version: &str| -> Result<(Arc<Function>, usize), RegistryError> {
+            let function = Arc::new(self.load(&spec, version)?);
+            let warm = function
+                .prewarm(prewarm)
+                .map_err(|e| RegistryError::Start(e.to_string()))?;
+            Ok((function, warm))
+        };
+        let (primary, warm) = start(version)?;
+        let secondary = match other {
+            Some((other_version, weight)) => Some((start(other_version)?.0, weight)),
+            None => None,
+        };
+        let old = live.route(Routing { primary, secondary });
+        self.store
+            .set_alias(name, LIVE, version, other, None, now_ms())?;
+        let mut kept: Vec<&str> = vec![version, old.version()];
+        kept.extend(other.map(|(v, _)| v));
         for gone in self.store.prune_versions(name, self.keep, &kept)? {
             let _ = std::fs::remove_file(module_path(&self.dir, &gone));
         }
@@ -310,9 +416,10 @@ impl Registry {
             alias: LIVE.to_owned(),
             from: old.version().to_owned(),
             to: version.to_owned(),
+            other: other.map(|(v, w)| (v.to_owned(), w)),
             warm,
         };
-        tracing::info!(function = name, from = %moved.from, to = %moved.to, warm, "live alias moved");
+        tracing::info!(function = name, from = %moved.from, to = %moved.to, other = ?moved.other, warm, "live alias moved");
         Ok(moved)
     }
 
@@ -353,5 +460,26 @@ impl Registry {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_share_of_keys_goes_to_the_second_version_and_a_key_always_to_the_same() {
+        let share = 0.2;
+        let to_other = (0..10_000u64).filter(|&k| unit(k) < share).count();
+        assert!((1_700..2_300).contains(&to_other), "{to_other} of 10,000");
+        for key in [0, 1, 42, u64::MAX] {
+            let first = unit(key) < share;
+            assert!((0..10).all(|_| (unit(key) < share) == first));
+            assert!((0.0..1.0).contains(&unit(key)));
+        }
+        // A dedup id picks the same key in every process: retries and
+        // redeliveries after a restart run on one version.
+        assert_eq!(key_of("msg-17"), key_of("msg-17"));
+        assert_ne!(key_of("msg-17"), key_of("msg-18"));
     }
 }

@@ -44,7 +44,14 @@ pub struct AliasArgs {
     /// The alias to move; only `live` today.
     alias: String,
     /// The version to point it at (`wasmgate versions NAME` lists them).
-    version: String,
+    #[arg(value_name = "VERSION")]
+    to: String,
+    /// A canary: another version and the share of events it takes,
+    /// `--weight 9345c3d3da67=0.1` (0 to 1, exclusive). Each event's version
+    /// is picked by its dedup id, else its request id, so its retries run
+    /// on one version.
+    #[arg(long, value_name = "VERSION=SHARE")]
+    weight: Option<String>,
     #[command(flatten)]
     target: Target,
 }
@@ -88,8 +95,16 @@ fn finish(
 }
 
 fn moved(body: &serde_json::Value) -> String {
+    let canary = match body["other"].as_array().map(Vec::as_slice) {
+        Some([other, share]) => format!(
+            ", {} of the events to {}",
+            share.as_f64().unwrap_or(0.0),
+            other.as_str().unwrap_or("?")
+        ),
+        _ => String::new(),
+    };
     format!(
-        "{}: live {} -> {} ({} instance(s) warm before the move)\n",
+        "{}: live {} -> {}{canary} ({} instance(s) warm before the move)\n",
         body["function"].as_str().unwrap_or("?"),
         body["from"].as_str().unwrap_or("?"),
         body["to"].as_str().unwrap_or("?"),
@@ -172,7 +187,19 @@ pub fn alias(args: AliasArgs) -> anyhow::Result<ExitCode> {
         Ok(dir) => dir,
         Err(code) => return Ok(code),
     };
-    let body = serde_json::json!({ "version": args.version }).to_string();
+    let mut body = serde_json::json!({ "version": args.to });
+    if let Some(weight) = &args.weight {
+        let parsed = weight
+            .split_once('=')
+            .and_then(|(v, w)| Some((v.to_owned(), w.parse::<f64>().ok()?)));
+        let Some((other, share)) = parsed else {
+            eprintln!("--weight takes VERSION=SHARE, as --weight 9345c3d3da67=0.1");
+            return Ok(ExitCode::from(2));
+        };
+        body["other"] = other.into();
+        body["weight"] = share.into();
+    }
+    let body = body.to_string();
     let answer = request(
         &dir,
         "PUT",

@@ -182,7 +182,6 @@ impl Worker {
     /// way once its dead letter commits.
     fn handle(&mut self, job: Job) {
         self.function = self.live.current();
-        let f = self.function.clone();
         let settle = match job.settle {
             Settle::Batch(items) => return self.handle_batch(items),
             settle => settle,
@@ -197,6 +196,14 @@ impl Worker {
             None => done,
         };
         let request_id = self.request_ids.fetch_add(1, Ordering::Relaxed);
+        // Which version: by the event's dedup id, else its request id, so
+        // its retries (and its redeliveries, with an id) run on one version.
+        let key = job
+            .dedup
+            .as_deref()
+            .map_or(request_id, crate::registry::key_of);
+        self.function = self.live.pick(key);
+        let f = self.function.clone();
         let event = job.event.as_event();
         let topic = ordering_key(&job.event);
         let mut attempts = Vec::new();
@@ -329,7 +336,6 @@ impl Worker {
     /// transaction, and are settled once it is durable. A failed invocation
     /// fails every item, as in Lambda without `ReportBatchItemFailures`.
     fn handle_batch(&mut self, jobs: Vec<Job>) {
-        let f = self.function.clone();
         let mut items = Vec::with_capacity(jobs.len());
         for job in jobs {
             let cursor = job.settle.cursor();
@@ -353,6 +359,8 @@ impl Worker {
             return;
         }
         let request_id = self.request_ids.fetch_add(1, Ordering::Relaxed);
+        self.function = self.live.pick(request_id);
+        let f = self.function.clone();
         let mut attempt = 1;
         loop {
             let batch = OwnedEvent::batch_of(items.iter().map(|item| &item.event));

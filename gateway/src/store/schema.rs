@@ -125,6 +125,8 @@ const MIGRATIONS: &[&str] = &[
         alias       TEXT NOT NULL,
         version     TEXT NOT NULL,
         previous    TEXT,
+        other       TEXT,
+        weight      REAL,
         from_config TEXT,
         moved_ms    INTEGER NOT NULL,
         PRIMARY KEY (function, alias)

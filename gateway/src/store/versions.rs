@@ -17,12 +17,15 @@ pub struct VersionRow {
 }
 
 /// Where an alias points.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct AliasRow {
     pub alias: String,
     pub version: String,
     /// What it pointed at before the last move: a rollback's target.
     pub previous: Option<String>,
+    /// A second version taking `weight` of the events (a canary).
+    pub other: Option<String>,
+    pub weight: Option<f64>,
     /// The version the config file named when the file last set it.
     pub from_config: Option<String>,
     pub moved_ms: i64,
@@ -81,44 +84,50 @@ impl Store {
         self.with_reader(|conn| {
             Ok(conn
                 .prepare_cached(
-                    "SELECT alias, version, previous, from_config, moved_ms FROM aliases
-                     WHERE function = ?1 AND alias = ?2",
+                    "SELECT alias, version, previous, other, weight, from_config, moved_ms
+                     FROM aliases WHERE function = ?1 AND alias = ?2",
                 )?
                 .query_row([function, alias], |r| {
                     Ok(AliasRow {
                         alias: r.get(0)?,
                         version: r.get(1)?,
                         previous: r.get(2)?,
-                        from_config: r.get(3)?,
-                        moved_ms: r.get(4)?,
+                        other: r.get(3)?,
+                        weight: r.get(4)?,
+                        from_config: r.get(5)?,
+                        moved_ms: r.get(6)?,
                     })
                 })
                 .optional()?)
         })
     }
 
-    /// Points `alias` at `version`, keeping where it pointed as `previous`
-    /// (unless that is `version` already). `from_config`: the file set it,
-    /// naming this version.
+    /// Points `alias` at `version` (and `other` with its share, if any),
+    /// keeping where it pointed as `previous` (unless that is `version`
+    /// already). `from_config`: the file set it, naming this version.
     pub fn set_alias(
         &self,
         function: &str,
         alias: &str,
         version: &str,
+        other: Option<(&str, f64)>,
         from_config: Option<&str>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
+        let (other, weight) = other.map_or((None, None), |(v, w)| (Some(v), Some(w)));
         self.with_writer(|conn| {
             conn.execute(
-                "INSERT INTO aliases (function, alias, version, previous, from_config, moved_ms)
-                 VALUES (?1, ?2, ?3, NULL, ?4, ?5)
+                "INSERT INTO aliases (function, alias, version, previous, other, weight, from_config, moved_ms)
+                 VALUES (?1, ?2, ?3, NULL, ?4, ?5, ?6, ?7)
                  ON CONFLICT (function, alias) DO UPDATE SET
                      previous = CASE WHEN aliases.version = excluded.version
                                      THEN aliases.previous ELSE aliases.version END,
                      version = excluded.version,
+                     other = excluded.other,
+                     weight = excluded.weight,
                      from_config = COALESCE(excluded.from_config, aliases.from_config),
                      moved_ms = excluded.moved_ms",
-                params![function, alias, version, from_config, now_ms],
+                params![function, alias, version, other, weight, from_config, now_ms],
             )?;
             Ok(())
         })
