@@ -327,3 +327,113 @@ fn a_weighted_alias_sends_its_share_of_the_events_to_the_second_version() {
         refused.stderr
     );
 }
+
+/// Version 2 again, emitting upstream as version 1 does: both versions'
+/// results leave through one outbox queue, in the order they ran.
+const V2_UPSTREAM: &str = r#"(module
+  (import "wasmgate" "emit" (func $emit (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "swapped/v2")
+  (data (i32.const 16) "2")
+  (func (export "wasmgate_abi_version") (result i32) i32.const 1)
+  (func (export "wasmgate_handle") (param i32) (result i32)
+    (drop (call $emit (i32.const 0) (i32.const 10) (i32.const 16) (i32.const 1) (i32.const 9)))
+    i32.const 0))"#;
+
+/// The issue's test: 20 swaps back and forth under 2,000 QoS 1 messages a
+/// second. Every message is processed once, and the topic's results switch
+/// version once per swap, never back and forth within one.
+#[test]
+fn twenty_swaps_under_load_process_every_message_once_and_switch_once_each() {
+    const MIN: u64 = 3_000;
+    const SWAPS: usize = 20;
+    let broker_port = free_port();
+    let gateway = GatewayProcess::start_toml(|dir| {
+        std::fs::write(dir.join("v2.wasm"), wat::parse_str(V2_UPSTREAM).unwrap()).unwrap();
+        format!(
+            "data_dir = {data:?}\n[broker]\nlisten = \"127.0.0.1:{broker_port}\"\n\
+             [[functions]]\nname = \"enrich\"\nwasm = {wasm:?}\ntriggers = [{{ mqtt = \"vending/+/telemetry\" }}]\n\
+             [functions.grants]\nupstream = [\"telemetry/#\", \"swapped/#\"]\n",
+            data = dir.join("data").display().to_string(),
+            wasm = example_wasm("telemetry_enrich.wasm").display().to_string(),
+        )
+    });
+    let config = gateway.config_path().display().to_string();
+    let v2 = gateway.config_path().with_file_name("v2.wasm");
+    let versions = [
+        wasmgate::runtime::module_version(
+            &std::fs::read(example_wasm("telemetry_enrich.wasm")).unwrap(),
+        ),
+        wasmgate::runtime::module_version(&std::fs::read(&v2).unwrap()),
+    ];
+    let outputs = MqttClient::connect(broker_port, &unique_id("outputs"));
+    outputs.subscribe("telemetry/#");
+    outputs.subscribe("swapped/#");
+    // Published until the swaps are done (and a little after), so each
+    // swap lands inside the stream however slow this machine is today.
+    let swapping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let still = swapping.clone();
+    let publisher = std::thread::spawn(move || {
+        let device = MqttClient::connect(broker_port, &unique_id("vm-1"));
+        // 2,000 a second: 20 every 10 ms.
+        let started = std::time::Instant::now();
+        let mut seq = 0;
+        let mut tail = 200;
+        while tail > 0 {
+            device.publish(&telemetry_topic("vm-1"), telemetry(seq, 5.0));
+            seq += 1;
+            if !still.load(std::sync::atomic::Ordering::SeqCst) && seq >= MIN {
+                tail -= 1;
+            }
+            if seq % 20 == 0 {
+                let due = Duration::from_millis(10 * seq / 20);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+        device.wait_acked(ONE);
+        (seq, device.connacks())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let first = wasmgate(
+        &[
+            "deploy",
+            "enrich",
+            v2.to_str().unwrap(),
+            "--config",
+            &config,
+        ],
+        ONE,
+    );
+    assert_eq!(first.code, Some(0), "{first:?}\n{}", gateway.logs());
+    for swap in 1..SWAPS {
+        std::thread::sleep(Duration::from_millis(80));
+        let to = &versions[(swap + 1) % 2];
+        let moved = wasmgate(&["alias", "enrich", "live", to, "--config", &config], ONE);
+        assert_eq!(moved.code, Some(0), "swap {swap}: {moved:?}");
+    }
+    swapping.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (n, connacks) = publisher.join().unwrap();
+    assert_eq!(connacks, 1, "the device was disconnected");
+
+    // The results, in the order they ran: which version ran each.
+    let mut ran = Vec::new();
+    let mut seen = BTreeSet::new();
+    let all = outputs.collect_until(Duration::from_secs(10), |m| {
+        if m.topic == "swapped/v2" {
+            ran.push(2);
+        } else if let Some(ts) = m.json()["ts"].as_u64() {
+            assert!(seen.insert(ts), "seq {ts} ran twice");
+            ran.push(1);
+        }
+        ran.len() as u64 == n
+    });
+    assert!(all, "{} of {n} results\n{}", ran.len(), gateway.logs());
+    let switches = ran.windows(2).filter(|w| w[0] != w[1]).count();
+    assert_eq!(
+        switches, SWAPS,
+        "the results switched version {switches} times for {SWAPS} swaps"
+    );
+    assert_eq!(ran.first(), Some(&1));
+}
