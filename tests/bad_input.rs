@@ -399,16 +399,19 @@ invoke = ["echo"]
     }
 }
 
-/// Files of the data directory and their bytes, to show nothing was rewritten.
+/// Files of the data directory (its `modules/` too) and their bytes, to
+/// show nothing was rewritten.
 fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut files: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(dir)
-        .expect("read data dir")
-        .map(|e| {
-            let path = e.expect("dir entry").path();
+    let mut files: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read data dir") {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() {
+            files.extend(snapshot(&path));
+        } else {
             let bytes = std::fs::read(&path).expect("read file");
-            (path, bytes)
-        })
-        .collect();
+            files.push((path, bytes));
+        }
+    }
     files.sort();
     files
 }

@@ -191,7 +191,7 @@ fn config_check_explains_bad_batching_windows() {
     assert!(out.stderr.contains("batch.size"), "{}", out.stderr);
     assert!(
         out.stderr
-            .contains("batching windows are for mqtt and file triggers"),
+            .contains("batching windows are for mqtt, file and kv_change triggers"),
         "{}",
         out.stderr
     );

@@ -49,7 +49,9 @@ fn refused(error: &RegistryError) -> Response {
         }
         RegistryError::NothingToRollBack(_) => StatusCode::CONFLICT,
         RegistryError::Weight(_) => StatusCode::BAD_REQUEST,
-        RegistryError::Load(_) | RegistryError::Start(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        RegistryError::Load(_) | RegistryError::Start(_) | RegistryError::OldGuest { .. } => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
         RegistryError::Store(_) | RegistryError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     };
     json(status, &serde_json::json!({ "error": error.to_string() }))

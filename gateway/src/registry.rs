@@ -131,6 +131,13 @@ pub enum RegistryError {
     UnknownVersion { function: String, version: String },
     #[error("function {0:?} has no earlier version to roll back to")]
     NothingToRollBack(String),
+    #[error("function {function:?} takes KV changes in batches, which needs a module of ABI revision {needs} (built with the current SDK); {version} is of revision {has}")]
+    OldGuest {
+        function: String,
+        version: String,
+        has: u32,
+        needs: u32,
+    },
     #[error("a second version's share must be between 0 and 1 (exclusive), on another version than the first; got {0}")]
     Weight(f64),
     #[error(transparent)]
@@ -192,6 +199,9 @@ pub struct FunctionView {
 struct Entry {
     spec: FunctionSpec,
     live: Arc<Live>,
+    /// The ABI revision its triggers need of a module (see
+    /// [`wasmgate_abi::ABI_REVISION`]): 1 for batches of KV changes.
+    needs_revision: u32,
     /// Instances of a new version to make before `live` moves to it.
     prewarm: usize,
 }
@@ -211,6 +221,19 @@ impl std::fmt::Debug for Registry {
             .field("dir", &self.dir)
             .finish_non_exhaustive()
     }
+}
+
+/// Whether a module knows the ABI revision a function's triggers need.
+fn fits(function: &Function, needs: u32) -> Result<(), RegistryError> {
+    if function.abi_revision() >= needs {
+        return Ok(());
+    }
+    Err(RegistryError::OldGuest {
+        function: function.name().to_owned(),
+        version: function.version().to_owned(),
+        has: function.abi_revision(),
+        needs,
+    })
 }
 
 fn now_ms() -> i64 {
@@ -242,8 +265,10 @@ impl Registry {
         from_config: Arc<Function>,
         source: &str,
         prewarm: usize,
+        needs_revision: u32,
     ) -> Result<Arc<Live>, RegistryError> {
         let name = spec.name.clone();
+        fits(&from_config, needs_revision)?;
         let config_version = from_config.version().to_owned();
         let size = std::fs::metadata(module_path(&self.dir, &config_version))
             .map(|m| m.len())
@@ -311,6 +336,7 @@ impl Registry {
                 Entry {
                     spec,
                     live: live.clone(),
+                    needs_revision,
                     prewarm,
                 },
             );
@@ -347,8 +373,9 @@ impl Registry {
         wasm: &[u8],
         source: &str,
     ) -> Result<VersionRow, RegistryError> {
-        let spec = self.entry(name, |e| e.spec.clone())?;
+        let (spec, needs) = self.entry(name, |e| (e.spec.clone(), e.needs_revision))?;
         let function = self.runtime.deploy(spec, wasm)?;
+        fits(&function, needs)?;
         keep_module(&self.dir, wasm)?;
         let row = VersionRow {
             version: function.version().to_owned(),

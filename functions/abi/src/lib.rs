@@ -22,6 +22,16 @@ pub use seq::{Seq, SeqIter};
 /// The host refuses a module whose `wasmgate_abi_version` export differs.
 pub const ABI_VERSION: u32 = 1;
 
+/// Compatible revisions within [`ABI_VERSION`], reported by a guest's
+/// optional `wasmgate_abi_revision` export (a guest without it is revision
+/// 0). Revision 1: the fields added at the end of `ScheduleTick`
+/// (`fired_ms`, `catch_up`), `HttpRequest` (`params`) and `KvChange`
+/// (`old`), and `WebSocketEvent`. A single event decodes under any
+/// revision (postcard ignores what follows a struct); inside a `Batch` the
+/// items lie back to back, so the host batches a kind whose struct grew
+/// only for a guest of the revision that has it.
+pub const ABI_REVISION: u32 = 1;
+
 /// The module name all host functions are imported from.
 pub const IMPORT_MODULE: &str = "wasmgate";
 
@@ -31,6 +41,8 @@ pub mod exports {
     pub const ABI_VERSION: &str = "wasmgate_abi_version";
     /// `(event_len: i32) -> i32`: handle one event; `0` is success.
     pub const HANDLE: &str = "wasmgate_handle";
+    /// Optional, `() -> i32`: the [`crate::ABI_REVISION`] the guest knows.
+    pub const ABI_REVISION: &str = "wasmgate_abi_revision";
     /// The guest's linear memory, through which all data passes.
     pub const MEMORY: &str = "memory";
 }

@@ -103,6 +103,12 @@ macro_rules! export {
 
             #[allow(unsafe_code)]
             #[no_mangle]
+            extern "C" fn wasmgate_abi_revision() -> i32 {
+                $crate::__private::ABI_REVISION
+            }
+
+            #[allow(unsafe_code)]
+            #[no_mangle]
             extern "C" fn wasmgate_handle(event_len: i32) -> i32 {
                 $crate::__private::handle(&EVENT_BUFFER, event_len, $handler)
             }
@@ -156,6 +162,7 @@ pub mod __private {
         for<'e, 'c> fn(&crate::Event<'e>, &mut crate::Ctx<'c>) -> Result<(), crate::Error>;
 
     pub const ABI_VERSION: i32 = wasmgate_abi::ABI_VERSION as i32;
+    pub const ABI_REVISION: i32 = wasmgate_abi::ABI_REVISION as i32;
 
     #[cfg(target_arch = "wasm32")]
     pub use crate::wasm::{handle, EventBuffer};

@@ -910,7 +910,7 @@ pub struct TriggerConfig {
     /// `"skip"`, or `"all"` (each, up to 1,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missed: Option<Missed>,
-    /// mqtt and file only: hand the function a batch of events, up to
+    /// mqtt, file and kv_change only: hand the function a batch of events, up to
     /// `size`, or what arrived within `window_ms` of the first:
     /// `batch = { size = 100, window_ms = 500 }`. The function may report
     /// single items failed (`item_failed`): only those are retried and

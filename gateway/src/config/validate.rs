@@ -348,7 +348,9 @@ fn trigger_kind(c: &mut Checker, path: &FieldPath, trigger: &TriggerConfig, prot
         );
     }
     match &trigger.batch {
-        Some(batch) if trigger.mqtt.is_some() || trigger.file.is_some() => {
+        Some(batch)
+            if trigger.mqtt.is_some() || trigger.file.is_some() || trigger.kv_change.is_some() =>
+        {
             c.range(
                 path.key("batch").key("size"),
                 batch.size.into(),
@@ -365,7 +367,7 @@ fn trigger_kind(c: &mut Checker, path: &FieldPath, trigger: &TriggerConfig, prot
         Some(_) => unused(
             c,
             &[("batch", true)],
-            "on this kind of trigger (batching windows are for mqtt and file triggers)",
+            "on this kind of trigger (batching windows are for mqtt, file and kv_change triggers)",
         ),
         None => {}
     }

@@ -361,6 +361,11 @@ impl Worker {
         let request_id = self.request_ids.fetch_add(1, Ordering::Relaxed);
         self.function = self.live.pick(request_id);
         let f = self.function.clone();
+        // A change stream's cursor is one position, and the store keeps the
+        // highest written: the cursor of an item that ran after one that
+        // failed would skip the failed one across a crash. Such cursors wait
+        // here, and are written once every item before them is settled.
+        let mut deferred: Vec<Cursor> = Vec::new();
         let mut attempt = 1;
         loop {
             let batch = OwnedEvent::batch_of(items.iter().map(|item| &item.event));
@@ -382,8 +387,24 @@ impl Worker {
                         .into_iter()
                         .enumerate()
                         .partition(|(i, _)| failed.contains(&(*i as u32)));
+                    let first_bad = bad.first().map(|(i, _)| *i);
                     items = bad.into_iter().map(|(_, item)| item).collect();
-                    let good: Vec<Item> = good.into_iter().map(|(_, item)| item).collect();
+                    let good: Vec<Item> = good
+                        .into_iter()
+                        .map(|(i, mut item)| {
+                            let stream = matches!(item.cursor, Some(Cursor::KvStream { .. }));
+                            if stream && first_bad.is_some_and(|bad| i > bad) {
+                                deferred.extend(item.cursor.take());
+                            }
+                            item
+                        })
+                        .collect();
+                    // Once nothing is left to retry, every cursor can go.
+                    let settled = if items.is_empty() {
+                        std::mem::take(&mut deferred)
+                    } else {
+                        Vec::new()
+                    };
                     if good.is_empty() {
                         // Every item failed: as a failed invocation, its
                         // effects are not kept (a retry would repeat them).
@@ -393,7 +414,7 @@ impl Worker {
                             "every item of the batch failed; its effects are dropped"
                         );
                     } else {
-                        self.commit_items(request_id, effects, good);
+                        self.commit_items(request_id, effects, good, settled);
                     }
                     if items.is_empty() {
                         return;
@@ -440,6 +461,16 @@ impl Worker {
                         item.done,
                     );
                 }
+                if !deferred.is_empty() {
+                    // After the dead letters: the store keeps the order.
+                    self.sinks.store.submit(Commit {
+                        function: f.name().to_owned(),
+                        effects: crate::runtime::Effects::default(),
+                        dedup: Vec::new(),
+                        cursors: deferred,
+                        done: Box::new(|_| {}),
+                    });
+                }
                 return;
             }
             let delay = self.failures.retry.delay(attempt, self.jitter.next());
@@ -469,6 +500,7 @@ impl Worker {
         request_id: u64,
         mut effects: crate::runtime::Effects,
         items: Vec<Item>,
+        settled: Vec<Cursor>,
     ) {
         self.metrics
             .emitted
@@ -477,6 +509,7 @@ impl Worker {
         let cursors = items
             .iter()
             .filter_map(|item| item.cursor.clone())
+            .chain(settled)
             .collect();
         let dones: Vec<Done> = items
             .into_iter()

@@ -230,8 +230,6 @@ impl Gateway {
             let function = runtime
                 .deploy(function_spec(&module.config), &wasm)
                 .map_err(module_error)?;
-            // The registry keeps its versions' bytes, not the path.
-            crate::registry::keep_module(&modules_dir, &wasm)?;
             tracing::info!(
                 function = function.name(),
                 version = function.version(),
@@ -259,6 +257,7 @@ impl Gateway {
         let upstream = upstream_endpoint(config)?;
         let (endpoint, broker) = connect_to(config)?;
 
+        let registry_dir = modules_dir.clone();
         let registry = Arc::new(crate::registry::Registry::new(
             runtime,
             store.clone(),
@@ -284,13 +283,33 @@ impl Gateway {
         #[cfg(not(unix))]
         let control = None;
         let mut lives = Vec::with_capacity(deployed.len());
-        for (f, function) in &mut deployed {
+        for ((f, function), module) in deployed.iter_mut().zip(&modules) {
+            // The registry keeps its versions' bytes, not the path; read
+            // again (one at a time) now that the store has opened, so that
+            // a start refused before leaves the data directory untouched.
+            let wasm = module
+                .wasm
+                .read(&f.name)
+                .map_err(|error| GatewayError::Module {
+                    path: f.wasm.display().to_string(),
+                    error,
+                })?;
+            crate::registry::keep_module(&registry_dir, &wasm)?;
+            drop(wasm);
             let prewarm = f.limits.concurrency.min(f.limits.warm_instances) as usize;
+            // Inside a batch, a kind whose struct grew within ABI 1 decodes
+            // only in a module that knows the growth (ABI_REVISION).
+            let needs_revision = u32::from(
+                f.triggers
+                    .iter()
+                    .any(|t| t.kv_change.is_some() && t.batch.is_some()),
+            );
             let live = registry.adopt(
                 function_spec(f),
                 function.clone(),
                 &f.wasm.display().to_string(),
                 prewarm,
+                needs_revision,
             )?;
             *function = live.current();
             lives.push(live);
@@ -846,6 +865,7 @@ fn start_streams(
                 consumer: format!("{}/{i}", f.name),
                 namespace: t.kv_change.clone()?,
                 keys: t.keys.clone(),
+                batch: t.batch.map(Into::into),
             };
             Some(tokio::spawn(kv_change::run(
                 spec,

@@ -340,7 +340,8 @@ impl Runtime {
         check_imports(&spec.name, &version, &module)?;
         check_exports(&spec.name, &version, &module)?;
 
-        let function = Function {
+        let mut function = Function {
+            abi_revision: 0,
             env: Arc::new(FunctionEnv {
                 name: spec.name,
                 limits: spec.limits,
@@ -361,7 +362,7 @@ impl Runtime {
             version: function.version.clone(),
             source: Box::new(e),
         })?;
-        function.check_abi_version(&mut instance)?;
+        function.abi_revision = function.check_abi_version(&mut instance)?;
         drop(instance);
         Ok(function)
     }
@@ -431,12 +432,16 @@ struct Instance {
     store: Store<HostState>,
     handle: TypedFunc<i32, i32>,
     abi_version: TypedFunc<(), i32>,
+    /// The optional `wasmgate_abi_revision` export.
+    abi_revision: Option<TypedFunc<(), i32>>,
 }
 
 /// A deployed function version: its module, settings and warm instances.
 /// Cheap to share across worker threads (`Arc<Function>`); each invocation
 /// takes its own instance.
 pub struct Function {
+    /// The guest's `wasmgate_abi_revision` (0 without the export).
+    abi_revision: u32,
     env: Arc<FunctionEnv>,
     version: String,
     module: Module,
@@ -465,6 +470,11 @@ impl Function {
     /// The first 12 hex digits of the module's SHA-256.
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// The ABI revision the guest knows ([`wasmgate_abi::ABI_REVISION`]).
+    pub fn abi_revision(&self) -> u32 {
+        self.abi_revision
     }
 
     pub fn limits(&self) -> &Limits {
@@ -748,14 +758,19 @@ impl Function {
                 version: self.version.clone(),
                 message: e.to_string(),
             })?;
+        let abi_revision = instance
+            .get_typed_func::<(), i32>(&store, exports::ABI_REVISION)
+            .ok();
         Ok(Instance {
             store,
             handle,
             abi_version,
+            abi_revision,
         })
     }
 
-    fn check_abi_version(&self, instance: &mut Instance) -> Result<(), LoadError> {
+    /// Checks the guest's ABI version; returns its revision (0 without one).
+    fn check_abi_version(&self, instance: &mut Instance) -> Result<u32, LoadError> {
         let store = &mut instance.store;
         let abi_version = instance.abi_version;
         let found = store
@@ -774,7 +789,19 @@ impl Function {
                 expected: wasmgate_abi::ABI_VERSION,
             });
         }
-        Ok(())
+        let revision = match instance.abi_revision {
+            Some(revision) => {
+                revision
+                    .call(&mut *store, ())
+                    .map_err(|e| LoadError::Instantiate {
+                        function: self.env.name.clone(),
+                        version: self.version.clone(),
+                        source: Box::new(self.classify(store, Some(e))),
+                    })?
+            }
+            None => 0,
+        };
+        Ok(u32::try_from(revision).unwrap_or(0))
     }
 
     /// Fills the warm pool up to `n` instances (at most its limit), so the

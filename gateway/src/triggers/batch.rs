@@ -107,7 +107,7 @@ async fn gather(
 
 /// One job of many: its event is built by the worker from the items, which
 /// keep their own events, dedup ids and settles.
-fn batch(items: Vec<Job>) -> Job {
+pub(super) fn batch(items: Vec<Job>) -> Job {
     Job {
         event: OwnedEvent::Batch(Vec::new()),
         arrived: items[0].arrived,

@@ -38,6 +38,8 @@ pub struct StreamSpec {
     pub namespace: String,
     /// The keys it takes (`*` and `?`); `None`: every key.
     pub keys: Option<String>,
+    /// Changes handed over together, if the trigger batches.
+    pub batch: Option<super::batch::Window>,
 }
 
 /// Follows one namespace's changes until the workers are gone or the
@@ -67,6 +69,7 @@ pub async fn run(spec: StreamSpec, store: Store, intake: Intake, draining: Arc<A
         }
         Err(_) => return,
     };
+    let take = spec.batch.map_or(64, |w| w.size);
     loop {
         if draining.load(Ordering::SeqCst) {
             return;
@@ -74,7 +77,7 @@ pub async fn run(spec: StreamSpec, store: Store, intake: Intake, draining: Arc<A
         let reader = store.clone();
         let namespace = spec.namespace.clone();
         let rows =
-            tokio::task::spawn_blocking(move || reader.kv_changes_after(&namespace, cursor, 64))
+            tokio::task::spawn_blocking(move || reader.kv_changes_after(&namespace, cursor, take))
                 .await;
         let rows = match rows {
             Ok(Ok(rows)) => rows,
@@ -86,6 +89,13 @@ pub async fn run(spec: StreamSpec, store: Store, intake: Intake, draining: Arc<A
         };
         if rows.is_empty() {
             tokio::time::sleep(POLL).await;
+            continue;
+        }
+        if let Some(window) = spec.batch {
+            match deliver_batch(&spec, &store, rows, window, &intake, &draining).await {
+                Some(next) => cursor = next,
+                None => return,
+            }
             continue;
         }
         for row in rows {
@@ -111,6 +121,93 @@ fn stream_cursor(spec: &StreamSpec, seq: i64) -> Cursor {
     }
 }
 
+/// The change as its event.
+fn event(spec: &StreamSpec, row: &KvChangeRow) -> OwnedEvent {
+    OwnedEvent::KvChange {
+        namespace: spec.namespace.clone(),
+        key: row.key.clone(),
+        op: if row.new.is_some() {
+            KvOp::Put
+        } else {
+            KvOp::Delete
+        },
+        value: row.new.clone(),
+        old: row.old.clone(),
+    }
+}
+
+/// Runs the changes read (at most a batch's size) as one batch, once more
+/// have come or the window has passed, and waits until each is settled.
+/// Each change's cursor is written with its commit (see the worker for
+/// how a failed item keeps the cursors after it back). Returns where the
+/// stream goes on from; `None` when it is to stop. A batch left unsettled
+/// (a store that gave up) is read again from the stored cursor.
+async fn deliver_batch(
+    spec: &StreamSpec,
+    store: &Store,
+    mut rows: Vec<KvChangeRow>,
+    window: super::batch::Window,
+    intake: &Intake,
+    draining: &AtomicBool,
+) -> Option<i64> {
+    if rows.len() < window.size && !window.wait.is_zero() {
+        tokio::time::sleep(window.wait).await;
+        let reader = store.clone();
+        let (namespace, after, size) = (spec.namespace.clone(), rows[0].seq - 1, window.size);
+        if let Ok(Ok(more)) =
+            tokio::task::spawn_blocking(move || reader.kv_changes_after(&namespace, after, size))
+                .await
+        {
+            rows = more;
+        }
+    }
+    let last = rows.last().map(|r| r.seq)?;
+    let mut heard = Vec::new();
+    let items: Vec<Job> = rows
+        .iter()
+        .filter(|row| {
+            spec.keys
+                .as_deref()
+                .is_none_or(|keys| super::pattern::glob(keys.as_bytes(), row.key.as_bytes()))
+        })
+        .map(|row| {
+            let (advance, told) = Advance::new(stream_cursor(spec, row.seq));
+            heard.push(told);
+            Job {
+                event: event(spec, row),
+                arrived: Instant::now(),
+                settle: Settle::Advance(advance),
+                dedup: None,
+            }
+        })
+        .collect();
+    if items.is_empty() {
+        // Nothing it takes: the cursor moves in memory only, as one by one.
+        return Some(last);
+    }
+    if !intake.send_batch(&spec.namespace, items).await {
+        return None;
+    }
+    let mut settled = true;
+    for told in heard {
+        settled &= told.await == Ok(true);
+    }
+    if settled {
+        return Some(last);
+    }
+    if draining.load(Ordering::SeqCst) {
+        return None;
+    }
+    tracing::warn!(function = %spec.function, namespace = %spec.namespace, "a batch of changes was not settled; reading it again");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let reader = store.clone();
+    let (consumer, namespace) = (spec.consumer.clone(), spec.namespace.clone());
+    match tokio::task::spawn_blocking(move || reader.kv_cursor(&consumer, &namespace)).await {
+        Ok(Ok((Some(stored), _))) => Some(stored),
+        _ => Some(rows[0].seq - 1),
+    }
+}
+
 /// Runs one change until it is settled; `false` when the stream is to stop.
 async fn deliver(
     spec: &StreamSpec,
@@ -121,17 +218,7 @@ async fn deliver(
     let make = || {
         let (advance, heard) = Advance::new(stream_cursor(spec, row.seq));
         let job = Job {
-            event: OwnedEvent::KvChange {
-                namespace: spec.namespace.clone(),
-                key: row.key.clone(),
-                op: if row.new.is_some() {
-                    KvOp::Put
-                } else {
-                    KvOp::Delete
-                },
-                value: row.new.clone(),
-                old: row.old.clone(),
-            },
+            event: event(spec, row),
             arrived: Instant::now(),
             settle: Settle::Advance(advance),
             dedup: None,

@@ -263,6 +263,25 @@ impl Intake {
         }
     }
 
+    /// Offers events a source gathered into one batch itself (a change
+    /// stream's), to the shard `key` hashes to; each is counted as `send`
+    /// counts one. `false` if the workers are gone (each event then stays
+    /// with its source).
+    pub async fn send_batch(&self, key: &str, items: Vec<Job>) -> bool {
+        let n = items.len();
+        self.metrics.received.fetch_add(n as u64, Ordering::Relaxed);
+        self.in_flight.fetch_add(n, Ordering::SeqCst);
+        let shard = self.shards[shard_for(key, self.shards.len())].clone();
+        match shard.send(batch::batch(items)).await {
+            Ok(()) => true,
+            Err(mpsc::error::SendError(job)) => {
+                job.settle.resolve(false);
+                self.in_flight.fetch_sub(n, Ordering::SeqCst);
+                false
+            }
+        }
+    }
+
     /// Takes the job only if its shard has room now: for a source whose
     /// caller can hold the event and come back (an HTTP client gets 429).
     pub fn try_send(&self, job: Job) -> Result<(), Refused> {

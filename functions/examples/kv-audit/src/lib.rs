@@ -9,6 +9,14 @@ use heapless::String;
 use wasmgate_sdk::{Ctx, Error, Event, KvOp};
 
 pub fn handle(event: &Event<'_>, ctx: &mut Ctx<'_>) -> Result<(), Error> {
+    // One change, or a batch of them (`batch = { size = 100 }`), in order.
+    for event in wasmgate_sdk::events(event) {
+        audit(&event?, ctx)?;
+    }
+    Ok(())
+}
+
+fn audit(event: &Event<'_>, ctx: &mut Ctx<'_>) -> Result<(), Error> {
     let Event::KvChange(change) = event else {
         return Err(Error::msg("kv-audit follows a KV change stream only"));
     };
