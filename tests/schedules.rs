@@ -211,7 +211,7 @@ fn config_check_explains_bad_schedules() {
         config(
             dir.path(),
             "vending_heartbeat.wasm",
-            "{ schedule = \"every 5 minutes\" }, { schedule = \"cron(0 0 31 2 ? *)\" }, { schedule = \"rate(1 second)\", dedup_key = \"id\" }, { mqtt = \"a/b\", schedule = \"rate(1 minute)\" }, { qos = 1 }, { schedule = \"cron(0 2 * * ? *)\", timezone = \"Mars/Olympus_Mons\" }, { schedule = \"rate(1 day)\", timezone = \"Europe/Berlin\" }",
+            "{ schedule = \"every 5 minutes\" }, { schedule = \"cron(0 0 31 2 ? *)\" }, { schedule = \"rate(1 second)\", dedup_key = \"id\" }, { mqtt = \"a/b\", schedule = \"rate(1 minute)\" }, { qos = 1 }, { schedule = \"cron(0 2 * * ? *)\", timezone = \"Mars/Olympus_Mons\" }, { schedule = \"rate(1 day)\", timezone = \"Europe/Berlin\" }, { schedule = \" rate(1 second) \" }",
             "",
         ),
     )
@@ -226,6 +226,7 @@ fn config_check_explains_bad_schedules() {
         "functions[0].triggers[4]: a trigger needs a kind: `mqtt",
         "functions[0].triggers[5].timezone: invalid schedule \"Mars/Olympus_Mons\": unknown time zone",
         "functions[0].triggers[6].timezone: `timezone` has no effect on a rate",
+        "functions[0].triggers[7].schedule: `schedule` cannot be used twice in one function",
     ] {
         assert!(out.stderr.contains(says), "missing {says:?} in:\n{}", out.stderr);
     }

@@ -788,6 +788,19 @@ fn function(c: &mut Checker, path: &FieldPath, function: &FunctionConfig, config
     for (i, trigger) in function.triggers.iter().enumerate() {
         let trigger_path = triggers.index(i);
         trigger_kind(c, &trigger_path, trigger, config.broker.protocol);
+        // A schedule's cursor is named by its expression: two alike would
+        // share one and run each tick twice.
+        let same = |t: &TriggerConfig| matches!((&t.schedule, &trigger.schedule), (Some(a), Some(b)) if a.trim() == b.trim());
+        if function.triggers[..i].iter().any(same) {
+            c.push(
+                trigger_path.key("schedule"),
+                Kind::Conflict {
+                    field: "schedule",
+                    with: "twice in one function",
+                    hint: "each tick would run twice (one schedule keeps one record of its ticks); keep one trigger",
+                },
+            );
+        }
         if let Some(namespace) = &trigger.kv_change {
             if !config.functions.iter().any(|f| &f.name == namespace) {
                 c.push(

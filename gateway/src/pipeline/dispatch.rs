@@ -223,7 +223,9 @@ impl Worker {
                         response: effects.response.take(),
                     });
                     let posts = std::mem::take(&mut effects.posts);
-                    self.sinks.store.submit(Commit {
+                    // A client holding its connection for the answer.
+                    let waited_for = matches!(done.settle, Settle::Http(_));
+                    let commit = Commit {
                         function: f.name().to_owned(),
                         effects,
                         dedup: job.dedup.into_iter().collect(),
@@ -231,7 +233,12 @@ impl Worker {
                         done: self
                             .sinks
                             .posting(f.name(), posts, move |durable| done.finish(durable)),
-                    });
+                    };
+                    if waited_for {
+                        self.sinks.store.submit_urgent(commit);
+                    } else {
+                        self.sinks.store.submit(commit);
+                    }
                     return;
                 }
                 Err(error) => error,

@@ -268,6 +268,7 @@ impl Store {
                 }),
             },
             Some(letter.id),
+            true,
         );
         rx.recv().unwrap_or(Err(StoreError::Closed))
     }

@@ -259,6 +259,9 @@ enum Request {
         commit: Commit,
         /// A dead letter this commit replays, deleted in the same transaction.
         resolves: Option<i64>,
+        /// Someone waits for it (an HTTP client): its group does not wait
+        /// for more to fill.
+        urgent: bool,
     },
     /// Delivered rows; `done` runs once their delete is durable.
     DeleteOutbox {
@@ -428,11 +431,20 @@ impl Store {
     /// once unless too much is pending, in which case it waits (backpressure).
     /// Reads from now on see the KV writes.
     pub fn submit(&self, commit: Commit) {
-        self.submit_resolving(commit, None);
+        self.submit_resolving(commit, None, false);
+    }
+
+    /// [`Store::submit`] for a commit someone is waiting on (an HTTP client
+    /// for its answer): the transaction it starts does not wait the group
+    /// commit window for others to join, it takes what is queued and goes.
+    /// A device's acknowledgement can wait 2 ms to share an fsync; a client
+    /// holding a connection for its answer should not.
+    pub fn submit_urgent(&self, commit: Commit) {
+        self.submit_resolving(commit, None, true);
     }
 
     /// [`Store::submit`], deleting dead letter `resolves` in the same transaction.
-    fn submit_resolving(&self, commit: Commit, resolves: Option<i64>) {
+    fn submit_resolving(&self, commit: Commit, resolves: Option<i64>, urgent: bool) {
         if self.inner.closing.load(Ordering::SeqCst) {
             (commit.done)(Err(StoreError::Closed));
             return;
@@ -457,12 +469,14 @@ impl Store {
                     seq,
                     commit,
                     resolves,
+                    urgent,
                 })
                 .map_err(|e| e.0),
             None => Err(Request::Commit {
                 seq,
                 commit,
                 resolves,
+                urgent,
             }),
         };
         drop(submitter);
@@ -1002,7 +1016,10 @@ impl StoreThread {
         let max = self.options.group_commit_max.max(1);
         let mut backlog = false;
         while let Ok(first) = rx.recv() {
-            let window = self.options.group_commit_delay;
+            let window = match &first {
+                Request::Commit { urgent: true, .. } => Duration::ZERO,
+                _ => self.options.group_commit_delay,
+            };
             let batch = next_batch(first, &rx, window, max, backlog, std::thread::sleep);
             backlog = batch.len() == max;
             self.commit_until_done(batch);
@@ -1160,6 +1177,7 @@ impl StoreThread {
                         seq,
                         commit,
                         resolves,
+                        ..
                     } => {
                         max_seq = Some(*seq);
                         if let Some(id) = resolves {

@@ -119,7 +119,7 @@ impl Queue {
                 payload,
                 whole_event: true,
             });
-            store.submit(crate::store::Commit {
+            store.submit_urgent(crate::store::Commit {
                 function,
                 effects,
                 dedup: Vec::new(),
