@@ -41,6 +41,12 @@ pub enum BenchMode {
     /// (QoS 1, persistent session, manual acks after the republish is acked),
     /// with no function and no database. Runs until Ctrl-C.
     Passthrough(PassthroughArgs),
+    /// HTTP/1.1 load: keep-alive connections sending one request flat out;
+    /// requests/s, latency percentiles, every status and error.
+    Http(super::http::HttpArgs),
+    /// The HTTP floor: a minimal axum handler answering /hello as hello-http
+    /// does, with no function. Runs until Ctrl-C.
+    HttpFloor(super::http_floor::HttpFloorArgs),
 }
 
 /// A load run.
@@ -172,6 +178,8 @@ pub async fn command(
                 summary.received, summary.forwarded, summary.acked, summary.skipped
             ))
         }
+        Some(BenchMode::Http(args)) => Ok(args.command(shutdown).await?),
+        Some(BenchMode::HttpFloor(args)) => Ok(args.command(shutdown).await?),
         None => {
             let json = args.load.json;
             let report = super::run(args.load.into_options(), shutdown).await?;

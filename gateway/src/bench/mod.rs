@@ -12,6 +12,8 @@
 //! so that a slow subscriber never delays a send stamp and the other way round.
 
 mod cli;
+pub mod http;
+pub mod http_floor;
 pub mod ledger;
 pub mod passthrough;
 pub mod procfs;
@@ -196,6 +198,8 @@ pub enum BenchError {
     },
     #[error("the MQTT broker at {broker} refused the subscription to {filter:?}")]
     SubscribeRefused { broker: String, filter: String },
+    #[error(transparent)]
+    Http(#[from] http::HttpError),
 }
 
 /// How long the broker gets to answer CONNECT and SUBSCRIBE.
