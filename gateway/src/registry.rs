@@ -213,6 +213,9 @@ pub struct Registry {
     dir: PathBuf,
     keep: usize,
     functions: RwLock<BTreeMap<String, Entry>>,
+    /// One alias move at a time: two deploys at once must not interleave
+    /// their swap and their record.
+    moving: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -248,6 +251,7 @@ impl Registry {
             dir,
             keep,
             functions: RwLock::new(BTreeMap::new()),
+            moving: std::sync::Mutex::new(()),
         }
     }
 
@@ -402,6 +406,7 @@ impl Registry {
         version: &str,
         other: Option<(&str, f64)>,
     ) -> Result<Moved, RegistryError> {
+        let _one_at_a_time = self.moving.lock().unwrap_or_else(PoisonError::into_inner);
         let (spec, live, prewarm) =
             self.entry(name, |e| (e.spec.clone(), e.live.clone(), e.prewarm))?;
         if let Some((other_version, weight)) = other {
@@ -430,7 +435,20 @@ impl Registry {
             Some((other_version, weight)) => Some((start(other_version)?.0, weight)),
             None => None,
         };
+        let running: Vec<String> = std::iter::once(version)
+            .chain(other.map(|(v, _)| v))
+            .map(str::to_owned)
+            .collect();
+        let before = live.routing();
         let old = live.route(Routing { primary, secondary });
+        // What no longer runs leaves the compiled-module cache.
+        for gone in
+            std::iter::once(&before.primary).chain(before.secondary.as_ref().map(|(f, _)| f))
+        {
+            if !running.iter().any(|v| v == gone.version()) {
+                self.runtime.evict(gone);
+            }
+        }
         self.store
             .set_alias(name, LIVE, version, other, None, now_ms())?;
         let mut kept: Vec<&str> = vec![version, old.version()];

@@ -319,6 +319,15 @@ impl Runtime {
         lock(&self.modules).len()
     }
 
+    /// Drops a version's compiled module from the cache (a version no
+    /// alias runs any more): a daemon that takes deploys for months would
+    /// otherwise keep every version it ever ran compiled. Invocations in
+    /// flight keep their own reference; a later deploy of the same bytes
+    /// compiles again.
+    pub fn evict(&self, function: &Function) {
+        lock(&self.modules).remove(&function.hash);
+    }
+
     /// Validates, compiles (once per content hash) and instantiates a module,
     /// checking its exports, imports and ABI version.
     ///
@@ -341,6 +350,7 @@ impl Runtime {
         check_exports(&spec.name, &version, &module)?;
 
         let mut function = Function {
+            hash,
             abi_revision: 0,
             env: Arc::new(FunctionEnv {
                 name: spec.name,
@@ -440,6 +450,8 @@ struct Instance {
 /// Cheap to share across worker threads (`Arc<Function>`); each invocation
 /// takes its own instance.
 pub struct Function {
+    /// The module's SHA-256, the runtime's cache key.
+    hash: [u8; 32],
     /// The guest's `wasmgate_abi_revision` (0 without the export).
     abi_revision: u32,
     env: Arc<FunctionEnv>,
