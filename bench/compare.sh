@@ -72,27 +72,7 @@ stop() {
 }
 
 # ---- Node-RED: installed once into NODE_RED_DIR, reused afterwards ----
-NR_JS=""
-if [ "$NODE_RED" = 0 ]; then
-    say "Node-RED: skipped (NODE_RED=0)"
-elif ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-    say "Node-RED: skipped (node or npm not found; install Node.js >= 18 to include it)"
-else
-    NR_JS="$NODE_RED_DIR/node_modules/node-red/red.js"
-    if [ ! -f "$NR_JS" ]; then
-        say "Node-RED: npm install --prefix $NODE_RED_DIR node-red"
-        mkdir -p "$NODE_RED_DIR"
-        if ! npm install --prefix "$NODE_RED_DIR" --no-audit --no-fund node-red >&2; then
-            say "Node-RED: skipped (npm install failed)"
-            NR_JS=""
-        fi
-    fi
-fi
-NR_VERSION=""
-if [ -n "$NR_JS" ]; then
-    NR_VERSION=$(node -p "require('$NODE_RED_DIR/node_modules/node-red/package.json').version")
-    say "Node-RED $NR_VERSION on node $(node --version)"
-fi
+node_red_install
 
 # ---- mosquitto ----
 # No limits: a gateway's session may hold a whole burst unacked.

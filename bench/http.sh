@@ -161,31 +161,10 @@ TOML
     grep "store totals" "$WORK/$name.log" | tail -1 > "$WORK/$name.store" || true
 }
 
-# ---- Node-RED: installed once into NODE_RED_DIR, reused afterwards (as bench/compare.sh does) ----
+# ---- Node-RED: installed once into NODE_RED_DIR, reused afterwards ----
 NR_JS=""
-case " $CONTESTANTS " in *" node-red "*) want_nr=1 ;; *) want_nr=0 ;; esac
-if [ "$want_nr" = 0 ]; then
-    :
-elif [ "$NODE_RED" = 0 ]; then
-    say "Node-RED: skipped (NODE_RED=0)"
-elif ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-    say "Node-RED: skipped (node or npm not found; install Node.js >= 18 to include it)"
-else
-    NR_JS="$NODE_RED_DIR/node_modules/node-red/red.js"
-    if [ ! -f "$NR_JS" ]; then
-        say "Node-RED: npm install --prefix $NODE_RED_DIR node-red"
-        mkdir -p "$NODE_RED_DIR"
-        if ! npm install --prefix "$NODE_RED_DIR" --no-audit --no-fund node-red >&2; then
-            say "Node-RED: skipped (npm install failed)"
-            NR_JS=""
-        fi
-    fi
-fi
 NR_VERSION=""
-if [ -n "$NR_JS" ]; then
-    NR_VERSION=$(node -p "require('$NODE_RED_DIR/node_modules/node-red/package.json').version")
-    say "Node-RED $NR_VERSION on node $(node --version)"
-fi
+case " $CONTESTANTS " in *" node-red "*) node_red_install ;; esac
 
 for round in $(seq "$ROUNDS"); do
     R="r$round"

@@ -127,3 +127,32 @@ upstream = ["telemetry/#"]
 site = "bench"
 TOML
 }
+
+# node_red_install: sets NR_JS (Node-RED's red.js, installed once into
+# NODE_RED_DIR with npm and reused afterwards) and NR_VERSION, or leaves
+# both empty with a line saying why (NODE_RED=0, no node or npm, npm failed).
+node_red_install() {
+    NR_JS=""
+    NR_VERSION=""
+    if [ "${NODE_RED:-1}" = 0 ]; then
+        say "Node-RED: skipped (NODE_RED=0)"
+        return 0
+    fi
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        say "Node-RED: skipped (node or npm not found; install Node.js >= 18 to include it)"
+        return 0
+    fi
+    NR_JS="$NODE_RED_DIR/node_modules/node-red/red.js"
+    if [ ! -f "$NR_JS" ]; then
+        say "Node-RED: npm install --prefix $NODE_RED_DIR node-red"
+        mkdir -p "$NODE_RED_DIR"
+        if ! npm install --prefix "$NODE_RED_DIR" --no-audit --no-fund node-red >&2; then
+            say "Node-RED: skipped (npm install failed)"
+            NR_JS=""
+            return 0
+        fi
+    fi
+    NR_VERSION=$(node -p "require('$NODE_RED_DIR/node_modules/node-red/package.json').version")
+    say "Node-RED $NR_VERSION on node $(node --version)"
+}
+

@@ -26,24 +26,29 @@ const V2: &str = r#"(module
     (drop (call $emit (i32.const 0) (i32.const 10) (i32.const 16) (i32.const 1) (i32.const 1)))
     i32.const 0))"#;
 
-#[test]
-fn deploy_swaps_the_live_version_under_load_losing_nothing_and_rollback_moves_it_back() {
-    const N: u64 = 600;
-    let broker_port = free_port();
-    let mut v2_path = None;
+/// A gateway running telemetry-enrich as `enrich` (version 1), with the
+/// module `v2_wat` written beside its config as `v2.wasm`, for deploys.
+/// Both versions may emit what their tests look for.
+fn enrich_gateway(broker_port: u16, v2_wat: &str) -> (GatewayProcess, std::path::PathBuf) {
     let gateway = GatewayProcess::start_toml(|dir| {
-        let v2 = dir.join("v2.wasm");
-        std::fs::write(&v2, wat::parse_str(V2).unwrap()).unwrap();
-        v2_path = Some(v2);
+        std::fs::write(dir.join("v2.wasm"), wat::parse_str(v2_wat).unwrap()).unwrap();
         format!(
             "data_dir = {data:?}\n[broker]\nlisten = \"127.0.0.1:{broker_port}\"\n\
              [[functions]]\nname = \"enrich\"\nwasm = {wasm:?}\ntriggers = [{{ mqtt = \"vending/+/telemetry\" }}]\n\
-             [functions.grants]\nupstream = [\"telemetry/#\"]\nlocal = [\"swapped/#\"]\n[functions.config]\nsite = \"test\"\n",
+             [functions.grants]\nupstream = [\"telemetry/#\", \"swapped/#\"]\nlocal = [\"swapped/#\"]\n[functions.config]\nsite = \"test\"\n",
             data = dir.join("data").display().to_string(),
             wasm = example_wasm("telemetry_enrich.wasm").display().to_string(),
         )
     });
-    let v2 = v2_path.unwrap();
+    let v2 = gateway.config_path().with_file_name("v2.wasm");
+    (gateway, v2)
+}
+
+#[test]
+fn deploy_swaps_the_live_version_under_load_losing_nothing_and_rollback_moves_it_back() {
+    const N: u64 = 600;
+    let broker_port = free_port();
+    let (gateway, v2) = enrich_gateway(broker_port, V2);
     let config = gateway.config_path().display().to_string();
     let outputs = MqttClient::connect(broker_port, &unique_id("outputs"));
     outputs.subscribe("telemetry/#");
@@ -183,18 +188,8 @@ fn the_cli_says_when_no_gateway_is_running() {
 #[test]
 fn a_deploy_stands_across_restarts_until_the_config_names_another_module() {
     let broker_port = free_port();
-    let mut gateway = GatewayProcess::start_toml(|dir| {
-        std::fs::write(dir.join("v2.wasm"), wat::parse_str(V2).unwrap()).unwrap();
-        format!(
-            "data_dir = {data:?}\n[broker]\nlisten = \"127.0.0.1:{broker_port}\"\n\
-             [[functions]]\nname = \"enrich\"\nwasm = {wasm:?}\ntriggers = [{{ mqtt = \"vending/+/telemetry\" }}]\n\
-             [functions.grants]\nupstream = [\"telemetry/#\"]\nlocal = [\"swapped/#\"]\n",
-            data = dir.join("data").display().to_string(),
-            wasm = example_wasm("telemetry_enrich.wasm").display().to_string(),
-        )
-    });
+    let (mut gateway, v2) = enrich_gateway(broker_port, V2);
     let config = gateway.config_path().display().to_string();
-    let v2 = gateway.config_path().with_file_name("v2.wasm");
     let live = |gateway: &GatewayProcess| {
         let out = wasmgate(&["versions", "enrich", "--config", &config, "--json"], ONE);
         assert_eq!(out.code, Some(0), "{out:?}\n{}", gateway.logs());
@@ -251,18 +246,8 @@ fn a_deploy_stands_across_restarts_until_the_config_names_another_module() {
 fn a_weighted_alias_sends_its_share_of_the_events_to_the_second_version() {
     const N: u64 = 400;
     let broker_port = free_port();
-    let gateway = GatewayProcess::start_toml(|dir| {
-        std::fs::write(dir.join("v2.wasm"), wat::parse_str(V2).unwrap()).unwrap();
-        format!(
-            "data_dir = {data:?}\n[broker]\nlisten = \"127.0.0.1:{broker_port}\"\n\
-             [[functions]]\nname = \"enrich\"\nwasm = {wasm:?}\ntriggers = [{{ mqtt = \"vending/+/telemetry\" }}]\n\
-             [functions.grants]\nupstream = [\"telemetry/#\"]\nlocal = [\"swapped/#\"]\n",
-            data = dir.join("data").display().to_string(),
-            wasm = example_wasm("telemetry_enrich.wasm").display().to_string(),
-        )
-    });
+    let (gateway, v2) = enrich_gateway(broker_port, V2);
     let config = gateway.config_path().display().to_string();
-    let v2 = gateway.config_path().with_file_name("v2.wasm");
     let version_of =
         |path: &std::path::Path| wasmgate::runtime::module_version(&std::fs::read(path).unwrap());
     let v1 = version_of(&example_wasm("telemetry_enrich.wasm"));
@@ -348,18 +333,8 @@ fn twenty_swaps_under_load_process_every_message_once_and_switch_once_each() {
     const MIN: u64 = 3_000;
     const SWAPS: usize = 20;
     let broker_port = free_port();
-    let gateway = GatewayProcess::start_toml(|dir| {
-        std::fs::write(dir.join("v2.wasm"), wat::parse_str(V2_UPSTREAM).unwrap()).unwrap();
-        format!(
-            "data_dir = {data:?}\n[broker]\nlisten = \"127.0.0.1:{broker_port}\"\n\
-             [[functions]]\nname = \"enrich\"\nwasm = {wasm:?}\ntriggers = [{{ mqtt = \"vending/+/telemetry\" }}]\n\
-             [functions.grants]\nupstream = [\"telemetry/#\", \"swapped/#\"]\n",
-            data = dir.join("data").display().to_string(),
-            wasm = example_wasm("telemetry_enrich.wasm").display().to_string(),
-        )
-    });
+    let (gateway, v2) = enrich_gateway(broker_port, V2_UPSTREAM);
     let config = gateway.config_path().display().to_string();
-    let v2 = gateway.config_path().with_file_name("v2.wasm");
     let versions = [
         wasmgate::runtime::module_version(
             &std::fs::read(example_wasm("telemetry_enrich.wasm")).unwrap(),

@@ -250,6 +250,32 @@ pub fn is_valid_publish_topic(topic: &str) -> bool {
         && !topic.contains(['+', '#', '\0'])
 }
 
+/// The most headers a function may answer with (`respond_header`).
+pub const MAX_RESPONSE_HEADERS: usize = 32;
+
+/// Whether `respond_header` takes this header: a token name, a value
+/// without control characters, and not one the host sets itself (the
+/// length, the request id) or that would change the connection's framing.
+/// One rule for the host and for the SDK's fake host.
+pub fn valid_response_header(name: &str, value: &str) -> bool {
+    const RESERVED: [&str; 6] = [
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "x-request-id",
+        "upgrade",
+        "keep-alive",
+    ];
+    let token = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    let printable = value
+        .bytes()
+        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80);
+    token && printable && !RESERVED.iter().any(|r| name.eq_ignore_ascii_case(r))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

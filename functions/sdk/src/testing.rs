@@ -460,20 +460,7 @@ impl Host for FakeHost {
     }
 
     fn respond_header(&mut self, name: &str, value: &str) -> i32 {
-        let token = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-        let printable = value.bytes().all(|b| b == b'\t' || b >= b' ' && b != 0x7f);
-        let reserved = [
-            "content-length",
-            "transfer-encoding",
-            "connection",
-            "x-request-id",
-            "upgrade",
-            "keep-alive",
-        ];
-        if !token || !printable || reserved.iter().any(|r| name.eq_ignore_ascii_case(r)) {
+        if !wasmgate_abi::valid_response_header(name, value) {
             return INVALID_ARGUMENT;
         }
         let response = self.effects.response.get_or_insert_with(|| Response {
@@ -481,7 +468,7 @@ impl Host for FakeHost {
             body: Vec::new(),
             headers: Vec::new(),
         });
-        if response.headers.len() >= 32 {
+        if response.headers.len() >= wasmgate_abi::MAX_RESPONSE_HEADERS {
             return INVALID_ARGUMENT;
         }
         response.headers.push((name.to_string(), value.to_string()));

@@ -763,7 +763,7 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors
             let (Ok(name), Ok(value)) = (String::from_utf8(name), String::from_utf8(value)) else {
                 return Ok(status(Status::InvalidArgument));
             };
-            if !valid_header(&name, &value) {
+            if !wasmgate_abi::valid_response_header(&name, &value) {
                 return Ok(status(Status::InvalidArgument));
             }
             let effects = &mut caller.data_mut().call.effects;
@@ -772,7 +772,7 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors
                 body: Vec::new(),
                 headers: Vec::new(),
             });
-            if response.headers.len() >= MAX_RESPONSE_HEADERS {
+            if response.headers.len() >= wasmgate_abi::MAX_RESPONSE_HEADERS {
                 return Ok(status(Status::InvalidArgument));
             }
             response.headers.push((name, value));
@@ -851,30 +851,6 @@ pub const MAX_POSTS: usize = 100;
 
 /// The longest header name or value a function may answer with.
 pub const MAX_HEADER_BYTES: usize = 8 << 10;
-/// The most headers a function may answer with.
-pub const MAX_RESPONSE_HEADERS: usize = 32;
-
-/// A header a client may be sent: a token name, a value without control
-/// characters, and none the gateway sets itself (the length, the request id)
-/// or that would change how the connection is framed.
-fn valid_header(name: &str, value: &str) -> bool {
-    let token = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    let printable = value
-        .bytes()
-        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80);
-    let reserved = [
-        "content-length",
-        "transfer-encoding",
-        "connection",
-        "x-request-id",
-        "upgrade",
-        "keep-alive",
-    ];
-    token && printable && !reserved.iter().any(|r| name.eq_ignore_ascii_case(r))
-}
 
 /// Why an emit was denied, and the grant that would allow it: the topic's
 /// first level and everything under it, which is what a function's grants
