@@ -22,6 +22,7 @@
 //!
 //! [`Settle::Http`]: super::Settle::Http
 
+pub use super::answer::{Answer, Pending};
 pub use super::route::{Matched, Route, Routes};
 use super::{Intake, Job, Settle};
 use crate::event::OwnedEvent;
@@ -35,54 +36,6 @@ use tokio::sync::{oneshot, watch};
 
 /// How many headers of a request the event carries at most.
 const MAX_HEADERS: usize = 64;
-
-/// The end of an HTTP event: the answer for its client.
-#[derive(Debug)]
-pub struct Pending {
-    answer: Option<Answer>,
-    reply: oneshot::Sender<Answer>,
-}
-
-/// How an invocation ended, for its client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer {
-    /// Ran, and its effects are committed; `None`: it did not respond.
-    Ran {
-        request_id: u64,
-        response: Option<Response>,
-    },
-    /// Failed every attempt; its dead letter is committed.
-    Failed {
-        request_id: u64,
-        failure: FailureKind,
-    },
-    /// Not settled: the gateway is stopping, or could not commit.
-    Unavailable,
-}
-
-impl Pending {
-    /// An answer to wait for on `reply`.
-    pub(super) fn new(reply: oneshot::Sender<Answer>) -> Pending {
-        Pending {
-            answer: None,
-            reply,
-        }
-    }
-
-    /// Keeps what the invocation said until its outcome is durable.
-    pub(super) fn tell(&mut self, answer: Answer) {
-        self.answer = Some(answer);
-    }
-
-    pub(super) fn resolve(self, durable: bool) {
-        let answer = match self.answer {
-            Some(answer) if durable => answer,
-            _ => Answer::Unavailable,
-        };
-        // The client may have gone: the effects stand all the same.
-        let _ = self.reply.send(answer);
-    }
-}
 
 /// Where a route leads, and who may call it.
 #[derive(Debug, Clone)]

@@ -16,6 +16,7 @@
 //! In the style of vector's `SourceContext { out, shutdown, acknowledgements }`:
 //! the framework owns intake, settling and shutdown; a source only produces.
 
+pub mod answer;
 pub mod batch;
 pub mod expression;
 pub mod file;

@@ -19,7 +19,7 @@
 //! to the dead-letter queue, and one read while the gateway stops is lost
 //! with its connection, as the connection itself is.
 
-use super::http::{Answer, Pending};
+use super::answer::{Answer, Pending};
 use super::{Intake, Job, Settle};
 use crate::event::OwnedEvent;
 use crate::runtime::Post;
