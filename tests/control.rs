@@ -412,3 +412,74 @@ fn twenty_swaps_under_load_process_every_message_once_and_switch_once_each() {
     );
     assert_eq!(ran.first(), Some(&1));
 }
+
+/// `wasmgate invoke --live`: the running gateway runs the live version on
+/// an event file with its real grants; a dry run commits nothing, a real
+/// one commits (its emit reaches the broker), and both name the version.
+#[test]
+fn invoke_live_runs_the_live_version_and_commits_unless_dry() {
+    let broker_port = free_port();
+    let (gateway, _) = enrich_gateway(broker_port, V2);
+    let config = gateway.config_path().display().to_string();
+    let event = gateway.config_path().with_file_name("event.json");
+    std::fs::write(
+        &event,
+        r#"{"mqtt": {"topic": "vending/vm-9/telemetry", "payload": {"ts": 424242, "temp_c": 4.0}}}"#,
+    )
+    .unwrap();
+    let event = event.display().to_string();
+    let outputs = MqttClient::connect(broker_port, &unique_id("outputs"));
+    outputs.subscribe("telemetry/#");
+    let dry = wasmgate(
+        &[
+            "invoke",
+            "--live",
+            "enrich",
+            "--event",
+            &event,
+            "--dry-run",
+            "--json",
+            "--config",
+            &config,
+        ],
+        ONE,
+    );
+    assert_eq!(dry.code, Some(0), "{dry:?}\n{}", gateway.logs());
+    let answer: serde_json::Value = serde_json::from_str(&dry.stdout).unwrap();
+    assert_eq!(answer["committed"], false);
+    assert_eq!(
+        answer["invocation"]["outcome"]["emits"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        outputs.drain_for(Duration::from_secs(1)).is_empty(),
+        "a dry run emitted"
+    );
+
+    let real = wasmgate(
+        &[
+            "invoke", "--live", "enrich", "--event", &event, "--config", &config,
+        ],
+        ONE,
+    );
+    assert_eq!(real.code, Some(0), "{real:?}");
+    assert!(real.stdout.contains("ok, committed"), "{}", real.stdout);
+    let got = outputs.next_message(ONE).expect("the committed run's emit");
+    assert_eq!(got.json()["ts"], 424242);
+
+    let unknown = wasmgate(
+        &[
+            "invoke", "--live", "nobody", "--event", &event, "--config", &config,
+        ],
+        ONE,
+    );
+    assert_eq!(unknown.code, Some(1), "{unknown:?}");
+    assert!(
+        unknown.stderr.contains("no function \"nobody\""),
+        "{}",
+        unknown.stderr
+    );
+}

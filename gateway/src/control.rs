@@ -12,6 +12,9 @@
 //! - `PUT  /v1/functions/{name}/aliases/live`: `{"version": "..."}`, or with
 //!   a canary `{"version": "...", "other": "...", "weight": 0.1}`
 //! - `POST /v1/functions/{name}/rollback`: `live` back where it was
+//! - `POST /v1/functions/{name}/invoke`: `{"event": <event file>, "dry_run":
+//!   false}`: run the live version once with its real grants and limits,
+//!   its effects committed (or, dry, only shown)
 //!
 //! A module that does not load (not wasm, another ABI, over its limits) is
 //! refused with 422 and the running version is untouched.
@@ -159,6 +162,37 @@ fn app(registry: Arc<Registry>) -> axum::Router {
                             &version,
                             other.as_ref().map(|(v, w)| (v.as_str(), *w)),
                         )
+                    })
+                    .await
+                },
+            ),
+        )
+        .route(
+            "/v1/functions/:name/invoke",
+            post(
+                |State(r): State<Arc<Registry>>, Path(name): Path<String>, body: Bytes| async move {
+                    let asked =
+                        serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default();
+                    let dry_run = asked["dry_run"].as_bool().unwrap_or(false);
+                    let event = match crate::event::OwnedEvent::from_event_file(&asked["event"]) {
+                        Ok((event, _)) => event,
+                        Err(e) => {
+                            return json(
+                                StatusCode::BAD_REQUEST,
+                                &serde_json::json!({ "error": format!("not an event: {e}") }),
+                            )
+                        }
+                    };
+                    blocking(StatusCode::OK, move || {
+                        let invoked = r.invoke(&name, &event, dry_run)?;
+                        Ok(serde_json::json!({
+                            "function": name,
+                            "version": invoked.version,
+                            "request_id": invoked.request_id,
+                            "dry_run": dry_run,
+                            "committed": invoked.committed,
+                            "invocation": crate::local::report_json(&invoked.report),
+                        }))
                     })
                     .await
                 },

@@ -257,62 +257,62 @@ fn render_effects(out: &mut String, effects: &Effects) {
     }
 }
 
+/// One invocation's outcome, logs and cost as JSON: `--json`'s, and the
+/// management API's for an invocation on the running gateway.
+pub fn report_json(report: &Report) -> Value {
+    let outcome = match &report.outcome {
+        Ok(effects) => json!({
+            "ok": true,
+            "emits": effects.emits.iter().map(|e| json!({
+                "topic": e.topic,
+                "payload": String::from_utf8_lossy(&e.payload),
+                "qos": e.options.qos,
+                "retain": e.options.retain,
+                "destination": destination(e.options.destination),
+            })).collect::<Vec<_>>(),
+            "kv": effects.kv.iter().map(|(k, w)| (k.clone(), match w {
+                KvWrite::Put(v) => json!({"put": String::from_utf8_lossy(v)}),
+                KvWrite::Delete => json!("delete"),
+                KvWrite::Add(d) => json!({"add": d}),
+            })).collect::<serde_json::Map<_, _>>(),
+            "invokes": effects.invokes.iter().map(|i| json!({
+                "function": i.function,
+                "payload": String::from_utf8_lossy(&i.payload),
+            })).collect::<Vec<_>>(),
+            "response": effects.response.as_ref().map(|r| json!({
+                "status": r.status,
+                "headers": r.headers,
+                "body": String::from_utf8_lossy(&r.body),
+            })),
+            "failed_items": effects.failed_items,
+            "posts": effects.posts.iter().map(|p| json!({
+                "connection": p.connection,
+                "data": String::from_utf8_lossy(&p.data),
+            })).collect::<Vec<_>>(),
+        }),
+        Err(error) => json!({"ok": false, "error": error.kind(), "message": error.to_string()}),
+    };
+    json!({
+        "outcome": outcome,
+        "logs": report.logs.iter().map(|l| json!({
+            "level": format!("{:?}", l.level).to_lowercase(),
+            "message": l.message,
+        })).collect::<Vec<_>>(),
+        "logs_dropped": report.logs_dropped,
+        "refused": report.refused,
+        "refused_count": report.refused_count,
+        "cost": {
+            "fuel": report.cost.fuel,
+            "memory_bytes": report.cost.memory_bytes,
+            "duration_us": report.cost.duration.as_micros() as u64,
+            "start": match report.cost.start { Start::Cold => "cold", Start::Warm => "warm" },
+        },
+    })
+}
+
 /// The machine-readable report (`--json`).
 pub fn to_json(run: &LocalRun) -> Value {
-    let invocations: Vec<Value> = run
-        .reports
-        .iter()
-        .map(|report| {
-            let outcome = match &report.outcome {
-                Ok(effects) => json!({
-                    "ok": true,
-                    "emits": effects.emits.iter().map(|e| json!({
-                        "topic": e.topic,
-                        "payload": String::from_utf8_lossy(&e.payload),
-                        "qos": e.options.qos,
-                        "retain": e.options.retain,
-                        "destination": destination(e.options.destination),
-                    })).collect::<Vec<_>>(),
-                    "kv": effects.kv.iter().map(|(k, w)| (k.clone(), match w {
-                        KvWrite::Put(v) => json!({"put": String::from_utf8_lossy(v)}),
-                        KvWrite::Delete => json!("delete"),
-                        KvWrite::Add(d) => json!({"add": d}),
-                    })).collect::<serde_json::Map<_, _>>(),
-                    "invokes": effects.invokes.iter().map(|i| json!({
-                        "function": i.function,
-                        "payload": String::from_utf8_lossy(&i.payload),
-                    })).collect::<Vec<_>>(),
-                    "response": effects.response.as_ref().map(|r| json!({
-                        "status": r.status,
-                        "headers": r.headers,
-                        "body": String::from_utf8_lossy(&r.body),
-                    })),
-                    "failed_items": effects.failed_items,
-                    "posts": effects.posts.iter().map(|p| json!({
-                        "connection": p.connection,
-                        "data": String::from_utf8_lossy(&p.data),
-                    })).collect::<Vec<_>>(),
-                }),
-                Err(error) => json!({"ok": false, "error": error.kind(), "message": error.to_string()}),
-            };
-            json!({
-                "outcome": outcome,
-                "logs": report.logs.iter().map(|l| json!({
-                    "level": format!("{:?}", l.level).to_lowercase(),
-                    "message": l.message,
-                })).collect::<Vec<_>>(),
-                "logs_dropped": report.logs_dropped,
-                "refused": report.refused,
-                "refused_count": report.refused_count,
-                "cost": {
-                    "fuel": report.cost.fuel,
-                    "memory_bytes": report.cost.memory_bytes,
-                    "duration_us": report.cost.duration.as_micros() as u64,
-                    "start": match report.cost.start { Start::Cold => "cold", Start::Warm => "warm" },
-                },
-            })
-        })
-        .collect();
+    let invocations: Vec<Value> = run.reports.iter().map(report_json).collect();
     json!({
         "function": run.function,
         "version": run.version,

@@ -216,6 +216,18 @@ pub struct Registry {
     /// One alias move at a time: two deploys at once must not interleave
     /// their swap and their record.
     moving: std::sync::Mutex<()>,
+    /// The gateway's request ids, shared with the workers.
+    request_ids: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// An invocation on the running gateway, through the management API.
+#[derive(Debug)]
+pub struct Invoked {
+    pub version: String,
+    pub request_id: u64,
+    /// Its effects are durable (not for a dry run, nor a failure).
+    pub committed: bool,
+    pub report: crate::runtime::Report,
 }
 
 impl std::fmt::Debug for Registry {
@@ -244,7 +256,13 @@ fn now_ms() -> i64 {
 }
 
 impl Registry {
-    pub fn new(runtime: Runtime, store: Store, dir: PathBuf, keep: usize) -> Registry {
+    pub fn new(
+        runtime: Runtime,
+        store: Store,
+        dir: PathBuf,
+        keep: usize,
+        request_ids: Arc<std::sync::atomic::AtomicU64>,
+    ) -> Registry {
         Registry {
             runtime,
             store,
@@ -252,7 +270,49 @@ impl Registry {
             keep,
             functions: RwLock::new(BTreeMap::new()),
             moving: std::sync::Mutex::new(()),
+            request_ids,
         }
+    }
+
+    /// Runs a function's live version once on `event`, with its grants,
+    /// limits and KV, as a trigger would; its effects are committed unless
+    /// `dry_run` (then they are only shown). Posts to WebSocket connections
+    /// are shown, not sent. Blocks until the commit is durable.
+    pub fn invoke(
+        &self,
+        name: &str,
+        event: &crate::event::OwnedEvent,
+        dry_run: bool,
+    ) -> Result<Invoked, RegistryError> {
+        let live = self.entry(name, |e| e.live.clone())?;
+        let request_id = self
+            .request_ids
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let function = live.pick(request_id);
+        let kv: Arc<dyn crate::runtime::KvRead> = Arc::new(self.store.clone());
+        let report = function.invoke(request_id, 1, &event.as_event(), Some(kv));
+        let mut committed = false;
+        if let (Ok(effects), false) = (&report.outcome, dry_run) {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let mut effects = effects.clone();
+            effects.posts.clear();
+            self.store.submit_urgent(crate::store::Commit {
+                function: name.to_owned(),
+                effects,
+                dedup: Vec::new(),
+                cursors: Vec::new(),
+                done: Box::new(move |result| {
+                    let _ = tx.send(result.is_ok());
+                }),
+            });
+            committed = rx.recv().unwrap_or(false);
+        }
+        Ok(Invoked {
+            version: function.version().to_owned(),
+            request_id,
+            committed,
+            report,
+        })
     }
 
     pub fn runtime(&self) -> &Runtime {

@@ -13,8 +13,16 @@ use wasmgate::runtime::{FunctionSpec, Limits};
 pub struct InvokeArgs {
     /// The function: a .wasm module built against the wasmgate ABI. With
     /// --gateway-config, the configured function's module unless given.
-    #[arg(required_unless_present = "gateway_config")]
+    #[arg(required_unless_present_any = ["gateway_config", "live"])]
     wasm: Option<PathBuf>,
+    /// Run this function on the running gateway instead (`--config` finds
+    /// it, default gateway.toml): its live version, real grants, limits and
+    /// KV; its effects are committed as a trigger's would be.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["wasm", "name", "function", "board", "set"])]
+    live: Option<String>,
+    /// With --live: run it and show what it did, but commit nothing.
+    #[arg(long, requires = "live")]
+    dry_run: bool,
     /// The event, as JSON (see below), or a dead letter as `wasmgate dlq
     /// show` prints it.
     #[arg(long, short)]
@@ -130,6 +138,12 @@ pub fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("{} is not valid JSON", args.event.display()))?;
     let (event, letter_function) = OwnedEvent::from_event_file(&json)
         .with_context(|| format!("{} is not a valid event", args.event.display()))?;
+    #[cfg(unix)]
+    if let Some(name) = &args.live {
+        drop(event);
+        let path = config_path.unwrap_or_else(|| PathBuf::from("gateway.toml"));
+        return live(&path, name, json, &args);
+    }
     let (mut spec, wasm_path, configured) = match &config_path {
         Some(path) => {
             let config = match load_config_for(path, args.board.as_deref(), Needs::SECRETS) {
@@ -196,6 +210,57 @@ pub fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
         print!("{}", wasmgate::local::render(&run));
     }
     Ok(if run.all_succeeded() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    })
+}
+
+/// `wasmgate invoke --live NAME`: the running gateway runs its live version
+/// (management socket) and answers with what it did.
+#[cfg(unix)]
+fn live(
+    config: &std::path::Path,
+    name: &str,
+    event: serde_json::Value,
+    args: &InvokeArgs,
+) -> anyhow::Result<ExitCode> {
+    let config = match load_config_for(config, None, Needs::DATABASE) {
+        Ok(config) => config,
+        Err(code) => return Ok(code),
+    };
+    let body = serde_json::json!({ "event": event, "dry_run": args.dry_run }).to_string();
+    let answer = wasmgate::control::client::request(
+        &config.data_dir,
+        "POST",
+        &format!("/v1/functions/{name}/invoke"),
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    )?;
+    if !(200..300).contains(&answer.status) {
+        let error = answer.body["error"].as_str().unwrap_or("refused");
+        eprintln!("refused ({}): {error}", answer.status);
+        return Ok(ExitCode::from(1));
+    }
+    let body = &answer.body;
+    let ok = body["invocation"]["outcome"]["ok"].as_bool() == Some(true);
+    if args.json {
+        println!("{body:#}");
+    } else {
+        let what = match (ok, body["committed"].as_bool() == Some(true), args.dry_run) {
+            (true, _, true) => "ok, dry run: nothing committed",
+            (true, true, _) => "ok, committed",
+            (true, false, _) => "ok, but the commit did not happen (the gateway is stopping?)",
+            (false, _, _) => "failed: nothing committed",
+        };
+        println!(
+            "{name} version {} on the running gateway (request {}): {what}",
+            body["version"].as_str().unwrap_or("?"),
+            body["request_id"]
+        );
+        println!("{:#}", body["invocation"]);
+    }
+    Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_FAILED)

@@ -258,11 +258,15 @@ impl Gateway {
         let (endpoint, broker) = connect_to(config)?;
 
         let registry_dir = modules_dir.clone();
+        // One sequence of request ids for the gateway: workers and the
+        // management API's invocations alike.
+        let request_ids = Arc::new(std::sync::atomic::AtomicU64::new(store.first_request_id()));
         let registry = Arc::new(crate::registry::Registry::new(
             runtime,
             store.clone(),
             modules_dir,
             crate::registry::DEFAULT_KEEP_VERSIONS,
+            request_ids.clone(),
         ));
         // The management socket before any session or trigger: a second gateway on
         // this data_dir stops here, before it takes a message.
@@ -318,7 +322,7 @@ impl Gateway {
         let sinks = Arc::new(Sinks {
             store: store.clone(),
             connections: connections.clone(),
-            request_ids: Arc::new(std::sync::atomic::AtomicU64::new(store.first_request_id())),
+            request_ids: request_ids.clone(),
         });
         let stop = Arc::new(Stop::default());
         let mut dispatchers = Vec::with_capacity(deployed.len());
