@@ -196,3 +196,32 @@ fn config_check_explains_bad_batching_windows() {
         out.stderr
     );
 }
+
+/// A copy of a message that lands in the same batch as its original (a
+/// device resending at once) is not run twice: the store has not seen its
+/// id yet, so the batch itself catches it, and acknowledges it with the
+/// original once that is committed.
+#[test]
+fn a_copy_within_one_batch_runs_once() {
+    let broker = Mosquitto::start_with(GATEWAY_SETTINGS);
+    let gateway =
+        GatewayProcess::start_toml(|dir| config(dir, broker.port(), ", dedup_key = \"id\""));
+    let device = MqttClient::connect(broker.port(), &unique_id("device"));
+    for i in 0..10 {
+        let payload = format!(r#"{{"id":"twice-{i}","cents":{}}}"#, cents(i));
+        device.publish("vending/vm-1/sale", payload.clone());
+        device.publish("vending/vm-1/sale", payload);
+    }
+    device.publish("vending/vm-1/sale", r#"{"id":"last","cents":1}"#);
+    device.wait_acked(PATIENCE);
+    assert!(
+        wait_until(PATIENCE, || counter(&gateway, "items") >= Some(11)),
+        "items: {:?}\n{}",
+        counter(&gateway, "items"),
+        gateway.logs()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(counter(&gateway, "items"), Some(11), "a copy ran");
+    let want: i64 = (0..10).map(cents).sum::<i64>() + 1;
+    assert_eq!(counter(&gateway, "sales/vm-1"), Some(want));
+}

@@ -366,9 +366,12 @@ impl Registry {
                     && (alias.version != config_version || alias.other.is_some()) =>
             {
                 let restored = self.load(&spec, &alias.version).and_then(|primary| {
+                    fits(&primary, needs_revision)?;
                     let secondary = match (&alias.other, alias.weight) {
                         (Some(other), Some(weight)) => {
-                            Some((Arc::new(self.load(&spec, other)?), weight))
+                            let other = self.load(&spec, other)?;
+                            fits(&other, needs_revision)?;
+                            Some((Arc::new(other), weight))
                         }
                         _ => None,
                     };
@@ -483,8 +486,10 @@ impl Registry {
                 });
             }
         }
+        let needs = self.entry(name, |e| e.needs_revision)?;
         let start = |version: &str| -> Result<(Arc<Function>, usize), RegistryError> {
             let function = Arc::new(self.load(&spec, version)?);
+            fits(&function, needs)?;
             let warm = function
                 .prewarm(prewarm)
                 .map_err(|e| RegistryError::Start(e.to_string()))?;
@@ -499,6 +504,11 @@ impl Registry {
             .chain(other.map(|(v, _)| v))
             .map(str::to_owned)
             .collect();
+        // Recorded first: a move the store could not keep is refused, and
+        // the running version stays as it was.
+        let previous = self.store.alias(name, LIVE)?.and_then(|a| a.previous);
+        self.store
+            .set_alias(name, LIVE, version, other, None, now_ms())?;
         let before = live.routing();
         let old = live.route(Routing { primary, secondary });
         // What no longer runs leaves the compiled-module cache.
@@ -509,12 +519,21 @@ impl Registry {
                 self.runtime.evict(gone);
             }
         }
-        self.store
-            .set_alias(name, LIVE, version, other, None, now_ms())?;
         let mut kept: Vec<&str> = vec![version, old.version()];
         kept.extend(other.map(|(v, _)| v));
-        for gone in self.store.prune_versions(name, self.keep, &kept)? {
-            let _ = std::fs::remove_file(module_path(&self.dir, &gone));
+        kept.extend(previous.as_deref());
+        match self.store.prune_versions(name, self.keep, &kept) {
+            Ok(gone) => {
+                for version in gone {
+                    // The file is shared by every function with these bytes.
+                    if !self.store.version_known(&version).unwrap_or(true) {
+                        let _ = std::fs::remove_file(module_path(&self.dir, &version));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(function = name, error = %e, "cannot prune old versions; they stay")
+            }
         }
         let moved = Moved {
             function: name.to_owned(),

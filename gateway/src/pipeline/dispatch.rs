@@ -303,6 +303,7 @@ impl Worker {
             in_flight: self.in_flight.clone(),
             settle,
             arrived,
+            copies: Vec::new(),
         }
     }
 
@@ -343,10 +344,23 @@ impl Worker {
     /// transaction, and are settled once it is durable. A failed invocation
     /// fails every item, as in Lambda without `ReportBatchItemFailures`.
     fn handle_batch(&mut self, jobs: Vec<Job>) {
-        let mut items = Vec::with_capacity(jobs.len());
+        let mut items: Vec<Item> = Vec::with_capacity(jobs.len());
         for job in jobs {
             let cursor = job.settle.cursor();
             let done = self.done(job.settle, job.arrived);
+            // A copy of an item already in this batch (a resend while the
+            // first waited in the window): the store has not seen the id
+            // yet, so it is caught here, and settled with the first.
+            let first = job.dedup.as_ref().and_then(|id| {
+                items
+                    .iter_mut()
+                    .find(|item| item.dedup.as_ref() == Some(id))
+            });
+            if let Some(first) = first {
+                inc(&self.metrics.duplicates);
+                first.done.copies.push(done);
+                continue;
+            }
             let done = match &job.dedup {
                 Some(id) => match self.check_dedup(id, done) {
                     Some(done) => done,
@@ -662,6 +676,9 @@ struct Done {
     in_flight: Arc<AtomicUsize>,
     settle: Settle,
     arrived: Instant,
+    /// Copies of this event (its dedup id) that came in the same batch:
+    /// settled with it, never before it is durable, and not run.
+    copies: Vec<Done>,
 }
 
 impl Done {
@@ -672,6 +689,9 @@ impl Done {
             inc(&self.metrics.acked);
         }
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        for copy in self.copies {
+            copy.finish(durable);
+        }
     }
 }
 

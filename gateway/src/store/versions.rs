@@ -59,6 +59,18 @@ impl Store {
         })
     }
 
+    /// Whether any function still has this version (its module file is
+    /// shared by every function with the same bytes).
+    pub fn version_known(&self, version: &str) -> Result<bool, StoreError> {
+        self.with_reader(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT 1 FROM versions WHERE version = ?1 LIMIT 1")?
+                .query_row([version], |_| Ok(()))
+                .optional()?
+                .is_some())
+        })
+    }
+
     /// A function's versions, newest first.
     pub fn versions(&self, function: &str) -> Result<Vec<VersionRow>, StoreError> {
         self.with_reader(|conn| {

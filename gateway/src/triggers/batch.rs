@@ -95,12 +95,12 @@ async fn gather(
             }
         }
         if let Err(mpsc::error::SendError(job)) = shard.send(batch(items)).await {
-            // The workers are gone: every event stays with its source.
+            // The workers are gone: every event stays with its source, this
+            // batch's and every later one's (until the senders are gone).
             if let Settle::Batch(items) = &job.settle {
                 in_flight.fetch_sub(items.len(), Ordering::SeqCst);
             }
             job.settle.resolve(false);
-            return;
         }
     }
 }

@@ -215,6 +215,9 @@ async fn serve_tls(
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    // Each connection hears the stop too: it finishes the request in hand
+    // and takes no more, so its task (and the intakes it holds) ends.
+    let each = stop.clone();
     let mut stopped = std::pin::pin!(async move {
         let _ = stop.wait_for(|s| *s).await;
     });
@@ -231,7 +234,7 @@ async fn serve_tls(
             },
             () = &mut stopped => return,
         };
-        let (acceptor, app) = (acceptor.clone(), app.clone());
+        let (acceptor, app, mut stop) = (acceptor.clone(), app.clone(), each.clone());
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => stream,
@@ -246,12 +249,22 @@ async fn serve_tls(
                 }
             };
             let service = hyper_util::service::TowerToHyperService::new(app);
-            let served = hyper::server::conn::http1::Builder::new()
+            let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades()
-                .await;
+                .with_upgrades();
+            let mut connection = std::pin::pin!(connection);
+            let stopping = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                () = stopping => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
             if let Err(error) = served {
                 tracing::debug!(%peer, %error, "https connection ended");
             }

@@ -166,6 +166,18 @@ struct Connection {
     connections: Arc<Connections>,
 }
 
+/// How long a write to a client may take: one that does not read holds its
+/// own task only this long (a shutdown waits for every connection's task).
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sends one message; `false` if the client is gone or does not read.
+async fn send(socket: &mut WebSocket, message: Message) -> bool {
+    matches!(
+        tokio::time::timeout(SEND_TIMEOUT, socket.send(message)).await,
+        Ok(Ok(()))
+    )
+}
+
 async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
     // A reason is at most 123 bytes; cut on a character boundary.
     let mut end = reason.len().min(123);
@@ -176,7 +188,7 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
         code,
         reason: reason[..end].to_owned().into(),
     };
-    let _ = socket.send(Message::Close(Some(frame))).await;
+    send(socket, Message::Close(Some(frame))).await;
 }
 
 impl Connection {
@@ -331,8 +343,8 @@ impl Connection {
                         Ok(text) => Message::Text(text),
                         Err(e) => Message::Binary(e.into_bytes()),
                     };
-                    if socket.send(message).await.is_err() {
-                        return Some("the client is gone".into());
+                    if !send(socket, message).await {
+                        return Some("the client is gone, or does not read".into());
                     }
                 }
                 () = tokio::time::sleep_until(idle_until) => {
