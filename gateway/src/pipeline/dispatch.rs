@@ -181,7 +181,8 @@ impl Worker {
     /// invocations. An event that fails its last attempt is finished the same
     /// way once its dead letter commits.
     fn handle(&mut self, job: Job) {
-        self.function = self.live.current();
+        // `self.function` is the last event's version until the pick below:
+        // the dedup check needs only its name, which every version shares.
         let settle = match job.settle {
             Settle::Batch(items) => return self.handle_batch(items),
             settle => settle,
