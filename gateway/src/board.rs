@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, ConfigError, ConfigErrorKind, ConfigErrors, FieldPath, Limits};
+use crate::config::{Config, ConfigErrors, Limits};
 
 /// The builtin profiles, by name, sorted: `boards/<name>.toml`.
 const BUILTIN: [(&str, &str); 5] = [
@@ -289,25 +289,16 @@ impl BoardProfile {
         Ok(config)
     }
 
-    /// Reads the config file at `path` and does what
-    /// [`BoardProfile::config_from_toml_str`] does, then resolves relative
-    /// paths against the file's directory: [`Config::load`] for `--board`.
-    pub fn load_config(&self, path: impl AsRef<Path>) -> Result<Config, ConfigErrors> {
-        let path = path.as_ref();
-        let name = path.display().to_string();
-        let text = crate::config::read_config_text(path).map_err(|e| {
-            let mut error = ConfigError::new(FieldPath::root(), ConfigErrorKind::Read(e));
-            error.source_name = Some(name.as_str().into());
-            ConfigErrors::new(vec![error])
-        })?;
-        let mut config = self.config_from_toml_str(&text, &name)?;
-        let dir = path.parent().unwrap_or(Path::new(""));
-        config.resolve_paths(dir);
-        let unreadable = config.resolve_secrets(dir);
-        if !unreadable.is_empty() {
-            return Err(ConfigErrors::new(unreadable));
-        }
-        Ok(config)
+    /// Reads the config file at `path` as [`crate::config::load`] does,
+    /// with this board's defaults for what it leaves out.
+    pub fn load_config(
+        &self,
+        path: impl AsRef<Path>,
+        needs: crate::config::Needs,
+    ) -> Result<Config, ConfigErrors> {
+        crate::config::load(path.as_ref(), needs, |config, text| {
+            self.apply_defaults(config, text)
+        })
     }
 
     /// Sets this board's limits on every function of `config` that `text`
@@ -319,6 +310,15 @@ impl BoardProfile {
         for (i, function) in config.functions.iter_mut().enumerate() {
             let keys = explicit.get(i).cloned().unwrap_or_default();
             self.limits.apply_under(&mut function.limits, &keys);
+        }
+        // The board's outbox budget, unless the text sets one.
+        let budget_set = text
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|t| t.get("store")?.as_table()?.get("outbox_max_mb").cloned())
+            .is_some();
+        if !budget_set {
+            config.store.outbox_max_mb = self.store.outbox_budget_mb;
         }
     }
 }

@@ -5,7 +5,8 @@
 //!
 //! Endpoints (JSON answers; errors as `{"error": "..."}`):
 //! - `GET  /v1/health`
-//! - `GET  /v1/functions`: every function, its live version, alias, versions
+//! - `GET  /v1/functions`: every function as it runs: live version, alias,
+//!   versions, limits, triggers, counters
 //! - `GET  /v1/functions/{name}/versions`
 //! - `POST /v1/functions/{name}/versions`: publish a module (the body), 201
 //! - `POST /v1/functions/{name}/deploy`: publish it and move `live` to it
@@ -15,6 +16,10 @@
 //! - `POST /v1/functions/{name}/invoke`: `{"event": <event file>, "dry_run":
 //!   false}`: run the live version once with its real grants and limits,
 //!   its effects committed (or, dry, only shown)
+//! - `POST /v1/apply`: `{"path": "/etc/wasmgate/gateway.toml", "dry_run":
+//!   false}`: the file as a live diff (see `pipeline::plan`); 200 with the
+//!   plan, 409 when it changes what needs a restart, 422 when the file or
+//!   a module in it is wrong (then nothing of it is applied)
 //!
 //! A module that does not load (not wasm, another ABI, over its limits) is
 //! refused with 422 and the running version is untouched.
@@ -83,17 +88,72 @@ fn source(headers: &HeaderMap) -> String {
         .map_or_else(|| "api".to_owned(), |s| format!("api: {s}"))
 }
 
-fn app(registry: Arc<Registry>) -> axum::Router {
-    axum::Router::new()
+/// A request for the running gateway itself, not its registry: the run
+/// loop, which owns the gateway, carries it out and answers.
+#[derive(Debug)]
+pub enum Command {
+    /// Apply a config file (`None`: the one the gateway started with).
+    Apply {
+        path: Option<PathBuf>,
+        dry_run: bool,
+        reply: tokio::sync::oneshot::Sender<Reply>,
+    },
+    /// Every function as it runs: versions, alias, limits, triggers, counters.
+    Functions {
+        reply: tokio::sync::oneshot::Sender<Reply>,
+    },
+}
+
+/// The run loop's answer to a [`Command`].
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+/// What the endpoints reach.
+#[derive(Debug, Clone)]
+struct Api {
+    commands: tokio::sync::mpsc::Sender<Command>,
+}
+
+async fn apply(State(api): State<Api>, body: Bytes) -> Response {
+    let asked = serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default();
+    let path = asked["path"].as_str().map(PathBuf::from);
+    let dry_run = asked["dry_run"].as_bool().unwrap_or(false);
+    ask(&api, |reply| Command::Apply {
+        path,
+        dry_run,
+        reply,
+    })
+    .await
+}
+
+/// Sends a command to the run loop and answers with its reply.
+async fn ask(
+    api: &Api,
+    command: impl FnOnce(tokio::sync::oneshot::Sender<Reply>) -> Command,
+) -> Response {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let sent = api.commands.send(command(reply)).await;
+    match (sent, answer.await) {
+        (Ok(()), Ok(reply)) => json(
+            StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            &reply.body,
+        ),
+        _ => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "error": "the gateway is stopping" }),
+        ),
+    }
+}
+
+fn app(registry: Arc<Registry>, commands: tokio::sync::mpsc::Sender<Command>) -> axum::Router {
+    let api = Api { commands };
+    let registry_routes = axum::Router::new()
         .route(
             "/v1/health",
             get(|| async { json(StatusCode::OK, &serde_json::json!({ "status": "ok" })) }),
-        )
-        .route(
-            "/v1/functions",
-            get(|State(r): State<Arc<Registry>>| async move {
-                blocking(StatusCode::OK, move || r.describe()).await
-            }),
         )
         .route(
             "/v1/functions/:name/versions",
@@ -206,8 +266,18 @@ fn app(registry: Arc<Registry>) -> axum::Router {
                 },
             ),
         )
+        .with_state(registry);
+    axum::Router::new()
+        .route("/v1/apply", post(apply))
+        .route(
+            "/v1/functions",
+            get(|State(api): State<Api>| async move {
+                ask(&api, |reply| Command::Functions { reply }).await
+            }),
+        )
+        .with_state(api)
+        .merge(registry_routes)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_UPLOAD))
-        .with_state(registry)
 }
 
 /// Why the management socket could not open.
@@ -251,9 +321,14 @@ impl Control {
     }
 
     /// Serves until `stop`; then removes the socket file.
-    pub async fn serve(self, registry: Arc<Registry>, mut stop: watch::Receiver<bool>) {
+    pub async fn serve(
+        self,
+        registry: Arc<Registry>,
+        commands: tokio::sync::mpsc::Sender<Command>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         use hyper_util::rt::TokioIo;
-        let app = app(registry);
+        let app = app(registry, commands);
         loop {
             let stream = tokio::select! {
                 accepted = self.listener.accept() => match accepted {

@@ -36,4 +36,4 @@ pub mod text;
 pub mod tls;
 pub mod triggers;
 
-pub use pipeline::{run, Gateway, GatewayError};
+pub use pipeline::{run, run_from, Gateway, GatewayError, Source};

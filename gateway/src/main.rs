@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
-use wasmgate::config::Config;
+use wasmgate::config::{Config, Needs};
 use wasmgate::event::EVENT_JSON_HELP;
 
 mod ops;
@@ -95,6 +95,13 @@ enum Command {
     /// Move a function's `live` alias back to the version it ran before.
     #[cfg(unix)]
     Rollback(ops::deploy::RollbackArgs),
+    /// Apply a config file to the running gateway as a live diff: functions
+    /// added, removed or changed (modules, limits, grants, triggers,
+    /// schedules, routes) without a restart; prints the plan. What is read
+    /// only at start (data_dir, the broker, [store], [http]) is refused with
+    /// the field named. SIGHUP (systemctl reload) applies the file the
+    /// gateway was started with.
+    Apply(ops::deploy::ApplyArgs),
     /// Write a new function crate: Cargo.toml (with the SDK), a handler with
     /// a unit test, an event file and a README.
     New(ops::new::NewArgs),
@@ -249,6 +256,7 @@ fn main() -> ExitCode {
         Command::Alias(args) => ops::deploy::alias(args),
         #[cfg(unix)]
         Command::Rollback(args) => ops::deploy::rollback(args),
+        Command::Apply(args) => ops::deploy::apply(args),
         Command::New(args) => ops::new::new(args),
         Command::Simulate(args) => simulate(*args),
         Command::Bench(args) => bench(*args),
@@ -293,34 +301,8 @@ fn load_config(path: &Path, board: Option<&str>) -> Result<Config, ExitCode> {
     load_config_for(path, board, Needs::EVERYTHING)
 }
 
-/// What a command needs of what a config names, beyond the config itself.
-#[derive(Debug, Clone, Copy)]
-struct Needs {
-    /// Referenced secrets are read (a function is about to run).
-    secrets: bool,
-    /// Modules, TLS and password files must exist (`run`, `config check`).
-    files: bool,
-}
-
-impl Needs {
-    const EVERYTHING: Needs = Needs {
-        secrets: true,
-        files: true,
-    };
-    /// Operators' commands on the database (`kv`, `dlq list`, `functions`).
-    const DATABASE: Needs = Needs {
-        secrets: false,
-        files: false,
-    };
-    /// Running one function here (`dlq replay`, `invoke --gateway-config`):
-    /// its secrets, and its module, which the command reads itself.
-    const SECRETS: Needs = Needs {
-        secrets: true,
-        files: false,
-    };
-}
-
-/// [`load_config`] for a command that needs less than `run` does.
+/// [`load_config`] for a command that needs less than `run` does: the
+/// library's one loader ([`wasmgate::config::load`]), its problems printed.
 fn load_config_for(path: &Path, board: Option<&str>, needs: Needs) -> Result<Config, ExitCode> {
     let board = match board.map(wasmgate::board::BoardProfile::find).transpose() {
         Ok(board) => board,
@@ -329,65 +311,34 @@ fn load_config_for(path: &Path, board: Option<&str>, needs: Needs) -> Result<Con
             return Err(ExitCode::from(EXIT_BAD_INPUT));
         }
     };
-    let name = path.display().to_string();
-    let text = match wasmgate::config::read_config_text(path) {
-        Ok(text) => text,
-        Err(e) => {
-            eprintln!(
-                "{name}: cannot read the config: {e} (`wasmgate config init {name}` writes one)"
-            );
-            return Err(ExitCode::from(EXIT_BAD_INPUT));
-        }
+    let loaded = match &board {
+        Some(board) => board.load_config(path, needs),
+        None => wasmgate::config::load(path, needs, |_, _| {}),
     };
-    // Syntax first (nothing more can be read reliably after a syntax
-    // error); then schema errors, and the values and files of what could be
-    // read around them, all reported together.
-    let (config, mut problems) = Config::parse_all(&text, &name);
-    let config = config.map(|mut config| {
-        config.resolve_paths(path.parent().unwrap_or(Path::new("")));
-        if needs.secrets {
-            problems.extend(config.resolve_secrets(path.parent().unwrap_or(Path::new(""))));
-        }
-        if let Some(board) = &board {
-            board.apply_defaults(&mut config, &text);
-            apply_board_store(board, &mut config, &text);
-        }
-        if let Err(errors) = config.validate() {
-            problems.extend(errors);
-        }
-        if needs.files {
-            problems.extend(config.check_files());
-        }
-        config
-    });
-    problems.sort_by_key(|p| p.line);
-    match config {
-        Some(config) if problems.is_empty() => Ok(config),
-        _ => {
-            for problem in &problems {
-                eprintln!("{problem}");
-            }
-            eprintln!(
-                "{}: {} problem{}",
-                path.display(),
-                problems.len(),
-                if problems.len() == 1 { "" } else { "s" }
-            );
-            Err(ExitCode::from(EXIT_BAD_INPUT))
+    let problems = match loaded {
+        Ok(config) => return Ok(config),
+        Err(problems) => problems,
+    };
+    let name = path.display().to_string();
+    for problem in problems.iter() {
+        match &problem.kind {
+            wasmgate::config::ConfigErrorKind::Read(e) => eprintln!(
+                "{name}: cannot read the config: {e} (`wasmgate config init {name}` writes one)"
+            ),
+            _ => eprintln!("{problem}"),
         }
     }
-}
-
-/// The board's outbox budget, unless the config sets one.
-fn apply_board_store(board: &wasmgate::board::BoardProfile, config: &mut Config, text: &str) {
-    let set_by_user = text
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|t| t.get("store")?.as_table()?.get("outbox_max_mb").cloned())
-        .is_some();
-    if !set_by_user {
-        config.store.outbox_max_mb = board.store.outbox_budget_mb;
+    let count = problems.iter().count();
+    if !matches!(
+        problems.iter().next().map(|p| &p.kind),
+        Some(wasmgate::config::ConfigErrorKind::Read(_))
+    ) {
+        eprintln!(
+            "{name}: {count} problem{}",
+            if count == 1 { "" } else { "s" }
+        );
     }
+    Err(ExitCode::from(EXIT_BAD_INPUT))
 }
 
 fn config_check(path: &Path, board: Option<&str>) -> anyhow::Result<ExitCode> {
@@ -431,12 +382,29 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Ok(config) => config,
         Err(code) => return Ok(code),
     };
+    let board = match args
+        .board
+        .as_deref()
+        .map(wasmgate::board::BoardProfile::find)
+        .transpose()
+    {
+        Ok(board) => board,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(EXIT_BAD_INPUT));
+        }
+    };
+    let source = wasmgate::Source {
+        path: std::path::absolute(&args.config).unwrap_or_else(|_| args.config.clone()),
+        board,
+    };
     let runtime = tokio_runtime()?;
     runtime.block_on(async {
         // Signal handlers go in before the gateway starts, so that a SIGTERM
         // during start-up stops it cleanly rather than killing it.
-        let shutdown = shutdown_signal();
-        wasmgate::run(config, shutdown).await
+        let (hangup, hangups) = tokio::sync::mpsc::channel(1);
+        let shutdown = shutdown_signal(Some(hangup));
+        wasmgate::run_from(config, Some(source), shutdown, hangups).await
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -445,7 +413,7 @@ fn simulate(args: wasmgate::simulate::SimulateArgs) -> anyhow::Result<ExitCode> 
     let options = args.into_options();
     let runtime = tokio_runtime()?;
     let _context = runtime.enter(); // signal handlers need the runtime
-    let summary = runtime.block_on(wasmgate::simulate::run(options, shutdown_signal()))?;
+    let summary = runtime.block_on(wasmgate::simulate::run(options, shutdown_signal(None)))?;
     println!("{summary}");
     Ok(ExitCode::SUCCESS)
 }
@@ -453,7 +421,7 @@ fn simulate(args: wasmgate::simulate::SimulateArgs) -> anyhow::Result<ExitCode> 
 fn bench(args: wasmgate::bench::BenchArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio_runtime()?;
     let _context = runtime.enter(); // signal handlers need the runtime
-    let output = runtime.block_on(wasmgate::bench::command(args, shutdown_signal()))?;
+    let output = runtime.block_on(wasmgate::bench::command(args, shutdown_signal(None)))?;
     print!("{output}");
     Ok(ExitCode::SUCCESS)
 }
@@ -483,9 +451,11 @@ async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) {
 ///
 /// SIGHUP (`systemctl reload`, the unit's `ExecReload`, or a closed terminal)
 /// must not stop the gateway: its default action would kill it at once, with
-/// no totals and no clean stop. Until functions can be reloaded live, it logs
-/// that a change of config needs a restart, and keeps running.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+/// no totals and no clean stop. It goes to `reload` (the gateway applies its
+/// config file again); without one (the demo), it is logged and ignored.
+fn shutdown_signal(
+    reload: Option<tokio::sync::mpsc::Sender<()>>,
+) -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     let (mut interrupt, mut terminate, mut hangup) = {
         use tokio::signal::unix::{signal, SignalKind};
@@ -501,11 +471,11 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             tokio::select! {
                 () = recv(&mut interrupt) => break,
                 () = recv(&mut terminate) => break,
-                () = recv(&mut hangup) => tracing::warn!(
-                    "SIGHUP: the gateway does not reload its config while running yet; \
-                     it keeps the config it started with. Restart it to apply a change \
-                     (systemctl restart wasmgate)"
-                ),
+                () = recv(&mut hangup) => match &reload {
+                    // A reload already waiting covers this one too.
+                    Some(to) => { let _ = to.try_send(()); }
+                    None => tracing::warn!("SIGHUP ignored: there is no config file to apply"),
+                },
             }
         }
         #[cfg(not(unix))]
@@ -526,7 +496,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     };
     let runtime = tokio_runtime()?;
     let _context = runtime.enter(); // signal handlers need the runtime
-    runtime.block_on(wasmgate::demo::run(options, shutdown_signal()))?;
+    runtime.block_on(wasmgate::demo::run(options, shutdown_signal(None)))?;
     Ok(ExitCode::SUCCESS)
 }
 

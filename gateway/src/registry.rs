@@ -196,6 +196,50 @@ pub struct FunctionView {
     pub versions: Vec<VersionRow>,
 }
 
+/// A decision of [`Registry::plan_adopt`], not yet in effect.
+pub struct Adoption {
+    spec: FunctionSpec,
+    routing: Routing,
+    /// The function's `live`: the running one, or a new one (not yet in
+    /// the registry) that a new function's workers can be started with.
+    live: Arc<Live>,
+    config_version: String,
+    size: u64,
+    source: String,
+    /// The config's module becomes `live` (else an API deploy stands).
+    file_wins: bool,
+    needs_revision: u32,
+    prewarm: usize,
+}
+
+impl Adoption {
+    /// The versions `live` will run, primary first.
+    pub fn versions(&self) -> Vec<String> {
+        versions_of(&self.routing)
+    }
+
+    pub fn live(&self) -> Arc<Live> {
+        self.live.clone()
+    }
+}
+
+impl std::fmt::Debug for Adoption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Adoption")
+            .field("function", &self.spec.name)
+            .field("versions", &self.versions())
+            .field("file_wins", &self.file_wins)
+            .finish_non_exhaustive()
+    }
+}
+
+fn versions_of(routing: &Routing) -> Vec<String> {
+    std::iter::once(&routing.primary)
+        .chain(routing.secondary.as_ref().map(|(f, _)| f))
+        .map(|f| f.version().to_owned())
+        .collect()
+}
+
 struct Entry {
     spec: FunctionSpec,
     live: Arc<Live>,
@@ -319,6 +363,11 @@ impl Registry {
         &self.runtime
     }
 
+    /// Where versions' modules are kept.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Takes a function deployed from the config at start, and decides what
     /// `live` runs (docs/deployments.md): the config's module, unless the
     /// config still names the module it named when it last set `live` and
@@ -331,33 +380,28 @@ impl Registry {
         prewarm: usize,
         needs_revision: u32,
     ) -> Result<Arc<Live>, RegistryError> {
+        let adoption = self.plan_adopt(spec, from_config, source, prewarm, needs_revision)?;
+        self.install(adoption)
+    }
+
+    /// What [`Registry::adopt`] would do, with nothing written and nothing
+    /// moved: `apply` prepares every function this way first, so that a
+    /// plan whose one module fails applies nothing. The versions `live`
+    /// will run are loaded (with the new spec) and their instances made.
+    pub fn plan_adopt(
+        &self,
+        spec: FunctionSpec,
+        from_config: Arc<Function>,
+        source: &str,
+        prewarm: usize,
+        needs_revision: u32,
+    ) -> Result<Adoption, RegistryError> {
         let name = spec.name.clone();
         fits(&from_config, needs_revision)?;
         let config_version = from_config.version().to_owned();
-        let size = std::fs::metadata(module_path(&self.dir, &config_version))
-            .map(|m| m.len())
-            .unwrap_or(0);
-        self.store.put_version(
-            &name,
-            &VersionRow {
-                version: config_version.clone(),
-                size,
-                published_ms: now_ms(),
-                source: source.to_owned(),
-            },
-        )?;
         let alias = self.store.alias(&name, LIVE)?;
         let mut routing = Routing::one(from_config);
-        let file_wins = |store: &Store| {
-            store.set_alias(
-                &name,
-                LIVE,
-                &config_version,
-                None,
-                Some(&config_version),
-                now_ms(),
-            )
-        };
+        let mut file_wins = true;
         match alias {
             // The file names what it named when it last set `live`: what
             // the API did since stands.
@@ -384,30 +428,137 @@ impl Registry {
                     Ok(restored) => {
                         tracing::info!(function = %name, version = %alias.version, other = ?alias.other, config = %config_version, "live stays where the API put it (the config's module is unchanged since)");
                         routing = restored;
+                        file_wins = false;
                     }
                     Err(e) => {
                         tracing::warn!(function = %name, version = %alias.version, error = %e, "the live version deployed through the API cannot be loaded; running the config's");
-                        file_wins(&self.store)?;
                     }
                 }
             }
-            _ => file_wins(&self.store)?,
+            _ => {}
         }
-        let live = Arc::new(Live::new(routing.primary.clone()));
-        live.route(routing);
-        self.functions
+        let running = self.entry(&name, |e| e.live.clone()).ok();
+        let same_versions = running
+            .as_ref()
+            .is_some_and(|r| versions_of(&r.routing()) == versions_of(&routing));
+        // A function already running that changes version warms the new
+        // one first, as a deploy does.
+        if running.is_some() && !same_versions {
+            routing
+                .primary
+                .prewarm(prewarm)
+                .map_err(|e| RegistryError::Start(e.to_string()))?;
+        }
+        Ok(Adoption {
+            live: running.unwrap_or_else(|| Arc::new(Live::new(routing.primary.clone()))),
+            size: std::fs::metadata(module_path(&self.dir, &config_version))
+                .map(|m| m.len())
+                .unwrap_or(0),
+            spec,
+            routing,
+            config_version,
+            source: source.to_owned(),
+            file_wins,
+            needs_revision,
+            prewarm,
+        })
+    }
+
+    /// Records an adoption and makes it run: a new function's `live` is
+    /// made; a running one's moves (the next events run the new versions,
+    /// with the new limits and grants), and its old versions leave the
+    /// compiled-module cache.
+    pub fn install(&self, a: Adoption) -> Result<Arc<Live>, RegistryError> {
+        let _one_at_a_time = self.moving.lock().unwrap_or_else(PoisonError::into_inner);
+        let name = a.spec.name.clone();
+        self.store.put_version(
+            &name,
+            &VersionRow {
+                version: a.config_version.clone(),
+                size: a.size,
+                published_ms: now_ms(),
+                source: a.source.clone(),
+            },
+        )?;
+        if a.file_wins {
+            self.store.set_alias(
+                &name,
+                LIVE,
+                &a.config_version,
+                None,
+                Some(&a.config_version),
+                now_ms(),
+            )?;
+        }
+        let mut functions = self
+            .functions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let entry = Entry {
+            spec: a.spec,
+            live: a.live,
+            needs_revision: a.needs_revision,
+            prewarm: a.prewarm,
+        };
+        let live = match functions.get_mut(&name) {
+            Some(running) => {
+                let before = running.live.routing();
+                let now = versions_of(&a.routing);
+                if versions_of(&before) != now {
+                    tracing::info!(function = %name, from = %before.primary.version(), to = %a.routing.primary.version(), "live alias moved by the config");
+                }
+                running.live.route(a.routing);
+                for gone in std::iter::once(&before.primary)
+                    .chain(before.secondary.as_ref().map(|(f, _)| f))
+                {
+                    if !now.iter().any(|v| v == gone.version()) {
+                        self.runtime.evict(gone);
+                    }
+                }
+                running.spec = entry.spec;
+                running.needs_revision = entry.needs_revision;
+                running.prewarm = entry.prewarm;
+                running.live.clone()
+            }
+            None => {
+                entry.live.route(a.routing);
+                let live = entry.live.clone();
+                functions.insert(name, entry);
+                live
+            }
+        };
+        Ok(live)
+    }
+
+    /// Takes a function out (`apply` removed it): the API no longer knows
+    /// it, its compiled modules leave the cache once its last event is done
+    /// (the workers hold the versions they run). Its versions and aliases
+    /// stay recorded, for a config that brings it back.
+    pub fn remove(&self, name: &str) {
+        let removed = self
+            .functions
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(
-                name,
-                Entry {
-                    spec,
-                    live: live.clone(),
-                    needs_revision,
-                    prewarm,
-                },
-            );
-        Ok(live)
+            .remove(name);
+        if let Some(entry) = removed {
+            let routing = entry.live.routing();
+            for function in
+                std::iter::once(&routing.primary).chain(routing.secondary.as_ref().map(|(f, _)| f))
+            {
+                self.runtime.evict(function);
+            }
+        }
+    }
+
+    /// The versions `live` runs for a function, primary first.
+    pub fn live_versions(&self, name: &str) -> Option<Vec<String>> {
+        self.entry(name, |e| versions_of(&e.live.routing())).ok()
+    }
+
+    /// The module the config named when it last set `live` (what `apply`
+    /// compares a file's module with).
+    pub fn config_version(&self, name: &str) -> Result<Option<String>, RegistryError> {
+        Ok(self.store.alias(name, LIVE)?.and_then(|a| a.from_config))
     }
 
     fn load(&self, spec: &FunctionSpec, version: &str) -> Result<Function, RegistryError> {

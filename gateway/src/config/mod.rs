@@ -30,7 +30,7 @@ use toml::Spanned;
 pub use error::{ConfigError, ConfigErrorKind, ConfigErrors, FieldPath, PathSegment};
 pub use validate::{MAX_KV_VALUE_BYTES, MAX_MQTT_PAYLOAD};
 
-use crate::router::{filter_matches, FunctionId, Router};
+use crate::router::{FunctionId, Router};
 use crate::runtime::FailureKind;
 use crate::store::{Synchronous, WhenFull};
 use locate::SourceMap;
@@ -1106,27 +1106,6 @@ impl Default for Grants {
     }
 }
 
-impl Grants {
-    /// Whether the function may emit to `topic` on the local broker.
-    pub fn allows_local(&self, topic: &str) -> bool {
-        self.local
-            .iter()
-            .any(|filter| filter_matches(filter, topic))
-    }
-
-    /// Whether the function may emit to `topic` upstream.
-    pub fn allows_upstream(&self, topic: &str) -> bool {
-        self.upstream
-            .iter()
-            .any(|filter| filter_matches(filter, topic))
-    }
-
-    /// Whether the function may invoke the function named `name`.
-    pub fn allows_invoke(&self, name: &str) -> bool {
-        self.invoke.iter().any(|n| n == name)
-    }
-}
-
 /// Where a config came from. Always equal, so it does not affect `==`.
 #[derive(Clone, Default)]
 struct Origin {
@@ -1167,23 +1146,10 @@ impl Config {
     }
 
     /// Reads, parses and validates the file at `path`, then resolves relative
-    /// paths in it against the file's directory.
+    /// paths in it against the file's directory and reads its secrets
+    /// ([`load`] without a board, and without checking the files it names).
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigErrors> {
-        let path = path.as_ref();
-        let name = path.display().to_string();
-        let text = read_config_text(path).map_err(|e| {
-            let mut error = ConfigError::new(FieldPath::root(), ConfigErrorKind::Read(e));
-            error.source_name = Some(name.as_str().into());
-            ConfigErrors::new(vec![error])
-        })?;
-        let mut config = Self::from_toml_str(&text, &name)?;
-        let dir = path.parent().unwrap_or(Path::new(""));
-        config.resolve_paths(dir);
-        let unreadable = config.resolve_secrets(dir);
-        if !unreadable.is_empty() {
-            return Err(ConfigErrors::new(unreadable));
-        }
-        Ok(config)
+        load(path.as_ref(), Needs::SECRETS, |_, _| {})
     }
 
     /// Parses `text` without the semantic checks of [`Config::validate`]:
@@ -1701,6 +1667,75 @@ fn take_out_of_table(
     match hit {
         Some(key) => table.remove(&key).is_some(),
         None => false,
+    }
+}
+
+/// What a command needs of what a config names, beyond the config itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Needs {
+    /// Referenced secrets are read (a function is about to run).
+    pub secrets: bool,
+    /// Modules, TLS and password files must exist (`run`, `config check`,
+    /// `apply`).
+    pub files: bool,
+}
+
+impl Needs {
+    pub const EVERYTHING: Needs = Needs {
+        secrets: true,
+        files: true,
+    };
+    /// Operators' commands on the database (`kv`, `dlq list`, `functions`).
+    pub const DATABASE: Needs = Needs {
+        secrets: false,
+        files: false,
+    };
+    /// Running one function here (`dlq replay`, `invoke --gateway-config`):
+    /// its secrets, and its module, which the command reads itself.
+    pub const SECRETS: Needs = Needs {
+        secrets: true,
+        files: false,
+    };
+}
+
+/// The one way a config file is read, by `wasmgate run`, the running
+/// gateway's `apply` and SIGHUP, and every command: syntax first (nothing
+/// more can be read reliably after a syntax error), then schema errors, and
+/// the values and files of what could be read around them, all reported
+/// together, in line order. `defaults` fills in what the text leaves out
+/// before validation (a board's limits and outbox budget: `BoardProfile::
+/// load_config`); it sees the text, since "left out" is a property of it.
+pub fn load(
+    path: &Path,
+    needs: Needs,
+    defaults: impl FnOnce(&mut Config, &str),
+) -> Result<Config, ConfigErrors> {
+    let name = path.display().to_string();
+    let text = read_config_text(path).map_err(|e| {
+        let mut error = ConfigError::new(FieldPath::root(), ConfigErrorKind::Read(e));
+        error.source_name = Some(name.as_str().into());
+        ConfigErrors::new(vec![error])
+    })?;
+    let dir = path.parent().unwrap_or(Path::new(""));
+    let (config, mut problems) = Config::parse_all(&text, &name);
+    let config = config.map(|mut config| {
+        config.resolve_paths(dir);
+        if needs.secrets {
+            problems.extend(config.resolve_secrets(dir));
+        }
+        defaults(&mut config, &text);
+        if let Err(errors) = config.validate() {
+            problems.extend(errors);
+        }
+        if needs.files {
+            problems.extend(config.check_files());
+        }
+        config
+    });
+    problems.sort_by_key(|p| p.line);
+    match config {
+        Some(config) if problems.is_empty() => Ok(config),
+        _ => Err(ConfigErrors::new(problems)),
     }
 }
 

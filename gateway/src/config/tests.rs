@@ -540,22 +540,26 @@ fn validating_a_config_built_in_code_reports_paths_without_lines() {
 
 #[test]
 fn grants_allow_only_what_they_name() {
+    // As the runtime applies them: one rule, in `runtime::Grants`.
+    use wasmgate_abi::Destination::{Local, Upstream};
     let config = valid(FULL);
-    let grants = &config.functions[0].grants;
-    assert!(grants.allows_local("vending/m1/alert"));
-    assert!(!grants.allows_local("vending/m1/telemetry"));
-    assert!(grants.allows_upstream("telemetry/plant-7/vending"));
-    assert!(!grants.allows_upstream("vending/m1/alert"));
+    let grants = crate::pipeline::function_spec(&config.functions[0]).grants;
+    assert!(grants.allows_emit("vending/m1/alert", Local));
+    assert!(!grants.allows_emit("vending/m1/telemetry", Local));
+    assert!(grants.allows_emit("telemetry/plant-7/vending", Upstream));
+    assert!(!grants.allows_emit("vending/m1/alert", Upstream));
     assert!(grants.allows_invoke("audit"));
     assert!(!grants.allows_invoke("vending"));
 
-    let defaults = Grants::default();
-    assert!(defaults.allows_local("anything/at/all"));
+    let mut function = config.functions[0].clone();
+    function.grants = Grants::default();
+    let defaults = crate::pipeline::function_spec(&function).grants;
+    assert!(defaults.allows_emit("anything/at/all", Local));
     assert!(
-        !defaults.allows_local("$SYS/broker/load"),
+        !defaults.allows_emit("$SYS/broker/load", Local),
         "default grants keep $ topics out"
     );
-    assert!(!defaults.allows_upstream("anything"));
+    assert!(!defaults.allows_emit("anything", Upstream));
     assert!(!defaults.allows_invoke("audit"));
 }
 

@@ -249,6 +249,15 @@ impl Client {
         }
     }
 
+    /// Queues an UNSUBSCRIBE of `filter` (a persistent session keeps the
+    /// filters of a trigger that is gone, else).
+    pub fn try_unsubscribe(&self, filter: &str) -> Result<(), String> {
+        match self {
+            Client::V3(c) => c.try_unsubscribe(filter).map_err(|e| e.to_string()),
+            Client::V5(c) => c.try_unsubscribe(filter).map_err(|e| e.to_string()),
+        }
+    }
+
     /// Queues a DISCONNECT, after whatever is queued before it.
     pub async fn disconnect(&self) {
         // Fails only when the event loop is gone, which is as good.

@@ -224,3 +224,72 @@ pub fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
     )?;
     Ok(finish(answer, args.target.json, moved))
 }
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The config file to run (TOML): checked here first, then applied by
+    /// the gateway that runs on its data_dir, as a live diff.
+    #[arg(default_value = "gateway.toml", value_name = "FILE")]
+    file: PathBuf,
+    /// Print the plan; change nothing (modules are still checked).
+    #[arg(long)]
+    dry_run: bool,
+    /// The board the gateway runs with (`wasmgate boards`), for this
+    /// check; the gateway applies its own.
+    #[arg(long)]
+    board: Option<String>,
+    /// Print the gateway's answer as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `wasmgate apply`: the file is checked here (every problem, with its
+/// line), then the gateway loads it itself, with its own board, and plans
+/// it against what runs.
+pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
+    let config = match load_config_for(&args.file, args.board.as_deref(), Needs::EVERYTHING) {
+        Ok(config) => config,
+        Err(code) => return Ok(code),
+    };
+    let path = std::path::absolute(&args.file).unwrap_or_else(|_| args.file.clone());
+    let body = serde_json::json!({ "path": path, "dry_run": args.dry_run }).to_string();
+    let answer = match request(
+        &config.data_dir,
+        "POST",
+        "/v1/apply",
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    ) {
+        Ok(answer) => answer,
+        Err(e @ wasmgate::control::client::ClientError::NotRunning(_)) => {
+            eprintln!(
+                "{e}; if this file changes data_dir, that needs a restart of the gateway anyway"
+            );
+            return Ok(ExitCode::from(REFUSED));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let lines = |body: &serde_json::Value| -> String {
+        body["lines"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| Some(format!("{}\n", l.as_str()?)))
+            .collect()
+    };
+    if !(200..300).contains(&answer.status) && !args.json {
+        // The plan, then why it was refused.
+        eprint!("{}", lines(&answer.body));
+        for problem in answer.body["problems"].as_array().into_iter().flatten() {
+            eprintln!("{}", problem.as_str().unwrap_or(""));
+        }
+    }
+    let dry_run = args.dry_run;
+    Ok(finish(answer, args.json, |body| {
+        let mut out = lines(body);
+        if dry_run {
+            out.push_str("(dry run: nothing applied)\n");
+        }
+        out
+    }))
+}

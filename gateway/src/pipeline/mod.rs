@@ -4,12 +4,16 @@
 //! [`Gateway::start`] wires it up from a validated config; [`run`] adds
 //! signal handling and a clean shutdown, which is all `wasmgate run` is.
 
+mod apply;
 mod batch;
 mod dispatch;
 mod outbox;
+pub mod plan;
 mod retry;
+mod unit;
 
 pub use crate::mqtt::{Backoff, Endpoint};
+pub use apply::ApplyError;
 pub use batch::{decode as decode_batch, BatchError, BatchSettings, Compression};
 pub use dispatch::FailurePolicy;
 pub use retry::{RetryPolicy, Stop};
@@ -19,14 +23,14 @@ use crate::metrics::FunctionMetrics;
 use crate::runtime::{FunctionSpec, Grants, Limits, LoadError, Runtime};
 use crate::store::{OutboxDestination, Store, StoreError, StoreOptions};
 use crate::triggers::invoke::Intakes;
-use crate::triggers::mqtt::{self as ingress, IngressSpec, Session, Trigger};
 use dispatch::{Dispatcher, Sinks};
 use outbox::Drain;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use unit::{LastTicks, Unit, Wiring};
 
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -176,28 +180,33 @@ pub fn function_spec(f: &FunctionConfig) -> FunctionSpec {
 /// A running gateway.
 #[derive(Debug)]
 pub struct Gateway {
-    dispatchers: Vec<Dispatcher>,
-    sessions: Vec<Arc<Session>>,
-    ingress_tasks: Vec<JoinHandle<()>>,
-    forwarders: Vec<JoinHandle<()>>,
+    /// What runs: the config it started with, or the last one applied.
+    config: Config,
+    /// One per function, in config order.
+    units: Vec<Unit>,
     sinks: Arc<Sinks>,
     intakes: Arc<Intakes>,
     drains: Vec<Drain>,
     invoke_task: JoinHandle<()>,
-    /// One per schedule trigger; they stop taking ticks once draining.
-    schedule_tasks: Vec<JoinHandle<()>>,
-    /// The HTTP listener, when some function has an `http` trigger.
+    /// The HTTP listener, once some function has an `http` trigger.
     http: Option<HttpListener>,
-    /// One per file and kv_change trigger.
-    file_tasks: Vec<JoinHandle<()>>,
-    draining: Arc<AtomicBool>,
+    /// Open WebSocket connections, for a listener started by `apply`.
+    connections: Arc<crate::triggers::websocket::Connections>,
     /// Wakes workers waiting between attempts, at shutdown.
     stop: Arc<Stop>,
     endpoint: Endpoint,
+    /// The gateway's MQTT client id, which its sessions' ids start with.
+    client_id: String,
+    /// Sessions the embedded broker has room for (`apply` adding functions
+    /// past it is refused: the broker's limits are set at start).
+    session_room: Option<usize>,
     /// Versions and aliases: what the management API moves.
     registry: Arc<crate::registry::Registry>,
     /// The management socket's task, and what stops it.
     control: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
+    /// What the management API asks of the gateway itself (`apply`), for
+    /// the run loop ([`Gateway::commands`]).
+    commands: Option<tokio::sync::mpsc::Receiver<crate::control::Command>>,
     /// Kept alive for the gateway's lifetime.
     _broker: Option<EmbeddedBrokerHandle>,
 }
@@ -270,11 +279,13 @@ impl Gateway {
         ));
         // The management socket before any session or trigger: a second gateway on
         // this data_dir stops here, before it takes a message.
+        let (commands_tx, commands) = tokio::sync::mpsc::channel(4);
         #[cfg(unix)]
         let control = match crate::control::Control::bind(&config.data_dir) {
             Ok(bound) => {
                 let (stop, stopped) = tokio::sync::watch::channel(false);
-                Some((stop, tokio::spawn(bound.serve(registry.clone(), stopped))))
+                let serve = bound.serve(registry.clone(), commands_tx, stopped);
+                Some((stop, tokio::spawn(serve)))
             }
             Err(e @ crate::control::ControlError::InUse(_)) => return Err(e.into()),
             // The gateway runs without its management API rather than not at
@@ -285,7 +296,10 @@ impl Gateway {
             }
         };
         #[cfg(not(unix))]
-        let control = None;
+        let control = {
+            drop(commands_tx);
+            None
+        };
         let mut lives = Vec::with_capacity(deployed.len());
         for ((f, function), module) in deployed.iter_mut().zip(&modules) {
             // The registry keeps its versions' bytes, not the path; read
@@ -301,13 +315,7 @@ impl Gateway {
             crate::registry::keep_module(&registry_dir, &wasm)?;
             drop(wasm);
             let prewarm = f.limits.concurrency.min(f.limits.warm_instances) as usize;
-            // Inside a batch, a kind whose struct grew within ABI 1 decodes
-            // only in a module that knows the growth (ABI_REVISION).
-            let needs_revision = u32::from(
-                f.triggers
-                    .iter()
-                    .any(|t| t.kv_change.is_some() && t.batch.is_some()),
-            );
+            let needs_revision = apply::needs_revision(f);
             let live = registry.adopt(
                 function_spec(f),
                 function.clone(),
@@ -325,31 +333,13 @@ impl Gateway {
             request_ids: request_ids.clone(),
         });
         let stop = Arc::new(Stop::default());
-        let mut dispatchers = Vec::with_capacity(deployed.len());
+        let mut units = Vec::with_capacity(deployed.len());
         for ((f, _), live) in deployed.iter().zip(lives) {
-            let dispatcher = Dispatcher::start(
-                live,
-                f.limits.concurrency as usize,
-                f.limits.queue as usize,
-                sinks.clone(),
-                Arc::new(FunctionMetrics::default()),
-                failure_policy(f),
-                stop.clone(),
-            )
-            .map_err(|error| GatewayError::Workers {
-                function: f.name.clone(),
-                concurrency: f.limits.concurrency,
-                error,
-            })?;
-            dispatchers.push(dispatcher);
+            let dispatcher = start_dispatcher(f, live, &sinks, &stop)?;
+            units.push(Unit::new(f.clone(), dispatcher));
         }
         let intakes = Arc::new(Intakes::default());
-        intakes.set(
-            dispatchers
-                .iter()
-                .map(|d| (d.live.name().to_owned(), d.intake.clone()))
-                .collect(),
-        );
+        intakes.set(intakes_of(&units));
 
         // What functions emit leaves through the outbox: local emits to the
         // local broker, upstream ones to the cloud broker, or to the local
@@ -401,54 +391,22 @@ impl Gateway {
             invoke_wake,
         ));
 
-        let draining = Arc::new(AtomicBool::new(false));
-        let mut sessions = Vec::new();
-        let mut ingress_tasks = Vec::new();
-        let mut forwarders = Vec::new();
-        let mut subscribed = Vec::new();
-        for ((f, _), dispatcher) in deployed.iter().zip(&dispatchers) {
-            let triggers: Vec<Trigger> = f
-                .triggers
-                .iter()
-                .filter_map(|t| {
-                    Some(Trigger {
-                        filter: t.mqtt.clone()?,
-                        qos: t.qos,
-                        dedup: match (&t.dedup_key, &t.dedup_property) {
-                            (Some(key), _) => Some(ingress::Dedup::JsonField(key.clone())),
-                            (None, Some(name)) => Some(ingress::Dedup::Property(name.clone())),
-                            (None, None) => None,
-                        },
-                        batch: t.batch.map(Into::into),
-                    })
-                })
-                .collect();
-            // A function run only by schedules needs no session.
-            if triggers.is_empty() {
-                continue;
-            }
-            let spec = IngressSpec {
-                function: f.name.clone(),
-                client_id: format!("{client_id}-{}", f.name),
-                triggers,
-                queue: f.limits.queue as usize,
-            };
-            let started = ingress::start(
-                &endpoint,
-                spec,
-                dispatcher.intake.clone(),
-                dispatcher.metrics.clone(),
-                draining.clone(),
-            );
-            sessions.push(started.session);
-            ingress_tasks.push(tokio::spawn(started.reader));
-            forwarders.push(tokio::spawn(started.forwarder));
-            subscribed.push(started.subscribed);
+        let last_ticks = last_ticks(&store).await?;
+        let wiring = Wiring {
+            endpoint: &endpoint,
+            client_id: &client_id,
+            store: &store,
+            last_ticks: &last_ticks,
+        };
+        for unit in &mut units {
+            unit.start_triggers(&wiring, Vec::new());
         }
-        let schedule_tasks = start_schedules(&deployed, &dispatchers, &store, &draining).await?;
-        let http = start_http(config, &deployed, &dispatchers, &store, connections).await?;
-        let mut file_tasks = start_files(&deployed, &dispatchers, &store, &draining);
-        file_tasks.extend(start_streams(&deployed, &dispatchers, &store, &draining));
+        let subscribed: Vec<_> = units.iter().filter_map(Unit::subscribed).collect();
+        let routes: Vec<_> = units.iter().flat_map(|u| u.routes(&store)).collect();
+        let http = match routes.is_empty() {
+            true => None,
+            false => Some(start_http(config, routes, connections.clone()).await?),
+        };
         // "Running" means subscribed: a message published after this line
         // reaches its function even on a first start with a fresh broker.
         let all_subscribed = async {
@@ -485,30 +443,93 @@ impl Gateway {
         #[cfg(not(feature = "embedded-broker"))]
         let devices_at = format!("{}:{}", endpoint.host, endpoint.port);
         tracing::info!(
-            functions = dispatchers.len(),
+            functions = units.len(),
             broker = %devices_at,
             store = %store.path().display(),
             "gateway running"
         );
         Ok(Gateway {
-            dispatchers,
-            sessions,
-            ingress_tasks,
-            forwarders,
+            config: config.clone(),
+            units,
             sinks,
             intakes,
             drains,
             invoke_task,
-            schedule_tasks,
             http,
-            file_tasks,
-            draining,
+            connections,
             stop,
             endpoint,
+            client_id,
+            session_room: broker
+                .as_ref()
+                .map(|_| embedded_sessions(config) + SESSION_MARGIN),
             registry,
             control,
+            commands: Some(commands),
             _broker: broker,
         })
+    }
+
+    /// The management API's requests for the gateway itself, once: the
+    /// run loop answers them ([`run_from`]).
+    pub fn commands(&mut self) -> Option<tokio::sync::mpsc::Receiver<crate::control::Command>> {
+        self.commands.take()
+    }
+
+    /// Every function as it runs, for the management API: its config
+    /// (limits, grants, triggers), versions and alias, and counters.
+    async fn describe(&self) -> crate::control::Reply {
+        let registry = self.registry.clone();
+        let views = tokio::task::spawn_blocking(move || registry.describe()).await;
+        let views = match views {
+            Ok(Ok(views)) => views,
+            Ok(Err(e)) => {
+                return crate::control::Reply {
+                    status: 500,
+                    body: serde_json::json!({ "error": e.to_string() }),
+                }
+            }
+            Err(e) => {
+                return crate::control::Reply {
+                    status: 500,
+                    body: serde_json::json!({ "error": e.to_string() }),
+                }
+            }
+        };
+        let functions: Vec<serde_json::Value> = self
+            .units
+            .iter()
+            .map(|unit| {
+                let view = views.iter().find(|v| v.name == unit.name());
+                let m = unit.dispatcher.metrics.snapshot();
+                serde_json::json!({
+                    "name": unit.name(),
+                    "live": view.map(|v| v.live.clone()),
+                    "alias": view.and_then(|v| v.alias.clone()),
+                    "versions": view.map(|v| v.versions.clone()).unwrap_or_default(),
+                    "wasm": unit.config.wasm,
+                    "limits": unit.config.limits,
+                    "grants": unit.config.grants,
+                    "triggers": unit.config.triggers,
+                    "in_flight": unit.in_flight(),
+                    "counters": {
+                        "received": m.received,
+                        "succeeded": m.succeeded,
+                        "failed": m.failed,
+                        "retries": m.retries,
+                        "dead_letters": m.dead_letters,
+                        "throttled": m.throttled,
+                        "refused": m.refused,
+                        "dropped": m.dropped,
+                        "duplicates": m.duplicates,
+                    },
+                })
+            })
+            .collect();
+        crate::control::Reply {
+            status: 200,
+            body: serde_json::Value::Array(functions),
+        }
     }
 
     /// The function registry, for the management API.
@@ -523,9 +544,9 @@ impl Gateway {
 
     /// Each function's name and live metrics, in config order.
     pub fn metrics(&self) -> Vec<(String, Arc<FunctionMetrics>)> {
-        self.dispatchers
+        self.units
             .iter()
-            .map(|d| (d.live.name().to_owned(), d.metrics.clone()))
+            .map(|u| (u.name().to_owned(), u.dispatcher.metrics.clone()))
             .collect()
     }
 
@@ -557,7 +578,9 @@ impl Gateway {
     /// undelivered emits stay in the outbox, both for the next start.
     pub async fn shutdown(self, grace: Duration) {
         let totals = self.metrics();
-        self.draining.store(true, Ordering::SeqCst);
+        for unit in &self.units {
+            unit.drain();
+        }
         // A worker in a backoff gives up on that event now (it stays at the
         // broker) rather than holding the shutdown for the whole wait.
         self.stop.stop();
@@ -566,12 +589,7 @@ impl Gateway {
             let _ = http.stop.send(true);
         }
         let deadline = tokio::time::Instant::now() + grace;
-        let in_flight = || -> usize {
-            self.dispatchers
-                .iter()
-                .map(|d| d.intake.in_flight.load(Ordering::SeqCst))
-                .sum()
-        };
+        let in_flight = || -> usize { self.units.iter().map(Unit::in_flight).sum() };
         while in_flight() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -582,21 +600,10 @@ impl Gateway {
                 "shutdown grace ran out; unfinished messages stay at the broker"
             );
         }
-        // Acks queued by the last commits go out before the DISCONNECT.
-        for session in &self.sessions {
-            session.disconnect().await;
-        }
-        for mut task in self.ingress_tasks {
-            if tokio::time::timeout(Duration::from_secs(2), &mut task)
-                .await
-                .is_err()
-            {
-                // Its queue senders must go, or the workers never stop.
-                task.abort();
-            }
-        }
-        for forwarder in self.forwarders {
-            forwarder.abort();
+        // Acks queued by the last commits go out before each DISCONNECT.
+        let mut dispatchers = Vec::with_capacity(self.units.len());
+        for unit in self.units {
+            dispatchers.push(unit.stop_sources().await);
         }
         self.invoke_task.abort();
         if let Some((stop, task)) = self.control {
@@ -610,14 +617,6 @@ impl Gateway {
             {
                 http.task.abort();
             }
-        }
-        for task in self.file_tasks {
-            // A file in flight is settled (or left in place) by its worker.
-            task.abort();
-        }
-        for task in self.schedule_tasks {
-            // A tick in flight is settled (or left due) by its worker.
-            task.abort();
         }
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         let count = |of: fn(&Drain) -> &std::sync::atomic::AtomicU64| -> u64 {
@@ -638,7 +637,6 @@ impl Gateway {
         // `Intakes` holds for invokes; they are idle by now or past the grace.
         self.intakes.set(HashMap::new());
         let store = self.sinks.store.clone();
-        let dispatchers = self.dispatchers;
         let _ = tokio::task::spawn_blocking(move || {
             for d in dispatchers {
                 d.join();
@@ -654,6 +652,59 @@ impl Gateway {
         tracing::info!("gateway stopped");
     }
 }
+
+/// Starts a function's workers.
+fn start_dispatcher(
+    f: &FunctionConfig,
+    live: Arc<crate::registry::Live>,
+    sinks: &Arc<Sinks>,
+    stop: &Arc<Stop>,
+) -> Result<Dispatcher, GatewayError> {
+    Dispatcher::start(
+        live,
+        f.limits.concurrency as usize,
+        f.limits.queue as usize,
+        sinks.clone(),
+        Arc::new(FunctionMetrics::default()),
+        failure_policy(f),
+        stop.clone(),
+    )
+    .map_err(|error| GatewayError::Workers {
+        function: f.name.clone(),
+        concurrency: f.limits.concurrency,
+        error,
+    })
+}
+
+/// Each function's intake, for invokes.
+fn intakes_of(units: &[Unit]) -> HashMap<String, crate::triggers::Intake> {
+    units
+        .iter()
+        .map(|u| (u.name().to_owned(), u.dispatcher.intake.clone()))
+        .collect()
+}
+
+/// Each schedule's last settled tick.
+async fn last_ticks(store: &Store) -> Result<LastTicks, GatewayError> {
+    let reader = store.clone();
+    Ok(tokio::task::spawn_blocking(move || reader.schedule_ticks())
+        .await
+        .map_err(|e| GatewayError::Threads(std::io::Error::other(e.to_string())))??
+        .into_iter()
+        .map(|(function, name, last)| ((function, name), last))
+        .collect())
+}
+
+/// Sessions a gateway asks the embedded broker to make room for: one per
+/// function, and the local, upstream and invoke drains.
+fn embedded_sessions(config: &Config) -> usize {
+    config.functions.len() + 3
+}
+
+/// Functions `apply` may add beyond those the gateway started with: the
+/// embedded broker keeps room for its own sessions to reconnect, and this
+/// much of it may go to new ones.
+const SESSION_MARGIN: usize = 8;
 
 /// File descriptors a gateway with `functions` functions needs: a broker
 /// connection per function and a few each for the store, drains, the
@@ -734,88 +785,22 @@ fn log_store_totals(store: &Store) {
     );
 }
 
-/// A deployed function's parts, as every trigger source needs them.
-type DeployedFunction = (FunctionConfig, Arc<crate::runtime::Function>);
-
-/// Every trigger of every deployed function: the function's config and
-/// module, its dispatcher, and the trigger with its index.
-fn each_trigger<'a>(
-    deployed: &'a [DeployedFunction],
-    dispatchers: &'a [Dispatcher],
-) -> impl Iterator<
-    Item = (
-        &'a FunctionConfig,
-        &'a crate::runtime::Function,
-        &'a Dispatcher,
-        usize,
-        &'a crate::config::TriggerConfig,
-    ),
-> {
-    deployed
-        .iter()
-        .zip(dispatchers)
-        .flat_map(|((f, function), dispatcher)| {
-            f.triggers
-                .iter()
-                .enumerate()
-                .map(move |(i, t)| (f, &**function, dispatcher, i, t))
-        })
-}
-
 /// The running HTTP listener.
 #[derive(Debug)]
 struct HttpListener {
     stop: tokio::sync::watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// Its routes, which `apply` replaces.
+    routes: crate::triggers::http::RouteTable,
 }
 
-/// Binds `[http] listen` and serves every `http` trigger's route, if any.
+/// Binds `[http] listen` and serves `routes` (every `http` trigger's).
 async fn start_http(
     config: &Config,
-    deployed: &[DeployedFunction],
-    dispatchers: &[Dispatcher],
-    store: &Store,
+    routes: Vec<(crate::triggers::route::Route, crate::triggers::http::Target)>,
     connections: Arc<crate::triggers::websocket::Connections>,
-) -> Result<Option<HttpListener>, GatewayError> {
-    use crate::triggers::http::{Queue, Route, Server, Target};
-    use crate::triggers::route::Invocation;
-    let routes: Vec<_> = each_trigger(deployed, dispatchers)
-        .filter_map(|(f, _, dispatcher, _, t)| {
-            // Validation has parsed it already.
-            let route = Route::parse(&t.route()?).ok()?;
-            let websocket = t.websocket.as_ref().map(|path| {
-                Arc::new(crate::triggers::websocket::Settings {
-                    route: path.clone(),
-                    max_connections: t
-                        .max_connections
-                        .unwrap_or(crate::config::DEFAULT_WS_CONNECTIONS)
-                        as usize,
-                    idle: std::time::Duration::from_millis(
-                        t.idle_timeout_ms
-                            .unwrap_or(crate::config::DEFAULT_WS_IDLE_MS),
-                    ),
-                    max_message: t
-                        .max_message_bytes
-                        .unwrap_or(crate::config::DEFAULT_WS_MESSAGE_BYTES)
-                        as usize,
-                    open: Default::default(),
-                })
-            });
-            let target = Target {
-                intake: dispatcher.intake.clone(),
-                api_keys: t.auth.as_ref().map(crate::config::RouteAuth::keys),
-                queue: (t.invocation == Some(Invocation::Event)).then(|| Queue {
-                    store: store.clone(),
-                    function: f.name.clone(),
-                }),
-                websocket,
-            };
-            Some((route, target))
-        })
-        .collect();
-    if routes.is_empty() {
-        return Ok(None);
-    }
+) -> Result<HttpListener, GatewayError> {
+    use crate::triggers::http::Server;
     let addr = config
         .http
         .listen_addr()
@@ -833,8 +818,9 @@ async fn start_http(
         })?;
     tracing::info!(listen = %addr, tls = https, "http listening");
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let routes = server.routes();
     let task = tokio::spawn(server.serve(stopped));
-    Ok(Some(HttpListener { stop, task }))
+    Ok(HttpListener { stop, task, routes })
 }
 
 /// The HTTP listener's TLS settings, read once at start so that a bad file
@@ -852,114 +838,6 @@ fn http_tls(_: &crate::config::HttpTlsConfig) -> Result<crate::triggers::http::T
     Err(GatewayError::HttpTls(
         "this build has no TLS (feature `tls`)".into(),
     ))
-}
-
-/// Starts one task per kv_change trigger.
-fn start_streams(
-    deployed: &[DeployedFunction],
-    dispatchers: &[Dispatcher],
-    store: &Store,
-    draining: &Arc<AtomicBool>,
-) -> Vec<JoinHandle<()>> {
-    use crate::triggers::kv_change::{self, StreamSpec};
-    each_trigger(deployed, dispatchers)
-        .filter_map(|(f, _, dispatcher, i, t)| {
-            let spec = StreamSpec {
-                function: f.name.clone(),
-                consumer: format!("{}/{i}", f.name),
-                namespace: t.kv_change.clone()?,
-                keys: t.keys.clone(),
-                batch: t.batch.map(Into::into),
-            };
-            Some(tokio::spawn(kv_change::run(
-                spec,
-                store.clone(),
-                dispatcher.intake.clone(),
-                draining.clone(),
-            )))
-        })
-        .collect()
-}
-
-/// Starts one task per file trigger.
-fn start_files(
-    deployed: &[DeployedFunction],
-    dispatchers: &[Dispatcher],
-    store: &Store,
-    draining: &Arc<AtomicBool>,
-) -> Vec<JoinHandle<()>> {
-    use crate::triggers::file::{self, FileSpec, Pattern};
-    each_trigger(deployed, dispatchers)
-        .filter_map(|(f, function, dispatcher, _, t)| {
-            // Validation has parsed it already.
-            let pattern = Pattern::parse(t.file.as_deref()?).ok()?;
-            let spec = FileSpec {
-                function: f.name.clone(),
-                version: function.version().to_owned(),
-                pattern,
-                after: t.after.unwrap_or_default(),
-                max_file_bytes: t
-                    .max_file_bytes
-                    .unwrap_or(crate::config::DEFAULT_MAX_FILE_BYTES)
-                    .into(),
-                keep: f.dead_letters.keep,
-            };
-            let intake = match t.batch {
-                Some(window) => crate::triggers::batch::batched(
-                    &dispatcher.intake,
-                    window.into(),
-                    draining.clone(),
-                ),
-                None => dispatcher.intake.clone(),
-            };
-            Some(tokio::spawn(file::run(
-                spec,
-                store.clone(),
-                intake,
-                draining.clone(),
-            )))
-        })
-        .collect()
-}
-
-/// Starts one task per schedule trigger, each from its last settled tick.
-async fn start_schedules(
-    deployed: &[DeployedFunction],
-    dispatchers: &[Dispatcher],
-    store: &Store,
-    draining: &Arc<AtomicBool>,
-) -> Result<Vec<JoinHandle<()>>, GatewayError> {
-    use crate::triggers::schedule::{self, Expression, ScheduleSpec};
-    let reader = store.clone();
-    let last: HashMap<(String, String), i64> =
-        tokio::task::spawn_blocking(move || reader.schedule_ticks())
-            .await
-            .map_err(|e| GatewayError::Threads(std::io::Error::other(e.to_string())))??
-            .into_iter()
-            .map(|(function, name, last)| ((function, name), last))
-            .collect();
-    let tasks = each_trigger(deployed, dispatchers)
-        .filter_map(|(f, _, dispatcher, _, t)| {
-            let name = t.schedule.as_ref()?;
-            // Validation has parsed it already.
-            let expression = Expression::parse_in(name, t.timezone.as_deref()).ok()?;
-            let spec = ScheduleSpec {
-                function: f.name.clone(),
-                name: name.clone(),
-                expression,
-                missed: t.missed.unwrap_or_default(),
-            };
-            let last = last.get(&(f.name.clone(), name.clone())).copied();
-            Some(tokio::spawn(schedule::run(
-                spec,
-                last,
-                store.clone(),
-                dispatcher.intake.clone(),
-                draining.clone(),
-            )))
-        })
-        .collect();
-    Ok(tasks)
 }
 
 /// Starts the embedded broker if configured, and says where to connect.
@@ -1028,8 +906,7 @@ fn start_embedded(
         .broker
         .listen_addr()
         .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 1883)));
-    // One session per function, and the local, upstream and invoke drains.
-    let sessions = config.functions.len() + 3;
+    let sessions = embedded_sessions(config) + SESSION_MARGIN;
     let mut settings = crate::broker::BrokerSettings::new(listen, sessions);
     let b = &config.broker;
     if let Some(n) = b.max_connections {
@@ -1087,10 +964,42 @@ fn start_embedded(
 }
 
 /// `wasmgate run`: start, wait for `shutdown` (SIGINT/SIGTERM in the CLI),
-/// stop cleanly.
+/// stop cleanly. Without a [`Source`], `apply` and SIGHUP are refused.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
+    let (_keep, hangups) = tokio::sync::mpsc::channel(1);
+    run_from(config, None, shutdown, hangups).await
+}
+
+/// Where a running gateway reads its config again (`apply` without a
+/// path, SIGHUP), and how: the same loader and board as at start.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub path: PathBuf,
+    pub board: Option<crate::board::BoardProfile>,
+}
+
+impl Source {
+    fn load(&self, path: Option<&Path>) -> Result<Config, crate::config::ConfigErrors> {
+        let path = path.unwrap_or(&self.path);
+        let needs = crate::config::Needs::EVERYTHING;
+        match &self.board {
+            Some(board) => board.load_config(path, needs),
+            None => crate::config::load(path, needs, |_, _| {}),
+        }
+    }
+}
+
+/// [`run`], and while running: each message on `hangups` (SIGHUP, the
+/// unit's `ExecReload`) applies the config file again, as does the
+/// management API's `apply`.
+pub async fn run_from(
+    config: Config,
+    source: Option<Source>,
+    shutdown: impl Future<Output = ()>,
+    mut hangups: tokio::sync::mpsc::Receiver<()>,
+) -> Result<(), GatewayError> {
     let modules = load_modules(&config)?;
-    let gateway = Gateway::start(&config, modules).await?;
+    let mut gateway = Gateway::start(&config, modules).await?;
     crate::systemd::ready();
     let watchdog = crate::systemd::watchdog_interval().map(|every| {
         tokio::spawn(async move {
@@ -1101,7 +1010,31 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             }
         })
     });
-    shutdown.await;
+    let mut commands = gateway.commands();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(()) = hangups.recv() => {
+                tracing::info!("SIGHUP: applying the config file again");
+                let reply = apply_file(&mut gateway, source.as_ref(), None, false).await;
+                if (200..300).contains(&reply.status) {
+                    tracing::info!(plan = %reply.body["lines"], "SIGHUP: config applied");
+                } else {
+                    tracing::error!(error = %reply.body["error"], "SIGHUP: config not applied; the gateway runs as before");
+                }
+            }
+            Some(command) = recv_command(&mut commands) => match command {
+                crate::control::Command::Apply { path, dry_run, reply } => {
+                    let answer = apply_file(&mut gateway, source.as_ref(), path.as_deref(), dry_run).await;
+                    let _ = reply.send(answer);
+                }
+                crate::control::Command::Functions { reply } => {
+                    let _ = reply.send(gateway.describe().await);
+                }
+            },
+        }
+    }
     crate::systemd::stopping();
     tracing::info!("shutting down: finishing in-flight work");
     gateway.shutdown(SHUTDOWN_GRACE).await;
@@ -1109,6 +1042,72 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         watchdog.abort();
     }
     Ok(())
+}
+
+async fn recv_command(
+    commands: &mut Option<tokio::sync::mpsc::Receiver<crate::control::Command>>,
+) -> Option<crate::control::Command> {
+    match commands {
+        Some(commands) => commands.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Loads a config file as the gateway was started with, applies it (or,
+/// `dry_run`, only plans it), and says what happened, for the API and logs.
+async fn apply_file(
+    gateway: &mut Gateway,
+    source: Option<&Source>,
+    path: Option<&Path>,
+    dry_run: bool,
+) -> crate::control::Reply {
+    use crate::control::Reply;
+    use serde_json::json;
+    let Some(source) = source else {
+        return Reply {
+            status: 409,
+            body: json!({ "error": "this gateway was not started from a config file; nothing to apply" }),
+        };
+    };
+    let (loader, wanted) = (source.clone(), path.map(Path::to_path_buf));
+    let loaded = tokio::task::spawn_blocking(move || loader.load(wanted.as_deref())).await;
+    let new = match loaded {
+        Ok(Ok(config)) => config,
+        Ok(Err(problems)) => {
+            let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            return Reply {
+                status: 422,
+                body: json!({
+                    "error": format!("the config has {} problem(s); nothing applied", problems.len()),
+                    "problems": problems,
+                }),
+            };
+        }
+        Err(e) => {
+            return Reply {
+                status: 500,
+                body: json!({ "error": e.to_string() }),
+            }
+        }
+    };
+    match gateway.apply(new, dry_run).await {
+        Ok(plan) => Reply {
+            status: 200,
+            body: json!({ "applied": !dry_run, "dry_run": dry_run, "lines": plan.lines(), "plan": plan }),
+        },
+        Err(e) => Reply {
+            status: match e {
+                apply::ApplyError::RestartNeeded(_) => 409,
+                apply::ApplyError::Gateway(_) => 500,
+                _ => 422,
+            },
+            body: json!({
+                "error": format!("{e}; nothing applied"),
+                "lines": e.plan().map(plan::Plan::lines),
+                "plan": e.plan(),
+            }),
+        },
+    }
 }
 
 #[cfg(test)]

@@ -325,6 +325,9 @@ struct Inner {
     feeds: Mutex<[Feed; 3]>,
     closing: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// KV namespaces whose changes are kept for `kv_change` triggers;
+    /// `apply` replaces them as triggers come and go.
+    kv_streams: std::sync::RwLock<Vec<String>>,
 }
 
 impl Inner {
@@ -396,6 +399,7 @@ impl Store {
             room: Condvar::new(),
             outbox_max_bytes: options.outbox_max_bytes,
             pending: Permits::new(options.max_pending),
+            kv_streams: std::sync::RwLock::new(options.kv_streams.clone()),
             readers: Mutex::new(Vec::new()),
             stats: StoreStats::default(),
             on_outbox: Mutex::new(Vec::new()),
@@ -411,6 +415,16 @@ impl Store {
         *lock(&inner.thread) = Some(handle);
         tracing::info!(path = %path.display(), committed_seq, "store open");
         Ok(Store { inner })
+    }
+
+    /// The KV namespaces whose changes are kept from the next transaction
+    /// on (those of the `kv_change` triggers running now).
+    pub fn set_kv_streams(&self, namespaces: Vec<String>) {
+        *self
+            .inner
+            .kv_streams
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = namespaces;
     }
 
     pub fn path(&self) -> &Path {
@@ -1116,7 +1130,12 @@ impl StoreThread {
             let mut change = tx.prepare_cached(
                 "INSERT INTO kv_changes (namespace, key, old, new, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
-            let streams = &self.options.kv_streams;
+            let streams = self
+                .inner
+                .kv_streams
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
             let mut advance = |cursor: &Cursor| match cursor {
                 Cursor::KvStream {
                     consumer,

@@ -100,11 +100,35 @@ impl Queue {
     }
 }
 
+/// The routes served, and where each leads.
 #[derive(Debug)]
-struct State {
+struct Table {
     routes: Routes<usize>,
     /// Each route's function, by the index `routes` leads to.
     targets: Vec<Target>,
+}
+
+impl Table {
+    fn new(routes: Vec<(Route, Target)>) -> Table {
+        let mut targets = Vec::new();
+        let routes = routes
+            .into_iter()
+            .map(|(route, target)| {
+                targets.push(target);
+                (route, targets.len() - 1)
+            })
+            .collect();
+        Table {
+            routes: Routes::new(routes),
+            targets,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    /// Replaced whole by `apply`: a request finds its route in one table.
+    table: std::sync::RwLock<Arc<Table>>,
     max_body: usize,
     /// Open WebSocket connections, where committed posts go.
     connections: Arc<super::websocket::Connections>,
@@ -152,19 +176,10 @@ impl Server {
         connections: Arc<super::websocket::Connections>,
     ) -> std::io::Result<Server> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
-        let mut targets = Vec::new();
-        let routes = routes
-            .into_iter()
-            .map(|(route, target)| {
-                targets.push(target);
-                (route, targets.len() - 1)
-            })
-            .collect();
         Ok(Server {
             listener,
             state: Arc::new(State {
-                routes: Routes::new(routes),
-                targets,
+                table: std::sync::RwLock::new(Arc::new(Table::new(routes))),
                 max_body,
                 connections,
             }),
@@ -176,6 +191,31 @@ impl Server {
         self.listener.local_addr()
     }
 
+    /// Where the routes can be replaced while it serves.
+    pub fn routes(&self) -> RouteTable {
+        RouteTable(self.state.clone())
+    }
+}
+
+/// A serving listener's routes, replaceable (`wasmgate apply`).
+#[derive(Debug, Clone)]
+pub struct RouteTable(Arc<State>);
+
+impl RouteTable {
+    /// The next requests are routed by `routes`; those in flight finish
+    /// where they were routed (a WebSocket connection keeps its function's
+    /// intake until it closes).
+    pub fn replace(&self, routes: Vec<(Route, Target)>) {
+        let table = Arc::new(Table::new(routes));
+        *self
+            .0
+            .table
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = table;
+    }
+}
+
+impl Server {
     /// Serves until `stop` turns true; then takes no new request and
     /// finishes the ones in flight (their invocations commit or are left).
     pub async fn serve(self, mut stop: watch::Receiver<bool>) {
@@ -291,7 +331,12 @@ async fn handle(
 ) -> HttpResponse {
     let method = request.method().as_str().to_owned();
     let path = request.uri().path().to_owned();
-    let (index, params) = match state.routes.find(&method, &path) {
+    let table = state
+        .table
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let (index, params) = match table.routes.find(&method, &path) {
         Matched::Route(index, params) => (index, params),
         Matched::NotFound => return plain(StatusCode::NOT_FOUND, "no route for this path"),
         Matched::WrongMethod(allowed) => {
@@ -304,7 +349,7 @@ async fn handle(
             return response;
         }
     };
-    let target = &state.targets[index];
+    let target = &table.targets[index];
     if let Some(keys) = &target.api_keys {
         let given = request
             .headers()

@@ -154,6 +154,10 @@ pub struct IngressSpec {
     pub client_id: String,
     pub triggers: Vec<Trigger>,
     pub queue: usize,
+    /// Filters the session had before (`apply` removed their triggers):
+    /// unsubscribed at each connect, as the broker keeps a persistent
+    /// session's subscriptions.
+    pub unsubscribe: Vec<String>,
 }
 
 /// A started ingress: its session, the tasks to spawn, and a signal that
@@ -317,6 +321,11 @@ impl Reader {
                     session_present, ..
                 }) => {
                     backoff.reset();
+                    for filter in &self.spec.unsubscribe {
+                        if let Err(e) = self.session.client.try_unsubscribe(filter) {
+                            tracing::warn!(function, filter, "cannot unsubscribe: {e}");
+                        }
+                    }
                     if let Err(e) = self.session.client.try_subscribe_many(&filters) {
                         tracing::error!(function, "cannot subscribe: {e}");
                     }
