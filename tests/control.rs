@@ -483,3 +483,132 @@ fn invoke_live_runs_the_live_version_and_commits_unless_dry() {
         unknown.stderr
     );
 }
+
+/// One HTTP request to the management API on TCP.
+fn api_request(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(ONE)).unwrap();
+    let auth = token
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\n{auth}content-length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+#[test]
+fn the_api_on_tcp_takes_only_the_token_and_kv_and_dead_letters_go_through_the_gateway() {
+    let (broker_port, api_port) = (free_port(), free_port());
+    const TOKEN: &str = "k3v-9f2a-7c1d-55e0-b1";
+    let gateway = GatewayProcess::start_toml(|dir| {
+        std::fs::write(dir.join("api-token"), format!("{TOKEN}\n")).unwrap();
+        format!(
+            "data_dir = {data:?}\n[broker]\nlisten = \"127.0.0.1:{broker_port}\"\n\
+             [api]\nlisten = \"127.0.0.1:{api_port}\"\ntoken_file = \"api-token\"\n\
+             [[functions]]\nname = \"enrich\"\nwasm = {wasm:?}\ntriggers = [{{ mqtt = \"vending/#\" }}]\n\
+             [functions.grants]\nupstream = [\"telemetry/#\"]\n[functions.retry]\nattempts = 1\n",
+            data = dir.join("data").display().to_string(),
+            wasm = example_wasm("telemetry_enrich.wasm").display().to_string(),
+        )
+    });
+    let config = gateway.config_path().display().to_string();
+
+    // Without the token, or with another: 401, logged with the peer.
+    let (status, text) = api_request(api_port, "GET", "/v1/health", None);
+    assert_eq!(status, 401, "{text}");
+    assert!(
+        text.to_lowercase().contains("www-authenticate: bearer"),
+        "{text}"
+    );
+    let (status, _) = api_request(
+        api_port,
+        "GET",
+        "/v1/functions",
+        Some("k3v-9f2a-7c1d-55e0-b2"),
+    );
+    assert_eq!(status, 401);
+    assert!(
+        support::mqtt::wait_until(Duration::from_secs(5), || gateway
+            .logs()
+            .contains("no or wrong bearer token")),
+        "{}",
+        gateway.logs()
+    );
+    let (status, text) = api_request(api_port, "GET", "/v1/health", Some(TOKEN));
+    assert_eq!(status, 200, "{text}");
+
+    // A KV write by the CLI goes through the gateway; the API on TCP reads it.
+    let put = wasmgate(
+        &[
+            "kv",
+            "--config",
+            &config,
+            "put",
+            "enrich",
+            "vm-1/note a",
+            "restocked",
+        ],
+        ONE,
+    );
+    assert_eq!(put.code, Some(0), "{put:?}");
+    let (status, text) = api_request(api_port, "GET", "/v1/kv/enrich/vm-1/note%20a", Some(TOKEN));
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"text\":\"restocked\""), "{text}");
+    let got = wasmgate(
+        &["kv", "--config", &config, "get", "enrich", "vm-1/note a"],
+        ONE,
+    );
+    assert_eq!(got.stdout.trim(), "restocked", "{got:?}");
+    let missing = wasmgate(&["kv", "--config", &config, "get", "enrich", "nope"], ONE);
+    assert_eq!(missing.code, Some(1), "{missing:?}");
+    let deleted = wasmgate(
+        &["kv", "--config", &config, "delete", "enrich", "vm-1/note a"],
+        ONE,
+    );
+    assert_eq!(deleted.code, Some(0), "{deleted:?}");
+
+    // A message enrich cannot take: dead-lettered; listed, shown, replayed
+    // (it fails again and stays) and purged, all through the gateway.
+    let device = MqttClient::connect(broker_port, &unique_id("vm-1"));
+    device.publish("vending/not-telemetry", "{\"temp\": 5}");
+    device.wait_acked(ONE);
+    let listed = || wasmgate(&["dlq", "--config", &config, "list"], ONE);
+    assert!(
+        support::mqtt::wait_until(Duration::from_secs(20), || listed()
+            .stdout
+            .contains("vending/not-telemetry")),
+        "{}",
+        gateway.logs()
+    );
+    let (status, text) = api_request(api_port, "GET", "/v1/dead-letters", Some(TOKEN));
+    assert_eq!(status, 200, "{text}");
+    let id = listed()
+        .stdout
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let shown = wasmgate(&["dlq", "--config", &config, "show", &id], ONE);
+    assert!(shown.stdout.contains("not-telemetry"), "{shown:?}");
+    let replayed = wasmgate(&["dlq", "--config", &config, "replay", &id], ONE);
+    assert_eq!(replayed.code, Some(1), "{replayed:?}");
+    assert!(
+        replayed.stdout.contains("attempt 2") && replayed.stdout.contains("stays in the queue"),
+        "{replayed:?}"
+    );
+    let purged = wasmgate(&["dlq", "--config", &config, "purge", &id], ONE);
+    assert_eq!(purged.stdout.trim(), "purged 1 dead letter", "{purged:?}");
+    assert!(!listed().stdout.contains("vending/not-telemetry"));
+}

@@ -23,13 +23,16 @@
 //!
 //! A module that does not load (not wasm, another ABI, over its limits) is
 //! refused with 422 and the running version is untouched.
+//!
+//! With `[api] listen`, the same API is served on TCP too, each request
+//! checked for the bearer token in `api.token_file` ([`TcpControl`]).
 
 use crate::registry::{Registry, RegistryError};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::routing::{get, post, put};
+use axum::routing::{get, post, put, MethodRouter};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -114,7 +117,14 @@ pub struct Reply {
 /// What the endpoints reach.
 #[derive(Debug, Clone)]
 struct Api {
+    registry: Arc<Registry>,
     commands: tokio::sync::mpsc::Sender<Command>,
+}
+
+impl axum::extract::FromRef<Api> for Arc<Registry> {
+    fn from_ref(api: &Api) -> Arc<Registry> {
+        api.registry.clone()
+    }
 }
 
 async fn apply(State(api): State<Api>, body: Bytes) -> Response {
@@ -148,14 +158,14 @@ async fn ask(
     }
 }
 
-fn app(registry: Arc<Registry>, commands: tokio::sync::mpsc::Sender<Command>) -> axum::Router {
-    let api = Api { commands };
-    let registry_routes = axum::Router::new()
-        .route(
+/// Every endpoint: its path and handlers.
+fn endpoints() -> Vec<(&'static str, MethodRouter<Api>)> {
+    let mut endpoints: Vec<(&'static str, MethodRouter<Api>)> = vec![
+        (
             "/v1/health",
             get(|| async { json(StatusCode::OK, &serde_json::json!({ "status": "ok" })) }),
-        )
-        .route(
+        ),
+        (
             "/v1/functions/:name/versions",
             get(
                 |State(r): State<Arc<Registry>>, Path(name): Path<String>| async move {
@@ -180,8 +190,8 @@ fn app(registry: Arc<Registry>, commands: tokio::sync::mpsc::Sender<Command>) ->
                     .await
                 },
             ),
-        )
-        .route(
+        ),
+        (
             "/v1/functions/:name/deploy",
             post(
                 |State(r): State<Arc<Registry>>,
@@ -192,8 +202,8 @@ fn app(registry: Arc<Registry>, commands: tokio::sync::mpsc::Sender<Command>) ->
                     blocking(StatusCode::OK, move || r.deploy(&name, &body, &source)).await
                 },
             ),
-        )
-        .route(
+        ),
+        (
             "/v1/functions/:name/aliases/live",
             put(
                 |State(r): State<Arc<Registry>>, Path(name): Path<String>, body: Bytes| async move {
@@ -226,8 +236,8 @@ fn app(registry: Arc<Registry>, commands: tokio::sync::mpsc::Sender<Command>) ->
                     .await
                 },
             ),
-        )
-        .route(
+        ),
+        (
             "/v1/functions/:name/invoke",
             post(
                 |State(r): State<Arc<Registry>>, Path(name): Path<String>, body: Bytes| async move {
@@ -257,27 +267,254 @@ fn app(registry: Arc<Registry>, commands: tokio::sync::mpsc::Sender<Command>) ->
                     .await
                 },
             ),
-        )
-        .route(
+        ),
+        (
             "/v1/functions/:name/rollback",
             post(
                 |State(r): State<Arc<Registry>>, Path(name): Path<String>| async move {
                     blocking(StatusCode::OK, move || r.rollback(&name)).await
                 },
             ),
-        )
-        .with_state(registry);
-    axum::Router::new()
-        .route("/v1/apply", post(apply))
-        .route(
+        ),
+        ("/v1/apply", post(apply)),
+        (
             "/v1/functions",
             get(|State(api): State<Api>| async move {
                 ask(&api, |reply| Command::Functions { reply }).await
             }),
-        )
+        ),
+    ];
+    endpoints.extend(admin_endpoints());
+    endpoints
+}
+
+/// The app: every endpoint, and a JSON 404 for any other path.
+fn app(registry: Arc<Registry>, commands: tokio::sync::mpsc::Sender<Command>) -> axum::Router {
+    let api = Api { registry, commands };
+    endpoints()
+        .into_iter()
+        .fold(axum::Router::new(), |router, (path, route)| router.route(path, route))
+        .fallback(|| async {
+            json(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({ "error": "no such endpoint (GET /v1/openapi.json lists them)" }),
+            )
+        })
         .with_state(api)
-        .merge(registry_routes)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_UPLOAD))
+}
+
+/// An answer from a blocking admin operation: `Ok(None)` is 404 with `missing`.
+async fn admin<T: serde::Serialize + Send + 'static>(
+    f: impl FnOnce() -> Result<Option<T>, String> + Send + 'static,
+    missing: String,
+) -> Response {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(Some(value))) => json(
+            StatusCode::OK,
+            &serde_json::to_value(value).unwrap_or_default(),
+        ),
+        Ok(Ok(None)) => json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({ "error": missing }),
+        ),
+        Ok(Err(error)) => json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &serde_json::json!({ "error": error }),
+        ),
+        Err(_) => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &serde_json::json!({ "error": "the operation panicked" }),
+        ),
+    }
+}
+
+/// KV and dead letters, through the gateway's own store (`admin`).
+fn admin_endpoints() -> Vec<(&'static str, MethodRouter<Api>)> {
+    use crate::admin;
+    use axum::extract::Query;
+    type R = State<Arc<Registry>>;
+    let unknown = |name: &str| format!("no function {name:?} is deployed");
+    vec![
+        (
+            "/v1/kv/:function",
+            get(move |State(r): R, Path(function): Path<String>| async move {
+                let missing = unknown(&function);
+                admin(
+                    move || {
+                        if !r.knows(&function) {
+                            return Ok(None);
+                        }
+                        admin::kv_list(r.store(), &function).map(Some).map_err(|e| e.to_string())
+                    },
+                    missing,
+                )
+                .await
+            }),
+        ),
+        (
+            "/v1/kv/:function/*key",
+            get(move |State(r): R, Path((function, key)): Path<(String, String)>| async move {
+                let missing = format!("{function}: no key {key:?}");
+                admin(
+                    move || {
+                        if !r.knows(&function) {
+                            return Ok(None);
+                        }
+                        admin::kv_get(r.store(), &function, &key).map_err(|e| e.to_string())
+                    },
+                    missing,
+                )
+                .await
+            })
+            .put(
+                move |State(r): R, Path((function, key)): Path<(String, String)>, body: Bytes| async move {
+                    let value = match serde_json::from_slice::<admin::KvValue>(&body) {
+                        Ok(value) => value,
+                        Err(e) => {
+                            return json(
+                                StatusCode::BAD_REQUEST,
+                                &serde_json::json!({ "error": format!("expected {{\"text\": \"...\"}} or {{\"counter\": 42}}: {e}") }),
+                            )
+                        }
+                    };
+                    let missing = unknown(&function);
+                    admin(
+                        move || {
+                            if !r.knows(&function) {
+                                return Ok(None);
+                            }
+                            admin::kv_put(r.store(), &function, &key, value)
+                                .map(|()| Some(serde_json::json!({ "written": true })))
+                                .map_err(|e| e.to_string())
+                        },
+                        missing,
+                    )
+                    .await
+                },
+            )
+            .delete(move |State(r): R, Path((function, key)): Path<(String, String)>| async move {
+                let missing = format!("{function}: no key {key:?}; nothing deleted");
+                admin(
+                    move || {
+                        if !r.knows(&function) {
+                            return Ok(None);
+                        }
+                        admin::kv_delete(r.store(), &function, &key)
+                            .map(|gone| gone.then(|| serde_json::json!({ "deleted": true })))
+                            .map_err(|e| e.to_string())
+                    },
+                    missing,
+                )
+                .await
+            }),
+        ),
+        (
+            "/v1/dead-letters",
+            get(
+                |State(r): R, Query(q): Query<std::collections::HashMap<String, String>>| async move {
+                    let function = q.get("function").cloned();
+                    let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(1000);
+                    admin(
+                        move || {
+                            let (letters, total) =
+                                admin::dead_letters(r.store(), function.as_deref(), limit)
+                                    .map_err(|e| e.to_string())?;
+                            Ok(Some(serde_json::json!({ "letters": letters, "total": total })))
+                        },
+                        String::new(),
+                    )
+                    .await
+                },
+            ),
+        ),
+        (
+            "/v1/dead-letters/purge",
+            post(|State(r): R, body: Bytes| async move {
+                let asked = serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default();
+                let purge = if let Some(ids) = asked["ids"].as_array() {
+                    crate::store::Purge::Ids(ids.iter().filter_map(serde_json::Value::as_i64).collect())
+                } else if let Some(f) = asked["function"].as_str() {
+                    crate::store::Purge::Function(f.to_owned())
+                } else if asked["all"] == true {
+                    crate::store::Purge::All
+                } else {
+                    return json(
+                        StatusCode::BAD_REQUEST,
+                        &serde_json::json!({ "error": "say what to purge: {\"ids\": [..]}, {\"function\": \"..\"} or {\"all\": true}" }),
+                    );
+                };
+                admin(
+                    move || {
+                        admin::purge(r.store(), purge)
+                            .map(|n| Some(serde_json::json!({ "purged": n })))
+                            .map_err(|e| e.to_string())
+                    },
+                    String::new(),
+                )
+                .await
+            }),
+        ),
+        (
+            "/v1/dead-letters/:id",
+            get(|State(r): R, Path(id): Path<i64>| async move {
+                admin(
+                    move || r.store().dead_letter_by_id(id).map_err(|e| e.to_string()),
+                    format!("no dead letter {id} (`wasmgate dlq list` shows them)"),
+                )
+                .await
+            }),
+        ),
+        (
+            "/v1/dead-letters/:id/replay",
+            post(
+                |State(r): R, Path(id): Path<i64>, headers: HeaderMap, body: Bytes| async move {
+                    let want = headers
+                        .get("x-wasmgate-version")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    admin(
+                        move || {
+                            let Some(letter) =
+                                r.store().dead_letter_by_id(id).map_err(|e| e.to_string())?
+                            else {
+                                return Ok(None);
+                            };
+                            let (spec, live) = r.live_module(&letter.function).map_err(|e| {
+                                format!("dead letter {id}: {e}; it cannot be replayed here")
+                            })?;
+                            let wasm = if body.is_empty() { live } else { body.to_vec() };
+                            if let Some(want) = want {
+                                let found = crate::runtime::module_version(&wasm);
+                                if found != want {
+                                    return Err(format!("the module is version {found}, not {want}"));
+                                }
+                            }
+                            admin::replay(r.store(), &letter, spec, &wasm)
+                                .map(Some)
+                                .map_err(|e| e.to_string())
+                        },
+                        format!("no dead letter {id} (`wasmgate dlq list` shows them)"),
+                    )
+                    .await
+                },
+            ),
+        ),
+        ("/v1/openapi.json", get(|| async { openapi() })),
+    ]
+}
+
+/// The API's OpenAPI description (`docs/openapi.json`), which a test keeps
+/// equal to what [`endpoints`] serves.
+pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+fn openapi() -> Response {
+    let mut response = Response::new(Body::from(OPENAPI));
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// Why the management socket could not open.
@@ -352,6 +589,87 @@ impl Control {
     }
 }
 
+/// The management API on TCP (`[api] listen`): every request must carry
+/// the bearer token; one without it gets 401 and a log line naming the
+/// peer. Bound at start, so a taken port is a start-up error.
+#[derive(Debug)]
+pub struct TcpControl {
+    listener: tokio::net::TcpListener,
+    token: Arc<str>,
+}
+
+impl TcpControl {
+    pub async fn bind(addr: std::net::SocketAddr, token: String) -> std::io::Result<TcpControl> {
+        Ok(TcpControl {
+            listener: tokio::net::TcpListener::bind(addr).await?,
+            token: token.into(),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `stop`.
+    pub async fn serve(
+        self,
+        registry: Arc<Registry>,
+        commands: tokio::sync::mpsc::Sender<Command>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let token = self.token.clone();
+        let app = app(registry, commands).layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let token = token.clone();
+                async move {
+                    if bearer_matches(&token, request.headers()) {
+                        return next.run(request).await;
+                    }
+                    let peer = request
+                        .extensions()
+                        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                        .map(|c| c.0.to_string())
+                        .unwrap_or_default();
+                    tracing::warn!(%peer, method = %request.method(), path = %request.uri().path(), "management API request refused: no or wrong bearer token");
+                    let mut response = json(
+                        StatusCode::UNAUTHORIZED,
+                        &serde_json::json!({ "error": "a bearer token is required (Authorization: Bearer <the token in api.token_file>)" }),
+                    );
+                    response.headers_mut().insert(
+                        axum::http::header::WWW_AUTHENTICATE,
+                        axum::http::HeaderValue::from_static("Bearer"),
+                    );
+                    response
+                }
+            },
+        ));
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        let service = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        if let Err(e) = axum::serve(self.listener, service)
+            .with_graceful_shutdown(stopped)
+            .await
+        {
+            tracing::error!(error = %e, "management API listener failed");
+        }
+    }
+}
+
+/// Whether `headers` carry `Authorization: Bearer <token>`, compared in
+/// time that does not depend on where the first differing byte is.
+fn bearer_matches(token: &str, headers: &HeaderMap) -> bool {
+    let Some(given) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (token.as_bytes(), given.trim().as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// The CLI's side: one request to the running gateway's socket.
 pub mod client {
     use std::io::{Read, Write};
@@ -410,5 +728,103 @@ pub mod client {
             .ok_or_else(|| ClientError::Garbled(head.to_owned()))?;
         let body = serde_json::from_str(body.trim()).unwrap_or(serde_json::Value::Null);
         Ok(Answer { status, body })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// Every (path, method) the API serves, probed over a real socket: a
+    /// method a path does not take is answered 405.
+    fn served(data_dir: &std::path::Path) -> BTreeSet<(String, String)> {
+        let mut served = BTreeSet::new();
+        for (path, _) in endpoints() {
+            let concrete: String = path
+                .split('/')
+                .map(|s| match s.chars().next() {
+                    Some(':' | '*') => "7",
+                    _ => s,
+                })
+                .collect::<Vec<_>>()
+                .join("/");
+            let documented: String = path
+                .split('/')
+                .map(|s| match s.chars().next() {
+                    Some(':' | '*') => format!("{{{}}}", &s[1..]),
+                    _ => s.to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join("/");
+            for method in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
+                let answer = client::request(data_dir, method, &concrete, &[], b"").unwrap();
+                if answer.status != 405 {
+                    served.insert((documented.clone(), method.to_lowercase()));
+                }
+            }
+        }
+        served
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_openapi_description_lists_exactly_what_is_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            crate::store::Store::open(crate::store::StoreOptions::new(dir.path().join("db")))
+                .unwrap();
+        let registry = Arc::new(Registry::new(
+            crate::runtime::Runtime::new(),
+            store,
+            dir.path().join("modules"),
+            10,
+            Arc::new(std::sync::atomic::AtomicU64::new(1)),
+        ));
+        let (commands, mut asked) = tokio::sync::mpsc::channel(4);
+        // The run loop's part: every command answered.
+        tokio::spawn(async move {
+            while let Some(command) = asked.recv().await {
+                let (Command::Apply { reply, .. } | Command::Functions { reply }) = command;
+                let _ = reply.send(Reply {
+                    status: 200,
+                    body: serde_json::Value::Null,
+                });
+            }
+        });
+        let control = Control::bind(dir.path()).unwrap();
+        let (_stop, stopped) = watch::channel(false);
+        tokio::spawn(control.serve(registry, commands, stopped));
+        let data_dir = dir.path().to_owned();
+        let served = tokio::task::spawn_blocking(move || served(&data_dir))
+            .await
+            .unwrap();
+
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        assert_eq!(doc["openapi"], "3.0.3");
+        let documented: BTreeSet<(String, String)> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .flat_map(|(path, ops)| {
+                ops.as_object()
+                    .unwrap()
+                    .keys()
+                    .map(move |method| (path.clone(), method.clone()))
+            })
+            .collect();
+        let undocumented: Vec<_> = served.difference(&documented).collect();
+        let unserved: Vec<_> = documented.difference(&served).collect();
+        assert!(
+            undocumented.is_empty() && unserved.is_empty(),
+            "served but not in docs/openapi.json: {undocumented:?}; documented but not served: {unserved:?}"
+        );
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            for (method, op) in ops.as_object().unwrap() {
+                assert!(
+                    op["summary"].is_string() && op["responses"].is_object(),
+                    "{method} {path}"
+                );
+            }
+        }
     }
 }

@@ -5,12 +5,12 @@
 //! (`pipeline`, `store`), with config, boards, the local test loop, the
 //! simulator, the load tool and metrics beside it.
 
+pub mod admin;
 pub mod bench;
 pub mod board;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod config;
-#[cfg(unix)]
 pub mod control;
 pub mod demo;
 pub mod dlq;

@@ -363,6 +363,33 @@ impl Registry {
         &self.runtime
     }
 
+    /// The gateway's store, for the management API's KV and dead-letter
+    /// operations.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Whether a function is deployed.
+    pub fn knows(&self, name: &str) -> bool {
+        self.entry(name, |_| ()).is_ok()
+    }
+
+    /// What a function's versions are deployed with (limits, grants,
+    /// config values, secrets), and its live version's bytes: a dead
+    /// letter's replay runs that.
+    pub fn live_module(&self, name: &str) -> Result<(FunctionSpec, Vec<u8>), RegistryError> {
+        let (spec, version) = self.entry(name, |e| {
+            (e.spec.clone(), e.live.current().version().to_owned())
+        })?;
+        let path = module_path(&self.dir, &version);
+        let wasm = crate::files::read_limited(&path, crate::files::MAX_MODULE_BYTES, "module")
+            .map_err(|_| RegistryError::UnknownVersion {
+                function: name.to_owned(),
+                version,
+            })?;
+        Ok((spec, wasm))
+    }
+
     /// Where versions' modules are kept.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -130,6 +130,9 @@ pub struct Config {
     /// The HTTP listener that `http` triggers' routes are served on.
     #[serde(default)]
     pub http: HttpConfig,
+    /// The management API beyond its unix socket: a TCP listener.
+    #[serde(default)]
+    pub api: ApiConfig,
     /// The functions this gateway runs; a function's index here is its
     /// [`FunctionId`] in [`Config::router`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -148,6 +151,7 @@ impl Default for Config {
             upstream: None,
             store: StoreConfig::default(),
             http: HttpConfig::default(),
+            api: ApiConfig::default(),
             functions: Vec::new(),
             origin: Origin::default(),
         }
@@ -173,6 +177,48 @@ pub struct HttpConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<HttpTlsConfig>,
 }
+
+/// The management API (deploys, aliases, apply, KV, dead letters) is
+/// always on the unix socket `data_dir/control.sock` (mode 0600). This
+/// adds a TCP listener, for tools on other machines: every request must
+/// carry `Authorization: Bearer <token>`, the token read from a file (never
+/// written in the config itself); a request without it gets 401 and is
+/// logged. Plain HTTP: listen on loopback or a VPN address, or put a TLS
+/// proxy in front.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// The `ip:port` to listen on; none by default (the socket only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// The file holding the bearer token (its first line, at least 16
+    /// characters); required with `listen`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl ApiConfig {
+    /// The bearer token: the file's first line, trimmed.
+    pub fn read_token(&self) -> Result<Option<String>, String> {
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        let text = crate::files::read_text(path, 4096, "token file")
+            .map_err(|e| format!("api.token_file {}: {e}", path.display()))?;
+        let token = text.lines().next().unwrap_or("").trim().to_owned();
+        if token.len() < MIN_API_TOKEN {
+            return Err(format!(
+                "api.token_file {}: the token (its first line) must be at least {MIN_API_TOKEN} characters; `head -c 24 /dev/urandom | base64 > {}` makes one",
+                path.display(),
+                path.display()
+            ));
+        }
+        Ok(Some(token))
+    }
+}
+
+/// The shortest bearer token taken.
+pub const MIN_API_TOKEN: usize = 16;
 
 /// The HTTP listener's certificate, and the CA of its clients' if any.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1298,6 +1344,9 @@ impl Config {
                 files.push((path.key("client_ca"), ca));
             }
         }
+        if let Some(token) = &self.api.token_file {
+            files.push((root.key("api").key("token_file"), token));
+        }
         if let Some(tls) = &self.http.tls {
             let path = root.key("http").key("tls");
             files.push((path.key("cert"), &tls.cert));
@@ -1380,6 +1429,9 @@ impl Config {
         }
         if let Some(listener) = &mut self.broker.tls_listener {
             listener.files_mut().for_each(resolve);
+        }
+        if let Some(token) = &mut self.api.token_file {
+            resolve(token);
         }
         if let Some(tls) = &mut self.http.tls {
             resolve(&mut tls.cert);

@@ -110,6 +110,7 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
     }
     store(&mut c, &root.key("store"), &config.store);
     http(&mut c, config);
+    api(&mut c, config);
     if config.functions.len() > max::FUNCTIONS {
         c.push(
             root.key("functions"),
@@ -498,6 +499,38 @@ fn trigger_kind(c: &mut Checker, path: &FieldPath, trigger: &TriggerConfig, prot
 }
 
 /// The HTTP listener, and no two routes that one request could match.
+fn api(c: &mut Checker, config: &Config) {
+    let path = FieldPath::root().key("api");
+    if let Some(listen) = &config.api.listen {
+        if let Err(e) = listen.parse::<SocketAddr>() {
+            c.push(
+                path.key("listen"),
+                Kind::InvalidListen {
+                    value: listen.clone(),
+                    message: e.to_string(),
+                },
+            );
+        }
+        if config.api.token_file.is_none() {
+            c.push(
+                path.key("token_file"),
+                Kind::Missing {
+                    field: "token_file",
+                    when: "with api.listen (every TCP request needs the bearer token it holds)",
+                },
+            );
+        }
+    } else if config.api.token_file.is_some() {
+        c.push(
+            path.key("token_file"),
+            Kind::Unused {
+                field: "token_file",
+                when: "without api.listen (the unix socket needs no token: only the gateway's user reaches it)",
+            },
+        );
+    }
+}
+
 fn http(c: &mut Checker, config: &Config) {
     let path = FieldPath::root().key("http");
     if let Some(listen) = &config.http.listen {

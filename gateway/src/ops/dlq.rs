@@ -15,16 +15,18 @@ the version, the event's bytes and every attempt's error, and its message is
 acknowledged only once it is kept. These commands are safe while the gateway
 runs.
 
-Replay runs here, in this process, not in the daemon: the function is deployed
-as the config describes it (limits, grants, config values), from the config's
-module or from --wasm FILE, and runs on the stored event with the next attempt
-number. On success its effects are committed to the gateway's database exactly
+While the gateway runs, these go through it (its management socket): a replay
+runs the function's live version there, with the limits, grants and config
+values it runs with, or the module given by --wasm FILE. When no gateway runs,
+they work on the database here: a replay deploys the function as the config
+describes it, from the config's module or from --wasm FILE. Either way it runs
+on the stored event with the next attempt number. On success its effects are committed to the gateway's database exactly
 as the pipeline commits them (KV writes, and emits into the durable outbox),
 in one transaction that also deletes the dead letter; a running gateway sends
 those emits within a second, a stopped one when it starts. On failure the
 attempt is added to the dead letter, which stays. wasmgate keeps no copies of
-old modules: name a version by its file with --wasm; --version checks that the
-module about to run is the version you mean.
+old modules beyond its kept versions: name a version by its file with --wasm;
+--version checks that the module about to run is the version you mean.
 
 Examples:
   wasmgate dlq list
@@ -107,6 +109,9 @@ pub fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
         Ok(config) => config,
         Err(code) => return Ok(code),
     };
+    if super::daemon_runs(&config.data_dir) {
+        return through_daemon(&config.data_dir, args.op);
+    }
     let store = super::open_store(&config)?;
     let result = (|| -> anyhow::Result<ExitCode> {
         Ok(match args.op {
@@ -251,5 +256,178 @@ fn dlq_replay(
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_FAILED)
+    })
+}
+
+/// The same operations through the running gateway's management API.
+fn through_daemon(dir: &std::path::Path, op: DlqOp) -> anyhow::Result<ExitCode> {
+    use wasmgate::control::client::request;
+    use wasmgate::store::DeadLetter;
+    let refused = |answer: &wasmgate::control::client::Answer| {
+        anyhow::anyhow!(
+            "the gateway refused ({}): {}",
+            answer.status,
+            answer.body["error"].as_str().unwrap_or("?")
+        )
+    };
+    let letter = |id: i64| -> anyhow::Result<Option<DeadLetter>> {
+        let answer = request(dir, "GET", &format!("/v1/dead-letters/{id}"), &[], b"")?;
+        match answer.status {
+            200 => Ok(Some(serde_json::from_value(answer.body)?)),
+            404 => Ok(None),
+            _ => Err(refused(&answer)),
+        }
+    };
+    Ok(match op {
+        DlqOp::List { function, limit } => {
+            let mut path = format!("/v1/dead-letters?limit={limit}");
+            if let Some(f) = &function {
+                path.push_str(&format!("&function={}", super::percent(f, false)));
+            }
+            let answer = request(dir, "GET", &path, &[], b"")?;
+            if answer.status != 200 {
+                return Err(refused(&answer));
+            }
+            let letters: Vec<DeadLetter> = serde_json::from_value(answer.body["letters"].clone())?;
+            let total = answer.body["total"].as_u64().unwrap_or(0);
+            print!("{}", wasmgate::dlq::render_list(&letters));
+            if total as usize > letters.len() {
+                eprintln!("({} of {total} shown; --limit shows more)", letters.len());
+            }
+            ExitCode::SUCCESS
+        }
+        DlqOp::Show { id, event } => match letter(id)? {
+            Some(letter) if event => {
+                let decoded = wasmgate::dlq::decode_event(&letter.event)
+                    .with_context(|| format!("dead letter {id}: its event cannot be decoded"))?;
+                println!("{:#}", wasmgate::dlq::event_json(&decoded));
+                ExitCode::SUCCESS
+            }
+            Some(letter) => {
+                println!("{:#}", wasmgate::dlq::to_json(&letter));
+                ExitCode::SUCCESS
+            }
+            None => {
+                eprintln!("no dead letter {id} (`wasmgate dlq list` shows them)");
+                ExitCode::from(EXIT_FAILED)
+            }
+        },
+        DlqOp::Replay {
+            ids,
+            function,
+            wasm,
+            version,
+        } => {
+            let ids = match (ids.is_empty(), &function) {
+                (false, _) => ids,
+                (true, Some(f)) => {
+                    let path = format!(
+                        "/v1/dead-letters?limit=1000000&function={}",
+                        super::percent(f, false)
+                    );
+                    let answer = request(dir, "GET", &path, &[], b"")?;
+                    let letters: Vec<DeadLetter> =
+                        serde_json::from_value(answer.body["letters"].clone())?;
+                    letters.iter().map(|l| l.id).collect()
+                }
+                (true, None) => {
+                    anyhow::bail!("say what to replay: dead letter ids, or --function NAME")
+                }
+            };
+            if ids.is_empty() {
+                println!("no dead letters to replay");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let module = match &wasm {
+                Some(path) => {
+                    wasmgate::files::read_limited(path, wasmgate::files::MAX_MODULE_BYTES, "module")
+                        .with_context(|| format!("cannot read the module {}", path.display()))?
+                }
+                None => Vec::new(),
+            };
+            let mut headers = vec![("content-type", "application/wasm")];
+            if let Some(v) = &version {
+                headers.push(("x-wasmgate-version", v.as_str()));
+            }
+            let mut failed = 0;
+            for id in ids {
+                let answer = request(
+                    dir,
+                    "POST",
+                    &format!("/v1/dead-letters/{id}/replay"),
+                    &headers,
+                    &module,
+                )?;
+                let body = &answer.body;
+                if answer.status == 404 {
+                    anyhow::bail!("no dead letter {id} (`wasmgate dlq list` shows them)");
+                }
+                if answer.status != 200 {
+                    return Err(refused(&answer));
+                }
+                for line in body["logs"].as_array().into_iter().flatten() {
+                    eprintln!(
+                        "  [{}] {}",
+                        line["level"].as_str().unwrap_or("?"),
+                        line["message"].as_str().unwrap_or("")
+                    );
+                }
+                let n = |k: &str| body[k].as_u64().unwrap_or(0);
+                let plural = |n: u64| if n == 1 { "" } else { "s" };
+                if body["requeued"] == true {
+                    println!(
+                        "dead letter {id}: undeliverable message to {} put back in the outbox; removed from the queue",
+                        body["topic"].as_str().unwrap_or("?")
+                    );
+                } else if body["ok"] == true {
+                    println!(
+                        "dead letter {id}: replayed on {} version {} (attempt {}): ok, {} emit{}, {} KV write{}; removed from the queue",
+                        body["function"].as_str().unwrap_or("?"),
+                        body["version"].as_str().unwrap_or("?"),
+                        n("attempt"),
+                        n("emits"),
+                        plural(n("emits")),
+                        n("kv_writes"),
+                        plural(n("kv_writes")),
+                    );
+                } else {
+                    failed += 1;
+                    println!(
+                        "dead letter {id}: attempt {} on version {} failed: {}; it stays in the queue",
+                        n("attempt"),
+                        body["version"].as_str().unwrap_or("?"),
+                        body["error"].as_str().unwrap_or("?")
+                    );
+                }
+            }
+            if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_FAILED)
+            }
+        }
+        DlqOp::Purge { ids, function, all } => {
+            let body = match (ids.is_empty(), function, all) {
+                (false, _, _) => serde_json::json!({ "ids": ids }),
+                (true, Some(f), _) => serde_json::json!({ "function": f }),
+                (true, None, true) => serde_json::json!({ "all": true }),
+                (true, None, false) => {
+                    anyhow::bail!("say what to purge: dead letter ids, --function NAME, or --all")
+                }
+            };
+            let answer = request(
+                dir,
+                "POST",
+                "/v1/dead-letters/purge",
+                &[("content-type", "application/json")],
+                body.to_string().as_bytes(),
+            )?;
+            if answer.status != 200 {
+                return Err(refused(&answer));
+            }
+            let n = answer.body["purged"].as_u64().unwrap_or(0);
+            println!("purged {n} dead letter{}", if n == 1 { "" } else { "s" });
+            ExitCode::SUCCESS
+        }
     })
 }

@@ -1,4 +1,5 @@
-//! `wasmgate kv`: read and change functions' KV state in the gateway's database.
+//! `wasmgate kv`: read and change functions' KV state: through the running
+//! gateway when one runs on the config's data_dir, else in its database.
 
 use crate::{load_config_for, Needs, EXIT_FAILED};
 use anyhow::Context as _;
@@ -7,7 +8,8 @@ use serde_json::json;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use wasmgate::runtime::{Effects, KvWrite};
+use wasmgate::admin;
+use wasmgate::control::client::request;
 use wasmgate::store::KvEntry;
 
 #[derive(Debug, Args)]
@@ -68,6 +70,111 @@ pub enum KvOp {
     },
 }
 
+/// Where the KV is reached: the running gateway's API (its store writes,
+/// so KV change triggers see the write), or, when none runs, the database.
+enum Backend {
+    Daemon(PathBuf),
+    Offline(wasmgate::store::Store),
+}
+
+impl Backend {
+    fn open(config: &wasmgate::config::Config) -> anyhow::Result<Backend> {
+        if super::daemon_runs(&config.data_dir) {
+            return Ok(Backend::Daemon(config.data_dir.clone()));
+        }
+        Ok(Backend::Offline(super::open_store(config)?))
+    }
+
+    /// GET/PUT/DELETE on the API; `Ok(None)` for a 404.
+    fn ask(
+        dir: &std::path::Path,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> anyhow::Result<Option<serde_json::Value>> {
+        let answer = request(
+            dir,
+            method,
+            path,
+            &[("content-type", "application/json")],
+            body,
+        )?;
+        match answer.status {
+            200..=299 => Ok(Some(answer.body)),
+            404 if answer.body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("no key")) =>
+            {
+                Ok(None)
+            }
+            status => anyhow::bail!(
+                "the gateway refused ({status}): {}",
+                answer.body["error"].as_str().unwrap_or("?")
+            ),
+        }
+    }
+
+    fn get(&self, function: &str, key: &str) -> anyhow::Result<Option<serde_json::Value>> {
+        match self {
+            Backend::Daemon(dir) => Self::ask(dir, "GET", &kv_path(function, Some(key)), b""),
+            Backend::Offline(store) => Ok(admin::kv_get(store, function, key)?),
+        }
+    }
+
+    fn list(&self, function: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+        match self {
+            Backend::Daemon(dir) => Ok(Self::ask(dir, "GET", &kv_path(function, None), b"")?
+                .and_then(|v| v.as_array().cloned())
+                .unwrap_or_default()),
+            Backend::Offline(store) => Ok(admin::kv_list(store, function)?),
+        }
+    }
+
+    fn put(&self, function: &str, key: &str, value: admin::KvValue) -> anyhow::Result<()> {
+        match self {
+            Backend::Daemon(dir) => {
+                let body = match &value {
+                    admin::KvValue::Text(text) => json!({ "text": text }),
+                    admin::KvValue::Counter(n) => json!({ "counter": n }),
+                };
+                Self::ask(
+                    dir,
+                    "PUT",
+                    &kv_path(function, Some(key)),
+                    body.to_string().as_bytes(),
+                )?;
+                Ok(())
+            }
+            Backend::Offline(store) => Ok(admin::kv_put(store, function, key, value)?),
+        }
+    }
+
+    fn delete(&self, function: &str, key: &str) -> anyhow::Result<bool> {
+        match self {
+            Backend::Daemon(dir) => {
+                Ok(Self::ask(dir, "DELETE", &kv_path(function, Some(key)), b"")?.is_some())
+            }
+            Backend::Offline(store) => Ok(admin::kv_delete(store, function, key)?),
+        }
+    }
+
+    fn close(self) {
+        if let Backend::Offline(store) = self {
+            store.close();
+        }
+    }
+}
+
+/// `/v1/kv/FUNCTION[/KEY]`, each byte outside the unreserved set (and `/`
+/// in a key) percent-encoded.
+fn kv_path(function: &str, key: Option<&str>) -> String {
+    use super::percent;
+    match key {
+        None => format!("/v1/kv/{}", percent(function, false)),
+        Some(key) => format!("/v1/kv/{}/{}", percent(function, false), percent(key, true)),
+    }
+}
+
 pub fn kv(args: KvArgs) -> anyhow::Result<ExitCode> {
     let config = match load_config_for(&args.config, None, Needs::DATABASE) {
         Ok(config) => config,
@@ -85,21 +192,25 @@ pub fn kv(args: KvArgs) -> anyhow::Result<ExitCode> {
             args.config.display()
         );
     }
-    let store = super::open_store(&config)?;
+    let backend = Backend::open(&config)?;
+    let show = |entry: &serde_json::Value| -> anyhow::Result<KvEntry> {
+        admin::entry_from_json(entry).context("the gateway's answer is not a KV entry")
+    };
     let result = (|| -> anyhow::Result<ExitCode> {
         Ok(match args.op {
-            KvOp::Get { key, raw, json, .. } => match store.kv_entry(&function, &key)? {
+            KvOp::Get { key, raw, json, .. } => match backend.get(&function, &key)? {
                 Some(entry) if raw => {
                     let mut stdout = std::io::stdout().lock();
-                    stdout.write_all(&entry.value)?;
+                    stdout.write_all(&show(&entry)?.value)?;
                     stdout.flush()?;
                     ExitCode::SUCCESS
                 }
                 Some(entry) if json => {
-                    println!("{:#}", entry_json(&entry));
+                    println!("{entry:#}");
                     ExitCode::SUCCESS
                 }
                 Some(entry) => {
+                    let entry = show(&entry)?;
                     println!("{}", wasmgate::local::show_kv(&entry.value, entry.counter));
                     ExitCode::SUCCESS
                 }
@@ -109,12 +220,12 @@ pub fn kv(args: KvArgs) -> anyhow::Result<ExitCode> {
                 }
             },
             KvOp::List { json, .. } => {
-                let entries = store.kv_list(&function)?;
+                let entries = backend.list(&function)?;
                 if json {
-                    let all: Vec<_> = entries.iter().map(entry_json).collect();
-                    println!("{:#}", serde_json::Value::Array(all));
+                    println!("{:#}", serde_json::Value::Array(entries.clone()));
                 } else {
                     for entry in &entries {
+                        let entry = show(entry)?;
                         println!(
                             "{} = {}",
                             wasmgate::text::escape(&entry.key),
@@ -133,58 +244,39 @@ pub fn kv(args: KvArgs) -> anyhow::Result<ExitCode> {
                 counter,
                 ..
             } => {
-                if counter {
-                    let n: i64 = value
-                        .parse()
-                        .with_context(|| format!("{value:?} is not a whole number"))?;
-                    // An increment is what marks a counter (the store
-                    // records which write came last), so: delete, then add.
-                    // An increment by a running function in between is
-                    // added to N.
-                    commit(&store, &function, &key, KvWrite::Delete)?;
-                    commit(&store, &function, &key, KvWrite::Add(n))?;
+                let value = if counter {
+                    admin::KvValue::Counter(
+                        value
+                            .parse()
+                            .with_context(|| format!("{value:?} is not a whole number"))?,
+                    )
                 } else {
-                    commit(&store, &function, &key, KvWrite::Put(value.into_bytes()))?;
-                }
+                    admin::KvValue::Text(value)
+                };
+                backend.put(&function, &key, value)?;
                 ExitCode::SUCCESS
             }
             KvOp::Delete { key, .. } => {
-                if store.kv_entry(&function, &key)?.is_none() {
+                if !backend.delete(&function, &key)? {
                     eprintln!("{function}: no key {key:?}; nothing deleted");
                     return Ok(ExitCode::from(EXIT_FAILED));
                 }
-                commit(&store, &function, &key, KvWrite::Delete)?;
                 ExitCode::SUCCESS
             }
         })
     })();
-    store.close();
+    backend.close();
     result
 }
 
-fn commit(
-    store: &wasmgate::store::Store,
-    function: &str,
-    key: &str,
-    write: KvWrite,
-) -> anyhow::Result<()> {
-    let mut effects = Effects::default();
-    effects.kv.insert(key.to_owned(), write);
-    store.commit_now(function, effects)?;
-    Ok(())
-}
-
-/// `kv get --json`: the bytes always; the text and the number when they are what it is.
-fn entry_json(entry: &KvEntry) -> serde_json::Value {
-    let hex: String = entry.value.iter().map(|b| format!("{b:02x}")).collect();
-    let counter = match (entry.counter, <[u8; 8]>::try_from(entry.value.as_slice())) {
-        (Some(true), Ok(bytes)) => Some(i64::from_le_bytes(bytes)),
-        _ => None,
-    };
-    json!({
-        "key": entry.key,
-        "bytes": hex,
-        "text": std::str::from_utf8(&entry.value).ok(),
-        "counter": counter,
-    })
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keys_are_percent_encoded_in_the_path_and_keep_their_slashes() {
+        assert_eq!(
+            super::kv_path("vending", Some("vm-17/vends 2%")),
+            "/v1/kv/vending/vm-17/vends%202%25"
+        );
+        assert_eq!(super::kv_path("a b", None), "/v1/kv/a%20b");
+    }
 }

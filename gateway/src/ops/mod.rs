@@ -1,9 +1,9 @@
 //! The operator's and developer's commands: `kv`, `dlq`, `invoke`,
 //! `functions`, `schedules`, `new`, and `deploy`, `versions`, `alias`,
-//! `rollback` (through the running gateway's management socket).
+//! `rollback`, `apply` (through the running gateway's management socket;
+//! `kv`, `dlq` and `functions` too whenever a gateway runs).
 //! Binary-private: each parses its arguments, calls the library, and prints.
 
-#[cfg(unix)]
 pub mod deploy;
 pub mod dlq;
 pub mod functions;
@@ -27,4 +27,24 @@ pub fn open_store(config: &Config) -> anyhow::Result<wasmgate::store::Store> {
     let mut options = wasmgate::store::StoreOptions::new(&path);
     options.operator = true;
     Ok(wasmgate::store::Store::open(options)?)
+}
+
+/// Whether a gateway answers on this data_dir's management socket: then
+/// the operators' commands go through it, not beside it to the database.
+pub fn daemon_runs(data_dir: &std::path::Path) -> bool {
+    std::os::unix::net::UnixStream::connect(data_dir.join(wasmgate::control::SOCKET)).is_ok()
+}
+
+/// `text` for a URL's path or query: each byte outside the unreserved set
+/// percent-encoded (but `/` when `keep_slash`: a KV key's slashes stay).
+pub fn percent(text: &str, keep_slash: bool) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            b'/' if keep_slash => "/".to_owned(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -78,9 +78,10 @@ pub enum GatewayError {
     HttpTls(String),
     #[error("the config has no functions to run")]
     NoFunctions,
+    #[error("api: {0}")]
+    Api(String),
     #[error(transparent)]
     Registry(#[from] crate::registry::RegistryError),
-    #[cfg(unix)]
     #[error(transparent)]
     Control(#[from] crate::control::ControlError),
     #[error(transparent)]
@@ -204,6 +205,8 @@ pub struct Gateway {
     registry: Arc<crate::registry::Registry>,
     /// The management socket's task, and what stops it.
     control: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
+    /// The management API's TCP listener, when configured.
+    tcp_control: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
     /// What the management API asks of the gateway itself (`apply`), for
     /// the run loop ([`Gateway::commands`]).
     commands: Option<tokio::sync::mpsc::Receiver<crate::control::Command>>,
@@ -280,11 +283,10 @@ impl Gateway {
         // The management socket before any session or trigger: a second gateway on
         // this data_dir stops here, before it takes a message.
         let (commands_tx, commands) = tokio::sync::mpsc::channel(4);
-        #[cfg(unix)]
         let control = match crate::control::Control::bind(&config.data_dir) {
             Ok(bound) => {
                 let (stop, stopped) = tokio::sync::watch::channel(false);
-                let serve = bound.serve(registry.clone(), commands_tx, stopped);
+                let serve = bound.serve(registry.clone(), commands_tx.clone(), stopped);
                 Some((stop, tokio::spawn(serve)))
             }
             Err(e @ crate::control::ControlError::InUse(_)) => return Err(e.into()),
@@ -295,10 +297,29 @@ impl Gateway {
                 None
             }
         };
-        #[cfg(not(unix))]
-        let control = {
-            drop(commands_tx);
-            None
+        // The API on TCP, when configured: bound here, so that a taken
+        // port or an unreadable token stops the start.
+        let tcp_control = match &config.api.listen {
+            None => None,
+            Some(listen) => {
+                let token = config
+                    .api
+                    .read_token()
+                    .map_err(GatewayError::Api)?
+                    .ok_or_else(|| GatewayError::Api("api.listen needs api.token_file".into()))?;
+                let addr: std::net::SocketAddr = listen
+                    .parse()
+                    .map_err(|e| GatewayError::Api(format!("api.listen {listen:?}: {e}")))?;
+                let bound = crate::control::TcpControl::bind(addr, token)
+                    .await
+                    .map_err(|e| {
+                        GatewayError::Api(format!("cannot listen on {addr}: {e} (set api.listen)"))
+                    })?;
+                tracing::info!(listen = %addr, "management API listening (bearer token)");
+                let (stop, stopped) = tokio::sync::watch::channel(false);
+                let serve = bound.serve(registry.clone(), commands_tx.clone(), stopped);
+                Some((stop, tokio::spawn(serve)))
+            }
         };
         let mut lives = Vec::with_capacity(deployed.len());
         for ((f, function), module) in deployed.iter_mut().zip(&modules) {
@@ -465,6 +486,7 @@ impl Gateway {
                 .map(|_| embedded_sessions(config) + SESSION_MARGIN),
             registry,
             control,
+            tcp_control,
             commands: Some(commands),
             _broker: broker,
         })
@@ -606,7 +628,7 @@ impl Gateway {
             dispatchers.push(unit.stop_sources().await);
         }
         self.invoke_task.abort();
-        if let Some((stop, task)) = self.control {
+        for (stop, task) in self.control.into_iter().chain(self.tcp_control) {
             let _ = stop.send(true);
             let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
         }

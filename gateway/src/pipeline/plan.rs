@@ -7,7 +7,7 @@
 //! alias, as a deploy does; triggers, concurrency, queue, retries and dead
 //! letters restart that function's triggers and workers). Everything else
 //! (`data_dir`, the broker, the upstream link, the store, the HTTP
-//! listener, the gateway id) is read once at start: a plan that changes it
+//! listener, the management API's listener, the gateway id) is read once at start: a plan that changes it
 //! is refused whole, naming each field, since a restart is needed.
 
 use crate::config::{Config, FunctionConfig};
@@ -217,6 +217,12 @@ fn restart_needed(running: &Config, new: &Config) -> Vec<String> {
         running.http != new.http,
         to_value(&running.http),
         to_value(&new.http),
+    );
+    section(
+        "api",
+        running.api != new.api,
+        to_value(&running.api),
+        to_value(&new.api),
     );
     fields
 }

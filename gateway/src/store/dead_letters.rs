@@ -54,8 +54,8 @@ pub struct NewDeadLetter {
     pub cursor: Option<super::Cursor>,
 }
 
-/// A dead letter as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A dead letter as stored (and as the management API carries it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeadLetter {
     pub id: i64,
     pub function: String,
