@@ -117,6 +117,20 @@ fn deploy_swaps_the_live_version_under_load_losing_nothing_and_rollback_moves_it
         "{}",
         versions.stdout
     );
+    // Who published each: the config file, and the unix user who deployed.
+    let me = std::process::Command::new("id")
+        .arg("-un")
+        .output()
+        .unwrap();
+    let me = String::from_utf8_lossy(&me.stdout).trim().to_owned();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("v2.wasm") && l.contains(&format!(" {me} ")))
+            && lines.iter().any(|l| l.contains("config file")),
+        "{}",
+        versions.stdout
+    );
 
     // Not wasm: refused, v2 stays live.
     let junk = v2.with_file_name("junk.wasm");

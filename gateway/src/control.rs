@@ -84,6 +84,30 @@ async fn blocking<T: serde::Serialize + Send + 'static>(
     }
 }
 
+/// Who sent a request: the unix user on the socket, the peer with the
+/// token on TCP (recorded with each version published).
+#[derive(Debug, Clone)]
+struct Caller(String);
+
+fn caller(caller: Option<axum::Extension<Caller>>) -> String {
+    caller.map_or_else(|| "api".to_owned(), |c| c.0 .0)
+}
+
+/// The name of a unix user, from `/etc/passwd` (else `uid N`).
+fn user_name(uid: u32) -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| {
+            passwd.lines().find_map(|line| {
+                let mut fields = line.split(':');
+                let name = fields.next()?;
+                let id: u32 = fields.nth(1)?.parse().ok()?;
+                (id == uid).then(|| name.to_owned())
+            })
+        })
+        .unwrap_or_else(|| format!("uid {uid}"))
+}
+
 fn source(headers: &HeaderMap) -> String {
     headers
         .get("x-wasmgate-source")
@@ -181,11 +205,12 @@ fn endpoints() -> Vec<(&'static str, MethodRouter<Api>)> {
             .post(
                 |State(r): State<Arc<Registry>>,
                  Path(name): Path<String>,
+                 who: Option<axum::Extension<Caller>>,
                  headers: HeaderMap,
                  body: Bytes| async move {
-                    let source = source(&headers);
+                    let (source, by) = (source(&headers), caller(who));
                     blocking(StatusCode::CREATED, move || {
-                        r.publish(&name, &body, &source)
+                        r.publish(&name, &body, &source, &by)
                     })
                     .await
                 },
@@ -196,10 +221,11 @@ fn endpoints() -> Vec<(&'static str, MethodRouter<Api>)> {
             post(
                 |State(r): State<Arc<Registry>>,
                  Path(name): Path<String>,
+                 who: Option<axum::Extension<Caller>>,
                  headers: HeaderMap,
                  body: Bytes| async move {
-                    let source = source(&headers);
-                    blocking(StatusCode::OK, move || r.deploy(&name, &body, &source)).await
+                    let (source, by) = (source(&headers), caller(who));
+                    blocking(StatusCode::OK, move || r.deploy(&name, &body, &source, &by)).await
                 },
             ),
         ),
@@ -578,7 +604,12 @@ impl Control {
                 },
                 _ = stop.changed() => break,
             };
-            let service = hyper_util::service::TowerToHyperService::new(app.clone());
+            let who = match stream.peer_cred() {
+                Ok(cred) => user_name(cred.uid()),
+                Err(_) => "a local user".to_owned(),
+            };
+            let app = app.clone().layer(axum::Extension(Caller(who)));
+            let service = hyper_util::service::TowerToHyperService::new(app);
             tokio::spawn(async move {
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -622,14 +653,18 @@ impl TcpControl {
             move |request: axum::extract::Request, next: axum::middleware::Next| {
                 let token = token.clone();
                 async move {
-                    if bearer_matches(&token, request.headers()) {
-                        return next.run(request).await;
-                    }
                     let peer = request
                         .extensions()
                         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
                         .map(|c| c.0.to_string())
                         .unwrap_or_default();
+                    if bearer_matches(&token, request.headers()) {
+                        let mut request = request;
+                        request
+                            .extensions_mut()
+                            .insert(Caller(format!("bearer token from {peer}")));
+                        return next.run(request).await;
+                    }
                     tracing::warn!(%peer, method = %request.method(), path = %request.uri().path(), "management API request refused: no or wrong bearer token");
                     let mut response = json(
                         StatusCode::UNAUTHORIZED,

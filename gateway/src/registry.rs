@@ -204,6 +204,7 @@ pub struct Adoption {
     /// the registry) that a new function's workers can be started with.
     live: Arc<Live>,
     config_version: String,
+    abi_revision: u32,
     size: u64,
     source: String,
     /// The config's module becomes `live` (else an API deploy stands).
@@ -426,6 +427,7 @@ impl Registry {
         let name = spec.name.clone();
         fits(&from_config, needs_revision)?;
         let config_version = from_config.version().to_owned();
+        let abi_revision = from_config.abi_revision();
         let alias = self.store.alias(&name, LIVE)?;
         let mut routing = Routing::one(from_config);
         let mut file_wins = true;
@@ -484,6 +486,7 @@ impl Registry {
             spec,
             routing,
             config_version,
+            abi_revision,
             source: source.to_owned(),
             file_wins,
             needs_revision,
@@ -505,6 +508,8 @@ impl Registry {
                 size: a.size,
                 published_ms: now_ms(),
                 source: a.source.clone(),
+                published_by: "config file".to_owned(),
+                abi_revision: a.abi_revision,
             },
         )?;
         if a.file_wins {
@@ -617,6 +622,7 @@ impl Registry {
         name: &str,
         wasm: &[u8],
         source: &str,
+        by: &str,
     ) -> Result<VersionRow, RegistryError> {
         let (spec, needs) = self.entry(name, |e| (e.spec.clone(), e.needs_revision))?;
         let function = self.runtime.deploy(spec, wasm)?;
@@ -627,6 +633,8 @@ impl Registry {
             size: wasm.len() as u64,
             published_ms: now_ms(),
             source: source.to_owned(),
+            published_by: by.to_owned(),
+            abi_revision: function.abi_revision(),
         };
         self.store.put_version(name, &row)?;
         Ok(row)
@@ -726,8 +734,14 @@ impl Registry {
     }
 
     /// Publishes and moves `live` to it.
-    pub fn deploy(&self, name: &str, wasm: &[u8], source: &str) -> Result<Moved, RegistryError> {
-        let row = self.publish(name, wasm, source)?;
+    pub fn deploy(
+        &self,
+        name: &str,
+        wasm: &[u8],
+        source: &str,
+        by: &str,
+    ) -> Result<Moved, RegistryError> {
+        let row = self.publish(name, wasm, source, by)?;
         self.point(name, &row.version)
     }
 

@@ -155,8 +155,8 @@ pub fn versions(args: VersionsArgs) -> anyhow::Result<ExitCode> {
     Ok(finish(answer, args.target.json, |body| {
         let (live, previous) = live.unwrap_or_default();
         let mut out = format!(
-            "{:<14} {:>9}  {:<20} {:<10} SOURCE\n",
-            "VERSION", "BYTES", "PUBLISHED (UTC)", "ALIAS"
+            "{:<14} {:>9}  {:<20} {:<10} {:<16} SOURCE\n",
+            "VERSION", "BYTES", "PUBLISHED (UTC)", "ALIAS", "BY"
         );
         for v in body.as_array().into_iter().flatten() {
             let version = v["version"].as_str().unwrap_or("?");
@@ -168,9 +168,10 @@ pub fn versions(args: VersionsArgs) -> anyhow::Result<ExitCode> {
                 ""
             };
             out += &format!(
-                "{version:<14} {:>9}  {:<20} {alias:<10} {}\n",
+                "{version:<14} {:>9}  {:<20} {alias:<10} {:<16} {}\n",
                 v["size"].as_u64().unwrap_or(0),
                 wasmgate::dlq::utc(v["published_ms"].as_i64().unwrap_or(0)),
+                v["published_by"].as_str().unwrap_or(""),
                 v["source"].as_str().unwrap_or(""),
             );
         }

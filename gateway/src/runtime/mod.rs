@@ -1,4 +1,5 @@
-//! The sandbox: one wasmi engine, modules compiled once per content hash,
+//! The sandbox: modules compiled once per content hash (each with a wasmi
+//! engine of its own),
 //! warm instances, and per-invocation fuel, memory and time limits.
 //!
 //! An invocation either returns its [`Effects`] whole or an [`InvokeError`]
@@ -262,11 +263,25 @@ impl FunctionSpec {
     }
 }
 
-/// The process-wide engine and compiled-module cache.
+/// The compiled-module cache, each module with an engine of its own.
+///
+/// An engine per module version, not one for the process: a wasmi engine's
+/// code map is append-only (`vendor/wasmi/src/engine/code_map`), so every
+/// version ever compiled into a shared engine stayed in memory after its
+/// last `Function` was gone, about 120 KiB a deploy (BENCHMARKS.md section
+/// 15). A version's engine goes with its module, its functions and its
+/// instances. Functions with the same bytes share one.
 pub struct Runtime {
+    config: wasmi::Config,
+    modules: Mutex<HashMap<[u8; 32], Compiled>>,
+}
+
+/// A module, its engine and the host functions linked for that engine.
+#[derive(Clone)]
+struct Compiled {
+    module: Module,
     engine: Engine,
     linker: Arc<Linker<HostState>>,
-    modules: Mutex<HashMap<[u8; 32], Module>>,
 }
 
 impl fmt::Debug for Runtime {
@@ -302,14 +317,8 @@ impl Runtime {
         // Lazy translation keeps deploys and cold starts cheap: only the
         // functions an event actually reaches are translated.
         config.compilation_mode(wasmi::CompilationMode::LazyTranslation);
-        let engine = Engine::new(&config);
-        let mut linker = Linker::new(&engine);
-        // Defining a fixed set of host functions into a fresh linker only
-        // fails on a duplicate name, which would be a bug in `host::define`.
-        host::define(&mut linker).expect("host functions have unique names");
         Runtime {
-            engine,
-            linker: Arc::new(linker),
+            config,
             modules: Mutex::new(HashMap::new()),
         }
     }
@@ -345,7 +354,11 @@ impl Runtime {
             version: version.clone(),
             reason,
         })?;
-        let module = self.compile(&spec.name, &hash, wasm)?;
+        let Compiled {
+            module,
+            engine,
+            linker,
+        } = self.compile(&spec.name, &hash, wasm)?;
         check_imports(&spec.name, &version, &module)?;
         check_exports(&spec.name, &version, &module)?;
 
@@ -361,8 +374,8 @@ impl Runtime {
             }),
             version,
             module,
-            engine: self.engine.clone(),
-            linker: self.linker.clone(),
+            engine,
+            linker,
             pool: Mutex::new(Vec::new()),
             cold_starts: AtomicU64::new(0),
             warm_starts: AtomicU64::new(0),
@@ -377,16 +390,26 @@ impl Runtime {
         Ok(function)
     }
 
-    fn compile(&self, name: &str, hash: &[u8; 32], wasm: &[u8]) -> Result<Module, LoadError> {
-        if let Some(module) = lock(&self.modules).get(hash) {
-            return Ok(module.clone());
+    fn compile(&self, name: &str, hash: &[u8; 32], wasm: &[u8]) -> Result<Compiled, LoadError> {
+        if let Some(compiled) = lock(&self.modules).get(hash) {
+            return Ok(compiled.clone());
         }
         // Compile outside the lock: a large module must not stall other deploys.
-        let module = Module::new(&self.engine, wasm).map_err(|e| LoadError::InvalidModule {
+        let engine = Engine::new(&self.config);
+        let module = Module::new(&engine, wasm).map_err(|e| LoadError::InvalidModule {
             function: name.to_owned(),
             message: e.to_string(),
         })?;
-        Ok(lock(&self.modules).entry(*hash).or_insert(module).clone())
+        let mut linker = Linker::new(&engine);
+        // Defining a fixed set of host functions into a fresh linker only
+        // fails on a duplicate name, which would be a bug in `host::define`.
+        host::define(&mut linker).expect("host functions have unique names");
+        let compiled = Compiled {
+            module,
+            engine,
+            linker: Arc::new(linker),
+        };
+        Ok(lock(&self.modules).entry(*hash).or_insert(compiled).clone())
     }
 }
 

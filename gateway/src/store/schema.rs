@@ -132,6 +132,12 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (function, alias)
     ) WITHOUT ROWID;
     "#,
+    // 7: who published a version (the unix user on the management socket,
+    // the API token's peer, the config file) and the ABI revision it knows.
+    r#"
+    ALTER TABLE versions ADD COLUMN published_by TEXT NOT NULL DEFAULT '';
+    ALTER TABLE versions ADD COLUMN abi_revision INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The version this binary writes.

@@ -14,6 +14,11 @@ pub struct VersionRow {
     pub published_ms: i64,
     /// Where it came from: the config's module path, or `api`.
     pub source: String,
+    /// Who published it: `config file`, the unix user on the management
+    /// socket, or `bearer token from <peer>` on TCP.
+    pub published_by: String,
+    /// The ABI revision the module knows (`wasmgate_abi::ABI_REVISION`).
+    pub abi_revision: u32,
 }
 
 /// Where an alias points.
@@ -45,14 +50,17 @@ impl Store {
     pub fn put_version(&self, function: &str, row: &VersionRow) -> Result<(), StoreError> {
         self.with_writer(|conn| {
             conn.execute(
-                "INSERT INTO versions (function, version, size, published_ms, source)
-                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                "INSERT INTO versions (function, version, size, published_ms, source,
+                 published_by, abi_revision)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
                 params![
                     function,
                     row.version,
                     row.size as i64,
                     row.published_ms,
-                    row.source
+                    row.source,
+                    row.published_by,
+                    row.abi_revision
                 ],
             )?;
             Ok(())
@@ -75,7 +83,7 @@ impl Store {
     pub fn versions(&self, function: &str) -> Result<Vec<VersionRow>, StoreError> {
         self.with_reader(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT version, size, published_ms, source FROM versions
+                "SELECT version, size, published_ms, source, published_by, abi_revision FROM versions
                  WHERE function = ?1 ORDER BY published_ms DESC, version",
             )?;
             let rows = stmt
@@ -85,6 +93,8 @@ impl Store {
                         size: r.get::<_, i64>(1)? as u64,
                         published_ms: r.get(2)?,
                         source: r.get(3)?,
+                        published_by: r.get(4)?,
+                        abi_revision: r.get(5)?,
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
