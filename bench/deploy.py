@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """What a deploy costs on a running gateway (the control-plane issue's
 Measure): the time from `wasmgate deploy` to the first event served by the
-new version, the events' latency right after a swap against steady state,
+new version, the first 200 results' latency after a swap against the second
+before it (steady state), each result's latency being its arrival less the
+send time the bench stamped in it,
 and the resident memory each further version adds.
 
 One gateway (embedded broker) runs telemetry-enrich on vending telemetry;
@@ -111,6 +113,26 @@ local = ["vending/#"]
         time.sleep(0.5)
         new = [float(l.split()[0]) for l in lines if "sales_cents" in l]
         first_new = min(new) if new else None
+        # Each result's latency: its arrival at the subscriber less the send
+        # time the bench stamped in it (sent_us, carried through by both
+        # versions). Steady state: the second before the deploy; after the
+        # swap: the new version's first 200 results.
+        timed = []
+        for l in lines:
+            at, _, payload = l.partition(" ")
+            try:
+                sent = json.loads(payload).get("sent_us")
+            except ValueError:
+                continue
+            if sent:
+                timed.append((float(at), float(at) * 1e6 - sent, "sales_cents" in payload))
+        timed.sort()
+        steady = [lat for at, lat, _ in timed if t0 - 1.0 <= at < t0]
+        after = [lat for at, lat, is_new in timed if is_new][:200]
+
+        def pct(xs, p):
+            xs = sorted(xs)
+            return round(xs[min(len(xs) - 1, int(p * len(xs)))] / 1000, 2) if xs else None
         result = {
             "rate": args.rate,
             "module_bytes": os.path.getsize(f"{WASM}/vending_telemetry.wasm"),
@@ -119,6 +141,10 @@ local = ["vending/#"]
             "bench_p50_ms": report["latency"]["p50_us"] / 1000,
             "bench_p99_ms": report["latency"]["p99_us"] / 1000,
             "bench_max_ms": report["latency"]["max_us"] / 1000,
+            "steady_p50_p99_max_ms": [pct(steady, 0.5), pct(steady, 0.99), pct(steady, 1.0)],
+            "steady_results": len(steady),
+            "after_swap_p50_p99_max_ms": [pct(after, 0.5), pct(after, 0.99), pct(after, 1.0)],
+            "after_swap_results": len(after),
             "lost": report["lost"],
             "duplicates": report["duplicates"],
         }

@@ -367,7 +367,14 @@ fn explicit_limit_keys(text: &str) -> Vec<BTreeSet<String>> {
     functions
         .iter()
         .map(|function| match function.get("limits") {
-            Some(toml::Value::Table(limits)) => limits.keys().cloned().collect(),
+            // `min_warm` is `warm_instances` by another name.
+            Some(toml::Value::Table(limits)) => limits
+                .keys()
+                .map(|k| match k.as_str() {
+                    "min_warm" => "warm_instances".to_owned(),
+                    _ => k.clone(),
+                })
+                .collect(),
             _ => BTreeSet::new(),
         })
         .collect()
@@ -508,6 +515,20 @@ limits = { warm_instances = 0, timeout_ms = 50 }
         assert_eq!(limits.warm_instances, 0);
         assert_eq!(limits.timeout_ms, 50);
         assert_eq!(limits.memory_mb, pi.limits.memory_mb);
+    }
+
+    #[test]
+    fn min_warm_is_warm_instances_and_wins_over_the_board_as_well() {
+        let text = r#"
+[[functions]]
+name = "f"
+wasm = "f.wasm"
+triggers = [{ mqtt = "a/#" }]
+limits = { min_warm = 3, concurrency = 4 }
+"#;
+        let pi = board("rpi5-64");
+        assert_ne!(pi.limits.warm_instances, 3);
+        assert_eq!(config_on(&pi, text).functions[0].limits.warm_instances, 3);
     }
 
     #[test]

@@ -1063,8 +1063,11 @@ pub struct Limits {
     #[serde(default = "default_concurrency")]
     pub concurrency: u32,
     /// Instances kept instantiated and ready, 0 to 64; 0 instantiates on
-    /// demand. Default 2.
-    #[serde(default = "default_warm_instances")]
+    /// demand. Default 2. Lambda's provisioned concurrency: a deploy or an
+    /// alias move makes this many of the new version (at most
+    /// `concurrency`) before the next events run on it, so a swap has no
+    /// cold starts. `min_warm` is another name for it.
+    #[serde(default = "default_warm_instances", alias = "min_warm")]
     pub warm_instances: u32,
     /// Capacity of the function's bounded event queue, 1 to 65,535. When it
     /// is full the gateway stops reading and the broker holds messages. Default 1024.
