@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """What a deploy costs on a running gateway (the control-plane issue's
 Measure): the time from `wasmgate deploy` to the first event served by the
-new version, the first 200 results' latency after a swap against the second
-before it (steady state), each result's latency being its arrival less the
+new version, the latency of the first 200 events after a second swap (to a
+new version of telemetry-enrich) against the second before the first
+(steady state), each event's latency being its result's arrival less the
 send time the bench stamped in it,
 and the resident memory each further version adds.
 
@@ -109,14 +110,25 @@ local = ["vending/#"]
             capture_output=True, text=True)
         t1 = time.time()
         print(deploy.stdout.strip() or deploy.stderr.strip(), file=sys.stderr)
+        # A second swap, to a new version of telemetry-enrich (whose results
+        # carry the bench's send time): the events sent after it returned
+        # run on the new version, from its first.
+        time.sleep(2.5)
+        variant(f"{WASM}/telemetry_enrich.wasm", os.path.join(work, "enrich-2.wasm"), 2)
+        back = subprocess.run(
+            [args.wasmgate, "deploy", "f", os.path.join(work, "enrich-2.wasm"), "--config", config],
+            capture_output=True, text=True)
+        t2 = time.time()
+        print(back.stdout.strip() or back.stderr.strip(), file=sys.stderr)
         report = json.loads(bench.communicate()[0])
         time.sleep(0.5)
         new = [float(l.split()[0]) for l in lines if "sales_cents" in l]
         first_new = min(new) if new else None
         # Each result's latency: its arrival at the subscriber less the send
-        # time the bench stamped in it (sent_us, carried through by both
-        # versions). Steady state: the second before the deploy; after the
-        # swap: the new version's first 200 results.
+        # time the bench stamped in it (sent_us, which telemetry-enrich
+        # carries through). Steady state: what was sent in the second before
+        # the first deploy; after the swap: the first 200 sent after the
+        # second deploy returned.
         timed = []
         for l in lines:
             at, _, payload = l.partition(" ")
@@ -125,10 +137,10 @@ local = ["vending/#"]
             except ValueError:
                 continue
             if sent:
-                timed.append((float(at), float(at) * 1e6 - sent, "sales_cents" in payload))
+                timed.append((sent, float(at) * 1e6 - sent))
         timed.sort()
-        steady = [lat for at, lat, _ in timed if t0 - 1.0 <= at < t0]
-        after = [lat for at, lat, is_new in timed if is_new][:200]
+        steady = [lat for sent, lat in timed if (t0 - 1.0) * 1e6 <= sent < t0 * 1e6]
+        after = [lat for sent, lat in timed if sent >= t2 * 1e6][:200]
 
         def pct(xs, p):
             xs = sorted(xs)

@@ -498,19 +498,24 @@ fn trigger_kind(c: &mut Checker, path: &FieldPath, trigger: &TriggerConfig, prot
     }
 }
 
-/// The HTTP listener, and no two routes that one request could match.
+/// A listen address that must be `ip:port`.
+fn listen_address(c: &mut Checker, path: FieldPath, listen: &str) {
+    if let Err(e) = listen.parse::<SocketAddr>() {
+        c.push(
+            path,
+            Kind::InvalidListen {
+                value: listen.to_owned(),
+                message: e.to_string(),
+            },
+        );
+    }
+}
+
+/// The management API's TCP listener, and the token it needs.
 fn api(c: &mut Checker, config: &Config) {
     let path = FieldPath::root().key("api");
     if let Some(listen) = &config.api.listen {
-        if let Err(e) = listen.parse::<SocketAddr>() {
-            c.push(
-                path.key("listen"),
-                Kind::InvalidListen {
-                    value: listen.clone(),
-                    message: e.to_string(),
-                },
-            );
-        }
+        listen_address(c, path.key("listen"), listen);
         if config.api.token_file.is_none() {
             c.push(
                 path.key("token_file"),
@@ -531,18 +536,11 @@ fn api(c: &mut Checker, config: &Config) {
     }
 }
 
+/// The HTTP listener, and no two routes that one request could match.
 fn http(c: &mut Checker, config: &Config) {
     let path = FieldPath::root().key("http");
     if let Some(listen) = &config.http.listen {
-        if let Err(e) = listen.parse::<SocketAddr>() {
-            c.push(
-                path.key("listen"),
-                Kind::InvalidListen {
-                    value: listen.clone(),
-                    message: e.to_string(),
-                },
-            );
-        }
+        listen_address(c, path.key("listen"), listen);
     }
     if let Some(n) = config.http.max_body_bytes {
         c.range(path.key("max_body_bytes"), n.into(), 0, 16 << 20);

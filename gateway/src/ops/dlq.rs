@@ -124,23 +124,7 @@ pub fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
                 }
                 ExitCode::SUCCESS
             }
-            DlqOp::Show { id, event } => match store.dead_letter_by_id(id)? {
-                Some(letter) if event => {
-                    let decoded = wasmgate::dlq::decode_event(&letter.event).with_context(|| {
-                        format!("dead letter {id}: its event cannot be decoded (stored by another version of wasmgate?)")
-                    })?;
-                    println!("{:#}", wasmgate::dlq::event_json(&decoded));
-                    ExitCode::SUCCESS
-                }
-                Some(letter) => {
-                    println!("{:#}", wasmgate::dlq::to_json(&letter));
-                    ExitCode::SUCCESS
-                }
-                None => {
-                    eprintln!("no dead letter {id} (`wasmgate dlq list` shows them)");
-                    ExitCode::from(EXIT_FAILED)
-                }
-            },
+            DlqOp::Show { id, event } => show(id, store.dead_letter_by_id(id)?, event)?,
             DlqOp::Replay {
                 ids,
                 function,
@@ -164,6 +148,31 @@ pub fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
     })();
     store.close();
     result
+}
+
+/// `dlq show`: the letter as JSON, or only its event.
+fn show(
+    id: i64,
+    letter: Option<wasmgate::store::DeadLetter>,
+    event: bool,
+) -> anyhow::Result<ExitCode> {
+    Ok(match letter {
+        Some(letter) if event => {
+            let decoded = wasmgate::dlq::decode_event(&letter.event).with_context(|| {
+                format!("dead letter {id}: its event cannot be decoded (stored by another version of wasmgate?)")
+            })?;
+            println!("{:#}", wasmgate::dlq::event_json(&decoded));
+            ExitCode::SUCCESS
+        }
+        Some(letter) => {
+            println!("{:#}", wasmgate::dlq::to_json(&letter));
+            ExitCode::SUCCESS
+        }
+        None => {
+            eprintln!("no dead letter {id} (`wasmgate dlq list` shows them)");
+            ExitCode::from(EXIT_FAILED)
+        }
+    })
 }
 
 fn dlq_replay(
@@ -296,22 +305,7 @@ fn through_daemon(dir: &std::path::Path, op: DlqOp) -> anyhow::Result<ExitCode> 
             }
             ExitCode::SUCCESS
         }
-        DlqOp::Show { id, event } => match letter(id)? {
-            Some(letter) if event => {
-                let decoded = wasmgate::dlq::decode_event(&letter.event)
-                    .with_context(|| format!("dead letter {id}: its event cannot be decoded"))?;
-                println!("{:#}", wasmgate::dlq::event_json(&decoded));
-                ExitCode::SUCCESS
-            }
-            Some(letter) => {
-                println!("{:#}", wasmgate::dlq::to_json(&letter));
-                ExitCode::SUCCESS
-            }
-            None => {
-                eprintln!("no dead letter {id} (`wasmgate dlq list` shows them)");
-                ExitCode::from(EXIT_FAILED)
-            }
-        },
+        DlqOp::Show { id, event } => show(id, letter(id)?, event)?,
         DlqOp::Replay {
             ids,
             function,
