@@ -500,6 +500,16 @@ fn invoke_live_runs_the_live_version_and_commits_unless_dry() {
 
 /// One HTTP request to the management API on TCP.
 fn api_request(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    api_request_with(port, method, path, token, "")
+}
+
+fn api_request_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     stream.set_read_timeout(Some(ONE)).unwrap();
@@ -508,7 +518,8 @@ fn api_request(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16
         .unwrap_or_default();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\n{auth}content-length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\n{auth}content-length: {}\r\n\r\n{body}",
+        body.len()
     )
     .unwrap();
     let mut text = String::new();
@@ -561,6 +572,37 @@ fn the_api_on_tcp_takes_only_the_token_and_kv_and_dead_letters_go_through_the_ga
     );
     let (status, text) = api_request(api_port, "GET", "/v1/health", Some(TOKEN));
     assert_eq!(status, 200, "{text}");
+    let (status, text) = api_request(api_port, "GET", "/v1/ready", Some(TOKEN));
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"ready\":true"), "{text}");
+    // An apply the API cannot read is refused, not taken as "apply the
+    // start-up file for real"; one of a file elsewhere on the host too.
+    let (status, text) = api_request_with(
+        api_port,
+        "POST",
+        "/v1/apply",
+        Some(TOKEN),
+        r#"{"dry_run":"yes"}"#,
+    );
+    assert_eq!(status, 400, "{text}");
+    let (status, text) = api_request_with(
+        api_port,
+        "POST",
+        "/v1/apply",
+        Some(TOKEN),
+        r#"{"path":"/etc/passwd","dry_run":true}"#,
+    );
+    assert_eq!(status, 403, "{text}");
+    let own = gateway.config_path().display().to_string();
+    let (status, text) = api_request_with(
+        api_port,
+        "POST",
+        "/v1/apply",
+        Some(TOKEN),
+        &format!(r#"{{"path":{own:?},"dry_run":true}}"#),
+    );
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("no changes"), "{text}");
 
     // A KV write by the CLI goes through the gateway; the API on TCP reads it.
     let put = wasmgate(

@@ -108,18 +108,21 @@ pub fn purge(store: &Store, purge: Purge) -> Result<u64, StoreError> {
 }
 
 /// Replays one dead letter: an undeliverable message goes back in the
-/// outbox; anything else runs on `wasm` with `spec` (see `dlq::replay`).
-/// The answer as JSON, for the API and the CLI alike.
+/// outbox; anything else runs on the module `module` gives (see
+/// `dlq::replay`). The answer as JSON.
 pub fn replay(
     store: &Store,
     letter: &DeadLetter,
-    spec: FunctionSpec,
-    wasm: &[u8],
-) -> Result<Value, crate::dlq::ReplayError> {
-    if crate::dlq::requeue(store, letter)?.is_some() {
+    module: impl FnOnce() -> Result<(FunctionSpec, Vec<u8>), String>,
+) -> Result<Value, String> {
+    if crate::dlq::requeue(store, letter)
+        .map_err(|e| e.to_string())?
+        .is_some()
+    {
         return Ok(json!({ "id": letter.id, "requeued": true, "topic": letter.topic, "ok": true }));
     }
-    let replayed = crate::dlq::replay(store, letter, spec, wasm)?;
+    let (spec, wasm) = module()?;
+    let replayed = crate::dlq::replay(store, letter, spec, &wasm).map_err(|e| e.to_string())?;
     let logs: Vec<Value> = replayed
         .logs
         .iter()

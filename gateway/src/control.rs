@@ -4,7 +4,7 @@
 //! restart and without touching a device's connection.
 //!
 //! Endpoints (JSON answers; errors as `{"error": "..."}`):
-//! - `GET  /v1/health`
+//! - `GET  /v1/health`; `GET /v1/ready`: 503 until every trigger runs
 //! - `GET  /v1/functions`: every function as it runs: live version, alias,
 //!   versions, limits, triggers, counters
 //! - `GET  /v1/functions/{name}/versions`
@@ -60,6 +60,7 @@ fn refused(error: &RegistryError) -> Response {
         }
         RegistryError::NothingToRollBack(_) => StatusCode::CONFLICT,
         RegistryError::Weight(_) => StatusCode::BAD_REQUEST,
+        RegistryError::MovedMeanwhile(_) => StatusCode::CONFLICT,
         RegistryError::Load(_) | RegistryError::Start(_) | RegistryError::OldGuest { .. } => {
             StatusCode::UNPROCESSABLE_ENTITY
         }
@@ -143,6 +144,9 @@ pub struct Reply {
 struct Api {
     registry: Arc<Registry>,
     commands: tokio::sync::mpsc::Sender<Command>,
+    /// Started: every session subscribed (or given up waiting for), every
+    /// trigger running; false again once it stops.
+    ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl axum::extract::FromRef<Api> for Arc<Registry> {
@@ -152,9 +156,25 @@ impl axum::extract::FromRef<Api> for Arc<Registry> {
 }
 
 async fn apply(State(api): State<Api>, body: Bytes) -> Response {
-    let asked = serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default();
-    let path = asked["path"].as_str().map(PathBuf::from);
-    let dry_run = asked["dry_run"].as_bool().unwrap_or(false);
+    /// What a client may ask: a body that is not this is refused, never
+    /// read as "apply the start-up file for real".
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Asked {
+        path: Option<PathBuf>,
+        #[serde(default)]
+        dry_run: bool,
+    }
+    let asked: Asked = match serde_json::from_slice(if body.is_empty() { b"{}" } else { &body }) {
+        Ok(asked) => asked,
+        Err(e) => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({ "error": format!("expected {{\"path\": \"...\", \"dry_run\": false}}: {e}; nothing applied") }),
+            )
+        }
+    };
+    let (path, dry_run) = (asked.path, asked.dry_run);
     ask(&api, |reply| Command::Apply {
         path,
         dry_run,
@@ -185,6 +205,19 @@ async fn ask(
 /// Every endpoint: its path and handlers.
 fn endpoints() -> Vec<(&'static str, MethodRouter<Api>)> {
     let mut endpoints: Vec<(&'static str, MethodRouter<Api>)> = vec![
+        (
+            "/v1/ready",
+            get(|State(api): State<Api>| async move {
+                if api.ready.load(std::sync::atomic::Ordering::SeqCst) {
+                    json(StatusCode::OK, &serde_json::json!({ "ready": true }))
+                } else {
+                    json(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &serde_json::json!({ "ready": false, "error": "starting or stopping" }),
+                    )
+                }
+            }),
+        ),
         (
             "/v1/health",
             get(|| async { json(StatusCode::OK, &serde_json::json!({ "status": "ok" })) }),
@@ -315,8 +348,16 @@ fn endpoints() -> Vec<(&'static str, MethodRouter<Api>)> {
 }
 
 /// The app: every endpoint, and a JSON 404 for any other path.
-fn app(registry: Arc<Registry>, commands: tokio::sync::mpsc::Sender<Command>) -> axum::Router {
-    let api = Api { registry, commands };
+fn app(
+    registry: Arc<Registry>,
+    commands: tokio::sync::mpsc::Sender<Command>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+) -> axum::Router {
+    let api = Api {
+        registry,
+        commands,
+        ready,
+    };
     endpoints()
         .into_iter()
         .fold(axum::Router::new(), |router, (path, route)| router.route(path, route))
@@ -332,7 +373,7 @@ fn app(registry: Arc<Registry>, commands: tokio::sync::mpsc::Sender<Command>) ->
 
 /// An answer from a blocking admin operation: `Ok(None)` is 404 with `missing`.
 async fn admin<T: serde::Serialize + Send + 'static>(
-    f: impl FnOnce() -> Result<Option<T>, String> + Send + 'static,
+    f: impl FnOnce() -> Result<Option<T>, Refusal> + Send + 'static,
     missing: String,
 ) -> Response {
     match tokio::task::spawn_blocking(f).await {
@@ -344,8 +385,12 @@ async fn admin<T: serde::Serialize + Send + 'static>(
             StatusCode::NOT_FOUND,
             &serde_json::json!({ "error": missing }),
         ),
-        Ok(Err(error)) => json(
+        Ok(Err(Refusal::Unprocessable(error))) => json(
             StatusCode::UNPROCESSABLE_ENTITY,
+            &serde_json::json!({ "error": error }),
+        ),
+        Ok(Err(Refusal::Store(error))) => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
             &serde_json::json!({ "error": error }),
         ),
         Err(_) => json(
@@ -355,84 +400,81 @@ async fn admin<T: serde::Serialize + Send + 'static>(
     }
 }
 
+/// Why an admin operation failed: the request (422), or the store (500).
+enum Refusal {
+    Unprocessable(String),
+    Store(String),
+}
+
+impl From<crate::store::StoreError> for Refusal {
+    fn from(e: crate::store::StoreError) -> Refusal {
+        Refusal::Store(e.to_string())
+    }
+}
+
+/// 404 for a function the gateway does not run (which is not "no key").
+fn not_running(function: &str) -> Response {
+    json(
+        StatusCode::NOT_FOUND,
+        &serde_json::json!({ "error": format!("no function {function:?} is deployed") }),
+    )
+}
+
 /// KV and dead letters, through the gateway's own store (`admin`).
 fn admin_endpoints() -> Vec<(&'static str, MethodRouter<Api>)> {
     use crate::admin;
     use axum::extract::Query;
     type R = State<Arc<Registry>>;
-    let unknown = |name: &str| format!("no function {name:?} is deployed");
+    type Key = Path<(String, String)>;
     vec![
         (
             "/v1/kv/:function",
-            get(move |State(r): R, Path(function): Path<String>| async move {
-                let missing = unknown(&function);
-                admin(
-                    move || {
-                        if !r.knows(&function) {
-                            return Ok(None);
-                        }
-                        admin::kv_list(r.store(), &function).map(Some).map_err(|e| e.to_string())
-                    },
-                    missing,
-                )
-                .await
+            get(|State(r): R, Path(function): Path<String>| async move {
+                if !r.knows(&function) {
+                    return not_running(&function);
+                }
+                let f = move || Ok(Some(admin::kv_list(r.store(), &function)?));
+                admin(f, String::new()).await
             }),
         ),
         (
             "/v1/kv/:function/*key",
-            get(move |State(r): R, Path((function, key)): Path<(String, String)>| async move {
+            get(|State(r): R, Path((function, key)): Key| async move {
+                if !r.knows(&function) {
+                    return not_running(&function);
+                }
                 let missing = format!("{function}: no key {key:?}");
-                admin(
-                    move || {
-                        if !r.knows(&function) {
-                            return Ok(None);
-                        }
-                        admin::kv_get(r.store(), &function, &key).map_err(|e| e.to_string())
-                    },
-                    missing,
-                )
-                .await
+                admin(move || Ok(admin::kv_get(r.store(), &function, &key)?), missing).await
             })
-            .put(
-                move |State(r): R, Path((function, key)): Path<(String, String)>, body: Bytes| async move {
-                    let value = match serde_json::from_slice::<admin::KvValue>(&body) {
-                        Ok(value) => value,
-                        Err(e) => {
-                            return json(
-                                StatusCode::BAD_REQUEST,
-                                &serde_json::json!({ "error": format!("expected {{\"text\": \"...\"}} or {{\"counter\": 42}}: {e}") }),
-                            )
-                        }
-                    };
-                    let missing = unknown(&function);
-                    admin(
-                        move || {
-                            if !r.knows(&function) {
-                                return Ok(None);
-                            }
-                            admin::kv_put(r.store(), &function, &key, value)
-                                .map(|()| Some(serde_json::json!({ "written": true })))
-                                .map_err(|e| e.to_string())
-                        },
-                        missing,
-                    )
-                    .await
-                },
-            )
-            .delete(move |State(r): R, Path((function, key)): Path<(String, String)>| async move {
+            .put(|State(r): R, Path((function, key)): Key, body: Bytes| async move {
+                if !r.knows(&function) {
+                    return not_running(&function);
+                }
+                let value = match serde_json::from_slice::<admin::KvValue>(&body) {
+                    Ok(value) => value,
+                    Err(e) => {
+                        return json(
+                            StatusCode::BAD_REQUEST,
+                            &serde_json::json!({ "error": format!("expected {{\"text\": \"...\"}} or {{\"counter\": 42}}: {e}") }),
+                        )
+                    }
+                };
+                let f = move || {
+                    admin::kv_put(r.store(), &function, &key, value)?;
+                    Ok(Some(serde_json::json!({ "written": true })))
+                };
+                admin(f, String::new()).await
+            })
+            .delete(|State(r): R, Path((function, key)): Key| async move {
+                if !r.knows(&function) {
+                    return not_running(&function);
+                }
                 let missing = format!("{function}: no key {key:?}; nothing deleted");
-                admin(
-                    move || {
-                        if !r.knows(&function) {
-                            return Ok(None);
-                        }
-                        admin::kv_delete(r.store(), &function, &key)
-                            .map(|gone| gone.then(|| serde_json::json!({ "deleted": true })))
-                            .map_err(|e| e.to_string())
-                    },
-                    missing,
-                )
-                .await
+                let f = move || {
+                    let gone = admin::kv_delete(r.store(), &function, &key)?;
+                    Ok(gone.then(|| serde_json::json!({ "deleted": true })))
+                };
+                admin(f, missing).await
             }),
         ),
         (
@@ -441,16 +483,12 @@ fn admin_endpoints() -> Vec<(&'static str, MethodRouter<Api>)> {
                 |State(r): R, Query(q): Query<std::collections::HashMap<String, String>>| async move {
                     let function = q.get("function").cloned();
                     let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(1000);
-                    admin(
-                        move || {
-                            let (letters, total) =
-                                admin::dead_letters(r.store(), function.as_deref(), limit)
-                                    .map_err(|e| e.to_string())?;
-                            Ok(Some(serde_json::json!({ "letters": letters, "total": total })))
-                        },
-                        String::new(),
-                    )
-                    .await
+                    let f = move || {
+                        let (letters, total) =
+                            admin::dead_letters(r.store(), function.as_deref(), limit)?;
+                        Ok(Some(serde_json::json!({ "letters": letters, "total": total })))
+                    };
+                    admin(f, String::new()).await
                 },
             ),
         ),
@@ -470,22 +508,15 @@ fn admin_endpoints() -> Vec<(&'static str, MethodRouter<Api>)> {
                         &serde_json::json!({ "error": "say what to purge: {\"ids\": [..]}, {\"function\": \"..\"} or {\"all\": true}" }),
                     );
                 };
-                admin(
-                    move || {
-                        admin::purge(r.store(), purge)
-                            .map(|n| Some(serde_json::json!({ "purged": n })))
-                            .map_err(|e| e.to_string())
-                    },
-                    String::new(),
-                )
-                .await
+                let f = move || Ok(Some(serde_json::json!({ "purged": admin::purge(r.store(), purge)? })));
+                admin(f, String::new()).await
             }),
         ),
         (
             "/v1/dead-letters/:id",
             get(|State(r): R, Path(id): Path<i64>| async move {
                 admin(
-                    move || r.store().dead_letter_by_id(id).map_err(|e| e.to_string()),
+                    move || Ok(r.store().dead_letter_by_id(id)?),
                     format!("no dead letter {id} (`wasmgate dlq list` shows them)"),
                 )
                 .await
@@ -499,30 +530,30 @@ fn admin_endpoints() -> Vec<(&'static str, MethodRouter<Api>)> {
                         .get("x-wasmgate-version")
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_owned);
-                    admin(
-                        move || {
-                            let Some(letter) =
-                                r.store().dead_letter_by_id(id).map_err(|e| e.to_string())?
-                            else {
-                                return Ok(None);
-                            };
+                    let f = move || {
+                        let Some(letter) = r.store().dead_letter_by_id(id)? else {
+                            return Ok(None);
+                        };
+                        // The module only when one runs (an undeliverable
+                        // message goes back in the outbox, as offline).
+                        let module = || {
                             let (spec, live) = r.live_module(&letter.function).map_err(|e| {
                                 format!("dead letter {id}: {e}; it cannot be replayed here")
                             })?;
                             let wasm = if body.is_empty() { live } else { body.to_vec() };
-                            if let Some(want) = want {
+                            if let Some(want) = &want {
                                 let found = crate::runtime::module_version(&wasm);
-                                if found != want {
+                                if &found != want {
                                     return Err(format!("the module is version {found}, not {want}"));
                                 }
                             }
-                            admin::replay(r.store(), &letter, spec, &wasm)
-                                .map(Some)
-                                .map_err(|e| e.to_string())
-                        },
-                        format!("no dead letter {id} (`wasmgate dlq list` shows them)"),
-                    )
-                    .await
+                            Ok((spec, wasm))
+                        };
+                        admin::replay(r.store(), &letter, module)
+                            .map(Some)
+                            .map_err(Refusal::Unprocessable)
+                    };
+                    admin(f, format!("no dead letter {id} (`wasmgate dlq list` shows them)")).await
                 },
             ),
         ),
@@ -588,10 +619,11 @@ impl Control {
         self,
         registry: Arc<Registry>,
         commands: tokio::sync::mpsc::Sender<Command>,
+        ready: Arc<std::sync::atomic::AtomicBool>,
         mut stop: watch::Receiver<bool>,
     ) {
         use hyper_util::rt::TokioIo;
-        let app = app(registry, commands);
+        let app = app(registry, commands, ready);
         loop {
             let stream = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
@@ -646,10 +678,11 @@ impl TcpControl {
         self,
         registry: Arc<Registry>,
         commands: tokio::sync::mpsc::Sender<Command>,
+        ready: Arc<std::sync::atomic::AtomicBool>,
         mut stop: watch::Receiver<bool>,
     ) {
         let token = self.token.clone();
-        let app = app(registry, commands).layer(axum::middleware::from_fn(
+        let app = app(registry, commands, ready).layer(axum::middleware::from_fn(
             move |request: axum::extract::Request, next: axum::middleware::Next| {
                 let token = token.clone();
                 async move {
@@ -828,7 +861,8 @@ mod tests {
         });
         let control = Control::bind(dir.path()).unwrap();
         let (_stop, stopped) = watch::channel(false);
-        tokio::spawn(control.serve(registry, commands, stopped));
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        tokio::spawn(control.serve(registry, commands, ready, stopped));
         let data_dir = dir.path().to_owned();
         let served = tokio::task::spawn_blocking(move || served(&data_dir))
             .await

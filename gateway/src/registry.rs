@@ -119,9 +119,6 @@ use std::path::{Path, PathBuf};
 /// The alias every trigger invokes.
 pub const LIVE: &str = "live";
 
-/// Versions of a function kept by default (besides those an alias names).
-pub const DEFAULT_KEEP_VERSIONS: usize = 10;
-
 /// Why a registry operation was refused; the running version is untouched.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -138,6 +135,8 @@ pub enum RegistryError {
         has: u32,
         needs: u32,
     },
+    #[error("an API deploy moved the live alias of {0:?} while the plan was made; nothing applied (apply again)")]
+    MovedMeanwhile(String),
     #[error("a second version's share must be between 0 and 1 (exclusive), on another version than the first; got {0}")]
     Weight(f64),
     #[error(transparent)]
@@ -209,6 +208,8 @@ pub struct Adoption {
     source: String,
     /// The config's module becomes `live` (else an API deploy stands).
     file_wins: bool,
+    /// The alias as the plan read it: installing checks it is still so.
+    alias_seen: Option<AliasRow>,
     needs_revision: u32,
     prewarm: usize,
 }
@@ -429,6 +430,7 @@ impl Registry {
         let config_version = from_config.version().to_owned();
         let abi_revision = from_config.abi_revision();
         let alias = self.store.alias(&name, LIVE)?;
+        let alias_seen = alias.clone();
         let mut routing = Routing::one(from_config);
         let mut file_wins = true;
         match alias {
@@ -467,12 +469,9 @@ impl Registry {
             _ => {}
         }
         let running = self.entry(&name, |e| e.live.clone()).ok();
-        let same_versions = running
-            .as_ref()
-            .is_some_and(|r| versions_of(&r.routing()) == versions_of(&routing));
-        // A function already running that changes version warms the new
-        // one first, as a deploy does.
-        if running.is_some() && !same_versions {
+        // A function already running warms what it will run first, as a
+        // deploy does: a new version, or the same one with new limits.
+        if running.is_some() {
             routing
                 .primary
                 .prewarm(prewarm)
@@ -489,77 +488,108 @@ impl Registry {
             abi_revision,
             source: source.to_owned(),
             file_wins,
+            alias_seen,
             needs_revision,
             prewarm,
         })
     }
 
-    /// Records an adoption and makes it run: a new function's `live` is
+    /// Records an adoption and makes it run ([`Registry::install_all`]).
+    pub fn install(&self, a: Adoption) -> Result<Arc<Live>, RegistryError> {
+        let live = a.live.clone();
+        self.install_all(vec![a])?;
+        Ok(live)
+    }
+
+    /// Records adoptions and makes them run: a new function's `live` is
     /// made; a running one's moves (the next events run the new versions,
     /// with the new limits and grants), and its old versions leave the
-    /// compiled-module cache.
-    pub fn install(&self, a: Adoption) -> Result<Arc<Live>, RegistryError> {
+    /// compiled-module cache. One move at a time with the API's: an alias
+    /// the API moved since [`Registry::plan_adopt`] read it refuses them
+    /// all, before anything is written or moved (the plan was made against
+    /// another state). A store that fails half-way has recorded some and
+    /// moved none.
+    pub fn install_all(&self, adoptions: Vec<Adoption>) -> Result<(), RegistryError> {
         let _one_at_a_time = self.moving.lock().unwrap_or_else(PoisonError::into_inner);
-        let name = a.spec.name.clone();
-        self.store.put_version(
-            &name,
-            &VersionRow {
-                version: a.config_version.clone(),
-                size: a.size,
-                published_ms: now_ms(),
-                source: a.source.clone(),
-                published_by: "config file".to_owned(),
-                abi_revision: a.abi_revision,
-            },
-        )?;
-        if a.file_wins {
-            self.store.set_alias(
-                &name,
-                LIVE,
-                &a.config_version,
-                None,
-                Some(&a.config_version),
-                now_ms(),
+        for a in &adoptions {
+            if self.store.alias(&a.spec.name, LIVE)? != a.alias_seen {
+                return Err(RegistryError::MovedMeanwhile(a.spec.name.clone()));
+            }
+        }
+        for a in &adoptions {
+            self.store.put_version(
+                &a.spec.name,
+                &VersionRow {
+                    version: a.config_version.clone(),
+                    size: a.size,
+                    published_ms: now_ms(),
+                    source: a.source.clone(),
+                    published_by: "config file".to_owned(),
+                    abi_revision: a.abi_revision,
+                },
             )?;
+            if a.file_wins {
+                self.store.set_alias(
+                    &a.spec.name,
+                    LIVE,
+                    &a.config_version,
+                    None,
+                    Some(&a.config_version),
+                    now_ms(),
+                )?;
+            }
         }
         let mut functions = self
             .functions
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let entry = Entry {
-            spec: a.spec,
-            live: a.live,
-            needs_revision: a.needs_revision,
-            prewarm: a.prewarm,
-        };
-        let live = match functions.get_mut(&name) {
-            Some(running) => {
-                let before = running.live.routing();
-                let now = versions_of(&a.routing);
-                if versions_of(&before) != now {
-                    tracing::info!(function = %name, from = %before.primary.version(), to = %a.routing.primary.version(), "live alias moved by the config");
-                }
-                running.live.route(a.routing);
-                for gone in std::iter::once(&before.primary)
-                    .chain(before.secondary.as_ref().map(|(f, _)| f))
-                {
-                    if !now.iter().any(|v| v == gone.version()) {
-                        self.runtime.evict(gone);
+        for a in adoptions {
+            let name = a.spec.name.clone();
+            let entry = Entry {
+                spec: a.spec,
+                live: a.live,
+                needs_revision: a.needs_revision,
+                prewarm: a.prewarm,
+            };
+            match functions.get_mut(&name) {
+                Some(running) => {
+                    let before = running.live.routing();
+                    let now = versions_of(&a.routing);
+                    if versions_of(&before) != now {
+                        tracing::info!(function = %name, from = %before.primary.version(), to = %a.routing.primary.version(), "live alias moved by the config");
                     }
+                    running.live.route(a.routing);
+                    for gone in std::iter::once(&before.primary)
+                        .chain(before.secondary.as_ref().map(|(f, _)| f))
+                    {
+                        if !now.iter().any(|v| v == gone.version()) {
+                            self.runtime.evict(gone);
+                        }
+                    }
+                    running.spec = entry.spec;
+                    running.needs_revision = entry.needs_revision;
+                    running.prewarm = entry.prewarm;
                 }
-                running.spec = entry.spec;
-                running.needs_revision = entry.needs_revision;
-                running.prewarm = entry.prewarm;
-                running.live.clone()
+                None => {
+                    entry.live.route(a.routing);
+                    functions.insert(name, entry);
+                }
             }
-            None => {
-                entry.live.route(a.routing);
-                let live = entry.live.clone();
-                functions.insert(name, entry);
-                live
+        }
+        Ok(())
+    }
+
+    /// Drops what an adoption that will not be installed compiled (a dry
+    /// run's, a refused plan's): versions no alias runs leave the cache.
+    pub fn discard(&self, a: Adoption) {
+        let running = self.live_versions(&a.spec.name).unwrap_or_default();
+        for f in
+            std::iter::once(&a.routing.primary).chain(a.routing.secondary.as_ref().map(|(f, _)| f))
+        {
+            if !running.iter().any(|v| v == f.version()) {
+                self.runtime.evict(f);
             }
-        };
-        Ok(live)
+        }
     }
 
     /// Takes a function out (`apply` removed it): the API no longer knows

@@ -283,6 +283,15 @@ pub struct StoreConfig {
     /// The same for upstream emits (a cloud link down for days).
     #[serde(default)]
     pub upstream_when_full: WhenFull,
+    /// Versions of each function kept (their modules under
+    /// `data_dir/modules`, for `wasmgate alias` and `rollback`) besides the
+    /// ones an alias names, 1 to 1000. Default 10.
+    #[serde(default = "default_keep_versions")]
+    pub keep_versions: u32,
+}
+
+const fn default_keep_versions() -> u32 {
+    10
 }
 
 const fn default_outbox_max_mb() -> u32 {
@@ -306,6 +315,7 @@ impl Default for StoreConfig {
             outbox_max_mb: default_outbox_max_mb(),
             local_when_full: WhenFull::Block,
             upstream_when_full: WhenFull::Block,
+            keep_versions: default_keep_versions(),
         }
     }
 }

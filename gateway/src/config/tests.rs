@@ -890,3 +890,28 @@ secrets = ["nope"]
     let invalid = config.validate().unwrap_err().to_string();
     assert!(invalid.contains("grants.secrets[0]"), "{invalid}");
 }
+
+#[test]
+fn the_api_listener_needs_its_token_file_and_keep_versions_is_bounded() {
+    let api = |section: &str| errors(&format!("{section}\n[store]\nkeep_versions = 0\n"));
+    let found = api("[api]\nlisten = \"127.0.0.1:9080\"");
+    assert!(
+        found
+            .iter()
+            .any(|e| e.contains("api.token_file") && e.contains("required")),
+        "{found:?}"
+    );
+    assert!(
+        found.iter().any(|e| e.contains("store.keep_versions")),
+        "{found:?}"
+    );
+    let found = api("[api]\ntoken_file = \"token\"");
+    assert!(
+        found
+            .iter()
+            .any(|e| e.contains("api.token_file") && e.contains("no effect")),
+        "{found:?}"
+    );
+    let found = api("[api]\nlisten = \"nowhere\"\ntoken_file = \"token\"");
+    assert!(found.iter().any(|e| e.contains("api.listen")), "{found:?}");
+}

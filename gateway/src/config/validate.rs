@@ -995,6 +995,12 @@ fn store(c: &mut Checker, path: &FieldPath, store: &super::StoreConfig) {
         1,
         max::OUTBOX_MB,
     );
+    c.range(
+        path.key("keep_versions"),
+        store.keep_versions.into(),
+        1,
+        1000,
+    );
 }
 
 /// A local emit must fit through the local broker: the embedded one closes

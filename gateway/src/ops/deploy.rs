@@ -253,6 +253,13 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let path = std::path::absolute(&args.file).unwrap_or_else(|_| args.file.clone());
+    let Some(path) = path.to_str() else {
+        eprintln!(
+            "{}: the gateway takes config paths in UTF-8 only",
+            path.display()
+        );
+        return Ok(ExitCode::from(REFUSED));
+    };
     let body = serde_json::json!({ "path": path, "dry_run": args.dry_run }).to_string();
     let answer = match request(
         &config.data_dir,

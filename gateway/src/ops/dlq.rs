@@ -238,7 +238,11 @@ fn dlq_replay(
         let spec = wasmgate::pipeline::function_spec(f);
         let replayed = wasmgate::dlq::replay(store, letter, spec, &modules[&f.name])?;
         for line in &replayed.logs {
-            eprintln!("  [{:?}] {}", line.level, line.message);
+            eprintln!(
+                "  [{:?}] {}",
+                line.level,
+                wasmgate::text::escape(&line.message)
+            );
         }
         match &replayed.outcome {
             Ok(effects) => println!(
@@ -320,6 +324,9 @@ fn through_daemon(dir: &std::path::Path, op: DlqOp) -> anyhow::Result<ExitCode> 
                         super::percent(f, false)
                     );
                     let answer = request(dir, "GET", &path, &[], b"")?;
+                    if answer.status != 200 {
+                        return Err(refused(&answer));
+                    }
                     let letters: Vec<DeadLetter> =
                         serde_json::from_value(answer.body["letters"].clone())?;
                     letters.iter().map(|l| l.id).collect()
@@ -371,7 +378,7 @@ fn through_daemon(dir: &std::path::Path, op: DlqOp) -> anyhow::Result<ExitCode> 
                 if body["requeued"] == true {
                     println!(
                         "dead letter {id}: undeliverable message to {} put back in the outbox; removed from the queue",
-                        body["topic"].as_str().unwrap_or("?")
+                        wasmgate::text::escape(body["topic"].as_str().unwrap_or("?"))
                     );
                 } else if body["ok"] == true {
                     println!(

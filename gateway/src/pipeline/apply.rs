@@ -48,8 +48,8 @@ struct Prepared {
     config: FunctionConfig,
     /// Its `live` alias's new state, when the module or spec changed.
     adoption: Option<Adoption>,
-    /// New workers, for a function added or restarted.
-    dispatcher: Option<super::Dispatcher>,
+    /// New workers (and what stops them), for a function added or restarted.
+    dispatcher: Option<(super::Dispatcher, Arc<super::Stop>)>,
 }
 
 impl Gateway {
@@ -73,7 +73,7 @@ impl Gateway {
         }
         let prepared = self.prepare(&new, &mut plan, dry_run).await?;
         if dry_run {
-            discard(prepared);
+            self.discard(prepared);
             return Ok(plan);
         }
         self.switch(new, prepared, &plan).await?;
@@ -94,7 +94,7 @@ impl Gateway {
             let one = match self.prepare_one(f, running, dry_run).await {
                 Ok(one) => one,
                 Err(e) => {
-                    discard(prepared);
+                    self.discard(prepared);
                     return Err(e);
                 }
             };
@@ -133,7 +133,7 @@ impl Gateway {
             match start_http(new, Vec::new(), self.connections.clone()).await {
                 Ok(listener) => self.http = Some(listener),
                 Err(e) => {
-                    discard(prepared);
+                    self.discard(prepared);
                     return Err(e.into());
                 }
             }
@@ -191,12 +191,17 @@ impl Gateway {
         let dispatcher = match restart {
             false => None,
             true => {
+                // A new function always has an adoption; a running one
+                // keeps its `live` unless it has one.
                 let live = match (&adoption, running) {
                     (Some(adoption), _) => adoption.live(),
                     (None, Some(unit)) => unit.dispatcher.live.clone(),
-                    (None, None) => unreachable!("a new function is always adopted"),
+                    (None, None) => {
+                        return Err(module_error("no module prepared".into()));
+                    }
                 };
-                Some(start_dispatcher(f, live, &self.sinks, &self.stop)?)
+                let metrics = running.map(|u| u.dispatcher.metrics.clone());
+                Some(start_dispatcher(f, live, &self.sinks, metrics)?)
             }
         };
         Ok(Prepared {
@@ -206,26 +211,60 @@ impl Gateway {
         })
     }
 
-    /// Puts the prepared functions in place of what runs.
+    /// Drops what was prepared: new workers end (nothing was sent to them),
+    /// versions compiled for it that no alias runs leave the cache.
+    fn discard(&self, prepared: Vec<Prepared>) {
+        for p in prepared {
+            if let Some((dispatcher, _)) = p.dispatcher {
+                dispatcher.join();
+            }
+            if let Some(adoption) = p.adoption {
+                self.registry.discard(adoption);
+            }
+        }
+    }
+
+    /// Puts the prepared functions in place of what runs. What can fail
+    /// comes first (the schedules' last ticks read, the aliases recorded);
+    /// once the running units are taken apart nothing does.
     async fn switch(
         &mut self,
         new: Config,
-        prepared: Vec<Prepared>,
+        mut prepared: Vec<Prepared>,
         plan: &Plan,
     ) -> Result<(), ApplyError> {
+        let store = self.sinks.store.clone();
+        let ticks_before = match super::last_ticks(&store).await {
+            Ok(ticks) => ticks,
+            Err(e) => {
+                self.discard(prepared);
+                return Err(e.into());
+            }
+        };
+        let adoptions: Vec<Adoption> = prepared
+            .iter_mut()
+            .filter_map(|p| p.adoption.take())
+            .collect();
+        let registry = self.registry.clone();
+        let installed = tokio::task::spawn_blocking(move || registry.install_all(adoptions)).await;
+        let refused = match installed {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(error) = refused {
+            self.discard(prepared);
+            return Err(ApplyError::Module {
+                function: "(the registry)".into(),
+                error,
+            });
+        }
+
         let mut old: Vec<Unit> = std::mem::take(&mut self.units);
         let mut retiring = Vec::new();
         let mut starting = Vec::new();
         let mut units = Vec::with_capacity(prepared.len());
         for p in prepared {
-            if let Some(adoption) = p.adoption {
-                self.registry
-                    .install(adoption)
-                    .map_err(|e| ApplyError::Module {
-                        function: p.config.name.clone(),
-                        error: e.to_string(),
-                    })?;
-            }
             let position = old.iter().position(|u| u.name() == p.config.name);
             let running = position.map(|i| old.remove(i));
             match (running, p.dispatcher) {
@@ -233,7 +272,7 @@ impl Gateway {
                     unit.config = p.config;
                     units.push(unit);
                 }
-                (running, Some(dispatcher)) => {
+                (running, Some((dispatcher, stop))) => {
                     let before = running
                         .as_ref()
                         .map(|u| Unit::filters(&u.config))
@@ -242,24 +281,27 @@ impl Gateway {
                     let unsubscribe = before.into_iter().filter(|f| !now.contains(f)).collect();
                     retiring.extend(running);
                     starting.push((units.len(), unsubscribe));
-                    units.push(Unit::new(p.config, dispatcher));
+                    units.push(Unit::new(p.config, dispatcher, stop));
                 }
-                (None, None) => unreachable!("a new function always has workers prepared"),
+                // Prepare gives every new function workers.
+                (None, None) => {
+                    tracing::error!(function = %p.config.name, "a new function without workers; not started");
+                }
             }
         }
         // What is left of the old units was removed from the config.
         let removed: Vec<String> = old.iter().map(|u| u.name().to_owned()).collect();
         retiring.extend(old);
 
-        let store = self.sinks.store.clone();
         store.set_kv_streams(
             new.functions
                 .iter()
                 .flat_map(|f| f.triggers.iter().filter_map(|t| t.kv_change.clone()))
                 .collect(),
         );
-        // New events go to the new workers from here on...
-        self.intakes.set(intakes_of(&units));
+        // New events go to the new workers from here on (invokes queued for
+        // a removed function stay queued, for when it comes back)...
+        self.intakes.set_removed(intakes_of(&units), &removed);
         if let Some(http) = &self.http {
             http.routes
                 .replace(units.iter().flat_map(|u| u.routes(&store)).collect());
@@ -274,18 +316,42 @@ impl Gateway {
         for name in &removed {
             self.registry.remove(name);
         }
-        let last_ticks = super::last_ticks(&store).await?;
+        // The ticks the retired schedules settled meanwhile count too.
+        let last_ticks = super::last_ticks(&store).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the schedules' last ticks again; a tick settled during the apply may run once more");
+            ticks_before
+        });
         let wiring = Wiring {
             endpoint: &self.endpoint,
             client_id: &self.client_id,
             store: &store,
             last_ticks: &last_ticks,
         };
+        let mut waiting = Vec::new();
         for (index, unsubscribe) in starting {
             units[index].start_triggers(&wiring, unsubscribe);
+            waiting.extend(units[index].subscribed());
         }
+        *self
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            units.iter().filter_map(Unit::subscribed).collect();
         self.units = units;
         self.config = new;
+        // Applied means subscribed, as "running" does at start: a message
+        // published after the answer reaches its new function.
+        let subscribed = async {
+            for s in &mut waiting {
+                let _ = s.wait_for(Option::is_some).await;
+            }
+        };
+        if tokio::time::timeout(super::SUBSCRIBE_WAIT, subscribed)
+            .await
+            .is_err()
+        {
+            tracing::warn!("not yet subscribed at the local broker after the apply; retrying in the background");
+        }
         for line in plan.lines() {
             tracing::info!(change = %line, "applied");
         }
@@ -311,13 +377,4 @@ pub(super) fn needs_revision(f: &FunctionConfig) -> u32 {
             .iter()
             .any(|t| t.kv_change.is_some() && t.batch.is_some()),
     )
-}
-
-/// Drops what was prepared: new workers end (nothing was sent to them).
-fn discard(prepared: Vec<Prepared>) {
-    for p in prepared {
-        if let Some(dispatcher) = p.dispatcher {
-            dispatcher.join();
-        }
-    }
 }

@@ -193,8 +193,9 @@ pub struct Gateway {
     http: Option<HttpListener>,
     /// Open WebSocket connections, for a listener started by `apply`.
     connections: Arc<crate::triggers::websocket::Connections>,
-    /// Wakes workers waiting between attempts, at shutdown.
-    stop: Arc<Stop>,
+    /// Every MQTT session's subscription acknowledgement: the embedded
+    /// broker lets devices in once all have subscribed (again).
+    sessions: Arc<std::sync::Mutex<Vec<tokio::sync::watch::Receiver<Option<std::time::Instant>>>>>,
     endpoint: Endpoint,
     /// The gateway's MQTT client id, which its sessions' ids start with.
     client_id: String,
@@ -207,6 +208,8 @@ pub struct Gateway {
     control: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
     /// The management API's TCP listener, when configured.
     tcp_control: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
+    /// What `GET /v1/ready` answers.
+    ready: Arc<std::sync::atomic::AtomicBool>,
     /// What the management API asks of the gateway itself (`apply`), for
     /// the run loop ([`Gateway::commands`]).
     commands: Option<tokio::sync::mpsc::Receiver<crate::control::Command>>,
@@ -277,16 +280,22 @@ impl Gateway {
             runtime,
             store.clone(),
             modules_dir,
-            crate::registry::DEFAULT_KEEP_VERSIONS,
+            config.store.keep_versions as usize,
             request_ids.clone(),
         ));
         // The management socket before any session or trigger: a second gateway on
         // this data_dir stops here, before it takes a message.
         let (commands_tx, commands) = tokio::sync::mpsc::channel(4);
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let control = match crate::control::Control::bind(&config.data_dir) {
             Ok(bound) => {
                 let (stop, stopped) = tokio::sync::watch::channel(false);
-                let serve = bound.serve(registry.clone(), commands_tx.clone(), stopped);
+                let serve = bound.serve(
+                    registry.clone(),
+                    commands_tx.clone(),
+                    ready.clone(),
+                    stopped,
+                );
                 Some((stop, tokio::spawn(serve)))
             }
             Err(e @ crate::control::ControlError::InUse(_)) => return Err(e.into()),
@@ -317,7 +326,12 @@ impl Gateway {
                     })?;
                 tracing::info!(listen = %addr, "management API listening (bearer token)");
                 let (stop, stopped) = tokio::sync::watch::channel(false);
-                let serve = bound.serve(registry.clone(), commands_tx.clone(), stopped);
+                let serve = bound.serve(
+                    registry.clone(),
+                    commands_tx.clone(),
+                    ready.clone(),
+                    stopped,
+                );
                 Some((stop, tokio::spawn(serve)))
             }
         };
@@ -353,11 +367,10 @@ impl Gateway {
             connections: connections.clone(),
             request_ids: request_ids.clone(),
         });
-        let stop = Arc::new(Stop::default());
         let mut units = Vec::with_capacity(deployed.len());
         for ((f, _), live) in deployed.iter().zip(lives) {
-            let dispatcher = start_dispatcher(f, live, &sinks, &stop)?;
-            units.push(Unit::new(f.clone(), dispatcher));
+            let (dispatcher, stop) = start_dispatcher(f, live, &sinks, None)?;
+            units.push(Unit::new(f.clone(), dispatcher, stop));
         }
         let intakes = Arc::new(Intakes::default());
         intakes.set(intakes_of(&units));
@@ -423,6 +436,9 @@ impl Gateway {
             unit.start_triggers(&wiring, Vec::new());
         }
         let subscribed: Vec<_> = units.iter().filter_map(Unit::subscribed).collect();
+        // What the embedded broker's device gate waits for: `apply` keeps
+        // it to the sessions that run.
+        let sessions = Arc::new(std::sync::Mutex::new(subscribed.clone()));
         let routes: Vec<_> = units.iter().flat_map(|u| u.routes(&store)).collect();
         let http = match routes.is_empty() {
             true => None,
@@ -448,8 +464,11 @@ impl Gateway {
         // publish to exist, and again after a restart once they do again.
         #[cfg(feature = "embedded-broker")]
         if let Some(broker) = &broker {
+            let sessions = sessions.clone();
             broker.open_devices(move |since| {
-                subscribed
+                sessions
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .iter()
                     .all(|s| s.borrow().is_some_and(|at| at >= since))
             });
@@ -463,6 +482,7 @@ impl Gateway {
         };
         #[cfg(not(feature = "embedded-broker"))]
         let devices_at = format!("{}:{}", endpoint.host, endpoint.port);
+        ready.store(true, Ordering::SeqCst);
         tracing::info!(
             functions = units.len(),
             broker = %devices_at,
@@ -478,7 +498,7 @@ impl Gateway {
             invoke_task,
             http,
             connections,
-            stop,
+            sessions,
             endpoint,
             client_id,
             session_room: broker
@@ -487,6 +507,7 @@ impl Gateway {
             registry,
             control,
             tcp_control,
+            ready,
             commands: Some(commands),
             _broker: broker,
         })
@@ -524,15 +545,23 @@ impl Gateway {
             .map(|unit| {
                 let view = views.iter().find(|v| v.name == unit.name());
                 let m = unit.dispatcher.metrics.snapshot();
+                let value = |v: &dyn erased::Serialize| v.to_json();
+                // A route's API keys are not for the management API to show.
+                let mut triggers = value(&unit.config.triggers);
+                for t in triggers.as_array_mut().into_iter().flatten() {
+                    if let Some(auth) = t.get_mut("auth") {
+                        *auth = serde_json::json!("(api keys not shown)");
+                    }
+                }
                 serde_json::json!({
                     "name": unit.name(),
                     "live": view.map(|v| v.live.clone()),
                     "alias": view.and_then(|v| v.alias.clone()),
                     "versions": view.map(|v| v.versions.clone()).unwrap_or_default(),
-                    "wasm": unit.config.wasm,
-                    "limits": unit.config.limits,
-                    "grants": unit.config.grants,
-                    "triggers": unit.config.triggers,
+                    "wasm": unit.config.wasm.display().to_string(),
+                    "limits": value(&unit.config.limits),
+                    "grants": value(&unit.config.grants),
+                    "triggers": triggers,
                     "in_flight": unit.in_flight(),
                     "counters": {
                         "received": m.received,
@@ -599,13 +628,14 @@ impl Gateway {
     /// disconnects. Unfinished messages stay unacknowledged at the broker and
     /// undelivered emits stay in the outbox, both for the next start.
     pub async fn shutdown(self, grace: Duration) {
+        self.ready.store(false, Ordering::SeqCst);
         let totals = self.metrics();
+        // Each function takes no more events, and a worker in a backoff
+        // gives up on that event now (it stays at the broker) rather than
+        // holding the shutdown for the whole wait.
         for unit in &self.units {
             unit.drain();
         }
-        // A worker in a backoff gives up on that event now (it stays at the
-        // broker) rather than holding the shutdown for the whole wait.
-        self.stop.stop();
         // No new requests; those in flight are answered as they settle.
         if let Some(http) = &self.http {
             let _ = http.stop.send(true);
@@ -675,19 +705,35 @@ impl Gateway {
     }
 }
 
-/// Starts a function's workers.
+/// JSON of a config value for the management API, never a panic (a path
+/// that is not UTF-8 becomes null rather than failing `json!`).
+mod erased {
+    pub trait Serialize {
+        fn to_json(&self) -> serde_json::Value;
+    }
+    impl<T: serde::Serialize> Serialize for T {
+        fn to_json(&self) -> serde_json::Value {
+            serde_json::to_value(self).unwrap_or_default()
+        }
+    }
+}
+
+/// Starts a function's workers, with what stops their backoffs (each
+/// function's own: `apply` stops one while the others go on). `metrics`:
+/// the counters of the workers they replace, if any, so totals go on.
 fn start_dispatcher(
     f: &FunctionConfig,
     live: Arc<crate::registry::Live>,
     sinks: &Arc<Sinks>,
-    stop: &Arc<Stop>,
-) -> Result<Dispatcher, GatewayError> {
-    Dispatcher::start(
+    metrics: Option<Arc<FunctionMetrics>>,
+) -> Result<(Dispatcher, Arc<Stop>), GatewayError> {
+    let stop = Arc::new(Stop::default());
+    let dispatcher = Dispatcher::start(
         live,
         f.limits.concurrency as usize,
         f.limits.queue as usize,
         sinks.clone(),
-        Arc::new(FunctionMetrics::default()),
+        metrics.unwrap_or_default(),
         failure_policy(f),
         stop.clone(),
     )
@@ -695,7 +741,8 @@ fn start_dispatcher(
         function: f.name.clone(),
         concurrency: f.limits.concurrency,
         error,
-    })
+    })?;
+    Ok((dispatcher, stop))
 }
 
 /// Each function's intake, for invokes.
@@ -1091,6 +1138,25 @@ async fn apply_file(
             body: json!({ "error": "this gateway was not started from a config file; nothing to apply" }),
         };
     };
+    // The API may be on TCP: it reads config files beside the gateway's
+    // own, not any file the daemon's user can read.
+    if let Some(path) = path {
+        let dir = |p: &Path| {
+            std::fs::canonicalize(p)
+                .ok()
+                .and_then(|p| p.parent().map(Path::to_path_buf))
+        };
+        if dir(path).is_none() || dir(path) != dir(&source.path) {
+            return Reply {
+                status: 403,
+                body: json!({ "error": format!(
+                    "{}: apply takes config files in the directory of the gateway's own ({}); nothing applied",
+                    path.display(),
+                    source.path.display()
+                ) }),
+            };
+        }
+    }
     let (loader, wanted) = (source.clone(), path.map(Path::to_path_buf));
     let loaded = tokio::task::spawn_blocking(move || loader.load(wanted.as_deref())).await;
     let new = match loaded {
@@ -1120,6 +1186,9 @@ async fn apply_file(
         Err(e) => Reply {
             status: match e {
                 apply::ApplyError::RestartNeeded(_) => 409,
+                apply::ApplyError::Gateway(
+                    GatewayError::HttpBind { .. } | GatewayError::Workers { .. },
+                ) => 422,
                 apply::ApplyError::Gateway(_) => 500,
                 _ => 422,
             },

@@ -187,7 +187,8 @@ fn restart_needed(running: &Config, new: &Config) -> Vec<String> {
         |name: &str, differs: bool, old: serde_json::Value, new: serde_json::Value| {
             if differs {
                 let leaves = leaf_diff(name, &old, &new);
-                // A secret's value does not show in its JSON: name the section.
+                // Where the JSON shows no leaf that differs (a value that does
+            // not serialize), the section is named.
                 if leaves.is_empty() {
                     fields.push(name.to_owned());
                 }

@@ -5,6 +5,7 @@
 //! others.
 
 use super::dispatch::Dispatcher;
+use super::retry::Stop;
 use crate::config::{FunctionConfig, TriggerConfig};
 use crate::mqtt::Endpoint;
 use crate::store::Store;
@@ -40,6 +41,8 @@ struct Ingress {
 pub(super) struct Unit {
     pub config: FunctionConfig,
     pub dispatcher: Dispatcher,
+    /// Cuts its workers' backoffs short once it drains.
+    stop: Arc<Stop>,
     /// True once this function takes no more events (shutdown, or `apply`
     /// removing or restarting it); its sources stop reading, and what they
     /// read after is left at its source (unacknowledged, not moved, due).
@@ -52,10 +55,11 @@ pub(super) struct Unit {
 }
 
 impl Unit {
-    pub fn new(config: FunctionConfig, dispatcher: Dispatcher) -> Unit {
+    pub fn new(config: FunctionConfig, dispatcher: Dispatcher, stop: Arc<Stop>) -> Unit {
         Unit {
             config,
             dispatcher,
+            stop,
             draining: Arc::new(AtomicBool::new(false)),
             ingress: None,
             subscribed: None,
@@ -270,9 +274,11 @@ impl Unit {
     }
 
     /// Takes no more events: sources stop reading, a tick or file in hand
-    /// is left for the next start.
+    /// is left for the next start, and a worker in a backoff gives that
+    /// event up (unacknowledged: it stays at the broker).
     pub fn drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
+        self.stop.stop();
     }
 
     /// After [`Unit::drain`] and once its events in flight have settled
@@ -299,11 +305,15 @@ impl Unit {
         self.dispatcher
     }
 
-    /// Drains, waits up to `grace` for what is in flight, and stops; its
-    /// workers are joined on a thread of their own (a WebSocket connection
-    /// still open holds them until it closes). For `apply`.
+    /// Drains, waits for what is in flight, and stops; its workers are
+    /// joined on a thread of their own (a WebSocket connection still open
+    /// holds them until it closes). For `apply`. The wait is `grace`, or
+    /// longer for a function whose invocations may run longer: an event
+    /// still running when its session disconnects would commit with its
+    /// ack lost, and run again on the new session.
     pub async fn retire(self, grace: Duration) {
         self.drain();
+        let grace = grace.max(self.config.limits.timeout() * 2 + Duration::from_secs(5));
         let deadline = tokio::time::Instant::now() + grace;
         while self.in_flight() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -311,7 +321,7 @@ impl Unit {
         let left = self.in_flight();
         let name = self.name().to_owned();
         if left > 0 {
-            tracing::warn!(function = %name, left, "grace ran out; unfinished messages stay at the broker");
+            tracing::warn!(function = %name, left, "grace ran out with events in flight: they stay at the broker, and any that commits still will run again");
         }
         let dispatcher = self.stop_sources().await;
         let _ = std::thread::Builder::new()
