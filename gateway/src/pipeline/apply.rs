@@ -29,6 +29,10 @@ pub enum ApplyError {
     NoRoom { room: usize, needed: usize },
     #[error("function {function}: {error}")]
     Module { function: String, error: String },
+    #[error("{0}")]
+    MovedMeanwhile(String),
+    #[error("cannot record the new versions: {0}")]
+    Record(String),
     #[error(transparent)]
     Gateway(#[from] GatewayError),
 }
@@ -249,15 +253,15 @@ impl Gateway {
         let installed = tokio::task::spawn_blocking(move || registry.install_all(adoptions)).await;
         let refused = match installed {
             Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(e) => Some(e.to_string()),
+            Ok(Err(e @ crate::registry::RegistryError::MovedMeanwhile(_))) => {
+                Some(ApplyError::MovedMeanwhile(e.to_string()))
+            }
+            Ok(Err(e)) => Some(ApplyError::Record(e.to_string())),
+            Err(e) => Some(ApplyError::Record(e.to_string())),
         };
         if let Some(error) = refused {
             self.discard(prepared);
-            return Err(ApplyError::Module {
-                function: "(the registry)".into(),
-                error,
-            });
+            return Err(error);
         }
 
         let mut old: Vec<Unit> = std::mem::take(&mut self.units);

@@ -1185,7 +1185,8 @@ async fn apply_file(
         },
         Err(e) => Reply {
             status: match e {
-                apply::ApplyError::RestartNeeded(_) => 409,
+                apply::ApplyError::RestartNeeded(_) | apply::ApplyError::MovedMeanwhile(_) => 409,
+                apply::ApplyError::Record(_) => 500,
                 apply::ApplyError::Gateway(
                     GatewayError::HttpBind { .. } | GatewayError::Workers { .. },
                 ) => 422,

@@ -188,7 +188,7 @@ fn restart_needed(running: &Config, new: &Config) -> Vec<String> {
             if differs {
                 let leaves = leaf_diff(name, &old, &new);
                 // Where the JSON shows no leaf that differs (a value that does
-            // not serialize), the section is named.
+                // not serialize), the section is named.
                 if leaves.is_empty() {
                     fields.push(name.to_owned());
                 }
