@@ -5,6 +5,7 @@
 //!
 //! Endpoints (JSON answers; errors as `{"error": "..."}`):
 //! - `GET  /v1/health`; `GET /v1/ready`: 503 until every trigger runs
+//! - `GET  /metrics`: OpenMetrics text (`scrape.rs`)
 //! - `GET  /v1/functions`: every function as it runs: live version, alias,
 //!   versions, limits, triggers, counters
 //! - `GET  /v1/functions/{name}/versions`
@@ -147,6 +148,16 @@ struct Api {
     /// Started: every session subscribed (or given up waiting for), every
     /// trigger running; false again once it stops.
     ready: Arc<std::sync::atomic::AtomicBool>,
+    /// What `/metrics` reads.
+    sources: Arc<crate::scrape::Sources>,
+}
+
+/// Where the API's endpoints reach the gateway, bar the registry.
+#[derive(Debug, Clone)]
+pub struct Handles {
+    pub commands: tokio::sync::mpsc::Sender<Command>,
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
+    pub sources: Arc<crate::scrape::Sources>,
 }
 
 impl axum::extract::FromRef<Api> for Arc<Registry> {
@@ -205,6 +216,10 @@ async fn ask(
 /// Every endpoint: its path and handlers.
 fn endpoints() -> Vec<(&'static str, MethodRouter<Api>)> {
     let mut endpoints: Vec<(&'static str, MethodRouter<Api>)> = vec![
+        (
+            "/metrics",
+            get(|State(api): State<Api>| async move { metrics(&api.sources) }),
+        ),
         (
             "/v1/ready",
             get(|State(api): State<Api>| async move {
@@ -348,15 +363,12 @@ fn endpoints() -> Vec<(&'static str, MethodRouter<Api>)> {
 }
 
 /// The app: every endpoint, and a JSON 404 for any other path.
-fn app(
-    registry: Arc<Registry>,
-    commands: tokio::sync::mpsc::Sender<Command>,
-    ready: Arc<std::sync::atomic::AtomicBool>,
-) -> axum::Router {
+fn app(registry: Arc<Registry>, handles: Handles) -> axum::Router {
     let api = Api {
         registry,
-        commands,
-        ready,
+        commands: handles.commands,
+        ready: handles.ready,
+        sources: handles.sources,
     };
     endpoints()
         .into_iter()
@@ -561,6 +573,16 @@ fn admin_endpoints() -> Vec<(&'static str, MethodRouter<Api>)> {
     ]
 }
 
+/// `/metrics`, as a scraper takes it.
+pub fn metrics(sources: &Arc<crate::scrape::Sources>) -> Response {
+    let mut response = Response::new(Body::from(sources.render()));
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static(crate::scrape::CONTENT_TYPE),
+    );
+    response
+}
+
 /// The API's OpenAPI description (`docs/openapi.json`), which a test keeps
 /// equal to what [`endpoints`] serves.
 pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
@@ -618,12 +640,11 @@ impl Control {
     pub async fn serve(
         self,
         registry: Arc<Registry>,
-        commands: tokio::sync::mpsc::Sender<Command>,
-        ready: Arc<std::sync::atomic::AtomicBool>,
+        handles: Handles,
         mut stop: watch::Receiver<bool>,
     ) {
         use hyper_util::rt::TokioIo;
-        let app = app(registry, commands, ready);
+        let app = app(registry, handles);
         loop {
             let stream = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
@@ -677,12 +698,11 @@ impl TcpControl {
     pub async fn serve(
         self,
         registry: Arc<Registry>,
-        commands: tokio::sync::mpsc::Sender<Command>,
-        ready: Arc<std::sync::atomic::AtomicBool>,
+        handles: Handles,
         mut stop: watch::Receiver<bool>,
     ) {
         let token = self.token.clone();
-        let app = app(registry, commands, ready).layer(axum::middleware::from_fn(
+        let app = app(registry, handles).layer(axum::middleware::from_fn(
             move |request: axum::extract::Request, next: axum::middleware::Next| {
                 let token = token.clone();
                 async move {
@@ -861,8 +881,12 @@ mod tests {
         });
         let control = Control::bind(dir.path()).unwrap();
         let (_stop, stopped) = watch::channel(false);
-        let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        tokio::spawn(control.serve(registry, commands, ready, stopped));
+        let handles = Handles {
+            commands,
+            ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            sources: Arc::new(crate::scrape::Sources::new(registry.store().clone())),
+        };
+        tokio::spawn(control.serve(registry, handles, stopped));
         let data_dir = dir.path().to_owned();
         let served = tokio::task::spawn_blocking(move || served(&data_dir))
             .await

@@ -28,6 +28,7 @@ pub mod registry;
 pub mod router;
 pub mod runtime;
 pub mod scaffold;
+pub mod scrape;
 pub mod simulate;
 pub mod store;
 pub mod systemd;

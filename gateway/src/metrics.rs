@@ -12,12 +12,15 @@ const BUCKETS: usize = 26;
 #[derive(Debug)]
 pub struct Histogram {
     buckets: [AtomicU64; BUCKETS],
+    /// Every duration recorded, added up (µs): Prometheus's `_sum`.
+    sum_micros: AtomicU64,
 }
 
 impl Default for Histogram {
     fn default() -> Self {
         Histogram {
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_micros: AtomicU64::new(0),
         }
     }
 }
@@ -27,12 +30,36 @@ impl Histogram {
         let micros = d.as_micros().max(1) as u64;
         let bucket = (63 - micros.leading_zeros() as usize).min(BUCKETS - 1);
         self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> HistogramSnapshot {
         HistogramSnapshot {
             buckets: std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed)),
         }
+    }
+
+    /// The histogram as `prometheus-client` encodes one: the sum in
+    /// seconds, the count, and each bucket's upper bound in seconds with
+    /// its own count (the encoder makes them cumulative). Bucket `i` holds
+    /// durations in [2^i, 2^(i+1)) µs.
+    pub fn prometheus(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let snapshot = self.snapshot();
+        let buckets = snapshot
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let upper = if i == BUCKETS - 1 {
+                    f64::INFINITY
+                } else {
+                    (1u64 << (i + 1)) as f64 / 1e6
+                };
+                (upper, n)
+            })
+            .collect();
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        (sum, snapshot.count(), buckets)
     }
 }
 

@@ -133,6 +133,9 @@ pub struct Config {
     /// The management API beyond its unix socket: a TCP listener.
     #[serde(default)]
     pub api: ApiConfig,
+    /// `/metrics` on an address of its own, for a Prometheus scraper.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// The functions this gateway runs; a function's index here is its
     /// [`FunctionId`] in [`Config::router`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -152,6 +155,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             http: HttpConfig::default(),
             api: ApiConfig::default(),
+            metrics: MetricsConfig::default(),
             functions: Vec::new(),
             origin: Origin::default(),
         }
@@ -215,6 +219,18 @@ impl ApiConfig {
         }
         Ok(Some(token))
     }
+}
+
+/// `/metrics` is always on the management API (the socket, and TCP with
+/// the token). This serves it, and nothing else, on an address of its own
+/// with no token, as Prometheus exporters are: listen on loopback or the
+/// network the scraper is on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// The `ip:port` to serve `/metrics` on; none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
 }
 
 /// The shortest bearer token taken.

@@ -511,8 +511,12 @@ fn listen_address(c: &mut Checker, path: FieldPath, listen: &str) {
     }
 }
 
-/// The management API's TCP listener, and the token it needs.
+/// The management API's TCP listener, and the token it needs; the metrics
+/// listener.
 fn api(c: &mut Checker, config: &Config) {
+    if let Some(listen) = &config.metrics.listen {
+        listen_address(c, FieldPath::root().key("metrics").key("listen"), listen);
+    }
     let path = FieldPath::root().key("api");
     if let Some(listen) = &config.api.listen {
         listen_address(c, path.key("listen"), listen);

@@ -341,6 +341,7 @@ impl Gateway {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) =
             units.iter().filter_map(Unit::subscribed).collect();
+        self.sources.set_functions(super::function_sources(&units));
         self.units = units;
         self.config = new;
         // Applied means subscribed, as "running" does at start: a message

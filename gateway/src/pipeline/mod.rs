@@ -210,6 +210,9 @@ pub struct Gateway {
     tcp_control: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
     /// What `GET /v1/ready` answers.
     ready: Arc<std::sync::atomic::AtomicBool>,
+    /// What `/metrics` reads, and its own listener when configured.
+    sources: Arc<crate::scrape::Sources>,
+    metrics_listener: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
     /// What the management API asks of the gateway itself (`apply`), for
     /// the run loop ([`Gateway::commands`]).
     commands: Option<tokio::sync::mpsc::Receiver<crate::control::Command>>,
@@ -287,15 +290,16 @@ impl Gateway {
         // this data_dir stops here, before it takes a message.
         let (commands_tx, commands) = tokio::sync::mpsc::channel(4);
         let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sources = Arc::new(crate::scrape::Sources::new(store.clone()));
+        let handles = crate::control::Handles {
+            commands: commands_tx.clone(),
+            ready: ready.clone(),
+            sources: sources.clone(),
+        };
         let control = match crate::control::Control::bind(&config.data_dir) {
             Ok(bound) => {
                 let (stop, stopped) = tokio::sync::watch::channel(false);
-                let serve = bound.serve(
-                    registry.clone(),
-                    commands_tx.clone(),
-                    ready.clone(),
-                    stopped,
-                );
+                let serve = bound.serve(registry.clone(), handles.clone(), stopped);
                 Some((stop, tokio::spawn(serve)))
             }
             Err(e @ crate::control::ControlError::InUse(_)) => return Err(e.into()),
@@ -326,12 +330,7 @@ impl Gateway {
                     })?;
                 tracing::info!(listen = %addr, "management API listening (bearer token)");
                 let (stop, stopped) = tokio::sync::watch::channel(false);
-                let serve = bound.serve(
-                    registry.clone(),
-                    commands_tx.clone(),
-                    ready.clone(),
-                    stopped,
-                );
+                let serve = bound.serve(registry.clone(), handles.clone(), stopped);
                 Some((stop, tokio::spawn(serve)))
             }
         };
@@ -425,6 +424,23 @@ impl Gateway {
             invoke_wake,
         ));
 
+        sources.set_functions(function_sources(&units));
+        sources.set_drains(
+            ["local", "upstream"]
+                .iter()
+                .zip(&drains)
+                .map(|(destination, d)| crate::scrape::DrainSource {
+                    destination,
+                    delivered: d.delivered.clone(),
+                    refused: d.refused.clone(),
+                    undeliverable: d.dead_lettered.clone(),
+                })
+                .collect(),
+        );
+        let metrics_listener = match &config.metrics.listen {
+            None => None,
+            Some(listen) => Some(start_metrics(listen, sources.clone()).await?),
+        };
         let last_ticks = last_ticks(&store).await?;
         let wiring = Wiring {
             endpoint: &endpoint,
@@ -507,6 +523,8 @@ impl Gateway {
             registry,
             control,
             tcp_control,
+            metrics_listener,
+            sources,
             ready,
             commands: Some(commands),
             _broker: broker,
@@ -658,7 +676,12 @@ impl Gateway {
             dispatchers.push(unit.stop_sources().await);
         }
         self.invoke_task.abort();
-        for (stop, task) in self.control.into_iter().chain(self.tcp_control) {
+        for (stop, task) in self
+            .control
+            .into_iter()
+            .chain(self.tcp_control)
+            .chain(self.metrics_listener)
+        {
             let _ = stop.send(true);
             let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
         }
@@ -743,6 +766,55 @@ fn start_dispatcher(
         error,
     })?;
     Ok((dispatcher, stop))
+}
+
+/// Each function's counters, for `/metrics`.
+fn function_sources(units: &[Unit]) -> Vec<crate::scrape::FunctionSource> {
+    units
+        .iter()
+        .map(|u| crate::scrape::FunctionSource {
+            name: u.name().to_owned(),
+            metrics: u.dispatcher.metrics.clone(),
+            live: u.dispatcher.live.clone(),
+            in_flight: u.dispatcher.intake.in_flight.clone(),
+        })
+        .collect()
+}
+
+/// Binds `[metrics] listen` and serves `/metrics` there.
+async fn start_metrics(
+    listen: &str,
+    sources: Arc<crate::scrape::Sources>,
+) -> Result<(tokio::sync::watch::Sender<bool>, JoinHandle<()>), GatewayError> {
+    let addr: std::net::SocketAddr = listen
+        .parse()
+        .map_err(|e| GatewayError::Api(format!("metrics.listen {listen:?}: {e}")))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        GatewayError::Api(format!(
+            "cannot listen on {addr} for /metrics: {e} (set metrics.listen)"
+        ))
+    })?;
+    tracing::info!(listen = %addr, "metrics listening (/metrics)");
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let sources = sources.clone();
+            async move { crate::control::metrics(&sources) }
+        }),
+    );
+    let task = tokio::spawn(async move {
+        let stopping = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stopping)
+            .await
+        {
+            tracing::error!(error = %e, "metrics listener failed");
+        }
+    });
+    Ok((stop, task))
 }
 
 /// Each function's intake, for invokes.

@@ -225,6 +225,12 @@ fn restart_needed(running: &Config, new: &Config) -> Vec<String> {
         to_value(&running.api),
         to_value(&new.api),
     );
+    section(
+        "metrics",
+        running.metrics != new.metrics,
+        to_value(&running.metrics),
+        to_value(&new.metrics),
+    );
     fields
 }
 

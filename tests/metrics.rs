@@ -1,0 +1,149 @@
+//! `/metrics` against the real binary: a Prometheus scrape of a running
+//! gateway shows what its functions did, per function and version, and
+//! what the store and the outbox did; on an address of its own
+//! (`[metrics] listen`) and on the management API.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+use support::gateway::{example_wasm, GatewayProcess};
+use support::mqtt::{free_port, unique_id, wait_until, MqttClient};
+use support::rig::telemetry;
+
+const ONE: Duration = Duration::from_secs(60);
+
+fn scrape(port: u16) -> (String, String) {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(ONE)).unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (head.to_lowercase(), body.to_owned())
+}
+
+/// The value of the sample `name{labels}` in an exposition.
+fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn a_scrape_shows_each_functions_events_outcomes_versions_and_the_outbox() {
+    let (broker, metrics) = (free_port(), free_port());
+    let gateway = GatewayProcess::start_toml(|dir| {
+        format!(
+            "data_dir = {data:?}\n[broker]\nlisten = \"127.0.0.1:{broker}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\
+             [[functions]]\nname = \"enrich\"\nwasm = {wasm:?}\ntriggers = [{{ mqtt = \"vending/#\" }}]\n\
+             [functions.grants]\nupstream = [\"telemetry/#\"]\n[functions.retry]\nattempts = 1\n",
+            data = dir.join("data").display().to_string(),
+            wasm = example_wasm("telemetry_enrich.wasm").display().to_string(),
+        )
+    });
+    let outputs = MqttClient::connect(broker, &unique_id("outputs"));
+    outputs.subscribe("telemetry/#");
+    let device = MqttClient::connect(broker, &unique_id("vm-1"));
+    for seq in 0..20 {
+        device.publish("vending/vm-1/telemetry", telemetry(seq, 5.0));
+    }
+    // One it cannot take: failed, dead-lettered.
+    device.publish("vending/not-telemetry", "{}");
+    device.wait_acked(ONE);
+    let mut got = 0;
+    outputs.collect_until(Duration::from_secs(10), |_| {
+        got += 1;
+        got == 20
+    });
+    assert_eq!(got, 20, "{}", gateway.logs());
+
+    let fn_ = "{function=\"enrich\"}";
+    let (head, body) = scrape(metrics);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    assert!(body.trim_end().ends_with("# EOF"), "{body}");
+    // The counters settle as the last acks and deliveries go out.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let (_, body) = scrape(metrics);
+            sample(&body, &format!("wasmgate_function_dead_letters_total{fn_}")) == Some(1.0)
+                && sample(
+                    &body,
+                    "wasmgate_outbox_delivered_total{destination=\"upstream\"}",
+                ) >= Some(20.0)
+        }),
+        "{}",
+        scrape(metrics).1
+    );
+    let (_, body) = scrape(metrics);
+    assert_eq!(
+        sample(&body, &format!("wasmgate_function_events_total{fn_}")),
+        Some(21.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(
+            &body,
+            "wasmgate_function_invocations_total{function=\"enrich\",outcome=\"ok\"}"
+        ),
+        Some(20.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(
+            &body,
+            "wasmgate_function_invocations_total{function=\"enrich\",outcome=\"failed\"}"
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(
+            &body,
+            &format!("wasmgate_function_duration_seconds_count{fn_}")
+        ),
+        Some(21.0),
+        "{body}"
+    );
+    assert!(
+        body.contains("# TYPE wasmgate_function_duration_seconds histogram"),
+        "{body}"
+    );
+    assert!(
+        sample(
+            &body,
+            "wasmgate_function_duration_seconds_bucket{le=\"+Inf\",function=\"enrich\"}"
+        ) == Some(21.0)
+            || sample(
+                &body,
+                "wasmgate_function_duration_seconds_bucket{function=\"enrich\",le=\"+Inf\"}"
+            ) == Some(21.0),
+        "{body}"
+    );
+    let version = body
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("wasmgate_function_live_share{function=\"enrich\",version=\"")?
+                .split_once('"')
+                .map(|(v, rest)| (v.to_owned(), rest.to_owned()))
+        })
+        .expect("a live share line");
+    assert_eq!(version.1.trim(), "} 1.0", "{body}");
+    assert_eq!(version.0.len(), 12, "{version:?}");
+    assert!(
+        sample(&body, "wasmgate_store_commits_total") >= Some(20.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, &format!("wasmgate_function_in_flight{fn_}")),
+        Some(0.0),
+        "{body}"
+    );
+}
