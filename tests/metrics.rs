@@ -104,6 +104,15 @@ fn a_scrape_shows_each_functions_events_outcomes_versions_and_the_outbox() {
         Some(1.0),
         "{body}"
     );
+    // The other failure kinds are there, at 0.
+    assert_eq!(
+        sample(
+            &body,
+            "wasmgate_function_invocations_total{function=\"enrich\",outcome=\"deadline\"}"
+        ),
+        Some(0.0),
+        "{body}"
+    );
     assert_eq!(
         sample(
             &body,

@@ -117,6 +117,8 @@ pub struct FunctionMetrics {
     pub succeeded: AtomicU64,
     /// Invocations that failed (trap, limits, error code).
     pub failed: AtomicU64,
+    /// The same by kind, in the order of `FailureKind::ALL`.
+    pub failed_by_kind: [AtomicU64; 7],
     /// Messages emitted by successful invocations.
     pub emitted: AtomicU64,
     /// Messages acknowledged to the broker after processing.
@@ -139,6 +141,17 @@ pub struct FunctionMetrics {
 }
 
 impl FunctionMetrics {
+    /// Counts a failed invocation, and its kind.
+    pub fn fail(&self, kind: crate::runtime::FailureKind) {
+        inc(&self.failed);
+        if let Some(i) = crate::runtime::FailureKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+        {
+            inc(&self.failed_by_kind[i]);
+        }
+    }
+
     pub fn snapshot(&self) -> FunctionSnapshot {
         FunctionSnapshot {
             received: self.received.load(Ordering::Relaxed),
@@ -220,5 +233,25 @@ mod tests {
         h.record(Duration::ZERO);
         h.record(Duration::from_secs(3600));
         assert_eq!(h.snapshot().count(), 2);
+    }
+}
+
+#[cfg(test)]
+mod failure_kind_tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_is_counted_once_in_total_and_once_by_its_kind() {
+        let m = FunctionMetrics::default();
+        m.fail(crate::runtime::FailureKind::Deadline);
+        m.fail(crate::runtime::FailureKind::Deadline);
+        m.fail(crate::runtime::FailureKind::Trap);
+        assert_eq!(m.failed.load(Ordering::Relaxed), 3);
+        let by: Vec<u64> = m
+            .failed_by_kind
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(by, [1, 0, 0, 2, 0, 0, 0]);
     }
 }

@@ -174,12 +174,15 @@ impl prometheus_client::collector::Collector for Collect {
         for (name, help, of) in plain {
             family(&mut e, name, help, MetricType::Counter, each(of))?;
         }
+        // `ok`, and each failure kind by its config name (`deadline`,
+        // `trap`, ... and `failed`: the function returned an error).
         let outcomes = functions.iter().flat_map(|f| {
-            [
-                ("ok", f.metrics.succeeded.load(Ordering::Relaxed)),
-                ("failed", f.metrics.failed.load(Ordering::Relaxed)),
-            ]
-            .map(|(outcome, n)| {
+            let ok = ("ok", f.metrics.succeeded.load(Ordering::Relaxed));
+            let failed = crate::runtime::FailureKind::ALL
+                .iter()
+                .zip(&f.metrics.failed_by_kind)
+                .map(|(kind, n)| (kind.as_str(), n.load(Ordering::Relaxed)));
+            std::iter::once(ok).chain(failed).map(|(outcome, n)| {
                 (
                     vec![("function", f.name.as_str()), ("outcome", outcome)],
                     counter(n),
@@ -189,7 +192,7 @@ impl prometheus_client::collector::Collector for Collect {
         family(
             &mut e,
             "wasmgate_function_invocations",
-            "Invocations by outcome (each attempt of a retried event counts).",
+            "Invocations by outcome: ok, or the failure kind (each attempt of a retried event counts).",
             MetricType::Counter,
             outcomes.collect::<Vec<_>>(),
         )?;

@@ -244,7 +244,7 @@ impl Worker {
                 }
                 Err(error) => error,
             };
-            inc(&self.metrics.failed);
+            self.metrics.fail(error.failure());
             attempts.push(Attempt {
                 attempt,
                 at_ms: crate::dlq::now_ms(),
@@ -269,6 +269,7 @@ impl Worker {
             tracing::debug!(
                 function = f.name(),
                 version = f.version(),
+                request_id,
                 kind = error.kind(),
                 topic,
                 attempt,
@@ -448,7 +449,7 @@ impl Worker {
                     )
                 }
                 Err(error) => {
-                    inc(&self.metrics.failed);
+                    self.metrics.fail(error.failure());
                     (error.failure(), error.to_string())
                 }
             };
