@@ -564,7 +564,7 @@ grants = { local = ["echo/out"] }
     assert!(
         gateway
             .log()
-            .contains("shutting down between attempts; the message stays unacknowledged"),
+            .contains("stopping between attempts; the message stays unacknowledged"),
         "log:\n{}",
         gateway.log()
     );

@@ -279,9 +279,11 @@ impl Worker {
             if !self.stop.sleep(delay) {
                 tracing::info!(
                     function = f.name(),
+                    version = f.version(),
+                    request_id,
                     topic,
                     attempt,
-                    "shutting down between attempts; the message stays unacknowledged for redelivery"
+                    "stopping between attempts; the message stays unacknowledged for redelivery"
                 );
                 done.finish(false);
                 return;
