@@ -183,55 +183,32 @@ fn restart_needed(running: &Config, new: &Config) -> Vec<String> {
     if running.data_dir != new.data_dir {
         fields.push("data_dir".to_owned());
     }
-    let mut section =
-        |name: &str, differs: bool, old: serde_json::Value, new: serde_json::Value| {
-            if differs {
-                let leaves = leaf_diff(name, &old, &new);
-                // Where the JSON shows no leaf that differs (a value that does
-                // not serialize), the section is named.
-                if leaves.is_empty() {
-                    fields.push(name.to_owned());
-                }
-                fields.extend(leaves);
-            }
-        };
-    section(
-        "broker",
-        running.broker != new.broker,
-        to_value(&running.broker),
-        to_value(&new.broker),
-    );
-    section(
-        "upstream",
-        running.upstream != new.upstream,
-        to_value(&running.upstream),
-        to_value(&new.upstream),
-    );
-    section(
-        "store",
-        running.store != new.store,
-        to_value(&running.store),
-        to_value(&new.store),
-    );
-    section(
-        "http",
-        running.http != new.http,
-        to_value(&running.http),
-        to_value(&new.http),
-    );
-    section(
-        "api",
-        running.api != new.api,
-        to_value(&running.api),
-        to_value(&new.api),
-    );
-    section(
-        "metrics",
-        running.metrics != new.metrics,
-        to_value(&running.metrics),
-        to_value(&new.metrics),
-    );
+    section(&mut fields, "broker", &running.broker, &new.broker);
+    section(&mut fields, "upstream", &running.upstream, &new.upstream);
+    section(&mut fields, "store", &running.store, &new.store);
+    section(&mut fields, "http", &running.http, &new.http);
+    section(&mut fields, "api", &running.api, &new.api);
+    section(&mut fields, "metrics", &running.metrics, &new.metrics);
     fields
+}
+
+/// The fields of a section that differ, by their dotted paths.
+fn section<T: PartialEq + serde::Serialize>(
+    fields: &mut Vec<String>,
+    name: &str,
+    old: &T,
+    new: &T,
+) {
+    if old == new {
+        return;
+    }
+    let leaves = leaf_diff(name, &to_value(old), &to_value(new));
+    // Where the JSON shows no leaf that differs (a value that does not
+    // serialize), the section is named.
+    if leaves.is_empty() {
+        fields.push(name.to_owned());
+    }
+    fields.extend(leaves);
 }
 
 fn to_value(value: &impl serde::Serialize) -> serde_json::Value {
