@@ -320,6 +320,7 @@ impl Gateway {
         for name in &removed {
             self.registry.remove(name);
         }
+        super::forget_stale_consumers(&store, &units).await;
         // The ticks the retired schedules settled meanwhile count too.
         let last_ticks = super::last_ticks(&store).await.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "cannot read the schedules' last ticks again; a tick settled during the apply may run once more");

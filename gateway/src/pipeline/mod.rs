@@ -441,6 +441,7 @@ impl Gateway {
             None => None,
             Some(listen) => Some(start_metrics(listen, sources.clone()).await?),
         };
+        forget_stale_consumers(&store, &units).await;
         let last_ticks = last_ticks(&store).await?;
         let wiring = Wiring {
             endpoint: &endpoint,
@@ -766,6 +767,27 @@ fn start_dispatcher(
         error,
     })?;
     Ok((dispatcher, stop))
+}
+
+/// Drops the cursors of change streams no trigger reads any more (see
+/// `Store::forget_kv_consumers`); a failure leaves them, logged.
+async fn forget_stale_consumers(store: &Store, units: &[Unit]) {
+    let running: Vec<String> = units
+        .iter()
+        .flat_map(|u| Unit::stream_consumers(&u.config))
+        .collect();
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || store.forget_kv_consumers(&running)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => tracing::info!(
+            cursors = n,
+            "forgot the cursors of KV change triggers that are gone"
+        ),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot forget stale KV change cursors; they hold back pruning")
+        }
+        Err(_) => {}
+    }
 }
 
 /// Each function's counters, for `/metrics`.

@@ -20,6 +20,11 @@ use tokio::task::JoinHandle;
 /// Each schedule's last settled tick, by (function, schedule).
 pub(super) type LastTicks = HashMap<(String, String), i64>;
 
+/// The name of a `kv_change` trigger's cursor: `<function>/<index>`.
+fn consumer(function: &str, index: usize) -> String {
+    format!("{function}/{index}")
+}
+
 /// What every function's triggers are wired to.
 pub(super) struct Wiring<'a> {
     pub endpoint: &'a Endpoint,
@@ -93,6 +98,17 @@ impl Unit {
     /// The subscriptions' acknowledgement, if it has a session.
     pub fn subscribed(&self) -> Option<watch::Receiver<Option<Instant>>> {
         self.subscribed.clone()
+    }
+
+    /// Its `kv_change` triggers' cursors, by name.
+    pub fn stream_consumers(config: &FunctionConfig) -> Vec<String> {
+        config
+            .triggers
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.kv_change.is_some())
+            .map(|(i, _)| consumer(&config.name, i))
+            .collect()
     }
 
     /// Its MQTT triggers' filters.
@@ -210,7 +226,7 @@ impl Unit {
         let f = &self.config;
         let spec = StreamSpec {
             function: f.name.clone(),
-            consumer: format!("{}/{index}", f.name),
+            consumer: consumer(&f.name, index),
             namespace: t.kv_change.clone()?,
             keys: t.keys.clone(),
             batch: t.batch.map(Into::into),

@@ -784,6 +784,23 @@ fn a_watched_namespace_keeps_its_changes_until_every_consumer_passed_them() {
     );
     advance("stock/0", rows[2].seq);
     assert!(store.kv_changes_after("vending", 0, 10).unwrap().is_empty());
+
+    // A consumer that is gone (its trigger removed) would hold the next
+    // changes back for good; forgotten, it no longer does.
+    commit(&store, "vending", effects(&[("c", put("3"))], &[]));
+    commit(&store, "vending", effects(&[("c", put("4"))], &[]));
+    let later = store.kv_changes_after("vending", 0, 10).unwrap();
+    assert_eq!(later.len(), 2);
+    advance("audit/0", later[1].seq);
+    assert_eq!(
+        store.kv_changes_after("vending", 0, 10).unwrap().len(),
+        2,
+        "stock/0 holds them"
+    );
+    assert_eq!(store.forget_kv_consumers(&["audit/0".into()]).unwrap(), 1);
+    assert_eq!(store.kv_cursor("stock/0", "vending").unwrap().0, None);
+    advance("audit/0", later[1].seq);
+    assert!(store.kv_changes_after("vending", 0, 10).unwrap().is_empty());
 }
 
 #[test]

@@ -46,6 +46,24 @@ impl Store {
         Ok(f(&conn)?)
     }
 
+    /// Forgets the cursors of change-stream consumers that no longer run
+    /// (a `kv_change` trigger removed, or renamed by a trigger added before
+    /// it): the oldest cursor of a namespace holds back its pruning, so a
+    /// stale one would keep every later change of it. Returns how many.
+    pub fn forget_kv_consumers(&self, running: &[String]) -> Result<usize, StoreError> {
+        self.with_writer(|conn| {
+            let known: Vec<String> = conn
+                .prepare("SELECT consumer FROM kv_cursors")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut gone = 0;
+            for consumer in known.iter().filter(|c| !running.contains(c)) {
+                gone += conn.execute("DELETE FROM kv_cursors WHERE consumer = ?1", [consumer])?;
+            }
+            Ok(gone)
+        })
+    }
+
     /// Records a published version (again: keeps the first record).
     pub fn put_version(&self, function: &str, row: &VersionRow) -> Result<(), StoreError> {
         self.with_writer(|conn| {
