@@ -618,7 +618,7 @@ impl Control {
     /// gateway runs on this data_dir, which would corrupt nothing (SQLite
     /// locks) but serve nobody well: refused.
     pub fn bind(data_dir: &std::path::Path) -> Result<Control, ControlError> {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         let path = data_dir.join(SOCKET);
         let bind_error = |error| ControlError::Bind {
             path: path.display().to_string(),
@@ -630,10 +630,27 @@ impl Control {
             }
             std::fs::remove_file(&path).map_err(bind_error)?;
         }
-        let listener = tokio::net::UnixListener::bind(&path).map_err(bind_error)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        // Bound in a directory only this user can enter, made 0600 there,
+        // then moved into place: at no moment can another user connect.
+        let private = data_dir.join(format!(".control-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&private);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&private)
             .map_err(bind_error)?;
-        Ok(Control { listener, path })
+        let staged = private.join(SOCKET);
+        let bound = tokio::net::UnixListener::bind(&staged)
+            .and_then(|listener| {
+                std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+                std::fs::rename(&staged, &path)?;
+                Ok(listener)
+            })
+            .map_err(bind_error);
+        let _ = std::fs::remove_dir_all(&private);
+        Ok(Control {
+            listener: bound?,
+            path,
+        })
     }
 
     /// Serves until `stop`; then removes the socket file.
@@ -880,6 +897,20 @@ mod tests {
             }
         });
         let control = Control::bind(dir.path()).unwrap();
+        // Only the gateway's user reaches it, from the moment it exists;
+        // the directory it was made in is gone.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(SOCKET))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with(".control-"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
         let (_stop, stopped) = watch::channel(false);
         let handles = Handles {
             commands,
