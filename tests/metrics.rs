@@ -35,16 +35,33 @@ fn sample(body: &str, series: &str) -> Option<f64> {
 
 #[test]
 fn a_scrape_shows_each_functions_events_outcomes_versions_and_the_outbox() {
-    let (broker, metrics) = (free_port(), free_port());
+    let (broker, metrics, http) = (free_port(), free_port(), free_port());
     let gateway = GatewayProcess::start_toml(|dir| {
+        std::fs::write(dir.join("keys"), "key-for-the-tablet-7f3a\n").unwrap();
         format!(
             "data_dir = {data:?}\n[broker]\nlisten = \"127.0.0.1:{broker}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\
              [[functions]]\nname = \"enrich\"\nwasm = {wasm:?}\ntriggers = [{{ mqtt = \"vending/#\" }}]\n\
-             [functions.grants]\nupstream = [\"telemetry/#\"]\n[functions.retry]\nattempts = 1\n",
+             [functions.grants]\nupstream = [\"telemetry/#\"]\n[functions.retry]\nattempts = 1\n\
+             [http]\nlisten = \"127.0.0.1:{http}\"\n\
+             [[functions]]\nname = \"hello\"\nwasm = {hello:?}\ntriggers = [{{ http = \"GET /hello\" }}, {{ http = \"GET /private\", auth = {{ api_keys = {{ file = \"keys\" }} }} }}]\n",
             data = dir.join("data").display().to_string(),
             wasm = example_wasm("telemetry_enrich.wasm").display().to_string(),
+            hello = example_wasm("hello_http.wasm").display().to_string(),
         )
     });
+    // Two HTTP requests: one answered by the function, one refused (401).
+    for target in ["/hello", "/private"] {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", http)).expect("connect");
+        stream.set_read_timeout(Some(ONE)).unwrap();
+        write!(
+            stream,
+            "GET {target} HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        assert!(text.starts_with("HTTP/1.1 "), "{text}");
+    }
     let outputs = MqttClient::connect(broker, &unique_id("outputs"));
     outputs.subscribe("telemetry/#");
     let device = MqttClient::connect(broker, &unique_id("vm-1"));
@@ -153,6 +170,24 @@ fn a_scrape_shows_each_functions_events_outcomes_versions_and_the_outbox() {
     assert_eq!(
         sample(&body, &format!("wasmgate_function_in_flight{fn_}")),
         Some(0.0),
+        "{body}"
+    );
+    // HTTP responses by status class, for a function with routes only.
+    let http = |class: &str| {
+        sample(
+            &body,
+            &format!(
+                "wasmgate_function_http_responses_total{{function=\"hello\",status=\"{class}\"}}"
+            ),
+        )
+    };
+    assert_eq!(
+        (http("2xx"), http("4xx"), http("5xx")),
+        (Some(1.0), Some(1.0), Some(0.0)),
+        "{body}"
+    );
+    assert!(
+        !body.contains("wasmgate_function_http_responses_total{function=\"enrich\""),
         "{body}"
     );
 }

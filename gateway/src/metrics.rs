@@ -119,6 +119,8 @@ pub struct FunctionMetrics {
     pub failed: AtomicU64,
     /// The same by kind, in the order of `FailureKind::ALL`.
     pub failed_by_kind: [AtomicU64; 7],
+    /// Its HTTP routes' responses by status class: 1xx to 5xx.
+    pub http_responses: [AtomicU64; 5],
     /// Messages emitted by successful invocations.
     pub emitted: AtomicU64,
     /// Messages acknowledged to the broker after processing.
@@ -141,6 +143,13 @@ pub struct FunctionMetrics {
 }
 
 impl FunctionMetrics {
+    /// Counts an HTTP response of one of its routes, by class.
+    pub fn count_http(&self, status: u16) {
+        if let Some(class) = (status / 100).checked_sub(1).filter(|c| *c < 5) {
+            inc(&self.http_responses[class as usize]);
+        }
+    }
+
     /// Counts a failed invocation, and its kind.
     pub fn fail(&self, kind: crate::runtime::FailureKind) {
         inc(&self.failed);

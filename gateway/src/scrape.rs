@@ -23,6 +23,8 @@ pub struct FunctionSource {
     pub metrics: Arc<FunctionMetrics>,
     pub live: Arc<Live>,
     pub in_flight: Arc<AtomicUsize>,
+    /// It has HTTP or WebSocket routes (its response counts are shown).
+    pub http: bool,
 }
 
 /// One outbox drain's counters.
@@ -195,6 +197,25 @@ impl prometheus_client::collector::Collector for Collect {
             "Invocations by outcome: ok, or the failure kind (each attempt of a retried event counts).",
             MetricType::Counter,
             outcomes.collect::<Vec<_>>(),
+        )?;
+        let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+        family(
+            &mut e,
+            "wasmgate_function_http_responses",
+            "Responses of the function's HTTP routes, by status class (from the function, or the gateway's own: 401, 413, 503...).",
+            MetricType::Counter,
+            functions
+                .iter()
+                .filter(|f| f.http)
+                .flat_map(|f| {
+                    classes.iter().zip(&f.metrics.http_responses).map(|(class, n)| {
+                        (
+                            vec![("function", f.name.as_str()), ("status", *class)],
+                            counter(n.load(Ordering::Relaxed)),
+                        )
+                    })
+                })
+                .collect::<Vec<_>>(),
         )?;
         family(
             &mut e,

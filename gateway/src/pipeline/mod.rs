@@ -799,6 +799,7 @@ fn function_sources(units: &[Unit]) -> Vec<crate::scrape::FunctionSource> {
             metrics: u.dispatcher.metrics.clone(),
             live: u.dispatcher.live.clone(),
             in_flight: u.dispatcher.intake.in_flight.clone(),
+            http: u.config.triggers.iter().any(|t| t.route().is_some()),
         })
         .collect()
 }

@@ -350,6 +350,25 @@ async fn handle(
         }
     };
     let target = &table.targets[index];
+    let response = serve_route(state, target, method, path, params, request, stopping).await;
+    target
+        .intake
+        .metrics()
+        .count_http(response.status().as_u16());
+    response
+}
+
+/// A request its route leads to `target`: checked, then run (or queued,
+/// or upgraded to a WebSocket).
+async fn serve_route(
+    state: &State,
+    target: &Target,
+    method: String,
+    path: String,
+    params: Vec<(String, String)>,
+    request: Request<Body>,
+    stopping: watch::Receiver<bool>,
+) -> HttpResponse {
     if let Some(keys) = &target.api_keys {
         let given = request
             .headers()

@@ -228,6 +228,11 @@ pub struct Intake {
 }
 
 impl Intake {
+    /// The function's counters.
+    pub fn metrics(&self) -> &FunctionMetrics {
+        &self.metrics
+    }
+
     pub fn new(
         shards: Vec<mpsc::Sender<Job>>,
         in_flight: Arc<AtomicUsize>,
