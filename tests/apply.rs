@@ -8,7 +8,6 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
 use support::gateway::{example_wasm, wasmgate, GatewayProcess};
@@ -83,19 +82,7 @@ fn apply(
 }
 
 fn get(port: u16, target: &str) -> u16 {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream.set_read_timeout(Some(ONE)).unwrap();
-    write!(
-        stream,
-        "GET {target} HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    let _ = stream.read_to_string(&mut text);
-    text.split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+    support::http::request(port, "GET", target, "", "").0
 }
 
 /// The seqs (`ts`) of the enriched messages on `topic` until `want` of

@@ -5,24 +5,15 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::time::Duration;
-use support::gateway::{example_wasm, GatewayProcess};
+use support::gateway::{example_wasm, wasmgate, GatewayProcess};
 use support::mqtt::{free_port, unique_id, wait_until, MqttClient};
 use support::rig::telemetry;
 
 const ONE: Duration = Duration::from_secs(60);
 
 fn scrape(port: u16) -> (String, String) {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream.set_read_timeout(Some(ONE)).unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    let _ = stream.read_to_string(&mut text);
+    let (_, text) = support::http::request(port, "GET", "/metrics", "", "");
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     (head.to_lowercase(), body.to_owned())
 }
@@ -43,7 +34,7 @@ fn a_scrape_shows_each_functions_events_outcomes_versions_and_the_outbox() {
              [[functions]]\nname = \"enrich\"\nwasm = {wasm:?}\ntriggers = [{{ mqtt = \"vending/#\" }}]\n\
              [functions.grants]\nupstream = [\"telemetry/#\"]\n[functions.retry]\nattempts = 1\n\
              [http]\nlisten = \"127.0.0.1:{http}\"\n\
-             [[functions]]\nname = \"hello\"\nwasm = {hello:?}\ntriggers = [{{ http = \"GET /hello\" }}, {{ http = \"GET /private\", auth = {{ api_keys = {{ file = \"keys\" }} }} }}]\n",
+             [[functions]]\nname = \"hello\"\nwasm = {hello:?}\ntriggers = [{{ http = \"GET /hello\" }}, {{ http = \"GET /private\", auth = {{ api_keys = {{ file = \"keys\" }} }} }}, {{ http = \"GET /inline\", auth = {{ api_keys = \"inline-key-5d1e-99aa\" }} }}]\n",
             data = dir.join("data").display().to_string(),
             wasm = example_wasm("telemetry_enrich.wasm").display().to_string(),
             hello = example_wasm("hello_http.wasm").display().to_string(),
@@ -51,15 +42,7 @@ fn a_scrape_shows_each_functions_events_outcomes_versions_and_the_outbox() {
     });
     // Two HTTP requests: one answered by the function, one refused (401).
     for target in ["/hello", "/private"] {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", http)).expect("connect");
-        stream.set_read_timeout(Some(ONE)).unwrap();
-        write!(
-            stream,
-            "GET {target} HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut text = String::new();
-        let _ = stream.read_to_string(&mut text);
+        let (_, text) = support::http::request(http, "GET", target, "", "");
         assert!(text.starts_with("HTTP/1.1 "), "{text}");
     }
     let outputs = MqttClient::connect(broker, &unique_id("outputs"));
@@ -189,5 +172,16 @@ fn a_scrape_shows_each_functions_events_outcomes_versions_and_the_outbox() {
     assert!(
         !body.contains("wasmgate_function_http_responses_total{function=\"enrich\""),
         "{body}"
+    );
+    // The management API shows a function's triggers, but not the API
+    // keys of its routes (an inline key would be there in the clear).
+    let config = gateway.config_path().display().to_string();
+    let functions = wasmgate(&["functions", "--config", &config, "--json"], ONE);
+    assert_eq!(functions.code, Some(0), "{functions:?}");
+    assert!(
+        functions.stdout.contains("(api keys not shown)")
+            && !functions.stdout.contains("inline-key-5d1e-99aa"),
+        "{}",
+        functions.stdout
     );
 }

@@ -707,10 +707,6 @@ impl TcpControl {
         })
     }
 
-    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.listener.local_addr()
-    }
-
     /// Serves until `stop`.
     pub async fn serve(
         self,

@@ -118,7 +118,7 @@ pub struct FunctionMetrics {
     /// Invocations that failed (trap, limits, error code).
     pub failed: AtomicU64,
     /// The same by kind, in the order of `FailureKind::ALL`.
-    pub failed_by_kind: [AtomicU64; 7],
+    pub failed_by_kind: [AtomicU64; crate::runtime::FailureKind::ALL.len()],
     /// Its HTTP routes' responses by status class: 1xx to 5xx.
     pub http_responses: [AtomicU64; 5],
     /// Messages emitted by successful invocations.

@@ -564,7 +564,8 @@ impl Gateway {
             .map(|unit| {
                 let view = views.iter().find(|v| v.name == unit.name());
                 let m = unit.dispatcher.metrics.snapshot();
-                let value = |v: &dyn erased::Serialize| v.to_json();
+                // JSON that never panics (a path that is not UTF-8 is null).
+                use plan::to_value as value;
                 // A route's API keys are not for the management API to show.
                 let mut triggers = value(&unit.config.triggers);
                 for t in triggers.as_array_mut().into_iter().flatten() {
@@ -726,19 +727,6 @@ impl Gateway {
         }
         tracing::info!(delivered, refused, undeliverable, "outbox totals");
         tracing::info!("gateway stopped");
-    }
-}
-
-/// JSON of a config value for the management API, never a panic (a path
-/// that is not UTF-8 becomes null rather than failing `json!`).
-mod erased {
-    pub trait Serialize {
-        fn to_json(&self) -> serde_json::Value;
-    }
-    impl<T: serde::Serialize> Serialize for T {
-        fn to_json(&self) -> serde_json::Value {
-            serde_json::to_value(self).unwrap_or_default()
-        }
     }
 }
 

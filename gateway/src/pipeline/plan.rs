@@ -211,7 +211,8 @@ fn section<T: PartialEq + serde::Serialize>(
     fields.extend(leaves);
 }
 
-fn to_value(value: &impl serde::Serialize) -> serde_json::Value {
+/// A value as JSON; one that cannot be (a path that is not UTF-8) is null.
+pub(super) fn to_value(value: &impl serde::Serialize) -> serde_json::Value {
     serde_json::to_value(value).unwrap_or_default()
 }
 

@@ -1130,12 +1130,12 @@ impl StoreThread {
             let mut change = tx.prepare_cached(
                 "INSERT INTO kv_changes (namespace, key, old, new, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
+            // Held for the transaction: only `apply` writes it.
             let streams = self
                 .inner
                 .kv_streams
                 .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
+                .unwrap_or_else(PoisonError::into_inner);
             let mut advance = |cursor: &Cursor| match cursor {
                 Cursor::KvStream {
                     consumer,
