@@ -155,6 +155,93 @@ fn a_scrape_shows_each_functions_events_outcomes_versions_and_the_outbox() {
         Some(0.0),
         "{body}"
     );
+    // Per version: invocations by result, and what they used.
+    let v = format!("{{function=\"enrich\",version=\"{}\"", version.0);
+    let of = |series: &str, rest: &str| sample(&body, &format!("{series}{v}{rest}"));
+    assert_eq!(
+        of(
+            "wasmgate_function_version_invocations_total",
+            ",outcome=\"ok\"}"
+        ),
+        Some(20.0),
+        "{body}"
+    );
+    assert_eq!(
+        of(
+            "wasmgate_function_version_invocations_total",
+            ",outcome=\"failed\"}"
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        of("wasmgate_function_fuel_count", "}"),
+        Some(21.0),
+        "{body}"
+    );
+    assert!(
+        of("wasmgate_function_fuel_sum", "}") > Some(1000.0),
+        "{body}"
+    );
+    assert_eq!(
+        of("wasmgate_function_run_seconds_count", "}"),
+        Some(21.0),
+        "{body}"
+    );
+    // One 64 KiB page at least.
+    assert!(
+        of("wasmgate_function_peak_memory_bytes", "}") >= Some(65536.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, &format!("wasmgate_function_queued{fn_}")),
+        Some(0.0),
+        "{body}"
+    );
+    // The store's transactions: how long, and how many invocations each.
+    assert!(
+        sample(&body, "wasmgate_store_commit_seconds_count") >= Some(1.0),
+        "{body}"
+    );
+    assert!(
+        sample(&body, "wasmgate_store_commit_invocations_sum") >= Some(20.0),
+        "{body}"
+    );
+    // The links, and the embedded broker's connections (reported each
+    // second): the two test clients, and the gateway's own sessions.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let (_, body) = scrape(metrics);
+            sample(&body, "wasmgate_broker_connections{listener=\"devices\"}") >= Some(2.0)
+                && sample(&body, "wasmgate_broker_connections{listener=\"gateway\"}") >= Some(1.0)
+                && sample(&body, "wasmgate_outbox_rows{destination=\"upstream\"}") == Some(0.0)
+        }),
+        "{}",
+        scrape(metrics).1
+    );
+    let (_, body) = scrape(metrics);
+    for d in ["local", "upstream"] {
+        let link = format!("{{destination=\"{d}\"}}");
+        assert_eq!(
+            sample(&body, &format!("wasmgate_link_connected{link}")),
+            Some(1.0),
+            "{body}"
+        );
+        assert!(
+            sample(&body, &format!("wasmgate_link_connects_total{link}")) >= Some(1.0),
+            "{body}"
+        );
+        assert_eq!(
+            sample(&body, &format!("wasmgate_outbox_oldest_age_seconds{link}")),
+            Some(0.0),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        sample(&body, "wasmgate_broker_restarts_total"),
+        Some(0.0),
+        "{body}"
+    );
     // HTTP responses by status class, for a function with routes only.
     let http = |class: &str| {
         sample(

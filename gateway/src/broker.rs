@@ -212,6 +212,26 @@ struct Shared {
     child: Mutex<Option<Child>>,
     pid: AtomicU32,
     restarts: AtomicU64,
+    /// The broker process's last report of its counts.
+    counts: Mutex<Option<BrokerCounts>>,
+}
+
+pub use crate::metrics::BrokerCounts;
+
+/// What the broker process reports each second.
+fn read_counts(stats: &rumqttd::BrokerStats) -> BrokerCounts {
+    let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+    BrokerCounts {
+        connections: lock(&stats.listeners)
+            .iter()
+            .map(|(name, n)| (name.clone(), n.load(Ordering::Relaxed) as u64))
+            .collect(),
+        connections_refused: get(&stats.connections_refused),
+        retained: get(&stats.retained_count),
+        retained_bytes: get(&stats.retained_bytes),
+        retained_refused: get(&stats.retained_refused),
+        restarts: 0,
+    }
 }
 
 impl EmbeddedBroker {
@@ -270,6 +290,23 @@ impl EmbeddedBroker {
     /// How many times the broker process died and was started again.
     pub fn restarts(&self) -> u64 {
         self.shared.restarts.load(Ordering::Relaxed)
+    }
+
+    /// The broker process's counts, as of its last report (at most a
+    /// second old); `None` before its first, and while it restarts.
+    pub fn counts(&self) -> Option<BrokerCounts> {
+        lock(&self.shared.counts).clone()
+    }
+
+    /// [`EmbeddedBroker::counts`] for whoever outlives a borrow (`/metrics`).
+    pub fn counter(&self) -> impl Fn() -> Option<BrokerCounts> + Send + Sync + 'static {
+        let shared = self.shared.clone();
+        move || {
+            lock(&shared.counts).clone().map(|mut counts| {
+                counts.restarts = shared.restarts.load(Ordering::Relaxed);
+                counts
+            })
+        }
     }
 
     /// Where devices connect.
@@ -353,12 +390,27 @@ impl Drop for EmbeddedBroker {
 }
 
 /// Restarts the broker whenever it dies, until the gateway stops it.
-fn supervise(mut settings: BrokerSettings, shared: Arc<Shared>, mut stdout: ChildStdout) {
+fn supervise(
+    mut settings: BrokerSettings,
+    shared: Arc<Shared>,
+    mut stdout: BufReader<ChildStdout>,
+) {
     let mut delay = Duration::from_millis(50);
     loop {
-        // The child writes nothing after `ready`: EOF means it is gone.
-        let mut sink = [0u8; 64];
-        while matches!(stdout.read(&mut sink), Ok(n) if n > 0) {}
+        // After `ready` the child writes only its counts, each second
+        // (`stats {json}`); EOF means it is gone.
+        let mut line = String::new();
+        while matches!(stdout.read_line(&mut line), Ok(n) if n > 0) {
+            if let Some(counts) = line
+                .strip_prefix("stats ")
+                .and_then(|json| serde_json::from_str::<BrokerCounts>(json).ok())
+            {
+                *lock(&shared.counts) = Some(counts);
+            }
+            line.clear();
+        }
+        // A new process counts from nothing.
+        *lock(&shared.counts) = None;
         let status = reap(&shared);
         if shared.stopping.load(Ordering::SeqCst) {
             return;
@@ -438,7 +490,9 @@ fn broker_exe() -> Result<std::path::PathBuf, BrokerError> {
 
 /// Starts one broker process and waits for its `ready` line: the process,
 /// its stdin and stdout, and the internal listener's port.
-fn launch(settings: &BrokerSettings) -> Result<(Child, ChildStdin, ChildStdout, u16), BrokerError> {
+fn launch(
+    settings: &BrokerSettings,
+) -> Result<(Child, ChildStdin, BufReader<ChildStdout>, u16), BrokerError> {
     let exe = broker_exe()?;
     let spawn_error = |error: std::io::Error| BrokerError::Spawn {
         exe: exe.display().to_string(),
@@ -494,7 +548,9 @@ fn launch(settings: &BrokerSettings) -> Result<(Child, ChildStdin, ChildStdout, 
         let mut line = String::new();
         let _ = reader.read_line(&mut line);
         let _ = tx.send(line);
-        reader.into_inner()
+        // The reader, not its stream: what it read past `ready` (a stats
+        // line) stays in its buffer for the supervisor.
+        reader
     });
     let answer = rx.recv_timeout(READY_WAIT);
     let answer = match answer {
@@ -589,6 +645,24 @@ pub fn child_main() -> std::process::ExitCode {
     settings.internal = broker.internal();
     answer(&mut out, format!("ready {}", settings.internal.port()));
     let stats = broker.stats.clone();
+    {
+        // Counts for the gateway's /metrics, each second; a write that
+        // fails means the gateway is gone, and stdin's EOF ends us too.
+        let stats = stats.clone();
+        let _ = std::thread::Builder::new()
+            .name("broker-stats".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_secs(1));
+                let line = serde_json::to_string(&read_counts(&stats)).unwrap_or_default();
+                let mut out = std::io::stdout().lock();
+                if writeln!(out, "stats {line}")
+                    .and_then(|()| out.flush())
+                    .is_err()
+                {
+                    return;
+                }
+            });
+    }
     // Runs until the gateway closes our stdin (it stopped, or died); `open`
     // lets devices in.
     for line in stdin.lock().lines() {

@@ -218,7 +218,7 @@ fn endpoints() -> Vec<(&'static str, MethodRouter<Api>)> {
     let mut endpoints: Vec<(&'static str, MethodRouter<Api>)> = vec![
         (
             "/metrics",
-            get(|State(api): State<Api>| async move { metrics(&api.sources) }),
+            get(|State(api): State<Api>| async move { metrics(api.sources.clone()).await }),
         ),
         (
             "/v1/ready",
@@ -505,6 +505,21 @@ fn admin_endpoints() -> Vec<(&'static str, MethodRouter<Api>)> {
             ),
         ),
         (
+            "/v1/logs",
+            get(
+                |State(r): R, Query(q): Query<std::collections::HashMap<String, String>>| async move {
+                    let query = match crate::store::logs::LogQuery::from_params(&q) {
+                        Ok(query) => query,
+                        Err(error) => {
+                            return json(StatusCode::BAD_REQUEST, &serde_json::json!({ "error": error }))
+                        }
+                    };
+                    let f = move || Ok(Some(serde_json::json!({ "lines": r.store().logs(&query)? })));
+                    admin(f, String::new()).await
+                },
+            ),
+        ),
+        (
             "/v1/dead-letters/purge",
             post(|State(r): R, body: Bytes| async move {
                 let asked = serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default();
@@ -574,8 +589,12 @@ fn admin_endpoints() -> Vec<(&'static str, MethodRouter<Api>)> {
 }
 
 /// `/metrics`, as a scraper takes it.
-pub fn metrics(sources: &Arc<crate::scrape::Sources>) -> Response {
-    let mut response = Response::new(Body::from(sources.render()));
+pub async fn metrics(sources: Arc<crate::scrape::Sources>) -> Response {
+    // A scrape reads the outbox's backlog from SQLite: off the reactor.
+    let text = tokio::task::spawn_blocking(move || sources.render())
+        .await
+        .unwrap_or_default();
+    let mut response = Response::new(Body::from(text));
     response.headers_mut().insert(
         axum::http::header::CONTENT_TYPE,
         axum::http::HeaderValue::from_static(crate::scrape::CONTENT_TYPE),

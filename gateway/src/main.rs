@@ -79,6 +79,10 @@ enum Command {
     /// List the schedule triggers: each one's last tick and when it fires
     /// next (and the missed ticks a start now would run late).
     Schedules(ops::schedules::SchedulesArgs),
+    /// Functions' log lines, kept in the gateway's database: a function's,
+    /// or all; since a time, at a level, of one request id; --follow
+    /// prints new ones as they come (like `sam logs`).
+    Logs(ops::logs::LogsArgs),
     /// Deploy a module as a function's new live version on the running
     /// gateway: checked, kept under data_dir/modules, warmed, then the next
     /// events run on it (no restart, no device disconnected). `rollback`
@@ -248,6 +252,7 @@ fn main() -> ExitCode {
         Command::Invoke(args) => ops::invoke::invoke(args),
         Command::Functions(args) => ops::functions::functions(args),
         Command::Schedules(args) => ops::schedules::schedules(args),
+        Command::Logs(args) => ops::logs::logs(args),
         #[cfg(unix)]
         Command::Deploy(args) => ops::deploy::deploy(args),
         #[cfg(unix)]

@@ -12,7 +12,7 @@ const BUCKETS: usize = 26;
 #[derive(Debug)]
 pub struct Histogram {
     buckets: [AtomicU64; BUCKETS],
-    /// Every duration recorded, added up (µs): Prometheus's `_sum`.
+    /// Every value recorded, added up (µs for durations): Prometheus's `_sum`.
     sum_micros: AtomicU64,
 }
 
@@ -27,10 +27,17 @@ impl Default for Histogram {
 
 impl Histogram {
     pub fn record(&self, d: Duration) {
-        let micros = d.as_micros().max(1) as u64;
-        let bucket = (63 - micros.leading_zeros() as usize).min(BUCKETS - 1);
+        self.record_count(d.as_micros().max(1) as u64);
+    }
+
+    /// Records a count (messages in a transaction, fuel) rather than a
+    /// duration: the same power-of-two buckets, read by
+    /// [`Histogram::prometheus_counts`].
+    pub fn record_count(&self, n: u64) {
+        let n = n.max(1);
+        let bucket = (63 - n.leading_zeros() as usize).min(BUCKETS - 1);
         self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+        self.sum_micros.fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> HistogramSnapshot {
@@ -44,6 +51,16 @@ impl Histogram {
     /// its own count (the encoder makes them cumulative). Bucket `i` holds
     /// durations in [2^i, 2^(i+1)) µs.
     pub fn prometheus(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        self.encoded(|i| (1u64 << (i + 1)) as f64 / 1e6, 1e-6)
+    }
+
+    /// [`Histogram::prometheus`] for [`Histogram::record_count`]: bucket
+    /// `i` holds the whole numbers up to 2^(i+1) - 1.
+    pub fn prometheus_counts(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        self.encoded(|i| ((1u64 << (i + 1)) - 1) as f64, 1.0)
+    }
+
+    fn encoded(&self, upper: impl Fn(usize) -> f64, scale: f64) -> (f64, u64, Vec<(f64, u64)>) {
         let snapshot = self.snapshot();
         let buckets = snapshot
             .buckets
@@ -53,12 +70,12 @@ impl Histogram {
                 let upper = if i == BUCKETS - 1 {
                     f64::INFINITY
                 } else {
-                    (1u64 << (i + 1)) as f64 / 1e6
+                    upper(i)
                 };
                 (upper, n)
             })
             .collect();
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 * scale;
         (sum, snapshot.count(), buckets)
     }
 }
@@ -108,6 +125,31 @@ impl HistogramSnapshot {
     }
 }
 
+/// What one version's invocations used, recorded as each ends (a few
+/// atomic adds): what `wasmgate cost` and right-sizing read.
+#[derive(Debug, Default)]
+pub struct VersionUsage {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+    /// Fuel per invocation (guest instructions and host-call charges).
+    pub fuel: Histogram,
+    /// The guest's own time, from taking an instance to the handler's end
+    /// (not the queueing before it, which the function's latency holds).
+    pub duration: Histogram,
+    /// The largest linear memory any invocation ended with (it never shrinks).
+    pub peak_memory_bytes: AtomicU64,
+}
+
+impl VersionUsage {
+    pub fn record(&self, ok: bool, fuel: u64, memory_bytes: u64, duration: Duration) {
+        inc(if ok { &self.ok } else { &self.failed });
+        self.fuel.record_count(fuel);
+        self.duration.record(duration);
+        self.peak_memory_bytes
+            .fetch_max(memory_bytes, Ordering::Relaxed);
+    }
+}
+
 /// What happened to one function's events.
 #[derive(Debug, Default)]
 pub struct FunctionMetrics {
@@ -138,6 +180,13 @@ pub struct FunctionMetrics {
     pub throttled: AtomicU64,
     /// Emits and invokes the host refused (bad topics, outside the grants).
     pub refused: AtomicU64,
+    /// Jobs in its queues, not yet taken by a worker (signed: a worker may
+    /// take a job before its sender counts it).
+    pub queued: std::sync::atomic::AtomicI64,
+    /// Its log lines kept (the journal and the log ring), and dropped:
+    /// over `logs.rate`, or past the lines one invocation may write.
+    pub log_lines: AtomicU64,
+    pub log_lines_dropped: AtomicU64,
     /// From arrival at the gateway to the end of the invocation.
     pub latency: Histogram,
 }
@@ -263,4 +312,22 @@ mod failure_kind_tests {
             .collect();
         assert_eq!(by, [1, 0, 0, 2, 0, 0, 0]);
     }
+}
+
+/// The embedded broker's counts, as its process reports them each second
+/// (`broker.rs`), for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BrokerCounts {
+    /// Connections each listener holds now (`devices`, `devices-tls`,
+    /// `gateway`: the gateway's own sessions).
+    pub connections: std::collections::BTreeMap<String, u64>,
+    /// Connections closed at once: their listener was at its cap.
+    pub connections_refused: u64,
+    pub retained: u64,
+    pub retained_bytes: u64,
+    pub retained_refused: u64,
+    /// Times the broker process died and was started again (the
+    /// gateway's count, not the process's).
+    #[serde(default)]
+    pub restarts: u64,
 }

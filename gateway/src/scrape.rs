@@ -6,7 +6,7 @@
 //! Served on the management API (the unix socket; TCP with the token) and,
 //! with `[metrics] listen`, on an address of its own for a scraper.
 
-use crate::metrics::FunctionMetrics;
+use crate::metrics::{BrokerCounts, FunctionMetrics, Histogram};
 use crate::registry::Live;
 use crate::store::Store;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -35,15 +35,28 @@ pub struct DrainSource {
     pub delivered: Arc<AtomicU64>,
     pub refused: Arc<AtomicU64>,
     pub undeliverable: Arc<AtomicU64>,
+    /// Its broker connection.
+    pub link: Arc<crate::pipeline::Link>,
 }
+
+/// The embedded broker's last report, if it runs.
+type BrokerSource = Box<dyn Fn() -> Option<BrokerCounts> + Send + Sync>;
 
 /// What a scrape reads; the gateway keeps it to what runs (`apply`
 /// replaces the functions).
-#[derive(Debug)]
 pub struct Sources {
     store: Store,
     functions: RwLock<Vec<FunctionSource>>,
     drains: RwLock<Vec<DrainSource>>,
+    broker: RwLock<Option<BrokerSource>>,
+}
+
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sources")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Sources {
@@ -52,7 +65,41 @@ impl Sources {
             store,
             functions: RwLock::new(Vec::new()),
             drains: RwLock::new(Vec::new()),
+            broker: RwLock::new(None),
         }
+    }
+
+    pub fn set_broker(&self, counts: impl Fn() -> Option<BrokerCounts> + Send + Sync + 'static) {
+        *self.broker.write().unwrap_or_else(PoisonError::into_inner) = Some(Box::new(counts));
+    }
+
+    /// The functions a scrape reads now.
+    pub fn functions(&self) -> Vec<FunctionSource> {
+        self.functions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn drains(&self) -> Vec<DrainSource> {
+        self.drains
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The embedded broker's counts; `None` with an external broker, or
+    /// before the broker process's first report.
+    pub fn broker(&self) -> Option<BrokerCounts> {
+        self.broker
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .and_then(|counts| counts())
     }
 
     pub fn set_functions(&self, functions: Vec<FunctionSource>) {
@@ -87,6 +134,10 @@ type Labels<'a> = Vec<(&'static str, &'a str)>;
 
 /// A counter family: its name, its help, and where its value is in `T`.
 type Counted<T> = (&'static str, &'static str, fn(&T) -> &AtomicU64);
+/// A family whose value `T` works out.
+type Derived<T, V> = (&'static str, &'static str, fn(&T) -> V);
+/// A histogram family, and whether it holds counts (not durations).
+type Histogrammed<T> = (&'static str, &'static str, fn(&T) -> &Histogram, bool);
 
 /// One metric family: its descriptor, then a value per label set.
 fn family<'v, M: EncodeMetric>(
@@ -103,18 +154,37 @@ fn family<'v, M: EncodeMetric>(
     Ok(())
 }
 
+/// A histogram family: per label set, a duration histogram (seconds) or,
+/// with `counts`, one of whole numbers.
+fn histogram<'v>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    values: impl IntoIterator<Item = (Labels<'v>, &'v Histogram, bool)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (labels, h, counts) in values {
+        let (sum, count, buckets) = if counts {
+            h.prometheus_counts()
+        } else {
+            h.prometheus()
+        };
+        metric
+            .encode_family(&labels)?
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                sum, count, &buckets, None,
+            )?;
+    }
+    Ok(())
+}
+
 fn counter(n: u64) -> ConstCounter<u64> {
     ConstCounter::new(n)
 }
 
 impl prometheus_client::collector::Collector for Collect {
     fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let functions = self
-            .0
-            .functions
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let functions = self.0.functions();
         let each = |of: fn(&FunctionMetrics) -> &AtomicU64| {
             functions
                 .iter()
@@ -126,7 +196,7 @@ impl prometheus_client::collector::Collector for Collect {
                 })
                 .collect::<Vec<_>>()
         };
-        let plain: [Counted<FunctionMetrics>; 9] = [
+        let plain: [Counted<FunctionMetrics>; 11] = [
             (
                 "wasmgate_function_events",
                 "Events taken for the function from its triggers.",
@@ -171,6 +241,16 @@ impl prometheus_client::collector::Collector for Collect {
                 "wasmgate_function_refused_effects",
                 "Emits and invokes the host refused (outside the grants, bad topics).",
                 |m| &m.refused,
+            ),
+            (
+                "wasmgate_function_log_lines",
+                "Its log lines kept (the gateway's log and the log ring).",
+                |m| &m.log_lines,
+            ),
+            (
+                "wasmgate_function_log_lines_dropped",
+                "Its log lines dropped: over logs.rate, or past 100 in one invocation.",
+                |m| &m.log_lines_dropped,
             ),
         ];
         for (name, help, of) in plain {
@@ -227,32 +307,29 @@ impl prometheus_client::collector::Collector for Collect {
                 (vec![("function", f.name.as_str())], ConstGauge::new(n))
             }),
         )?;
-        // Per version: the share of events `live` gives it, and its starts.
-        let versions: Vec<(String, String, f64, u64, u64)> = functions
+        family(
+            &mut e,
+            "wasmgate_function_queued",
+            "Events in its queues that no worker has taken yet.",
+            MetricType::Gauge,
+            functions.iter().map(|f| {
+                let n = f.metrics.queued.load(Ordering::Relaxed).max(0);
+                (vec![("function", f.name.as_str())], ConstGauge::new(n))
+            }),
+        )?;
+        // Per version: the share of events `live` gives it, its starts,
+        // and what its invocations used.
+        let versions: Vec<(&str, Arc<crate::runtime::Function>, f64)> = functions
             .iter()
             .flat_map(|f| {
                 let routing = f.live.routing();
-                let mut out = vec![(
-                    f.name.clone(),
-                    routing.primary.version().to_owned(),
-                    1.0 - routing.secondary.as_ref().map_or(0.0, |(_, w)| *w),
-                    routing.primary.cold_starts(),
-                    routing.primary.warm_starts(),
-                )];
-                if let Some((other, share)) = &routing.secondary {
-                    out.push((
-                        f.name.clone(),
-                        other.version().to_owned(),
-                        *share,
-                        other.cold_starts(),
-                        other.warm_starts(),
-                    ));
-                }
-                out
+                let other = routing.secondary.as_ref().map_or(0.0, |(_, w)| *w);
+                std::iter::once((f.name.as_str(), routing.primary.clone(), 1.0 - other))
+                    .chain(routing.secondary.map(|(v, w)| (f.name.as_str(), v, w)))
             })
             .collect();
-        fn by_version(v: &(String, String, f64, u64, u64)) -> Labels<'_> {
-            vec![("function", v.0.as_str()), ("version", v.1.as_str())]
+        fn by_version<'a>(v: &'a (&'a str, Arc<crate::runtime::Function>, f64)) -> Labels<'a> {
+            vec![("function", v.0), ("version", v.1.version())]
         }
         family(
             &mut e,
@@ -263,41 +340,94 @@ impl prometheus_client::collector::Collector for Collect {
                 .iter()
                 .map(|v| (by_version(v), ConstGauge::new(v.2))),
         )?;
-        family(
-            &mut e,
-            "wasmgate_function_cold_starts",
-            "Invocations that had to instantiate the version's module first.",
-            MetricType::Counter,
-            versions.iter().map(|v| (by_version(v), counter(v.3))),
-        )?;
-        family(
-            &mut e,
-            "wasmgate_function_warm_starts",
-            "Invocations that took an instance ready in the version's pool.",
-            MetricType::Counter,
-            versions.iter().map(|v| (by_version(v), counter(v.4))),
-        )?;
-        {
-            let mut metric = e.encode_descriptor(
-                "wasmgate_function_duration_seconds",
-                "From an event's arrival at the gateway to the end of its invocation.",
-                None,
-                MetricType::Histogram,
+        let per_version: [Derived<crate::runtime::Function, u64>; 2] = [
+            (
+                "wasmgate_function_cold_starts",
+                "Invocations that had to instantiate the version's module first.",
+                |f| f.cold_starts(),
+            ),
+            (
+                "wasmgate_function_warm_starts",
+                "Invocations that took an instance ready in the version's pool.",
+                |f| f.warm_starts(),
+            ),
+        ];
+        for (name, help, of) in per_version {
+            family(
+                &mut e,
+                name,
+                help,
+                MetricType::Counter,
+                versions.iter().map(|v| (by_version(v), counter(of(&v.1)))),
             )?;
-            for f in &functions {
-                let (sum, count, buckets) = f.metrics.latency.prometheus();
-                let labels = vec![("function", f.name.as_str())];
-                metric
-                    .encode_family(&labels)?
-                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                        sum, count, &buckets, None,
-                    )?;
-            }
         }
+        family(
+            &mut e,
+            "wasmgate_function_version_invocations",
+            "Invocations of each version by result: ok, or failed (any kind).",
+            MetricType::Counter,
+            versions
+                .iter()
+                .flat_map(|v| {
+                    let usage = v.1.usage();
+                    [("ok", &usage.ok), ("failed", &usage.failed)].map(|(outcome, n)| {
+                        let mut labels = by_version(v);
+                        labels.push(("outcome", outcome));
+                        (labels, counter(n.load(Ordering::Relaxed)))
+                    })
+                })
+                .collect::<Vec<_>>(),
+        )?;
+        family(
+            &mut e,
+            "wasmgate_function_peak_memory_bytes",
+            "The largest linear memory an invocation of the version ended with.",
+            MetricType::Gauge,
+            versions.iter().map(|v| {
+                let n = v.1.usage().peak_memory_bytes.load(Ordering::Relaxed) as i64;
+                (by_version(v), ConstGauge::new(n))
+            }),
+        )?;
+        let histograms: [Histogrammed<crate::metrics::VersionUsage>; 2] = [
+            (
+                "wasmgate_function_run_seconds",
+                "The version's own time per invocation, from taking an instance to the handler's end.",
+                |u| &u.duration,
+                false,
+            ),
+            (
+                "wasmgate_function_fuel",
+                "Fuel per invocation of the version (guest instructions and host-call charges).",
+                |u| &u.fuel,
+                true,
+            ),
+        ];
+        for (name, help, of, counts) in histograms {
+            histogram(
+                &mut e,
+                name,
+                help,
+                versions
+                    .iter()
+                    .map(|v| (by_version(v), of(v.1.usage()), counts)),
+            )?;
+        }
+        histogram(
+            &mut e,
+            "wasmgate_function_duration_seconds",
+            "From an event's arrival at the gateway to the end of its invocation.",
+            functions.iter().map(|f| {
+                (
+                    vec![("function", f.name.as_str())],
+                    &f.metrics.latency,
+                    false,
+                )
+            }),
+        )?;
         // The store and the outbox.
         let stats = self.0.store.stats();
         let get = |c: &AtomicU64| counter(c.load(Ordering::Relaxed));
-        let store: [(&str, &str, &AtomicU64); 6] = [
+        let store: [(&str, &str, &AtomicU64); 8] = [
             (
                 "wasmgate_store_transactions",
                 "SQLite transactions committed (a group commit is one).",
@@ -328,6 +458,16 @@ impl prometheus_client::collector::Collector for Collect {
                 "Outbox rows dropped by the drop-oldest policy.",
                 &stats.outbox_dropped,
             ),
+            (
+                "wasmgate_log_lines_written",
+                "Function log lines written to the log ring.",
+                &stats.log_lines_written,
+            ),
+            (
+                "wasmgate_log_lines_lost",
+                "Function log lines lost before the ring: the buffer in front of it was full (the disk stalled).",
+                &stats.log_lines_dropped,
+            ),
         ];
         for (name, help, c) in store {
             family(
@@ -338,22 +478,62 @@ impl prometheus_client::collector::Collector for Collect {
                 [(Labels::new(), get(c))],
             )?;
         }
-        family(
+        histogram(
             &mut e,
-            "wasmgate_outbox_bytes",
-            "Bytes of undelivered messages in the outbox.",
-            MetricType::Gauge,
-            [(
-                Labels::new(),
-                ConstGauge::new(self.0.store.outbox_bytes() as i64),
-            )],
+            "wasmgate_store_commit_seconds",
+            "How long each transaction took, its fsync included.",
+            [(Labels::new(), &stats.commit_seconds, false)],
         )?;
-        let drains = self
-            .0
-            .drains
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        histogram(
+            &mut e,
+            "wasmgate_store_commit_invocations",
+            "Invocations' effects per transaction (what a group commit shares).",
+            [(Labels::new(), &stats.commit_size, true)],
+        )?;
+        // Per destination: what waits, and since when. A read of the store
+        // (see Store::outbox_backlog); a failed one leaves the gauges out.
+        use crate::store::OutboxDestination as D;
+        let now = crate::store::now_ms();
+        // [rows, bytes, age of the oldest in seconds] per destination.
+        let backlog: Vec<(&str, [i64; 3])> = [
+            (D::Local, "local"),
+            (D::Upstream, "upstream"),
+            (D::Invoke, "invoke"),
+        ]
+        .into_iter()
+        .filter_map(|(d, name)| {
+            let b = self.0.store.outbox_backlog(d).ok()?;
+            let age = b.oldest_ms.map_or(0, |at| (now - at).max(0) / 1000);
+            Some((name, [b.rows as i64, b.bytes as i64, age]))
+        })
+        .collect();
+        let gauges = [
+            (
+                "wasmgate_outbox_rows",
+                "Undelivered rows in the outbox (invoke: fan-out invokes waiting to run).",
+            ),
+            (
+                "wasmgate_outbox_bytes",
+                "Bytes (topics and payloads) of the undelivered rows.",
+            ),
+            (
+                "wasmgate_outbox_oldest_age_seconds",
+                "How long the oldest undelivered row has waited; 0 when none waits.",
+            ),
+        ];
+        for (i, (name, help)) in gauges.into_iter().enumerate() {
+            family(
+                &mut e,
+                name,
+                help,
+                MetricType::Gauge,
+                backlog
+                    .iter()
+                    .map(|(d, b)| (vec![("destination", *d)], ConstGauge::new(b[i])))
+                    .collect::<Vec<_>>(),
+            )?;
+        }
+        let drains = self.0.drains();
         let per_drain: [Counted<DrainSource>; 3] = [
             (
                 "wasmgate_outbox_delivered",
@@ -382,6 +562,96 @@ impl prometheus_client::collector::Collector for Collect {
                     .map(|d| (vec![("destination", d.destination)], get(of(d))))
                     .collect::<Vec<_>>(),
             )?;
+        }
+        family(
+            &mut e,
+            "wasmgate_link_connected",
+            "1 while the drain's broker connection is up (upstream: the cloud link).",
+            MetricType::Gauge,
+            drains
+                .iter()
+                .map(|d| {
+                    let up = d.link.connected.load(Ordering::Relaxed);
+                    (
+                        vec![("destination", d.destination)],
+                        ConstGauge::new(i64::from(up)),
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )?;
+        family(
+            &mut e,
+            "wasmgate_link_connects",
+            "Connections the drain made to its broker; all but the first are reconnects.",
+            MetricType::Counter,
+            drains
+                .iter()
+                .map(|d| (vec![("destination", d.destination)], get(&d.link.connects)))
+                .collect::<Vec<_>>(),
+        )?;
+        if let Some(broker) = self.0.broker() {
+            family(
+                &mut e,
+                "wasmgate_broker_connections",
+                "Connections the embedded broker's listeners hold now (gateway: its own sessions).",
+                MetricType::Gauge,
+                broker
+                    .connections
+                    .iter()
+                    .map(|(listener, n)| {
+                        (
+                            vec![("listener", listener.as_str())],
+                            ConstGauge::new(*n as i64),
+                        )
+                    })
+                    .collect::<Vec<_>>(),
+            )?;
+            let plain: [(&str, &str, u64, MetricType); 5] = [
+                (
+                    "wasmgate_broker_connections_refused",
+                    "Connections the embedded broker closed at once: their listener was at its cap.",
+                    broker.connections_refused,
+                    MetricType::Counter,
+                ),
+                (
+                    "wasmgate_broker_retained",
+                    "Retained messages the embedded broker holds.",
+                    broker.retained,
+                    MetricType::Gauge,
+                ),
+                (
+                    "wasmgate_broker_retained_bytes",
+                    "Bytes of the retained messages the embedded broker holds.",
+                    broker.retained_bytes,
+                    MetricType::Gauge,
+                ),
+                (
+                    "wasmgate_broker_retained_refused",
+                    "Retained messages delivered but not kept: past the broker's bounds.",
+                    broker.retained_refused,
+                    MetricType::Counter,
+                ),
+                (
+                    "wasmgate_broker_restarts",
+                    "Times the embedded broker's process died and was started again.",
+                    broker.restarts,
+                    MetricType::Counter,
+                ),
+            ];
+            for (name, help, n, kind) in plain {
+                let labels = Labels::new();
+                if kind == MetricType::Counter {
+                    family(&mut e, name, help, kind, [(labels, counter(n))])?;
+                } else {
+                    family(
+                        &mut e,
+                        name,
+                        help,
+                        kind,
+                        [(labels, ConstGauge::new(n as i64))],
+                    )?;
+                }
+            }
         }
         Ok(())
     }

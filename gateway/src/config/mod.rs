@@ -136,6 +136,9 @@ pub struct Config {
     /// `/metrics` on an address of its own, for a Prometheus scraper.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Functions' log lines: how many are kept, how fast each may write.
+    #[serde(default)]
+    pub logs: LogsConfig,
     /// The functions this gateway runs; a function's index here is its
     /// [`FunctionId`] in [`Config::router`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -156,6 +159,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             api: ApiConfig::default(),
             metrics: MetricsConfig::default(),
+            logs: LogsConfig::default(),
             functions: Vec::new(),
             origin: Origin::default(),
         }
@@ -231,6 +235,36 @@ pub struct MetricsConfig {
     /// The `ip:port` to serve `/metrics` on; none by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
+}
+
+/// Functions' log lines (the `log` host call) go to the gateway's own log
+/// (the journal) and to a ring in its database that `wasmgate logs` and
+/// the dashboard read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsConfig {
+    /// Lines kept in the ring, the newest, for all functions together;
+    /// 0 keeps none. Default 10,000 (a couple of MB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep: Option<u32>,
+    /// Lines a second each function may write, in bursts of up to a
+    /// second's worth; the rest are dropped and counted
+    /// (`wasmgate_function_log_lines_dropped`). 0: no limit. Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u32>,
+}
+
+/// Default [`LogsConfig::rate`].
+pub const DEFAULT_LOG_RATE: u32 = 100;
+
+impl LogsConfig {
+    pub fn keep(&self) -> u32 {
+        self.keep.unwrap_or(crate::store::DEFAULT_LOG_KEEP)
+    }
+
+    pub fn rate(&self) -> u32 {
+        self.rate.unwrap_or(DEFAULT_LOG_RATE)
+    }
 }
 
 /// The shortest bearer token taken.

@@ -549,6 +549,13 @@ fn http(c: &mut Checker, config: &Config) {
     if let Some(n) = config.http.max_body_bytes {
         c.range(path.key("max_body_bytes"), n.into(), 0, 16 << 20);
     }
+    let logs = FieldPath::root().key("logs");
+    if let Some(n) = config.logs.keep {
+        c.range(logs.key("keep"), n.into(), 0, 1_000_000);
+    }
+    if let Some(n) = config.logs.rate {
+        c.range(logs.key("rate"), n.into(), 0, 100_000);
+    }
     let mut seen: Vec<(crate::triggers::route::Route, String)> = Vec::new();
     for (i, f) in config.functions.iter().enumerate() {
         for (j, t) in f.triggers.iter().enumerate() {

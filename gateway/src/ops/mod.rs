@@ -1,5 +1,5 @@
 //! The operator's and developer's commands: `kv`, `dlq`, `invoke`,
-//! `functions`, `schedules`, `new`, and `deploy`, `versions`, `alias`,
+//! `functions`, `schedules`, `logs`, `new`, and `deploy`, `versions`, `alias`,
 //! `rollback`, `apply` (through the running gateway's management socket;
 //! `kv`, `dlq` and `functions` too whenever a gateway runs).
 //! Binary-private: each parses its arguments, calls the library, and prints.
@@ -9,6 +9,7 @@ pub mod dlq;
 pub mod functions;
 pub mod invoke;
 pub mod kv;
+pub mod logs;
 pub mod new;
 pub mod schedules;
 

@@ -16,6 +16,7 @@
 //! shards, threads and MQTT session. A shutdown cuts a backoff short and
 //! leaves that event unacknowledged, for the broker to redeliver.
 
+use super::log_gate::LogGate;
 use super::retry::{Jitter, RetryPolicy, Stop};
 use crate::event::OwnedEvent;
 use crate::metrics::{inc, FunctionMetrics};
@@ -42,6 +43,8 @@ pub struct Sinks {
     /// The next request id, for every function: an id names one invocation
     /// on this gateway, across restarts too (`Store::first_request_id`).
     pub request_ids: Arc<AtomicU64>,
+    /// Log lines a second each function may keep (`logs.rate`; 0: all).
+    pub log_rate: u32,
 }
 
 impl Sinks {
@@ -103,6 +106,7 @@ impl Dispatcher {
         let per_shard = (queue / concurrency).max(1);
         let function = live.current();
         let in_flight = Arc::new(AtomicUsize::new(0));
+        let log_gate = Arc::new(LogGate::new(sinks.log_rate));
         let mut shards = Vec::with_capacity(concurrency);
         let mut workers = Vec::with_capacity(concurrency);
         for shard in 0..concurrency {
@@ -116,6 +120,7 @@ impl Dispatcher {
                 metrics: metrics.clone(),
                 in_flight: in_flight.clone(),
                 request_ids: sinks.request_ids.clone(),
+                log_gate: log_gate.clone(),
                 failures: failures.clone(),
                 stop: stop.clone(),
                 jitter: Jitter::new(
@@ -163,6 +168,7 @@ struct Worker {
     metrics: Arc<FunctionMetrics>,
     in_flight: Arc<AtomicUsize>,
     request_ids: Arc<AtomicU64>,
+    log_gate: Arc<LogGate>,
     failures: FailurePolicy,
     stop: Arc<Stop>,
     jitter: Jitter,
@@ -171,6 +177,7 @@ struct Worker {
 impl Worker {
     fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         while let Some(job) = rx.blocking_recv() {
+            self.metrics.queued.fetch_sub(1, Ordering::Relaxed);
             self.handle(job);
         }
     }
@@ -315,8 +322,34 @@ impl Worker {
     /// and the outputs it meant to send that were refused (lost: an error).
     fn log_report(&self, request_id: u64, topic: &str, report: &crate::runtime::Report) {
         let f = &self.function;
-        for line in &report.logs {
+        let admitted = self.log_gate.admit(report.logs.len());
+        let kept = &report.logs[..admitted.lines];
+        for line in kept {
             log_guest_line(f, request_id, topic, line.level, &line.message);
+        }
+        self.sinks.store.log(kept.iter().map(|line| {
+            crate::store::logs::line(
+                f.name(),
+                f.version(),
+                request_id,
+                line.level,
+                topic,
+                &line.message,
+            )
+        }));
+        self.metrics
+            .log_lines
+            .fetch_add(kept.len() as u64, Ordering::Relaxed);
+        let dropped = report.logs.len() - kept.len() + report.logs_dropped;
+        self.metrics
+            .log_lines_dropped
+            .fetch_add(dropped as u64, Ordering::Relaxed);
+        if let Some(n) = admitted.warn {
+            tracing::warn!(
+                function = f.name(),
+                dropped = n,
+                "log lines dropped: the function logs faster than logs.rate allows"
+            );
         }
         for reason in &report.refused {
             tracing::error!(

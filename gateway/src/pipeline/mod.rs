@@ -7,6 +7,7 @@
 mod apply;
 mod batch;
 mod dispatch;
+mod log_gate;
 mod outbox;
 pub mod plan;
 mod retry;
@@ -16,6 +17,7 @@ pub use crate::mqtt::{Backoff, Endpoint};
 pub use apply::ApplyError;
 pub use batch::{decode as decode_batch, BatchError, BatchSettings, Compression};
 pub use dispatch::FailurePolicy;
+pub use outbox::Link;
 pub use retry::{RetryPolicy, Stop};
 
 use crate::config::{BrokerMode, Config, FunctionConfig};
@@ -263,6 +265,7 @@ impl Gateway {
         options.outbox_max_bytes = u64::from(config.store.outbox_max_mb) << 20;
         options.local_when_full = config.store.local_when_full;
         options.upstream_when_full = config.store.upstream_when_full;
+        options.log_keep = config.logs.keep();
         options.kv_streams = config
             .functions
             .iter()
@@ -365,6 +368,7 @@ impl Gateway {
             store: store.clone(),
             connections: connections.clone(),
             request_ids: request_ids.clone(),
+            log_rate: config.logs.rate(),
         });
         let mut units = Vec::with_capacity(deployed.len());
         for ((f, _), live) in deployed.iter().zip(lives) {
@@ -434,6 +438,7 @@ impl Gateway {
                     delivered: d.delivered.clone(),
                     refused: d.refused.clone(),
                     undeliverable: d.dead_lettered.clone(),
+                    link: d.link.clone(),
                 })
                 .collect(),
         );
@@ -481,6 +486,7 @@ impl Gateway {
         // publish to exist, and again after a restart once they do again.
         #[cfg(feature = "embedded-broker")]
         if let Some(broker) = &broker {
+            sources.set_broker(broker.counter());
             let sessions = sessions.clone();
             broker.open_devices(move |since| {
                 sessions
@@ -811,7 +817,7 @@ async fn start_metrics(
         "/metrics",
         axum::routing::get(move || {
             let sources = sources.clone();
-            async move { crate::control::metrics(&sources) }
+            async move { crate::control::metrics(sources).await }
         }),
     );
     let task = tokio::spawn(async move {

@@ -109,7 +109,17 @@ pub struct Drain {
     pub refused: Arc<AtomicU64>,
     /// Rows no broker would take, moved to the dead-letter queue.
     pub dead_lettered: Arc<AtomicU64>,
+    /// Whether its broker connection is up, and how often it came up.
+    pub link: Arc<Link>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// A drain's connection to its broker, as `/metrics` and the dashboard show it.
+#[derive(Debug, Default)]
+pub struct Link {
+    pub connected: AtomicBool,
+    /// Connections made (the broker's CONNACK); all but the first are reconnects.
+    pub connects: AtomicU64,
 }
 
 impl Drain {
@@ -125,6 +135,7 @@ impl Drain {
         let delivered = Arc::new(AtomicU64::new(0));
         let refused = Arc::new(AtomicU64::new(0));
         let dead_lettered = Arc::new(AtomicU64::new(0));
+        let link = Arc::new(Link::default());
         let (deleted, deleted_rx) = mpsc::unbounded_channel();
         let drainer = Drainer {
             store,
@@ -138,6 +149,7 @@ impl Drain {
             refused: refused.clone(),
             deleted,
             dead_lettered: dead_lettered.clone(),
+            link: link.clone(),
         };
         Drain {
             wake,
@@ -145,6 +157,7 @@ impl Drain {
             delivered,
             refused,
             dead_lettered,
+            link,
             task: tokio::spawn(drainer.run(deleted_rx)),
         }
     }
@@ -174,6 +187,7 @@ struct Drainer {
     /// Rows whose delete has committed, back from the store thread.
     deleted: mpsc::UnboundedSender<Vec<i64>>,
     dead_lettered: Arc<AtomicU64>,
+    link: Arc<Link>,
 }
 
 /// Bookkeeping of messages in flight: pure, no I/O, so that both protocol
@@ -508,6 +522,7 @@ impl Drainer {
                 )
                 .await;
             events.abort();
+            self.link.connected.store(false, Ordering::Relaxed);
             match outcome {
                 Ok(()) => return,
                 Err(reason) => {
@@ -547,6 +562,8 @@ impl Drainer {
         flight.reconnect();
         let max_packet = match reports.recv().await {
             Some(Report::Connected(max)) => {
+                self.link.connected.store(true, Ordering::Relaxed);
+                self.link.connects.fetch_add(1, Ordering::Relaxed);
                 if flight.waiting.is_empty() {
                     backoff.reset();
                 }

@@ -189,6 +189,7 @@ fn restart_needed(running: &Config, new: &Config) -> Vec<String> {
     section(&mut fields, "http", &running.http, &new.http);
     section(&mut fields, "api", &running.api, &new.api);
     section(&mut fields, "metrics", &running.metrics, &new.metrics);
+    section(&mut fields, "logs", &running.logs, &new.logs);
     fields
 }
 

@@ -379,6 +379,7 @@ impl Runtime {
             pool: Mutex::new(Vec::new()),
             cold_starts: AtomicU64::new(0),
             warm_starts: AtomicU64::new(0),
+            usage: Default::default(),
         };
         let mut instance = function.instantiate().map_err(|e| LoadError::Instantiate {
             function: function.env.name.clone(),
@@ -485,6 +486,9 @@ pub struct Function {
     pool: Mutex<Vec<Instance>>,
     cold_starts: AtomicU64,
     warm_starts: AtomicU64,
+    /// What this version's invocations used: for `/metrics`, the cost
+    /// report and right-sizing.
+    usage: crate::metrics::VersionUsage,
 }
 
 impl fmt::Debug for Function {
@@ -521,6 +525,10 @@ impl Function {
     /// the module is not counted.
     pub fn cold_starts(&self) -> u64 {
         self.cold_starts.load(Ordering::Relaxed)
+    }
+
+    pub fn usage(&self) -> &crate::metrics::VersionUsage {
+        &self.usage
     }
 
     pub fn warm_starts(&self) -> u64 {
@@ -565,6 +573,7 @@ impl Function {
                     (instance, Start::Cold)
                 }
                 Err(error) => {
+                    self.usage.record(false, 0, 0, started.elapsed());
                     return Report {
                         outcome: Err(error),
                         logs: Vec::new(),
@@ -577,7 +586,7 @@ impl Function {
                             duration: started.elapsed(),
                             start: Start::Cold,
                         },
-                    }
+                    };
                 }
             },
         };
@@ -601,6 +610,9 @@ impl Function {
         if outcome.is_ok() {
             self.release(instance);
         }
+        let duration = started.elapsed();
+        self.usage
+            .record(outcome.is_ok(), fuel, memory_bytes as u64, duration);
         Report {
             outcome,
             logs: call.logs,
@@ -610,7 +622,7 @@ impl Function {
             cost: Cost {
                 fuel,
                 memory_bytes,
-                duration: started.elapsed(),
+                duration,
                 start,
             },
         }

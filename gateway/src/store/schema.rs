@@ -138,6 +138,21 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE versions ADD COLUMN published_by TEXT NOT NULL DEFAULT '';
     ALTER TABLE versions ADD COLUMN abi_revision INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 8: functions' log lines, a ring of the newest (store/logs.rs).
+    // level: 0 error .. 4 trace (the ABI's codes).
+    r#"
+    CREATE TABLE logs (
+        id         INTEGER PRIMARY KEY,
+        at_ms      INTEGER NOT NULL,
+        function   TEXT NOT NULL,
+        version    TEXT NOT NULL,
+        request_id INTEGER NOT NULL,
+        level      INTEGER NOT NULL,
+        trigger    TEXT NOT NULL,
+        message    TEXT NOT NULL
+    );
+    CREATE INDEX logs_by_function ON logs (function, id);
+    "#,
 ];
 
 /// The version this binary writes.

@@ -256,6 +256,7 @@ impl Intake {
     pub async fn send(&self, job: Job) -> bool {
         inc(&self.metrics.received);
         self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.metrics.queued.fetch_add(1, Ordering::Relaxed);
         let shard = self.shard(&job.event).clone();
         let job = match shard.try_send(job) {
             Ok(()) => return true,
@@ -277,10 +278,12 @@ impl Intake {
         let n = items.len();
         self.metrics.received.fetch_add(n as u64, Ordering::Relaxed);
         self.in_flight.fetch_add(n, Ordering::SeqCst);
+        self.metrics.queued.fetch_add(1, Ordering::Relaxed);
         let shard = self.shards[shard_for(key, self.shards.len())].clone();
         match shard.send(batch::batch(items)).await {
             Ok(()) => true,
             Err(mpsc::error::SendError(job)) => {
+                self.metrics.queued.fetch_sub(1, Ordering::Relaxed);
                 job.settle.resolve(false);
                 self.in_flight.fetch_sub(n, Ordering::SeqCst);
                 false
@@ -294,6 +297,7 @@ impl Intake {
         let shard = self.shard(&job.event).clone();
         inc(&self.metrics.received);
         self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.metrics.queued.fetch_add(1, Ordering::Relaxed);
         match shard.try_send(job) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(job)) => {
@@ -310,6 +314,7 @@ impl Intake {
 
     /// The workers are gone (shutting down): the event stays with its source.
     fn refused(&self, job: Job) -> bool {
+        self.metrics.queued.fetch_sub(1, Ordering::Relaxed);
         job.settle.resolve(false);
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         false

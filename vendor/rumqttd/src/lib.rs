@@ -268,6 +268,11 @@ pub struct BrokerStats {
     pub retained_count: std::sync::atomic::AtomicU64,
     /// Bytes (topics + payloads) of the retained messages held now.
     pub retained_bytes: std::sync::atomic::AtomicU64,
+    /// Connections each listener holds now, CONNECT or not, by the
+    /// listener's [`ServerSettings::name`].
+    pub listeners: std::sync::Mutex<
+        std::collections::BTreeMap<String, std::sync::Arc<std::sync::atomic::AtomicUsize>>,
+    >,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

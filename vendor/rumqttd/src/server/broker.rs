@@ -447,6 +447,11 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
         let config = Arc::new(self.config.connections.clone());
         // wasmgate: this listener's connections alive now, CONNECT or not
         let active = Arc::new(AtomicUsize::new(0));
+        self.stats
+            .listeners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(self.config.name.clone(), active.clone());
         info!(
             config = self.config.name,
             listen_addr = self.config.listen.to_string(),

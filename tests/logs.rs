@@ -1,0 +1,256 @@
+//! Functions' log lines against the real binary: kept in the gateway's
+//! database with their request id, level, version and trigger, read by
+//! `wasmgate logs` through the running gateway (filters, `--json`,
+//! `--follow`) and from the database once it stopped; a function that logs
+//! faster than `[logs] rate` has the rest dropped and counted, and the ring
+//! keeps `[logs] keep` lines.
+
+mod support;
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use support::gateway::{wasmgate, GatewayProcess, WASMGATE};
+use support::mqtt::{free_port, unique_id, wait_until, MqttClient};
+
+const ONE: Duration = Duration::from_secs(60);
+
+/// Logs each MQTT payload `"<level digit> <text>"` at that level
+/// (0 error .. 4 trace), then succeeds with no output.
+fn talker() -> Vec<u8> {
+    let wat = r#"(module
+  (import "wasmgate" "event_read" (func $event_read (param i32 i32) (result i32)))
+  (import "wasmgate" "log" (func $log (param i32 i32 i32)))
+  (memory (export "memory") 1)
+  (global $pos (mut i32) (i32.const 0))
+  (func (export "wasmgate_abi_version") (result i32) (i32.const 1))
+  (func $varint (result i64)
+    (local $result i64) (local $shift i64) (local $byte i32)
+    (loop $more
+      (local.set $byte (i32.load8_u (global.get $pos)))
+      (global.set $pos (i32.add (global.get $pos) (i32.const 1)))
+      (local.set $result
+        (i64.or (local.get $result)
+          (i64.shl (i64.extend_i32_u (i32.and (local.get $byte) (i32.const 0x7f)))
+                   (local.get $shift))))
+      (local.set $shift (i64.add (local.get $shift) (i64.const 7)))
+      (br_if $more (i32.and (local.get $byte) (i32.const 0x80))))
+    (local.get $result))
+  (func $skip_bytes
+    (local $len i32)
+    (local.set $len (i32.wrap_i64 (call $varint)))
+    (global.set $pos (i32.add (global.get $pos) (local.get $len))))
+  (func (export "wasmgate_handle") (param $len i32) (result i32)
+    (local $payload i32) (local $payload_len i32)
+    (drop (call $event_read (i32.const 0) (i32.const 60000)))
+    (global.set $pos (i32.const 0))
+    (drop (call $varint))      ;; context.request_id
+    (call $skip_bytes)         ;; context.function
+    (call $skip_bytes)         ;; context.version
+    (drop (call $varint))      ;; context.attempt
+    (drop (call $varint))      ;; context.deadline_ms
+    (drop (call $varint))      ;; Event::Mqtt
+    (call $skip_bytes)         ;; topic
+    (local.set $payload_len (i32.wrap_i64 (call $varint)))
+    (local.set $payload (global.get $pos))
+    (call $log
+      (i32.sub (i32.load8_u (local.get $payload)) (i32.const 48))
+      (i32.add (local.get $payload) (i32.const 2))
+      (i32.sub (local.get $payload_len) (i32.const 2)))
+    (i32.const 0))
+)"#;
+    wat::parse_str(wat).expect("guest WAT")
+}
+
+fn start(logs: &str) -> (GatewayProcess, u16, u16) {
+    let (broker, metrics) = (free_port(), free_port());
+    let logs = logs.to_owned();
+    let gateway = GatewayProcess::start_toml(move |dir| {
+        std::fs::write(dir.join("talker.wasm"), talker()).unwrap();
+        format!(
+            "data_dir = {data:?}\n[broker]\nlisten = \"127.0.0.1:{broker}\"\n\
+             [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n[logs]\n{logs}\n\
+             [[functions]]\nname = \"talker\"\nwasm = \"talker.wasm\"\ntriggers = [{{ mqtt = \"talk/#\" }}]\n",
+            data = dir.join("data").display().to_string(),
+        )
+    });
+    (gateway, broker, metrics)
+}
+
+fn logs(gateway: &GatewayProcess, args: &[&str]) -> Vec<Value> {
+    let config = gateway.config_path().display().to_string();
+    let mut all = vec!["logs", "--config", &config, "--json"];
+    all.extend_from_slice(args);
+    let out = wasmgate(&all, ONE);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    out.stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn messages(lines: &[Value]) -> Vec<&str> {
+    lines.iter().filter_map(|l| l["message"].as_str()).collect()
+}
+
+#[test]
+fn log_lines_are_kept_with_their_request_and_read_while_running_and_after() {
+    let (mut gateway, broker, _) = start("");
+    let device = MqttClient::connect(broker, &unique_id("talk"));
+    device.publish("talk/a", "0 boom");
+    device.publish("talk/b", "1 careful");
+    for i in 0..5 {
+        device.publish("talk/c", format!("2 hello {i}"));
+    }
+    device.wait_acked(ONE);
+    assert!(
+        wait_until(ONE, || logs(&gateway, &["talker"]).len() == 7),
+        "{:?}\n{}",
+        logs(&gateway, &["talker"]),
+        gateway.logs()
+    );
+
+    let lines = logs(&gateway, &["talker"]);
+    assert_eq!(
+        messages(&lines),
+        ["boom", "careful", "hello 0", "hello 1", "hello 2", "hello 3", "hello 4"]
+    );
+    let boom = &lines[0];
+    assert_eq!(boom["level"], "error");
+    assert_eq!(boom["function"], "talker");
+    assert_eq!(boom["trigger"], "talk/a");
+    assert_eq!(boom["version"].as_str().map(str::len), Some(12), "{boom}");
+    let request = boom["request_id"].as_u64().expect("a request id");
+    // Each invocation has its own id.
+    assert_ne!(lines[1]["request_id"].as_u64(), Some(request));
+    // The same id is in the gateway's own log line for it.
+    assert!(
+        gateway
+            .logs()
+            .lines()
+            .any(|l| l.contains("boom") && l.contains(&format!("request_id={request}"))),
+        "{}",
+        gateway.logs()
+    );
+
+    // Filters: level and more severe; one request; the newest n; after an id.
+    assert_eq!(
+        messages(&logs(&gateway, &["talker", "--level", "warn"])),
+        ["boom", "careful"]
+    );
+    let one = logs(&gateway, &["talker", "--request", &request.to_string()]);
+    assert_eq!(messages(&one), ["boom"]);
+    assert_eq!(
+        messages(&logs(&gateway, &["talker", "-n", "2"])),
+        ["hello 3", "hello 4"]
+    );
+    assert_eq!(logs(&gateway, &["talker", "--since", "1h"]).len(), 7);
+    assert!(logs(&gateway, &["nobody"]).is_empty());
+
+    // Text: time, level, version, request id, trigger, message.
+    let config = gateway.config_path().display().to_string();
+    let text = wasmgate(&["logs", "--config", &config, "--level", "error"], ONE);
+    assert_eq!(text.code, Some(0), "{text:?}");
+    assert!(
+        text.stdout.contains("ERROR")
+            && text.stdout.contains(&format!("request={request}"))
+            && text.stdout.contains("talker@")
+            && text.stdout.contains("[talk/a] boom"),
+        "{}",
+        text.stdout
+    );
+    let bad = wasmgate(&["logs", "--config", &config, "--since", "10 minutes"], ONE);
+    assert_ne!(bad.code, Some(0), "{bad:?}");
+    assert!(bad.stderr.contains("unit"), "{}", bad.stderr);
+
+    // --follow prints the lines that come after it started.
+    let mut follow = Command::new(WASMGATE)
+        .args(["logs", "talker", "--config", &config, "--follow", "-n", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    let stdout = follow.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let first = rx.recv_timeout(ONE).expect("the newest line");
+    assert!(first.contains("hello 4"), "{first}");
+    device.publish("talk/d", "3 later on");
+    device.wait_acked(ONE);
+    let next = rx.recv_timeout(ONE).expect("the new line");
+    assert!(
+        next.contains("DEBUG") && next.contains("later on"),
+        "{next}"
+    );
+    let _ = follow.kill();
+    let _ = follow.wait();
+
+    // Stopped: the lines are still there, read from the database.
+    gateway.stop();
+    let after = logs(&gateway, &["talker"]);
+    assert_eq!(after.len(), 8, "{after:?}");
+    assert_eq!(after[7]["message"], "later on");
+}
+
+#[test]
+fn a_flood_of_log_lines_is_rate_limited_counted_and_the_ring_keeps_its_size() {
+    let (gateway, broker, metrics) = start("rate = 5\nkeep = 8");
+    let device = MqttClient::connect(broker, &unique_id("flood"));
+    for i in 0..60 {
+        device.publish("talk/flood", format!("2 flood {i}"));
+    }
+    device.wait_acked(ONE);
+    let scrape = || support::http::request(metrics, "GET", "/metrics", "", "").1;
+    let sample = |body: &str, series: &str| -> Option<f64> {
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    };
+    let kept = "wasmgate_function_log_lines_total{function=\"talker\"}";
+    let dropped = "wasmgate_function_log_lines_dropped_total{function=\"talker\"}";
+    // Every message ran: its lines were kept or dropped, and most dropped.
+    assert!(
+        wait_until(ONE, || {
+            let body = scrape();
+            let (k, d) = (sample(&body, kept), sample(&body, dropped));
+            k.zip(d).is_some_and(|(k, d)| k + d == 60.0)
+        }),
+        "{}",
+        scrape()
+    );
+    let body = scrape();
+    let (k, d) = (
+        sample(&body, kept).unwrap_or_default(),
+        sample(&body, dropped).unwrap_or_default(),
+    );
+    assert!(k >= 5.0 && d >= 30.0, "kept {k}, dropped {d}");
+    // One warning says so, not one per line.
+    let warnings = gateway.log_lines_with(&["log lines dropped"]);
+    assert!(
+        !warnings.is_empty() && warnings.len() < 10,
+        "{warnings:?}\n{}",
+        gateway.logs()
+    );
+    // The ring holds the newest 8 at most; the last kept line is there.
+    assert!(
+        wait_until(ONE, || sample(
+            &scrape(),
+            "wasmgate_log_lines_written_total"
+        ) == Some(k)),
+        "{}",
+        scrape()
+    );
+    let ring = logs(&gateway, &["talker", "-n", "1000"]);
+    assert!(!ring.is_empty() && ring.len() <= 8, "{ring:?}");
+    assert!(
+        ring.windows(2)
+            .all(|w| w[0]["id"].as_i64() < w[1]["id"].as_i64()),
+        "{ring:?}"
+    );
+}
