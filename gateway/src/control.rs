@@ -150,6 +150,7 @@ struct Api {
     ready: Arc<std::sync::atomic::AtomicBool>,
     /// What `/metrics` reads.
     sources: Arc<crate::scrape::Sources>,
+    usage: Arc<crate::pipeline::UsageFlusher>,
 }
 
 /// Where the API's endpoints reach the gateway, bar the registry.
@@ -158,6 +159,8 @@ pub struct Handles {
     pub commands: tokio::sync::mpsc::Sender<Command>,
     pub ready: Arc<std::sync::atomic::AtomicBool>,
     pub sources: Arc<crate::scrape::Sources>,
+    /// Flushed before `/v1/cost` reads, so that it is current.
+    pub usage: Arc<crate::pipeline::UsageFlusher>,
 }
 
 impl axum::extract::FromRef<Api> for Arc<Registry> {
@@ -352,6 +355,40 @@ fn endpoints() -> Vec<(&'static str, MethodRouter<Api>)> {
         ),
         ("/v1/apply", post(apply)),
         (
+            "/v1/cost",
+            get(
+                |State(api): State<Api>,
+                 axum::extract::Query(q): axum::extract::Query<
+                    std::collections::HashMap<String, String>,
+                >| async move {
+                    let since_ms = match q.get("since_ms").map(|v| v.parse::<i64>()) {
+                        None => crate::store::now_ms() - 86_400_000,
+                        Some(Ok(ms)) => ms,
+                        Some(Err(_)) => {
+                            return json(
+                                StatusCode::BAD_REQUEST,
+                                &serde_json::json!({ "error": "since_ms: expected Unix milliseconds" }),
+                            )
+                        }
+                    };
+                    let (usage, store) = (api.usage.clone(), api.registry.store().clone());
+                    let f = move || {
+                        // What ran since the last flush counts too.
+                        usage.flush_and_wait(std::time::Duration::from_secs(5));
+                        let rows = store.usage(since_ms)?;
+                        let now = crate::store::now_ms();
+                        Ok(Some(crate::cost::report(
+                            &rows,
+                            since_ms,
+                            now,
+                            crate::cost::AWS_PRICES,
+                        )))
+                    };
+                    admin(f, String::new()).await
+                },
+            ),
+        ),
+        (
             "/v1/functions",
             get(|State(api): State<Api>| async move {
                 ask(&api, |reply| Command::Functions { reply }).await
@@ -369,6 +406,7 @@ fn app(registry: Arc<Registry>, handles: Handles) -> axum::Router {
         commands: handles.commands,
         ready: handles.ready,
         sources: handles.sources,
+        usage: handles.usage,
     };
     endpoints()
         .into_iter()
@@ -927,10 +965,12 @@ mod tests {
             .collect();
         assert!(left.is_empty(), "{left:?}");
         let (_stop, stopped) = watch::channel(false);
+        let sources = Arc::new(crate::scrape::Sources::new(registry.store().clone()));
         let handles = Handles {
             commands,
             ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
-            sources: Arc::new(crate::scrape::Sources::new(registry.store().clone())),
+            sources: sources.clone(),
+            usage: Arc::new(crate::pipeline::UsageFlusher::new(sources)),
         };
         tokio::spawn(control.serve(registry, handles, stopped));
         let data_dir = dir.path().to_owned();

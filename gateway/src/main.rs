@@ -83,6 +83,10 @@ enum Command {
     /// or all; since a time, at a level, of one request id; --follow
     /// prints new ones as they come (like `sam logs`).
     Logs(ops::logs::LogsArgs),
+    /// What each function used over a window (invocations, run time,
+    /// GB-seconds, fuel, peak memory), what it would cost on AWS Lambda and
+    /// IoT Core, and limits right-sized from what it really used.
+    Cost(ops::cost::CostArgs),
     /// Deploy a module as a function's new live version on the running
     /// gateway: checked, kept under data_dir/modules, warmed, then the next
     /// events run on it (no restart, no device disconnected). `rollback`
@@ -253,6 +257,7 @@ fn main() -> ExitCode {
         Command::Functions(args) => ops::functions::functions(args),
         Command::Schedules(args) => ops::schedules::schedules(args),
         Command::Logs(args) => ops::logs::logs(args),
+        Command::Cost(args) => ops::cost::cost(args),
         #[cfg(unix)]
         Command::Deploy(args) => ops::deploy::deploy(args),
         #[cfg(unix)]

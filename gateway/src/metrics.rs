@@ -6,7 +6,7 @@ use std::time::Duration;
 
 /// Latency buckets: powers of two in microseconds (1 µs .. ~34 s), so a
 /// percentile is exact to within a factor of two and needs no locking.
-const BUCKETS: usize = 26;
+pub const BUCKETS: usize = 26;
 
 /// A lock-free histogram of durations.
 #[derive(Debug)]
@@ -38,6 +38,11 @@ impl Histogram {
         let bucket = (63 - n.leading_zeros() as usize).min(BUCKETS - 1);
         self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         self.sum_micros.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Every value recorded, added up (µs for durations).
+    pub fn sum(&self) -> u64 {
+        self.sum_micros.load(Ordering::Relaxed)
     }
 
     pub fn snapshot(&self) -> HistogramSnapshot {
@@ -95,6 +100,17 @@ impl Default for HistogramSnapshot {
 }
 
 impl HistogramSnapshot {
+    /// Counts as stored elsewhere (`store::usage`), bucket by bucket.
+    pub fn from_buckets(counts: &[u64]) -> HistogramSnapshot {
+        HistogramSnapshot {
+            buckets: std::array::from_fn(|i| counts.get(i).copied().unwrap_or(0)),
+        }
+    }
+
+    pub fn buckets(&self) -> &[u64] {
+        &self.buckets
+    }
+
     pub fn count(&self) -> u64 {
         self.buckets.iter().sum()
     }
@@ -138,6 +154,9 @@ pub struct VersionUsage {
     pub duration: Histogram,
     /// The largest linear memory any invocation ended with (it never shrinks).
     pub peak_memory_bytes: AtomicU64,
+    /// The most fuel, and the longest run, of one invocation.
+    pub max_fuel: AtomicU64,
+    pub max_duration_us: AtomicU64,
 }
 
 impl VersionUsage {
@@ -147,6 +166,9 @@ impl VersionUsage {
         self.duration.record(duration);
         self.peak_memory_bytes
             .fetch_max(memory_bytes, Ordering::Relaxed);
+        self.max_fuel.fetch_max(fuel, Ordering::Relaxed);
+        self.max_duration_us
+            .fetch_max(duration.as_micros() as u64, Ordering::Relaxed);
     }
 }
 

@@ -12,6 +12,7 @@ mod outbox;
 pub mod plan;
 mod retry;
 mod unit;
+mod usage;
 
 pub use crate::mqtt::{Backoff, Endpoint};
 pub use apply::ApplyError;
@@ -19,6 +20,7 @@ pub use batch::{decode as decode_batch, BatchError, BatchSettings, Compression};
 pub use dispatch::FailurePolicy;
 pub use outbox::Link;
 pub use retry::{RetryPolicy, Stop};
+pub use usage::UsageFlusher;
 
 use crate::config::{BrokerMode, Config, FunctionConfig};
 use crate::metrics::FunctionMetrics;
@@ -191,6 +193,9 @@ pub struct Gateway {
     intakes: Arc<Intakes>,
     drains: Vec<Drain>,
     invoke_task: JoinHandle<()>,
+    /// What versions used, into the store every few seconds.
+    usage: Arc<UsageFlusher>,
+    usage_task: JoinHandle<()>,
     /// The HTTP listener, once some function has an `http` trigger.
     http: Option<HttpListener>,
     /// Open WebSocket connections, for a listener started by `apply`.
@@ -294,10 +299,12 @@ impl Gateway {
         let (commands_tx, commands) = tokio::sync::mpsc::channel(4);
         let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let sources = Arc::new(crate::scrape::Sources::new(store.clone()));
+        let usage = Arc::new(UsageFlusher::new(sources.clone()));
         let handles = crate::control::Handles {
             commands: commands_tx.clone(),
             ready: ready.clone(),
             sources: sources.clone(),
+            usage: usage.clone(),
         };
         let control = match crate::control::Control::bind(&config.data_dir) {
             Ok(bound) => {
@@ -512,6 +519,17 @@ impl Gateway {
             store = %store.path().display(),
             "gateway running"
         );
+        let usage_task = tokio::spawn({
+            let usage = usage.clone();
+            async move {
+                let mut every = tokio::time::interval(usage::FLUSH_EVERY);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    usage.flush();
+                }
+            }
+        });
         Ok(Gateway {
             config: config.clone(),
             units,
@@ -519,6 +537,8 @@ impl Gateway {
             intakes,
             drains,
             invoke_task,
+            usage,
+            usage_task,
             http,
             connections,
             sessions,
@@ -684,6 +704,7 @@ impl Gateway {
             dispatchers.push(unit.stop_sources().await);
         }
         self.invoke_task.abort();
+        self.usage_task.abort();
         for (stop, task) in self
             .control
             .into_iter()
@@ -720,10 +741,13 @@ impl Gateway {
         // `Intakes` holds for invokes; they are idle by now or past the grace.
         self.intakes.set(HashMap::new());
         let store = self.sinks.store.clone();
+        let usage = self.usage.clone();
         let _ = tokio::task::spawn_blocking(move || {
             for d in dispatchers {
                 d.join();
             }
+            // The last invocations' usage, in the store's last transaction.
+            usage.flush();
             store.close();
             log_store_totals(&store);
         })

@@ -14,6 +14,7 @@ mod feed;
 pub mod logs;
 mod overlay;
 mod schema;
+pub mod usage;
 mod versions;
 
 pub use dead_letters::{Attempt, DeadLetter, NewDeadLetter, Purge};
@@ -299,6 +300,11 @@ enum Request {
     },
     /// Log lines are waiting in [`Inner::logs`]: write them.
     Logs,
+    /// Functions' usage to add to its hours' rows.
+    Usage {
+        rows: Vec<usage::UsageRow>,
+        done: Option<mpsc::Sender<()>>,
+    },
 }
 
 type OutboxCallback = Box<dyn Fn(OutboxDestination) + Send + Sync>;
@@ -1357,6 +1363,7 @@ impl StoreThread {
                         }
                     }
                     Request::Logs => {}
+                    Request::Usage { rows, .. } => usage::write(&tx, rows)?,
                 }
             }
         }
@@ -1389,6 +1396,7 @@ impl StoreThread {
         let mut commits = Vec::new();
         let mut replies = Vec::new();
         let mut deleted = Vec::new();
+        let mut usage_done = Vec::new();
         for request in batch {
             match request {
                 Request::Commit { seq, commit, .. } => {
@@ -1398,6 +1406,7 @@ impl StoreThread {
                 Request::DeadLetters { reply, .. } => replies.push(reply),
                 Request::DeleteOutbox { done, .. } => deleted.extend(done),
                 Request::Logs => {}
+                Request::Usage { done, .. } => usage_done.extend(done),
             }
         }
         {
@@ -1484,6 +1493,11 @@ impl StoreThread {
         }
         for done in deleted {
             done(outcome());
+        }
+        if result.is_ok() {
+            for done in usage_done {
+                let _ = done.send(());
+            }
         }
         for (i, reply) in replies.into_iter().enumerate() {
             reply(match &result {

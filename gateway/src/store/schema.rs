@@ -138,7 +138,8 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE versions ADD COLUMN published_by TEXT NOT NULL DEFAULT '';
     ALTER TABLE versions ADD COLUMN abi_revision INTEGER NOT NULL DEFAULT 0;
     "#,
-    // 8: functions' log lines, a ring of the newest (store/logs.rs).
+    // 8: functions' log lines, a ring of the newest (store/logs.rs), and
+    // their usage per hour.
     // level: 0 error .. 4 trace (the ABI's codes).
     r#"
     CREATE TABLE logs (
@@ -152,6 +153,26 @@ const MIGRATIONS: &[&str] = &[
         message    TEXT NOT NULL
     );
     CREATE INDEX logs_by_function ON logs (function, id);
+
+    -- What each version's invocations used, per hour (store/usage.rs),
+    -- for `wasmgate cost`. duration_buckets: the run-time histogram's
+    -- counts, 8 bytes little-endian each.
+    CREATE TABLE usage (
+        function         TEXT NOT NULL,
+        version          TEXT NOT NULL,
+        hour_ms          INTEGER NOT NULL,
+        invocations      INTEGER NOT NULL,
+        failed           INTEGER NOT NULL,
+        duration_us      INTEGER NOT NULL,
+        max_duration_us  INTEGER NOT NULL,
+        fuel             INTEGER NOT NULL,
+        max_fuel         INTEGER NOT NULL,
+        peak_memory      INTEGER NOT NULL,
+        memory_limit     INTEGER NOT NULL,
+        fuel_limit       INTEGER NOT NULL,
+        duration_buckets BLOB NOT NULL,
+        PRIMARY KEY (function, version, hour_ms)
+    ) WITHOUT ROWID;
     "#,
 ];
 
