@@ -272,3 +272,124 @@ fn a_scrape_shows_each_functions_events_outcomes_versions_and_the_outbox() {
         functions.stdout
     );
 }
+
+/// Reports one counter named by each MQTT payload (`seen{device="vm-1"}`),
+/// as a function that puts a device id in a label would.
+fn counter_per_payload() -> Vec<u8> {
+    let wat = r#"(module
+  (import "wasmgate" "event_read" (func $event_read (param i32 i32) (result i32)))
+  (import "wasmgate" "metric" (func $metric (param i32 i32 i32 f64) (result i32)))
+  (memory (export "memory") 1)
+  (global $pos (mut i32) (i32.const 0))
+  (func (export "wasmgate_abi_version") (result i32) (i32.const 1))
+  (func $varint (result i64)
+    (local $result i64) (local $shift i64) (local $byte i32)
+    (loop $more
+      (local.set $byte (i32.load8_u (global.get $pos)))
+      (global.set $pos (i32.add (global.get $pos) (i32.const 1)))
+      (local.set $result
+        (i64.or (local.get $result)
+          (i64.shl (i64.extend_i32_u (i32.and (local.get $byte) (i32.const 0x7f)))
+                   (local.get $shift))))
+      (local.set $shift (i64.add (local.get $shift) (i64.const 7)))
+      (br_if $more (i32.and (local.get $byte) (i32.const 0x80))))
+    (local.get $result))
+  (func $skip_bytes
+    (local $len i32)
+    (local.set $len (i32.wrap_i64 (call $varint)))
+    (global.set $pos (i32.add (global.get $pos) (local.get $len))))
+  (func (export "wasmgate_handle") (param $len i32) (result i32)
+    (local $payload_len i32)
+    (drop (call $event_read (i32.const 0) (i32.const 60000)))
+    (global.set $pos (i32.const 0))
+    (drop (call $varint)) (call $skip_bytes) (call $skip_bytes)
+    (drop (call $varint)) (drop (call $varint)) (drop (call $varint))
+    (call $skip_bytes)
+    (local.set $payload_len (i32.wrap_i64 (call $varint)))
+    ;; Its status is ignored, as a careless guest would.
+    (drop (call $metric (global.get $pos) (local.get $payload_len) (i32.const 0) (f64.const 1)))
+    (i32.const 0))
+)"#;
+    wat::parse_str(wat).expect("guest WAT")
+}
+
+#[test]
+fn functions_report_metrics_of_their_own_within_bounds() {
+    let (broker, metrics) = (free_port(), free_port());
+    let gateway = GatewayProcess::start_toml(|dir| {
+        std::fs::write(dir.join("labels.wasm"), counter_per_payload()).unwrap();
+        format!(
+            "data_dir = {data:?}\n[broker]\nlisten = \"127.0.0.1:{broker}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\
+             [[functions]]\nname = \"vending\"\nwasm = {wasm:?}\ntriggers = [{{ mqtt = \"vending/+/telemetry\" }}]\n\
+             [functions.grants]\nlocal = [\"vending/#\"]\nupstream = [\"telemetry/#\"]\n\
+             [[functions]]\nname = \"per-device\"\nwasm = \"labels.wasm\"\ntriggers = [{{ mqtt = \"seen/#\" }}]\n",
+            data = dir.join("data").display().to_string(),
+            wasm = example_wasm("vending_telemetry.wasm").display().to_string(),
+        )
+    });
+    let device = MqttClient::connect(broker, &unique_id("vm-1"));
+    for (seq, temp) in [(1, 4.0), (2, 6.0), (3, 9.5)] {
+        device.publish("vending/vm-1/telemetry", telemetry(seq, temp));
+    }
+    // A label per device: past 256 label sets, refused and counted.
+    for i in 0..300 {
+        device.publish("seen/x", format!("seen{{device=\"vm-{i}\"}}"));
+    }
+    // Not a metric name: the guest gets INVALID_ARGUMENT, nothing is kept.
+    device.publish("seen/x", "not a name!");
+    device.wait_acked(ONE);
+    let refused = "wasmgate_function_custom_metrics_refused_total{function=\"per-device\"}";
+    assert!(
+        wait_until(ONE, || {
+            let (_, body) = scrape(metrics);
+            sample(&body, refused) == Some(44.0)
+                && sample(&body, "wasmgate_fn_vending_temperature_c_count") == Some(3.0)
+        }),
+        "{}\n{}",
+        scrape(metrics).1,
+        gateway.logs()
+    );
+    let (_, body) = scrape(metrics);
+    assert!(
+        body.contains("# TYPE wasmgate_fn_vending_temperature_c histogram"),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, "wasmgate_fn_vending_temperature_c_sum"),
+        Some(19.5),
+        "{body}"
+    );
+    // 4.0 and 6.0 are at most 10; 9.5 too: three in the le="10" bucket.
+    assert_eq!(
+        sample(
+            &body,
+            "wasmgate_fn_vending_temperature_c_bucket{le=\"10.0\"}"
+        ),
+        Some(3.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, "wasmgate_fn_vending_warm_alerts_total"),
+        Some(1.0),
+        "{body}"
+    );
+    // The function's name, `-` and all, becomes a metric name.
+    let series = body
+        .lines()
+        .filter(|l| l.starts_with("wasmgate_fn_per_device_seen_total{device="))
+        .count();
+    assert_eq!(series, 256, "{body}");
+    assert_eq!(
+        sample(&body, "wasmgate_fn_per_device_seen_total{device=\"vm-7\"}"),
+        Some(1.0)
+    );
+    // Refusals are warned of once, then only counted.
+    assert_eq!(
+        gateway.log_lines_with(&["custom metrics refused"]).len(),
+        1,
+        "{}",
+        gateway.logs()
+    );
+    // The bad name is named in the gateway's log.
+    assert!(gateway.logs().contains("not a name!"), "{}", gateway.logs());
+}

@@ -13,6 +13,7 @@ pub mod broker;
 pub mod config;
 pub mod control;
 pub mod cost;
+pub mod custom_metrics;
 pub mod demo;
 pub mod dlq;
 pub mod event;

@@ -209,6 +209,8 @@ pub struct FunctionMetrics {
     /// over `logs.rate`, or past the lines one invocation may write.
     pub log_lines: AtomicU64,
     pub log_lines_dropped: AtomicU64,
+    /// What its invocations report themselves (`metric`).
+    pub custom: crate::custom_metrics::CustomMetrics,
     /// From arrival at the gateway to the end of the invocation.
     pub latency: Histogram,
 }

@@ -178,6 +178,49 @@ fn histogram<'v>(
     Ok(())
 }
 
+/// A function's own metrics (`metric`), each name a family of its own.
+fn custom(
+    e: &mut DescriptorEncoder<'_>,
+    function: &str,
+    metrics: &crate::custom_metrics::CustomMetrics,
+) -> Result<(), std::fmt::Error> {
+    use crate::custom_metrics::{exported_name, Value, BUCKET_BOUNDS};
+    use wasmgate_abi::MetricKind;
+    for (name, f) in metrics.snapshot() {
+        let kind = match f.kind {
+            MetricKind::Counter => MetricType::Counter,
+            MetricKind::Gauge => MetricType::Gauge,
+            MetricKind::Histogram => MetricType::Histogram,
+        };
+        let help = format!("Reported by function {function} (metric {name:?}).");
+        let exported = exported_name(function, &name);
+        let mut metric = e.encode_descriptor(&exported, &help, None, kind)?;
+        for (labels, value) in &f.series {
+            let labels: Vec<(&str, &str)> = labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let mut encoder = metric.encode_family(&labels)?;
+            match value {
+                Value::Counter(n) => ConstCounter::new(*n).encode(encoder)?,
+                Value::Gauge(n) => ConstGauge::new(*n).encode(encoder)?,
+                Value::Histogram { buckets, sum } => {
+                    let pairs: Vec<(f64, u64)> = BUCKET_BOUNDS
+                        .iter()
+                        .copied()
+                        .zip(buckets.iter().copied())
+                        .collect();
+                    let count = buckets.iter().sum();
+                    encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                        *sum, count, &pairs, None,
+                    )?
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn counter(n: u64) -> ConstCounter<u64> {
     ConstCounter::new(n)
 }
@@ -317,6 +360,19 @@ impl prometheus_client::collector::Collector for Collect {
                 (vec![("function", f.name.as_str())], ConstGauge::new(n))
             }),
         )?;
+        family(
+            &mut e,
+            "wasmgate_function_custom_metrics_refused",
+            "Its own metric updates dropped: past its 32 names or 256 label sets, or a name used with another kind.",
+            MetricType::Counter,
+            functions.iter().map(|f| {
+                let n = f.metrics.custom.refused.load(Ordering::Relaxed);
+                (vec![("function", f.name.as_str())], counter(n))
+            }),
+        )?;
+        for f in &functions {
+            custom(&mut e, &f.name, &f.metrics.custom)?;
+        }
         // Per version: the share of events `live` gives it, its starts,
         // and what its invocations used.
         let versions: Vec<(&str, Arc<crate::runtime::Function>, f64)> = functions

@@ -80,9 +80,13 @@ pub mod imports {
     pub const ITEM_FAILED: &str = "item_failed";
     /// `(connection: i32, connection_len: i32, data: i32, data_len: i32) -> i32`
     pub const POST_TO_CONNECTION: &str = "post_to_connection";
+    /// `(name: i32, name_len: i32, kind: i32, value: f64) -> i32`: a custom
+    /// metric ([`crate::MetricKind`]); `name` may carry labels,
+    /// `dispensed{slot="a3"}`.
+    pub const METRIC: &str = "metric";
 
     /// Every import name, for hosts that want to reject unknown imports by name.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 16] = [
         EVENT_READ,
         EMIT,
         KV_GET,
@@ -98,7 +102,36 @@ pub mod imports {
         RESPOND_HEADER,
         ITEM_FAILED,
         POST_TO_CONNECTION,
+        METRIC,
     ];
+}
+
+/// What a `metric` call does with its value.
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Adds the value (0 or more) to a running total.
+    Counter = 0,
+    /// Sets the value.
+    Gauge = 1,
+    /// Records the value in a histogram (its buckets: 1, 2.5, 5 times each
+    /// power of ten from 0.001 to 10,000).
+    Histogram = 2,
+}
+
+impl MetricKind {
+    pub const fn code(self) -> i32 {
+        self as i32
+    }
+
+    pub const fn from_code(code: i32) -> Option<MetricKind> {
+        Some(match code {
+            0 => MetricKind::Counter,
+            1 => MetricKind::Gauge,
+            2 => MetricKind::Histogram,
+            _ => return None,
+        })
+    }
 }
 
 /// What a host call returns when it did not succeed, as a negative `i32`.

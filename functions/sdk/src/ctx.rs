@@ -4,7 +4,7 @@ use crate::error::{check, Error};
 use crate::host::{DefaultHost, Host};
 use crate::line::LogLine;
 use core::str::FromStr;
-use wasmgate_abi::{Context, EmitOptions, LogLevel, Status};
+use wasmgate_abi::{Context, EmitOptions, LogLevel, MetricKind, Status};
 
 /// The handle a function gets for one invocation: emits, KV, config, logs.
 ///
@@ -199,6 +199,32 @@ impl<'a, H: Host + ?Sized> Ctx<'a, H> {
     ) -> Result<(), Error> {
         let ret = self.host.post_to_connection(connection, data.as_ref());
         check("post_to_connection", ret).map(drop)
+    }
+
+    /// Adds `delta` (0 or more) to a counter of this function's in the
+    /// gateway's `/metrics` (`wasmgate_fn_<function>_<name>`). `name` may
+    /// carry up to 3 labels, `dispensed{slot="a3"}`; keep their values few
+    /// (a slot, not a device id): a function has at most 32 names and 256
+    /// label sets, and the gateway drops (and counts) updates past them.
+    /// Applied only if this invocation succeeds.
+    pub fn counter(&mut self, name: &str, delta: f64) -> Result<(), Error> {
+        self.metric(name, MetricKind::Counter, delta)
+    }
+
+    /// Sets a gauge (see [`Ctx::counter`] for names and bounds).
+    pub fn gauge(&mut self, name: &str, value: f64) -> Result<(), Error> {
+        self.metric(name, MetricKind::Gauge, value)
+    }
+
+    /// Records a value in a histogram (buckets 1, 2.5, 5 x 10^-3 .. 10^4;
+    /// see [`Ctx::counter`] for names and bounds).
+    pub fn observe(&mut self, name: &str, value: f64) -> Result<(), Error> {
+        self.metric(name, MetricKind::Histogram, value)
+    }
+
+    fn metric(&mut self, name: &str, kind: MetricKind, value: f64) -> Result<(), Error> {
+        let ret = self.host.metric(name, kind, value);
+        check("metric", ret).map(drop)
     }
 
     /// Reports the batch's item number `index` (as [`crate::events`] walks

@@ -5,7 +5,7 @@
 //! against the real host on `wasm32` and against [`crate::testing::FakeHost`]
 //! in native tests.
 
-use wasmgate_abi::LogLevel;
+use wasmgate_abi::{LogLevel, MetricKind};
 
 /// The host a [`crate::Ctx`] talks to. Return values are as in the ABI README:
 /// a length or `0` on success, a negative [`wasmgate_abi::Status`] code otherwise.
@@ -31,6 +31,7 @@ pub trait Host {
     fn respond_header(&mut self, name: &str, value: &str) -> i32;
     fn item_failed(&mut self, index: i32) -> i32;
     fn post_to_connection(&mut self, connection: &str, data: &[u8]) -> i32;
+    fn metric(&mut self, name: &str, kind: MetricKind, value: f64) -> i32;
 }
 
 /// The host a plain `Ctx<'_>` uses: the real imports on `wasm32`, the fake elsewhere.

@@ -63,8 +63,8 @@ pub use line::{decimal, LogLine};
 pub use wasmgate_abi as abi;
 pub use wasmgate_abi::{
     Context, Destination, EmitOptions, Envelope, Event, FileArrival, HttpRequest, InvokeRequest,
-    KvChange, KvOp, LogLevel, MqttMessage, Pair, ScheduleTick, Seq, Status, WebSocketEvent,
-    WebSocketKind,
+    KvChange, KvOp, LogLevel, MetricKind, MqttMessage, Pair, ScheduleTick, Seq, Status,
+    WebSocketEvent, WebSocketKind,
 };
 
 /// The event buffer [`export!`] uses unless told otherwise: 64 KiB.

@@ -26,7 +26,8 @@ use std::string::{String, ToString};
 use std::vec::Vec;
 use wasmgate_abi::{
     is_valid_publish_topic, Context, EmitOptions, Envelope, Event, FileArrival, HttpRequest,
-    LogLevel, MqttMessage, Pair, ScheduleTick, Seq, Status, WebSocketEvent, WebSocketKind,
+    LogLevel, MetricKind, MqttMessage, Pair, ScheduleTick, Seq, Status, WebSocketEvent,
+    WebSocketKind,
 };
 
 /// A message the function emitted.
@@ -83,9 +84,20 @@ pub struct Posted {
     pub data: Vec<u8>,
 }
 
+/// A custom metric update (`Ctx::counter`, `gauge`, `observe`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measured {
+    /// As the function wrote it, labels included: `dispensed{slot="a3"}`.
+    pub name: String,
+    pub kind: MetricKind,
+    pub value: f64,
+}
+
 /// What an invocation may change, saved so that a failed one can be undone.
 #[derive(Debug, Clone, Default)]
 struct Effects {
+    /// Kept, like the gateway's, only if the invocation succeeds.
+    metrics: Vec<Measured>,
     kv: BTreeMap<String, Vec<u8>>,
     emits: Vec<Emitted>,
     invokes: Vec<Invoked>,
@@ -302,6 +314,11 @@ impl FakeHost {
         &self.effects.invokes
     }
 
+    /// The custom metric updates of the successful invocations, in order.
+    pub fn metrics(&self) -> &[Measured] {
+        &self.effects.metrics
+    }
+
     /// What was sent to WebSocket connections, in order.
     pub fn posts(&self) -> &[Posted] {
         &self.effects.posts
@@ -482,6 +499,20 @@ impl Host for FakeHost {
         self.effects.posts.push(Posted {
             connection: connection.to_string(),
             data: data.to_vec(),
+        });
+        OK
+    }
+
+    /// Checks what the SDK can (the kind, the value); the gateway also
+    /// checks the name and its labels.
+    fn metric(&mut self, name: &str, kind: MetricKind, value: f64) -> i32 {
+        if name.is_empty() || !value.is_finite() || (kind == MetricKind::Counter && value < 0.0) {
+            return INVALID_ARGUMENT;
+        }
+        self.effects.metrics.push(Measured {
+            name: name.to_string(),
+            kind,
+            value,
         });
         OK
     }

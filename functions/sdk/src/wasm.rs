@@ -52,6 +52,7 @@ mod imports {
             data: *const u8,
             data_len: i32,
         ) -> i32;
+        pub fn metric(name: *const u8, name_len: i32, kind: i32, value: f64) -> i32;
     }
 }
 
@@ -121,6 +122,10 @@ impl Host for WasmHost {
     }
     fn item_failed(&mut self, index: i32) -> i32 {
         unsafe { imports::item_failed(index) }
+    }
+    fn metric(&mut self, name: &str, kind: wasmgate_abi::MetricKind, value: f64) -> i32 {
+        let n = name.as_bytes();
+        unsafe { imports::metric(n.as_ptr(), len(n), kind.code(), value) }
     }
     fn post_to_connection(&mut self, connection: &str, data: &[u8]) -> i32 {
         let c = connection.as_bytes();

@@ -222,6 +222,7 @@ impl Worker {
             let error = match report.outcome {
                 Ok(mut effects) => {
                     inc(&self.metrics.succeeded);
+                    self.apply_custom_metrics(&report.metrics);
                     self.metrics
                         .emitted
                         .fetch_add(effects.emits.len() as u64, Ordering::Relaxed);
@@ -315,6 +316,22 @@ impl Worker {
             settle,
             arrived,
             copies: Vec::new(),
+        }
+    }
+
+    /// A successful invocation's own metrics (`metric`). The first time
+    /// the function's bounds refuse some, a warning says so; after that
+    /// they are counted in `/metrics` only.
+    fn apply_custom_metrics(&self, updates: &[crate::custom_metrics::MetricUpdate]) {
+        let refused = self.metrics.custom.apply(updates);
+        if refused > 0 && self.metrics.custom.refused.load(Ordering::Relaxed) == refused {
+            tracing::warn!(
+                function = self.function.name(),
+                refused,
+                max_names = crate::custom_metrics::MAX_NAMES,
+                max_series = crate::custom_metrics::MAX_SERIES,
+                "custom metrics refused: the function has as many names or label sets as it may (a device id in a label?); further refusals are only counted"
+            );
         }
     }
 
@@ -440,6 +457,7 @@ impl Worker {
             let (failure, error) = match report.outcome {
                 Ok(mut effects) => {
                     inc(&self.metrics.succeeded);
+                    self.apply_custom_metrics(&report.metrics);
                     let failed = std::mem::take(&mut effects.failed_items);
                     let (bad, good): (Vec<_>, Vec<_>) = items
                         .into_iter()

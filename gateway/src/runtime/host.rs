@@ -58,6 +58,8 @@ pub(crate) struct CallState {
     pub effects: Effects,
     pub logs: Vec<LogLine>,
     pub logs_dropped: usize,
+    /// Custom metric updates, applied if the invocation succeeds.
+    pub metrics: Vec<crate::custom_metrics::MetricUpdate>,
     /// Emits and invokes the host refused (bad topic, outside the grants),
     /// described; counted past [`MAX_REFUSED_KEPT`]. The guest only sees a
     /// status it may ignore, so the operator needs these.
@@ -826,6 +828,43 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors
 
     linker.func_wrap(
         m,
+        imports::METRIC,
+        |mut caller: Caller<'_, HostState>,
+         name: i32,
+         name_len: i32,
+         kind: i32,
+         value: f64|
+         -> HostResult<i32> {
+            use crate::custom_metrics::{MetricUpdate, MAX_PER_INVOCATION};
+            enter(&mut caller, imports::METRIC)?;
+            let Some(kind) = wasmgate_abi::MetricKind::from_code(kind) else {
+                return Ok(status(Status::InvalidArgument));
+            };
+            if caller.data().call.metrics.len() >= MAX_PER_INVOCATION
+                || !(0..=MAX_METRIC_NAME_BYTES).contains(&name_len)
+            {
+                return Ok(status(Status::InvalidArgument));
+            }
+            let bytes = read(&mut caller, imports::METRIC, name, name_len)?;
+            let Ok(text) = std::str::from_utf8(&bytes) else {
+                return Ok(status(Status::InvalidArgument));
+            };
+            match MetricUpdate::parse(text, kind, value) {
+                Ok(update) => {
+                    caller.data_mut().call.metrics.push(update);
+                    Ok(status(Status::Ok))
+                }
+                Err(why) => {
+                    // The guest sees only the status; the operator, why.
+                    refuse(&mut caller, || why);
+                    Ok(status(Status::InvalidArgument))
+                }
+            }
+        },
+    )?;
+
+    linker.func_wrap(
+        m,
         imports::ITEM_FAILED,
         |mut caller: Caller<'_, HostState>, index: i32| -> HostResult<i32> {
             enter(&mut caller, imports::ITEM_FAILED)?;
@@ -845,6 +884,9 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors
 
     Ok(())
 }
+
+/// The longest `metric` name, labels included.
+pub const MAX_METRIC_NAME_BYTES: i32 = 512;
 
 /// The most WebSocket messages one invocation may send.
 pub const MAX_POSTS: usize = 100;

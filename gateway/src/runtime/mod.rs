@@ -195,6 +195,8 @@ pub struct Cost {
 pub struct Report {
     pub outcome: Result<Effects, InvokeError>,
     pub logs: Vec<LogLine>,
+    /// Custom metric updates (`metric`), for the caller to apply if it succeeded.
+    pub metrics: Vec<crate::custom_metrics::MetricUpdate>,
     /// Log lines past [`MAX_LOG_LINES`], counted but not kept.
     pub logs_dropped: usize,
     /// Emits and invokes the host refused, described (the first few), and
@@ -577,6 +579,7 @@ impl Function {
                     return Report {
                         outcome: Err(error),
                         logs: Vec::new(),
+                        metrics: Vec::new(),
                         logs_dropped: 0,
                         refused: Vec::new(),
                         refused_count: 0,
@@ -616,6 +619,7 @@ impl Function {
         Report {
             outcome,
             logs: call.logs,
+            metrics: call.metrics,
             logs_dropped: call.logs_dropped,
             refused: call.refused,
             refused_count: call.refused_count,

@@ -27,7 +27,7 @@ fn wasm(name: &str) -> Vec<u8> {
 
 /// Each import's signature, from the ABI README.
 fn abi_signature(name: &str) -> Option<(Vec<ValType>, Vec<ValType>)> {
-    use ValType::{I32, I64};
+    use ValType::{F64, I32, I64};
     Some(match name {
         "event_read" => (vec![I32; 2], vec![I32]),
         "emit" => (vec![I32; 5], vec![I32]),
@@ -39,6 +39,7 @@ fn abi_signature(name: &str) -> Option<(Vec<ValType>, Vec<ValType>)> {
         "respond" => (vec![I32; 3], vec![I32]),
         "respond_header" | "post_to_connection" => (vec![I32; 4], vec![I32]),
         "item_failed" => (vec![I32], vec![I32]),
+        "metric" => (vec![I32, I32, I32, F64], vec![I32]),
         _ => return None,
     })
 }
@@ -258,6 +259,8 @@ impl Instance {
                 "post_to_connection",
                 |_: Cx<'_>, _: i32, _: i32, _: i32, _: i32| 0,
             )
+            .unwrap()
+            .func_wrap(m, "metric", |_: Cx<'_>, _: i32, _: i32, _: i32, _: f64| 0)
             .unwrap();
         let mut store = Store::new(&engine, Host::default());
         let instance = linker.instantiate_and_start(&mut store, &module).unwrap();

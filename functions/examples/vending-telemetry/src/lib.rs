@@ -13,7 +13,9 @@
 //! - emits an alert to `vending/<machine>/alert` (local broker) when the
 //!   temperature is over `max_temp_c` (config, default 8.0) or a slot's stock is
 //!   at or below `low_stock` (config, default 2);
-//! - emits a compact summary upstream to `telemetry/vending/<machine>` (QoS 1).
+//! - emits a compact summary upstream to `telemetry/vending/<machine>` (QoS 1);
+//! - reports the temperature (a histogram) and warm alerts (a counter) as
+//!   metrics of its own.
 //!
 //! The machine id is taken from the topic, not the payload: the topic is what
 //! the broker authenticated, and a topic level can never hold `/`, `+` or `#`.
@@ -161,6 +163,13 @@ fn on_telemetry(topic: &str, payload: &[u8], ctx: &mut Ctx<'_>) -> Result<(), Er
     };
     let low_slots = low.iter().count();
     let too_warm = telemetry.temp_c > max_temp_c;
+    // The fleet's temperatures and warm alerts, in the gateway's /metrics
+    // (`wasmgate_fn_vending_temperature_c`...): no label per machine, which
+    // a fleet would soon take past a function's 256 label sets.
+    ctx.observe("temperature_c", f64::from(telemetry.temp_c))?;
+    if too_warm {
+        ctx.counter("warm_alerts", 1.0)?;
+    }
     if too_warm || low_slots > 0 {
         let alert = Alert {
             machine,
@@ -279,6 +288,27 @@ mod tests {
         assert_eq!(
             summaries[1].text(),
             r#"{"machine":"vm-17","ts":1764160000000,"temp_c":5.5,"door_open":false,"sales_cents":150,"vends":1,"low_slots":0}"#
+        );
+    }
+
+    #[test]
+    fn temperatures_and_warm_alerts_are_reported_as_metrics() {
+        use wasmgate_sdk::MetricKind;
+        let mut host = FakeHost::new();
+        send(&mut host, &telemetry(6.5, FULL, None));
+        send(&mut host, &telemetry(9.5, FULL, None));
+        let metrics: std::vec::Vec<_> = host
+            .metrics()
+            .iter()
+            .map(|m| (m.name.as_str(), m.kind, m.value))
+            .collect();
+        assert_eq!(
+            metrics,
+            [
+                ("temperature_c", MetricKind::Histogram, 6.5),
+                ("temperature_c", MetricKind::Histogram, 9.5),
+                ("warm_alerts", MetricKind::Counter, 1.0),
+            ]
         );
     }
 
