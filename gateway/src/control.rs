@@ -495,9 +495,34 @@ fn admin_endpoints() -> Vec<(&'static str, MethodRouter<Api>)> {
                 |State(r): R, Query(q): Query<std::collections::HashMap<String, String>>| async move {
                     let function = q.get("function").cloned();
                     let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(1000);
+                    let request = match q.get("request").map(|r| r.parse::<u64>()) {
+                        None => None,
+                        Some(Ok(request)) => Some(request),
+                        Some(Err(_)) => {
+                            return json(
+                                StatusCode::BAD_REQUEST,
+                                &serde_json::json!({ "error": "request: expected a request id (a number)" }),
+                            )
+                        }
+                    };
+                    let newest_first = match q.get("order").map(String::as_str) {
+                        None | Some("oldest") => false,
+                        Some("newest") => true,
+                        Some(other) => {
+                            return json(
+                                StatusCode::BAD_REQUEST,
+                                &serde_json::json!({ "error": format!("order: expected oldest or newest, not {other:?}") }),
+                            )
+                        }
+                    };
                     let f = move || {
-                        let (letters, total) =
-                            admin::dead_letters(r.store(), function.as_deref(), limit)?;
+                        let (letters, total) = admin::dead_letters(
+                            r.store(),
+                            function.as_deref(),
+                            request,
+                            newest_first,
+                            limit,
+                        )?;
                         Ok(Some(serde_json::json!({ "letters": letters, "total": total })))
                     };
                     admin(f, String::new()).await
