@@ -6,6 +6,8 @@
 //! Endpoints (JSON answers; errors as `{"error": "..."}`):
 //! - `GET  /v1/health`; `GET /v1/ready`: 503 until every trigger runs
 //! - `GET  /metrics`: OpenMetrics text (`scrape.rs`)
+//! - `GET  /v1/stats`: the same counters as JSON, with the gateway's clock
+//!   (`stats.rs`), which the dashboard polls
 //! - `GET  /v1/functions`: every function as it runs: live version, alias,
 //!   versions, limits, triggers, counters
 //! - `GET  /v1/functions/{name}/versions`
@@ -219,6 +221,16 @@ fn endpoints() -> Vec<(&'static str, MethodRouter<Api>)> {
         (
             "/metrics",
             get(|State(api): State<Api>| async move { metrics(&api.sources) }),
+        ),
+        (
+            "/v1/stats",
+            get(|State(api): State<Api>| async move {
+                let stats = crate::stats::collect(&api.sources);
+                json(
+                    StatusCode::OK,
+                    &serde_json::to_value(stats).unwrap_or_default(),
+                )
+            }),
         ),
         (
             "/v1/ready",

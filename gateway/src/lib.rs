@@ -30,6 +30,7 @@ pub mod runtime;
 pub mod scaffold;
 pub mod scrape;
 pub mod simulate;
+pub mod stats;
 pub mod store;
 pub mod systemd;
 pub mod text;

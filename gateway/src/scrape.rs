@@ -66,6 +66,28 @@ impl Sources {
         *self.drains.write().unwrap_or_else(PoisonError::into_inner) = drains;
     }
 
+    /// The store, for `/v1/stats` (`stats.rs`), which reads what a scrape reads.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The functions as they run now: a copy, so no lock is held while
+    /// they are read.
+    pub fn functions(&self) -> Vec<FunctionSource> {
+        self.functions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The outbox drains, a copy like [`Sources::functions`].
+    pub fn drains(&self) -> Vec<DrainSource> {
+        self.drains
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// The exposition, `# EOF` included.
     pub fn render(self: &Arc<Self>) -> String {
         let mut registry = prometheus_client::registry::Registry::default();
