@@ -8,6 +8,8 @@
 //! - `GET  /metrics`: OpenMetrics text (`scrape.rs`)
 //! - `GET  /v1/stats`: the same counters as JSON, with the gateway's clock
 //!   (`stats.rs`), which the dashboard polls
+//! - `GET  /dashboard`: the live dashboard's page and its files
+//!   (`dashboard/`), the only paths TCP serves without the token
 //! - `GET  /v1/functions`: every function as it runs: live version, alias,
 //!   versions, limits, triggers, counters
 //! - `GET  /v1/functions/{name}/versions`
@@ -371,6 +373,11 @@ fn endpoints() -> Vec<(&'static str, MethodRouter<Api>)> {
         ),
     ];
     endpoints.extend(admin_endpoints());
+    endpoints.extend(crate::dashboard::ASSETS.iter().map(|asset| {
+        let route: MethodRouter<Api> =
+            get(move || async move { crate::dashboard::response(asset) });
+        (asset.path, route)
+    }));
     endpoints
 }
 
@@ -728,8 +735,9 @@ impl Control {
 }
 
 /// The management API on TCP (`[api] listen`): every request must carry
-/// the bearer token; one without it gets 401 and a log line naming the
-/// peer. Bound at start, so a taken port is a start-up error.
+/// the bearer token (bar the dashboard's static files, which hold no
+/// data); one without it gets 401 and a log line naming the peer. Bound
+/// at start, so a taken port is a start-up error.
 #[derive(Debug)]
 pub struct TcpControl {
     listener: tokio::net::TcpListener,
@@ -761,6 +769,9 @@ impl TcpControl {
                         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
                         .map(|c| c.0.to_string())
                         .unwrap_or_default();
+                    if crate::dashboard::is_public(request.method(), request.uri().path()) {
+                        return next.run(request).await;
+                    }
                     if bearer_matches(&token, request.headers()) {
                         let mut request = request;
                         request

@@ -12,6 +12,7 @@ pub mod board;
 pub mod broker;
 pub mod config;
 pub mod control;
+pub mod dashboard;
 pub mod demo;
 pub mod dlq;
 pub mod event;
