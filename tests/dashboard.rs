@@ -248,11 +248,27 @@ fn artifacts() -> PathBuf {
 
 /// Headless Chromium with one page, spoken to over the DevTools protocol.
 struct Browser {
-    child: Child,
-    /// Its profile and log; removed once it has exited (dropped last).
-    _profile: tempfile::TempDir,
     browser: Devtools,
     page: Devtools,
+    process: Process,
+    /// Its profile and log; removed once it has exited (dropped last).
+    _profile: tempfile::TempDir,
+}
+
+/// The browser's process, killed with its helpers (its process group) if
+/// it is still running when dropped: also when the test fails while
+/// starting it.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", self.0.id())])
+                .status();
+        }
+        let _ = self.0.wait();
+    }
 }
 
 impl Browser {
@@ -275,6 +291,8 @@ impl Browser {
                 "--disable-background-networking",
                 "--disable-component-update",
                 "--disable-sync",
+                "--disable-crash-reporter",
+                "--disable-breakpad",
                 "--hide-scrollbars",
                 "--window-size=1280,900",
                 "--remote-debugging-port=0",
@@ -289,13 +307,13 @@ impl Browser {
             .stderr(log);
         // Its own process group, so that its helpers go with it.
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        let child = command.spawn().unwrap_or_else(|e| {
+        let process = Process(command.spawn().unwrap_or_else(|e| {
             panic!(
                 "cannot run {binary:?} ({e}): this test needs a headless Chromium, Debian's \
                  `chromium` package (`apt-get install chromium`; .ci/setup installs it), or \
                  WASMGATE_CHROMIUM=/path/to/chromium"
             )
-        });
+        }));
         let mut browser_log = String::new();
         let active = profile.path().join("profile/DevToolsActivePort");
         let start = Instant::now();
@@ -329,10 +347,10 @@ impl Browser {
             page.call(domain, json!({}));
         }
         Browser {
-            child,
-            _profile: profile,
             browser,
             page,
+            process,
+            _profile: profile,
         }
     }
 
@@ -419,18 +437,14 @@ impl Drop for Browser {
         let _ = self.browser.socket.send(tungstenite::Message::text(
             json!({ "id": 0, "method": "Browser.close" }).to_string(),
         ));
+        // Given a moment to close; then `Process` kills what is left.
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(5) {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if let Ok(Some(_)) = self.process.0.try_wait() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        // Its group, by the id it was started with (helpers included).
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.child.id())])
-            .status();
-        let _ = self.child.wait();
     }
 }
 
