@@ -91,14 +91,17 @@ fn commit(store: &Store, function: &str, key: &str, write: KvWrite) -> Result<()
     store.commit_now(function, effects)
 }
 
-/// Dead letters, oldest first, at most `limit`, and how many there are.
+/// Dead letters (oldest or newest first, of one request if given), at
+/// most `limit`, and how many the function (or all) has.
 pub fn dead_letters(
     store: &Store,
     function: Option<&str>,
+    request_id: Option<u64>,
+    newest_first: bool,
     limit: usize,
 ) -> Result<(Vec<DeadLetter>, u64), StoreError> {
     Ok((
-        store.dead_letters(function, limit)?,
+        store.dead_letters_where(function, request_id, newest_first, limit)?,
         store.dead_letter_count(function)?,
     ))
 }

@@ -6,6 +6,10 @@
 //! Endpoints (JSON answers; errors as `{"error": "..."}`):
 //! - `GET  /v1/health`; `GET /v1/ready`: 503 until every trigger runs
 //! - `GET  /metrics`: OpenMetrics text (`scrape.rs`)
+//! - `GET  /v1/stats`: the same counters as JSON, with the gateway's clock
+//!   (`stats.rs`), which the dashboard polls
+//! - `GET  /dashboard`: the live dashboard's page and its files
+//!   (`dashboard/`), the only paths TCP serves without the token
 //! - `GET  /v1/functions`: every function as it runs: live version, alias,
 //!   versions, limits, triggers, counters
 //! - `GET  /v1/functions/{name}/versions`
@@ -224,6 +228,16 @@ fn endpoints() -> Vec<(&'static str, MethodRouter<Api>)> {
             get(|State(api): State<Api>| async move { metrics(api.sources.clone()).await }),
         ),
         (
+            "/v1/stats",
+            get(|State(api): State<Api>| async move {
+                let stats = crate::stats::collect(&api.sources);
+                json(
+                    StatusCode::OK,
+                    &serde_json::to_value(stats).unwrap_or_default(),
+                )
+            }),
+        ),
+        (
             "/v1/ready",
             get(|State(api): State<Api>| async move {
                 if api.ready.load(std::sync::atomic::Ordering::SeqCst) {
@@ -396,6 +410,11 @@ fn endpoints() -> Vec<(&'static str, MethodRouter<Api>)> {
         ),
     ];
     endpoints.extend(admin_endpoints());
+    endpoints.extend(crate::dashboard::ASSETS.iter().map(|asset| {
+        let route: MethodRouter<Api> =
+            get(move || async move { crate::dashboard::response(asset) });
+        (asset.path, route)
+    }));
     endpoints
 }
 
@@ -533,9 +552,34 @@ fn admin_endpoints() -> Vec<(&'static str, MethodRouter<Api>)> {
                 |State(r): R, Query(q): Query<std::collections::HashMap<String, String>>| async move {
                     let function = q.get("function").cloned();
                     let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(1000);
+                    let request = match q.get("request").map(|r| r.parse::<u64>()) {
+                        None => None,
+                        Some(Ok(request)) => Some(request),
+                        Some(Err(_)) => {
+                            return json(
+                                StatusCode::BAD_REQUEST,
+                                &serde_json::json!({ "error": "request: expected a request id (a number)" }),
+                            )
+                        }
+                    };
+                    let newest_first = match q.get("order").map(String::as_str) {
+                        None | Some("oldest") => false,
+                        Some("newest") => true,
+                        Some(other) => {
+                            return json(
+                                StatusCode::BAD_REQUEST,
+                                &serde_json::json!({ "error": format!("order: expected oldest or newest, not {other:?}") }),
+                            )
+                        }
+                    };
                     let f = move || {
-                        let (letters, total) =
-                            admin::dead_letters(r.store(), function.as_deref(), limit)?;
+                        let (letters, total) = admin::dead_letters(
+                            r.store(),
+                            function.as_deref(),
+                            request,
+                            newest_first,
+                            limit,
+                        )?;
                         Ok(Some(serde_json::json!({ "letters": letters, "total": total })))
                     };
                     admin(f, String::new()).await
@@ -748,8 +792,9 @@ impl Control {
 }
 
 /// The management API on TCP (`[api] listen`): every request must carry
-/// the bearer token; one without it gets 401 and a log line naming the
-/// peer. Bound at start, so a taken port is a start-up error.
+/// the bearer token (bar the dashboard's static files, which hold no
+/// data); one without it gets 401 and a log line naming the peer. Bound
+/// at start, so a taken port is a start-up error.
 #[derive(Debug)]
 pub struct TcpControl {
     listener: tokio::net::TcpListener,
@@ -781,6 +826,9 @@ impl TcpControl {
                         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
                         .map(|c| c.0.to_string())
                         .unwrap_or_default();
+                    if crate::dashboard::is_public(request.method(), request.uri().path()) {
+                        return next.run(request).await;
+                    }
                     if bearer_matches(&token, request.headers()) {
                         let mut request = request;
                         request

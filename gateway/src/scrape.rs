@@ -73,25 +73,6 @@ impl Sources {
         *self.broker.write().unwrap_or_else(PoisonError::into_inner) = Some(Box::new(counts));
     }
 
-    /// The functions a scrape reads now.
-    pub fn functions(&self) -> Vec<FunctionSource> {
-        self.functions
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    pub fn drains(&self) -> Vec<DrainSource> {
-        self.drains
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
     /// The embedded broker's counts; `None` with an external broker, or
     /// before the broker process's first report.
     pub fn broker(&self) -> Option<BrokerCounts> {
@@ -111,6 +92,28 @@ impl Sources {
 
     pub fn set_drains(&self, drains: Vec<DrainSource>) {
         *self.drains.write().unwrap_or_else(PoisonError::into_inner) = drains;
+    }
+
+    /// The store, for `/v1/stats` (`stats.rs`), which reads what a scrape reads.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The functions as they run now: a copy, so no lock is held while
+    /// they are read.
+    pub fn functions(&self) -> Vec<FunctionSource> {
+        self.functions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The outbox drains, a copy like [`Sources::functions`].
+    pub fn drains(&self) -> Vec<DrainSource> {
+        self.drains
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The exposition, `# EOF` included.

@@ -299,6 +299,33 @@ impl Store {
         })
     }
 
+    /// Dead letters of one function or all, and of one request only when
+    /// `request_id` is given; oldest or newest first; at most `limit`. The
+    /// newest first is what the dashboard shows: the end of the queue
+    /// without reading all of it.
+    pub fn dead_letters_where(
+        &self,
+        function: Option<&str>,
+        request_id: Option<u64>,
+        newest_first: bool,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        self.with_reader(|conn| {
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let request_id = request_id.map(|r| r as i64);
+            let order = if newest_first { "DESC" } else { "ASC" };
+            let rows = conn
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM dead_letters \
+                     WHERE (?1 IS NULL OR function = ?1) AND (?2 IS NULL OR request_id = ?2) \
+                     ORDER BY id {order} LIMIT ?3"
+                ))?
+                .query_map(params![function, request_id, limit], from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
     /// One dead letter by id.
     pub fn dead_letter_by_id(&self, id: i64) -> Result<Option<DeadLetter>, StoreError> {
         self.with_reader(|conn| {
@@ -419,6 +446,35 @@ mod tests {
         assert_eq!(m.payload, b"poison");
         assert_eq!(store.dead_letter_count(Some("vending")).unwrap(), 1);
         assert_eq!(store.dead_letter_count(Some("other")).unwrap(), 0);
+        store.close();
+    }
+
+    #[test]
+    fn the_newest_dead_letters_come_first_and_one_requests_can_be_picked_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let mut other_request = letter("vending", "p-other", 10, None);
+        other_request.request_id = 42;
+        let ids = [
+            insert(&store, letter("vending", "p0", 10, None)),
+            insert(&store, other_request),
+            insert(&store, letter("other", "p2", 10, None)),
+            insert(&store, letter("vending", "p3", 10, None)),
+        ];
+        let newest = |function, request, limit| -> Vec<i64> {
+            store
+                .dead_letters_where(function, request, true, limit)
+                .unwrap()
+                .iter()
+                .map(|l| l.id)
+                .collect()
+        };
+        assert_eq!(newest(None, None, 2), [ids[3], ids[2]]);
+        assert_eq!(newest(Some("vending"), None, 10), [ids[3], ids[1], ids[0]]);
+        assert_eq!(newest(None, Some(42), 10), [ids[1]]);
+        assert_eq!(newest(Some("other"), Some(42), 10), Vec::<i64>::new());
+        let oldest = store.dead_letters_where(None, None, false, 2).unwrap();
+        assert_eq!([oldest[0].id, oldest[1].id], ids[..2]);
         store.close();
     }
 

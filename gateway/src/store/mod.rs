@@ -569,6 +569,12 @@ impl Store {
         })
     }
 
+    /// The same per destination, indexed by `OutboxDestination as usize`
+    /// (local, upstream, invoke): which link is behind, not only that one is.
+    pub fn outbox_bytes_by_destination(&self) -> [u64; 3] {
+        *lock(&self.inner.outbox_bytes)
+    }
+
     /// The `block` policy: while the outbox is over its budget, new commits
     /// wait, so workers stop, queues fill, and the broker holds the messages.
     fn wait_for_outbox_room(&self) {
