@@ -36,61 +36,20 @@ const COMMAND: Duration = Duration::from_secs(60);
 /// `$payload_len`, and the helper `$emit_out(ptr, len)` that emits to
 /// `out_topic`. `behaviour` returns the handler's result.
 fn guest(out_topic: &str, behaviour: &str) -> Vec<u8> {
-    let wat = format!(
-        r#"(module
-  (import "wasmgate" "event_read" (func $event_read (param i32 i32) (result i32)))
-  (import "wasmgate" "emit" (func $emit (param i32 i32 i32 i32 i32) (result i32)))
-  (import "wasmgate" "log" (func $log (param i32 i32 i32)))
-  (memory (export "memory") 1)
-  ;; The out topic and a log line live past the envelope buffer (0..60000).
+    support::guest::mqtt_guest(
+        r#"(import "wasmgate" "emit" (func $emit (param i32 i32 i32 i32 i32) (result i32)))
+  (import "wasmgate" "log" (func $log (param i32 i32 i32)))"#,
+        &format!(
+            r#";; The out topic and a log line live past the envelope buffer (0..60000).
   (data (i32.const 60000) "{out_topic}")
   (data (i32.const 62000) "{BAD_READING}")
-  (global $pos (mut i32) (i32.const 0))
-  (func (export "wasmgate_abi_version") (result i32) (i32.const 1))
-
-  ;; Unsigned LEB128 at $pos; advances $pos.
-  (func $varint (result i64)
-    (local $result i64) (local $shift i64) (local $byte i32)
-    (loop $more
-      (local.set $byte (i32.load8_u (global.get $pos)))
-      (global.set $pos (i32.add (global.get $pos) (i32.const 1)))
-      (local.set $result
-        (i64.or (local.get $result)
-          (i64.shl (i64.extend_i32_u (i32.and (local.get $byte) (i32.const 0x7f)))
-                   (local.get $shift))))
-      (local.set $shift (i64.add (local.get $shift) (i64.const 7)))
-      (br_if $more (i32.and (local.get $byte) (i32.const 0x80))))
-    (local.get $result))
-
-  ;; A length, then that many bytes. (The length is read before $pos is:
-  ;; operands evaluate in order.)
-  (func $skip_bytes
-    (local $len i32)
-    (local.set $len (i32.wrap_i64 (call $varint)))
-    (global.set $pos (i32.add (global.get $pos) (local.get $len))))
-
   (func $emit_out (param $ptr i32) (param $len i32)
     (drop (call $emit (i32.const 60000) (i32.const {topic_len})
-                      (local.get $ptr) (local.get $len) (i32.const 1))))
-
-  (func (export "wasmgate_handle") (param $len i32) (result i32)
-    (local $attempt i32) (local $payload i32) (local $payload_len i32)
-    (drop (call $event_read (i32.const 0) (i32.const 60000)))
-    (global.set $pos (i32.const 0))
-    (drop (call $varint))                          ;; context.request_id
-    (call $skip_bytes)                             ;; context.function
-    (call $skip_bytes)                             ;; context.version
-    (local.set $attempt (i32.wrap_i64 (call $varint)))
-    (drop (call $varint))                          ;; context.deadline_ms
-    (drop (call $varint))                          ;; Event::Mqtt
-    (call $skip_bytes)                             ;; topic
-    (local.set $payload_len (i32.wrap_i64 (call $varint)))
-    (local.set $payload (global.get $pos))
-    {behaviour})
-)"#,
-        topic_len = out_topic.len(),
-    );
-    wat::parse_str(&wat).unwrap_or_else(|e| panic!("guest WAT: {e}\n{wat}"))
+                      (local.get $ptr) (local.get $len) (i32.const 1))))"#,
+            topic_len = out_topic.len(),
+        ),
+        behaviour,
+    )
 }
 
 /// Traps on the first attempt; on a later one emits the attempt number.

@@ -19,48 +19,15 @@ const ONE: Duration = Duration::from_secs(60);
 /// Logs each MQTT payload `"<level digit> <text>"` at that level
 /// (0 error .. 4 trace), then succeeds with no output.
 fn talker() -> Vec<u8> {
-    let wat = r#"(module
-  (import "wasmgate" "event_read" (func $event_read (param i32 i32) (result i32)))
-  (import "wasmgate" "log" (func $log (param i32 i32 i32)))
-  (memory (export "memory") 1)
-  (global $pos (mut i32) (i32.const 0))
-  (func (export "wasmgate_abi_version") (result i32) (i32.const 1))
-  (func $varint (result i64)
-    (local $result i64) (local $shift i64) (local $byte i32)
-    (loop $more
-      (local.set $byte (i32.load8_u (global.get $pos)))
-      (global.set $pos (i32.add (global.get $pos) (i32.const 1)))
-      (local.set $result
-        (i64.or (local.get $result)
-          (i64.shl (i64.extend_i32_u (i32.and (local.get $byte) (i32.const 0x7f)))
-                   (local.get $shift))))
-      (local.set $shift (i64.add (local.get $shift) (i64.const 7)))
-      (br_if $more (i32.and (local.get $byte) (i32.const 0x80))))
-    (local.get $result))
-  (func $skip_bytes
-    (local $len i32)
-    (local.set $len (i32.wrap_i64 (call $varint)))
-    (global.set $pos (i32.add (global.get $pos) (local.get $len))))
-  (func (export "wasmgate_handle") (param $len i32) (result i32)
-    (local $payload i32) (local $payload_len i32)
-    (drop (call $event_read (i32.const 0) (i32.const 60000)))
-    (global.set $pos (i32.const 0))
-    (drop (call $varint))      ;; context.request_id
-    (call $skip_bytes)         ;; context.function
-    (call $skip_bytes)         ;; context.version
-    (drop (call $varint))      ;; context.attempt
-    (drop (call $varint))      ;; context.deadline_ms
-    (drop (call $varint))      ;; Event::Mqtt
-    (call $skip_bytes)         ;; topic
-    (local.set $payload_len (i32.wrap_i64 (call $varint)))
-    (local.set $payload (global.get $pos))
-    (call $log
+    support::guest::mqtt_guest(
+        r#"(import "wasmgate" "log" (func $log (param i32 i32 i32)))"#,
+        "",
+        r#"(call $log
       (i32.sub (i32.load8_u (local.get $payload)) (i32.const 48))
       (i32.add (local.get $payload) (i32.const 2))
       (i32.sub (local.get $payload_len) (i32.const 2)))
-    (i32.const 0))
-)"#;
-    wat::parse_str(wat).expect("guest WAT")
+    (i32.const 0)"#,
+    )
 }
 
 fn start(logs: &str) -> (GatewayProcess, u16, u16) {

@@ -276,41 +276,13 @@ fn a_scrape_shows_each_functions_events_outcomes_versions_and_the_outbox() {
 /// Reports one counter named by each MQTT payload (`seen{device="vm-1"}`),
 /// as a function that puts a device id in a label would.
 fn counter_per_payload() -> Vec<u8> {
-    let wat = r#"(module
-  (import "wasmgate" "event_read" (func $event_read (param i32 i32) (result i32)))
-  (import "wasmgate" "metric" (func $metric (param i32 i32 i32 f64) (result i32)))
-  (memory (export "memory") 1)
-  (global $pos (mut i32) (i32.const 0))
-  (func (export "wasmgate_abi_version") (result i32) (i32.const 1))
-  (func $varint (result i64)
-    (local $result i64) (local $shift i64) (local $byte i32)
-    (loop $more
-      (local.set $byte (i32.load8_u (global.get $pos)))
-      (global.set $pos (i32.add (global.get $pos) (i32.const 1)))
-      (local.set $result
-        (i64.or (local.get $result)
-          (i64.shl (i64.extend_i32_u (i32.and (local.get $byte) (i32.const 0x7f)))
-                   (local.get $shift))))
-      (local.set $shift (i64.add (local.get $shift) (i64.const 7)))
-      (br_if $more (i32.and (local.get $byte) (i32.const 0x80))))
-    (local.get $result))
-  (func $skip_bytes
-    (local $len i32)
-    (local.set $len (i32.wrap_i64 (call $varint)))
-    (global.set $pos (i32.add (global.get $pos) (local.get $len))))
-  (func (export "wasmgate_handle") (param $len i32) (result i32)
-    (local $payload_len i32)
-    (drop (call $event_read (i32.const 0) (i32.const 60000)))
-    (global.set $pos (i32.const 0))
-    (drop (call $varint)) (call $skip_bytes) (call $skip_bytes)
-    (drop (call $varint)) (drop (call $varint)) (drop (call $varint))
-    (call $skip_bytes)
-    (local.set $payload_len (i32.wrap_i64 (call $varint)))
-    ;; Its status is ignored, as a careless guest would.
-    (drop (call $metric (global.get $pos) (local.get $payload_len) (i32.const 0) (f64.const 1)))
-    (i32.const 0))
-)"#;
-    wat::parse_str(wat).expect("guest WAT")
+    support::guest::mqtt_guest(
+        r#"(import "wasmgate" "metric" (func $metric (param i32 i32 i32 f64) (result i32)))"#,
+        "",
+        // Its status is ignored, as a careless guest would.
+        r#"(drop (call $metric (local.get $payload) (local.get $payload_len) (i32.const 0) (f64.const 1)))
+    (i32.const 0)"#,
+    )
 }
 
 #[test]

@@ -154,7 +154,7 @@ struct Api {
     ready: Arc<std::sync::atomic::AtomicBool>,
     /// What `/metrics` reads.
     sources: Arc<crate::scrape::Sources>,
-    usage: Arc<crate::pipeline::UsageFlusher>,
+    usage: Arc<crate::usage::UsageFlusher>,
 }
 
 /// Where the API's endpoints reach the gateway, bar the registry.
@@ -164,7 +164,7 @@ pub struct Handles {
     pub ready: Arc<std::sync::atomic::AtomicBool>,
     pub sources: Arc<crate::scrape::Sources>,
     /// Flushed before `/v1/cost` reads, so that it is current.
-    pub usage: Arc<crate::pipeline::UsageFlusher>,
+    pub usage: Arc<crate::usage::UsageFlusher>,
 }
 
 impl axum::extract::FromRef<Api> for Arc<Registry> {
@@ -1018,7 +1018,7 @@ mod tests {
             commands,
             ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             sources: sources.clone(),
-            usage: Arc::new(crate::pipeline::UsageFlusher::new(sources)),
+            usage: Arc::new(crate::usage::UsageFlusher::new(sources)),
         };
         tokio::spawn(control.serve(registry, handles, stopped));
         let data_dir = dir.path().to_owned();

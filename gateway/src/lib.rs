@@ -21,6 +21,7 @@ pub mod event;
 pub mod examples;
 pub mod files;
 pub mod functions;
+pub mod histogram;
 pub mod local;
 pub mod metrics;
 pub mod mqtt;
@@ -40,5 +41,6 @@ pub mod text;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod triggers;
+pub mod usage;
 
 pub use pipeline::{run, run_from, Gateway, GatewayError, Source};

@@ -129,6 +129,29 @@ pub fn render(run: &LocalRun) -> String {
         if report.logs_dropped > 0 {
             let _ = writeln!(out, "  ({} more log lines dropped)", report.logs_dropped);
         }
+        // What a gateway would add to its /metrics, were this a success there.
+        if !report.metrics.is_empty() {
+            let _ = writeln!(out, "metrics  {}", report.metrics.len());
+            for m in &report.metrics {
+                let labels: Vec<String> = m
+                    .labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}=\"{v}\""))
+                    .collect();
+                let labels = if labels.is_empty() {
+                    String::new()
+                } else {
+                    format!("{{{}}}", labels.join(","))
+                };
+                let _ = writeln!(
+                    out,
+                    "  {:<9} {}{labels} {}",
+                    format!("{:?}", m.kind).to_lowercase(),
+                    m.name,
+                    m.value
+                );
+            }
+        }
         if report.refused_count > 0 {
             let _ = writeln!(out, "refused");
             for reason in &report.refused {
@@ -299,6 +322,12 @@ pub fn report_json(report: &Report) -> Value {
             "message": l.message,
         })).collect::<Vec<_>>(),
         "logs_dropped": report.logs_dropped,
+        "metrics": report.metrics.iter().map(|m| json!({
+            "name": m.name,
+            "labels": m.labels.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+            "kind": format!("{:?}", m.kind).to_lowercase(),
+            "value": m.value,
+        })).collect::<Vec<_>>(),
         "refused": report.refused,
         "refused_count": report.refused_count,
         "cost": {

@@ -36,7 +36,7 @@ pub struct DrainSource {
     pub refused: Arc<AtomicU64>,
     pub undeliverable: Arc<AtomicU64>,
     /// Its broker connection.
-    pub link: Arc<crate::pipeline::Link>,
+    pub link: Arc<crate::metrics::Link>,
 }
 
 /// The embedded broker's last report, if it runs.
@@ -447,7 +447,7 @@ impl prometheus_client::collector::Collector for Collect {
                 (by_version(v), ConstGauge::new(n))
             }),
         )?;
-        let histograms: [Histogrammed<crate::metrics::VersionUsage>; 2] = [
+        let histograms: [Histogrammed<crate::runtime::VersionUsage>; 2] = [
             (
                 "wasmgate_function_run_seconds",
                 "The version's own time per invocation, from taking an instance to the handler's end.",

@@ -341,7 +341,7 @@ mod tests {
                 delivered: counter(5),
                 refused: counter(1),
                 undeliverable: counter(2),
-                link: std::sync::Arc::new(crate::pipeline::Link {
+                link: std::sync::Arc::new(crate::metrics::Link {
                     connected: true.into(),
                     connects: 3.into(),
                 }),

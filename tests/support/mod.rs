@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod gateway;
+pub mod guest;
 pub mod http;
 pub mod mosquitto;
 pub mod mqtt;

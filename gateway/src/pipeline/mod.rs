@@ -12,21 +12,19 @@ mod outbox;
 pub mod plan;
 mod retry;
 mod unit;
-mod usage;
 
 pub use crate::mqtt::{Backoff, Endpoint};
 pub use apply::ApplyError;
 pub use batch::{decode as decode_batch, BatchError, BatchSettings, Compression};
 pub use dispatch::FailurePolicy;
-pub use outbox::Link;
 pub use retry::{RetryPolicy, Stop};
-pub use usage::UsageFlusher;
 
 use crate::config::{BrokerMode, Config, FunctionConfig};
 use crate::metrics::FunctionMetrics;
 use crate::runtime::{FunctionSpec, Grants, Limits, LoadError, Runtime};
 use crate::store::{OutboxDestination, Store, StoreError, StoreOptions};
 use crate::triggers::invoke::Intakes;
+use crate::usage::UsageFlusher;
 use dispatch::{Dispatcher, Sinks};
 use outbox::Drain;
 use std::collections::HashMap;
@@ -522,7 +520,7 @@ impl Gateway {
         let usage_task = tokio::spawn({
             let usage = usage.clone();
             async move {
-                let mut every = tokio::time::interval(usage::FLUSH_EVERY);
+                let mut every = tokio::time::interval(crate::usage::FLUSH_EVERY);
                 every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     every.tick().await;

@@ -45,6 +45,7 @@
 //! outbox once the cause is fixed.
 
 use super::batch::{self, BatchSettings, Unit};
+use crate::metrics::Link;
 use crate::mqtt::{self, Backoff, Client, Endpoint, PollError, Polled};
 use crate::store::{OutboxDestination, OutboxRow, Store};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -112,14 +113,6 @@ pub struct Drain {
     /// Whether its broker connection is up, and how often it came up.
     pub link: Arc<Link>,
     task: tokio::task::JoinHandle<()>,
-}
-
-/// A drain's connection to its broker, as `/metrics` and the dashboard show it.
-#[derive(Debug, Default)]
-pub struct Link {
-    pub connected: AtomicBool,
-    /// Connections made (the broker's CONNACK); all but the first are reconnects.
-    pub connects: AtomicU64,
 }
 
 impl Drain {

@@ -8,6 +8,8 @@
 //! threads, never on the async reactor.
 
 mod check;
+mod usage;
+pub use usage::VersionUsage;
 mod effects;
 mod error;
 mod host;
@@ -490,7 +492,7 @@ pub struct Function {
     warm_starts: AtomicU64,
     /// What this version's invocations used: for `/metrics`, the cost
     /// report and right-sizing.
-    usage: crate::metrics::VersionUsage,
+    usage: VersionUsage,
 }
 
 impl fmt::Debug for Function {
@@ -529,7 +531,7 @@ impl Function {
         self.cold_starts.load(Ordering::Relaxed)
     }
 
-    pub fn usage(&self) -> &crate::metrics::VersionUsage {
+    pub fn usage(&self) -> &VersionUsage {
         &self.usage
     }
 

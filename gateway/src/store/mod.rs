@@ -274,9 +274,9 @@ pub struct StoreStats {
     pub log_lines_dropped: AtomicU64,
     /// How long each transaction took, from its first statement to the
     /// end of its commit (the fsync).
-    pub commit_seconds: crate::metrics::Histogram,
+    pub commit_seconds: crate::histogram::Histogram,
     /// Invocations' effects per transaction: what group commit shares.
-    pub commit_size: crate::metrics::Histogram,
+    pub commit_size: crate::histogram::Histogram,
 }
 
 enum Request {

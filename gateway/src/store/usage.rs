@@ -7,7 +7,7 @@
 //! store's next transaction.
 
 use super::{lock, Request, Store, StoreError};
-use crate::metrics::BUCKETS;
+use crate::histogram::BUCKETS;
 use rusqlite::{params, OptionalExtension, Transaction};
 
 /// What one version used in one hour (or, added up, over a window).

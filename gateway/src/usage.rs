@@ -1,4 +1,4 @@
-//! Moves what each version's invocations used (`metrics::VersionUsage`,
+//! Moves what each version's invocations used (`runtime::VersionUsage`,
 //! counters since the start) into the store's hourly rows
 //! (`store::usage`), as the difference since the last flush: every few
 //! seconds, when `/v1/cost` asks (so it is current), and at shutdown.
