@@ -74,6 +74,11 @@ pub struct Report {
 
 /// Adds up the rows of each version, prices them and advises.
 pub fn report(rows: &[UsageRow], since_ms: i64, until_ms: i64, prices: Prices) -> Report {
+    // Usage is kept by whole hours: the window starts with the hour that
+    // holds `since_ms`, or an hour's usage would be priced as minutes'.
+    let until_ms = until_ms.max(0);
+    let since_ms = since_ms.clamp(0, until_ms);
+    let since_ms = since_ms - since_ms.rem_euclid(crate::store::usage::HOUR_MS);
     let mut by_version: BTreeMap<(String, String), Vec<&UsageRow>> = BTreeMap::new();
     for row in rows {
         by_version

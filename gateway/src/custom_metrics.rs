@@ -92,9 +92,9 @@ impl MetricUpdate {
                 .strip_prefix('"')
                 .and_then(|v| v.strip_suffix('"'))
                 .ok_or_else(bad)?;
-            if !identifier(key, MAX_NAME_BYTES) || key == "function" {
+            if !identifier(key, MAX_NAME_BYTES) || key == "le" || key.starts_with("__") {
                 return Err(format!(
-                    "metric {text:?}: label {key:?} is not a name (or is `function`, which the gateway sets)"
+                    "metric {text:?}: label {key:?} is not a name (or is `le` or `__...`, which Prometheus keeps for itself)"
                 ));
             }
             if value.len() > MAX_LABEL_VALUE_BYTES
@@ -161,10 +161,11 @@ pub struct CustomMetrics {
 }
 
 impl CustomMetrics {
-    /// Applies a successful invocation's updates; returns how many were refused.
-    pub fn apply(&self, updates: &[MetricUpdate]) -> u64 {
+    /// Applies a successful invocation's updates; returns how many were
+    /// refused, and how many had been before.
+    pub fn apply(&self, updates: &[MetricUpdate]) -> (u64, u64) {
         if updates.is_empty() {
-            return 0;
+            return (0, 0);
         }
         let mut families = self.families.lock().unwrap_or_else(|e| e.into_inner());
         let mut refused = 0;
@@ -214,8 +215,8 @@ impl CustomMetrics {
                 }
             }
         }
-        self.refused.fetch_add(refused, Ordering::Relaxed);
-        refused
+        let before = self.refused.fetch_add(refused, Ordering::Relaxed);
+        (refused, before)
     }
 
     /// The families as they are now, for a scrape.
@@ -264,7 +265,8 @@ mod tests {
             ("a-b", "a name"),
             ("x{slot=a3}", "key=\"value\""),
             ("x{slot=\"a3\"", "end with"),
-            ("x{function=\"f\"}", "function"),
+            ("x{le=\"1\"}", "le"),
+            ("x{__name__=\"y\"}", "__"),
             ("x{a=\"1\",a=\"2\"}", "twice"),
             ("x{a=\"1\",b=\"2\",c=\"3\",d=\"4\"}", "at most 3"),
             ("x{a=\"q\\\"\"}", "printable"),
@@ -309,10 +311,11 @@ mod tests {
                 )
             })
             .collect();
-        assert_eq!(m.apply(&per_device), 300 - MAX_SERIES as u64);
+        assert_eq!(m.apply(&per_device).0, 300 - MAX_SERIES as u64);
         // The series there keep counting.
         assert_eq!(
-            m.apply(&[update("seen{device=\"vm-1\"}", MetricKind::Counter, 1.0)]),
+            m.apply(&[update("seen{device=\"vm-1\"}", MetricKind::Counter, 1.0)])
+                .0,
             0
         );
         assert_eq!(
@@ -320,7 +323,10 @@ mod tests {
             Value::Counter(2.0)
         );
         // A new name finds no room left either.
-        assert_eq!(m.apply(&[update("other", MetricKind::Gauge, 1.0)]), 1);
+        assert_eq!(
+            m.apply(&[update("other", MetricKind::Gauge, 1.0)]),
+            (1, 300 - MAX_SERIES as u64)
+        );
         assert_eq!(
             m.refused.load(Ordering::Relaxed),
             300 - MAX_SERIES as u64 + 1
@@ -330,9 +336,9 @@ mod tests {
         let many: Vec<MetricUpdate> = (0..40)
             .map(|i| update(&format!("n{i}"), MetricKind::Gauge, 1.0))
             .collect();
-        assert_eq!(names.apply(&many), 40 - MAX_NAMES as u64);
+        assert_eq!(names.apply(&many).0, 40 - MAX_NAMES as u64);
         // A name used with another kind is refused too.
-        assert_eq!(names.apply(&[update("n0", MetricKind::Counter, 1.0)]), 1);
+        assert_eq!(names.apply(&[update("n0", MetricKind::Counter, 1.0)]).0, 1);
     }
 
     #[test]

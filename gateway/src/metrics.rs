@@ -44,8 +44,8 @@ pub struct FunctionMetrics {
     pub throttled: AtomicU64,
     /// Emits and invokes the host refused (bad topics, outside the grants).
     pub refused: AtomicU64,
-    /// Jobs in its queues, not yet taken by a worker (signed: a worker may
-    /// take a job before its sender counts it).
+    /// Events in its queues (and batch windows), not yet taken by a
+    /// worker (signed: a worker may take one before its sender counts it).
     pub queued: std::sync::atomic::AtomicI64,
     /// Its log lines kept (the journal and the log ring), and dropped:
     /// over `logs.rate`, or past the lines one invocation may write.

@@ -39,9 +39,11 @@ impl Flushed {
     }
 }
 
-/// Each version seen running, by (function, version), with what of it
-/// was flushed.
-type Seen = HashMap<(String, String), (Arc<Function>, Flushed)>;
+/// Each deployed version seen running, by function and the `Function`'s
+/// address (a change of limits alone builds a new `Function` of the same
+/// version, with counters of its own), with what of it was flushed. The
+/// map holds the `Arc`, so an address is not reused while it is a key.
+type Seen = HashMap<(String, usize), (Arc<Function>, Flushed)>;
 
 #[derive(Debug)]
 pub struct UsageFlusher {
@@ -83,17 +85,18 @@ impl UsageFlusher {
             }
         }
         for (name, f) in &running {
-            seen.entry((name.clone(), f.version().to_owned()))
+            seen.entry((name.clone(), Arc::as_ptr(f) as usize))
                 .or_insert_with(|| (f.clone(), Flushed::default()));
         }
         let mut rows = Vec::new();
-        for ((name, version), (f, before)) in seen.iter_mut() {
+        for ((name, _), (f, before)) in seen.iter_mut() {
+            let version = f.version();
             let now = Flushed::of(f);
             if now.invocations > before.invocations {
                 let u = f.usage();
                 rows.push(UsageRow {
                     function: name.clone(),
-                    version: version.clone(),
+                    version: version.to_owned(),
                     hour_ms,
                     invocations: now.invocations - before.invocations,
                     failed: now.failed.saturating_sub(before.failed),
@@ -115,10 +118,10 @@ impl UsageFlusher {
             *before = now;
         }
         // Versions no longer running have been flushed a last time.
-        seen.retain(|(name, version), _| {
+        seen.retain(|(name, address), _| {
             running
                 .iter()
-                .any(|(n, f)| n == name && f.version() == version)
+                .any(|(n, f)| n == name && Arc::as_ptr(f) as usize == *address)
         });
         self.sources.store().record_usage(rows, done);
     }

@@ -177,7 +177,14 @@ struct Worker {
 impl Worker {
     fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         while let Some(job) = rx.blocking_recv() {
-            self.metrics.queued.fetch_sub(1, Ordering::Relaxed);
+            // A batch job holds several events, each counted as it came.
+            let events = match &job.settle {
+                Settle::Batch(items) => items.len(),
+                _ => 1,
+            };
+            self.metrics
+                .queued
+                .fetch_sub(events as i64, Ordering::Relaxed);
             self.handle(job);
         }
     }
@@ -323,8 +330,8 @@ impl Worker {
     /// the function's bounds refuse some, a warning says so; after that
     /// they are counted in `/metrics` only.
     fn apply_custom_metrics(&self, updates: &[crate::custom_metrics::MetricUpdate]) {
-        let refused = self.metrics.custom.apply(updates);
-        if refused > 0 && self.metrics.custom.refused.load(Ordering::Relaxed) == refused {
+        let (refused, before) = self.metrics.custom.apply(updates);
+        if refused > 0 && before == 0 {
             tracing::warn!(
                 function = self.function.name(),
                 refused,

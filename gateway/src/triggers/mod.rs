@@ -278,12 +278,12 @@ impl Intake {
         let n = items.len();
         self.metrics.received.fetch_add(n as u64, Ordering::Relaxed);
         self.in_flight.fetch_add(n, Ordering::SeqCst);
-        self.metrics.queued.fetch_add(1, Ordering::Relaxed);
+        self.metrics.queued.fetch_add(n as i64, Ordering::Relaxed);
         let shard = self.shards[shard_for(key, self.shards.len())].clone();
         match shard.send(batch::batch(items)).await {
             Ok(()) => true,
             Err(mpsc::error::SendError(job)) => {
-                self.metrics.queued.fetch_sub(1, Ordering::Relaxed);
+                self.metrics.queued.fetch_sub(n as i64, Ordering::Relaxed);
                 job.settle.resolve(false);
                 self.in_flight.fetch_sub(n, Ordering::SeqCst);
                 false
