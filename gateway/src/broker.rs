@@ -302,9 +302,13 @@ impl EmbeddedBroker {
     pub fn counter(&self) -> impl Fn() -> Option<BrokerCounts> + Send + Sync + 'static {
         let shared = self.shared.clone();
         move || {
-            lock(&shared.counts).clone().map(|mut counts| {
-                counts.restarts = shared.restarts.load(Ordering::Relaxed);
-                counts
+            // While it restarts its counts are gone, but its restarts are
+            // what an alert on a crash-looping broker needs most.
+            let restarts = shared.restarts.load(Ordering::Relaxed);
+            let counts = lock(&shared.counts).clone();
+            (counts.is_some() || restarts > 0).then(|| BrokerCounts {
+                restarts,
+                ..counts.unwrap_or_default()
             })
         }
     }

@@ -672,10 +672,17 @@ fn admin_endpoints() -> Vec<(&'static str, MethodRouter<Api>)> {
 
 /// `/metrics`, as a scraper takes it.
 pub async fn metrics(sources: Arc<crate::scrape::Sources>) -> Response {
-    // A scrape reads the outbox's backlog from SQLite: off the reactor.
-    let text = tokio::task::spawn_blocking(move || sources.render())
-        .await
-        .unwrap_or_default();
+    // One scrape at a time: each reads the outbox's backlog from SQLite
+    // (off the reactor), and the `[metrics] listen` address takes no token,
+    // so a client looping on it must not fill the blocking pool.
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let Ok(text) = tokio::task::spawn_blocking(move || sources.render()).await else {
+        // An empty 200 would read as "no metrics"; a 500 reads as a failed scrape.
+        let mut response = Response::new(Body::from("the metrics could not be rendered\n"));
+        *response.status_mut() = axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+        return response;
+    };
     let mut response = Response::new(Body::from(text));
     response.headers_mut().insert(
         axum::http::header::CONTENT_TYPE,

@@ -230,11 +230,17 @@ impl CustomMetrics {
 
 /// `wasmgate_fn_<function>_<name>`: a function's name with what a metric
 /// name cannot hold (`-`, `.`) as `_`.
-pub fn exported_name(function: &str, name: &str) -> String {
+pub fn exported_name(function: &str, name: &str, kind: MetricKind) -> String {
     let function: String = function
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
+    // The encoder adds `_total` to a counter: `dispensed_total` would
+    // become `..._total_total`.
+    let name = match kind {
+        MetricKind::Counter => name.strip_suffix("_total").unwrap_or(name),
+        _ => name,
+    };
     format!("wasmgate_fn_{function}_{name}")
 }
 
@@ -344,8 +350,17 @@ mod tests {
     #[test]
     fn exported_names_hold_only_what_a_metric_name_may() {
         assert_eq!(
-            exported_name("vending-v2.1", "sold"),
+            exported_name("vending-v2.1", "sold", MetricKind::Gauge),
             "wasmgate_fn_vending_v2_1_sold"
+        );
+        // The encoder adds `_total` to counters itself.
+        assert_eq!(
+            exported_name("vm", "dispensed_total", MetricKind::Counter),
+            "wasmgate_fn_vm_dispensed"
+        );
+        assert_eq!(
+            exported_name("vm", "dispensed_total", MetricKind::Gauge),
+            "wasmgate_fn_vm_dispensed_total"
         );
     }
 }

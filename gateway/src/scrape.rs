@@ -182,10 +182,15 @@ fn histogram<'v>(
 }
 
 /// A function's own metrics (`metric`), each name a family of its own.
+/// `taken`: the names exported so far. Two functions can map to one name
+/// (`robot-pose` and `robot_pose`, or `a` reporting `b_c` and `a_b`
+/// reporting `c`); a family twice makes the whole scrape invalid, so the
+/// second is left out, and a warning says so once.
 fn custom(
     e: &mut DescriptorEncoder<'_>,
     function: &str,
     metrics: &crate::custom_metrics::CustomMetrics,
+    taken: &mut std::collections::HashSet<String>,
 ) -> Result<(), std::fmt::Error> {
     use crate::custom_metrics::{exported_name, Value, BUCKET_BOUNDS};
     use wasmgate_abi::MetricKind;
@@ -196,7 +201,20 @@ fn custom(
             MetricKind::Histogram => MetricType::Histogram,
         };
         let help = format!("Reported by function {function} (metric {name:?}).");
-        let exported = exported_name(function, &name);
+        let exported = exported_name(function, &name, f.kind);
+        if !taken.insert(exported.clone()) {
+            static WARNED: std::sync::atomic::AtomicBool =
+                std::sync::atomic::AtomicBool::new(false);
+            if !WARNED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    function,
+                    metric = %name,
+                    exported = %exported,
+                    "a custom metric is left out of /metrics: another function's metric has the same exported name (rename one)"
+                );
+            }
+            continue;
+        }
         let mut metric = e.encode_descriptor(&exported, &help, None, kind)?;
         for (labels, value) in &f.series {
             let labels: Vec<(&str, &str)> = labels
@@ -373,8 +391,9 @@ impl prometheus_client::collector::Collector for Collect {
                 (vec![("function", f.name.as_str())], counter(n))
             }),
         )?;
+        let mut taken = std::collections::HashSet::new();
         for f in &functions {
-            custom(&mut e, &f.name, &f.metrics.custom)?;
+            custom(&mut e, &f.name, &f.metrics.custom, &mut taken)?;
         }
         // Per version: the share of events `live` gives it, its starts,
         // and what its invocations used.
