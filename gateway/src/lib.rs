@@ -40,6 +40,7 @@ pub mod systemd;
 pub mod text;
 #[cfg(feature = "tls")]
 pub mod tls;
+pub mod trace;
 pub mod triggers;
 pub mod usage;
 

@@ -347,6 +347,7 @@ impl Registry {
                 effects,
                 dedup: Vec::new(),
                 cursors: Vec::new(),
+                trace: None,
                 done: Box::new(move |result| {
                     let _ = tx.send(result.is_ok());
                 }),

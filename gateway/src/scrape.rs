@@ -49,6 +49,8 @@ pub struct Sources {
     functions: RwLock<Vec<FunctionSource>>,
     drains: RwLock<Vec<DrainSource>>,
     broker: RwLock<Option<BrokerSource>>,
+    /// The span exporter's counts, with `[tracing]`.
+    traces: RwLock<Option<Arc<crate::pipeline::spans::ExportStats>>>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -66,7 +68,12 @@ impl Sources {
             functions: RwLock::new(Vec::new()),
             drains: RwLock::new(Vec::new()),
             broker: RwLock::new(None),
+            traces: RwLock::new(None),
         }
+    }
+
+    pub fn set_traces(&self, stats: Arc<crate::pipeline::spans::ExportStats>) {
+        *self.traces.write().unwrap_or_else(PoisonError::into_inner) = Some(stats);
     }
 
     pub fn set_broker(&self, counts: impl Fn() -> Option<BrokerCounts> + Send + Sync + 'static) {
@@ -667,6 +674,66 @@ impl prometheus_client::collector::Collector for Collect {
                 .map(|d| (vec![("destination", d.destination)], get(&d.link.connects)))
                 .collect::<Vec<_>>(),
         )?;
+        let traces = self
+            .0
+            .traces
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(traces) = traces {
+            let counted: [(&str, &str, &AtomicU64); 3] = [
+                (
+                    "wasmgate_trace_spans_exported",
+                    "Spans the OTLP collector took.",
+                    &traces.exported,
+                ),
+                (
+                    "wasmgate_trace_spans_refused",
+                    "Spans the collector refused for good (a 4xx answer other than 429): dropped.",
+                    &traces.refused,
+                ),
+                (
+                    "wasmgate_trace_export_failures",
+                    "Export requests that failed (collector unreachable, 5xx, 429) and are retried.",
+                    &traces.failures,
+                ),
+            ];
+            for (name, help, c) in counted {
+                family(
+                    &mut e,
+                    name,
+                    help,
+                    MetricType::Counter,
+                    [(Labels::new(), get(c))],
+                )?;
+            }
+            family(
+                &mut e,
+                "wasmgate_trace_spans_dropped",
+                "Spans dropped before the collector had them: past tracing.keep, or the buffer before the database was full.",
+                MetricType::Counter,
+                [(Labels::new(), get(&self.0.store.stats().spans_dropped))],
+            )?;
+            // Read from SQLite, as the outbox's backlog is.
+            let waiting = self.0.store.spans_waiting().unwrap_or(0);
+            family(
+                &mut e,
+                "wasmgate_trace_spans_waiting",
+                "Spans in the database waiting for the collector.",
+                MetricType::Gauge,
+                [(Labels::new(), ConstGauge::new(waiting as i64))],
+            )?;
+            family(
+                &mut e,
+                "wasmgate_trace_collector_reachable",
+                "1 when the last export request reached the collector.",
+                MetricType::Gauge,
+                [(
+                    Labels::new(),
+                    ConstGauge::new(i64::from(traces.reachable.load(Ordering::Relaxed))),
+                )],
+            )?;
+        }
         if let Some(broker) = self.0.broker() {
             family(
                 &mut e,

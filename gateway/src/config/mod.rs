@@ -139,6 +139,9 @@ pub struct Config {
     /// Functions' log lines: how many are kept, how fast each may write.
     #[serde(default)]
     pub logs: LogsConfig,
+    /// Spans of invocations, exported over OTLP; off by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingConfig>,
     /// The functions this gateway runs; a function's index here is its
     /// [`FunctionId`] in [`Config::router`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -160,6 +163,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             metrics: MetricsConfig::default(),
             logs: LogsConfig::default(),
+            tracing: None,
             functions: Vec::new(),
             origin: Origin::default(),
         }
@@ -264,6 +268,44 @@ impl LogsConfig {
 
     pub fn rate(&self) -> u32 {
         self.rate.unwrap_or(DEFAULT_LOG_RATE)
+    }
+}
+
+/// Trace context and spans (`[tracing]`): with it, every invocation is a
+/// span, a child of the `traceparent` its event brought (MQTT 5 user
+/// property, HTTP header) or the root of a trace, and what it sends on
+/// carries it. Spans wait in the database until the collector takes them,
+/// so traces survive a link or collector outage, and a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// The collector's OTLP/HTTP traces endpoint, in full:
+    /// `"http://collector:4318/v1/traces"` (protobuf encoding).
+    pub endpoint: String,
+    /// The `service.name` the spans are reported under. Default
+    /// `"wasmgate"`; the gateway id goes in `service.instance.id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+    /// Spans kept while the collector cannot be reached, the newest; the
+    /// oldest beyond are dropped and counted. Default 100,000 (about 20 MB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep: Option<u32>,
+    /// For an `https://` endpoint: the CA to trust (the system's roots by
+    /// default) and a client certificate, as for `[upstream.tls]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+/// Default [`TracingConfig::keep`].
+pub const DEFAULT_SPANS_KEPT: u32 = 100_000;
+
+impl TracingConfig {
+    pub fn keep(&self) -> u32 {
+        self.keep.unwrap_or(DEFAULT_SPANS_KEPT)
+    }
+
+    pub fn service_name(&self) -> &str {
+        self.service_name.as_deref().unwrap_or("wasmgate")
     }
 }
 
@@ -1504,6 +1546,9 @@ impl Config {
             }
         }
         if let Some(tls) = self.upstream.as_mut().and_then(|u| u.tls.as_mut()) {
+            tls.files_mut().for_each(resolve);
+        }
+        if let Some(tls) = self.tracing.as_mut().and_then(|t| t.tls.as_mut()) {
             tls.files_mut().for_each(resolve);
         }
         for function in &mut self.functions {

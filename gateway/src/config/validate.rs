@@ -556,6 +556,22 @@ fn http(c: &mut Checker, config: &Config) {
     if let Some(n) = config.logs.rate {
         c.range(logs.key("rate"), n.into(), 0, 100_000);
     }
+    if let Some(tracing) = &config.tracing {
+        let path = FieldPath::root().key("tracing");
+        if let Err(why) = crate::pipeline::spans::Endpoint::parse(&tracing.endpoint) {
+            c.push(
+                path.key("endpoint"),
+                Kind::InvalidValue {
+                    value: format!("{} ({why})", tracing.endpoint),
+                    expected:
+                        "an OTLP/HTTP traces URL, such as \"http://collector:4318/v1/traces\"",
+                },
+            );
+        }
+        if let Some(n) = tracing.keep {
+            c.range(path.key("keep"), n.into(), 1, 10_000_000);
+        }
+    }
     let mut seen: Vec<(crate::triggers::route::Route, String)> = Vec::new();
     for (i, f) in config.functions.iter().enumerate() {
         for (j, t) in f.triggers.iter().enumerate() {

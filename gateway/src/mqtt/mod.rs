@@ -195,23 +195,37 @@ impl Client {
         }
     }
 
-    /// Queues a publish; fails only when the event loop is gone.
+    /// Queues a publish; fails only when the event loop is gone. `trace`:
+    /// the span it continues, sent as the `traceparent` (and `tracestate`)
+    /// user properties on MQTT 5; MQTT 3.1.1 has no place for it.
     pub async fn publish(
         &self,
         topic: String,
         qos: u8,
         retain: bool,
         payload: Vec<u8>,
+        trace: Option<&crate::trace::TraceContext>,
     ) -> Result<(), String> {
         match self {
             Client::V3(c) => c
                 .publish(topic, qos3(qos), retain, payload)
                 .await
                 .map_err(|e| e.to_string()),
-            Client::V5(c) => c
-                .publish(topic, qos5(qos), retain, payload)
-                .await
-                .map_err(|e| e.to_string()),
+            Client::V5(c) => match trace {
+                Some(trace) => {
+                    let properties = p5::PublishProperties {
+                        user_properties: trace.properties(),
+                        ..Default::default()
+                    };
+                    c.publish_with_properties(topic, qos5(qos), retain, payload, properties)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                None => c
+                    .publish(topic, qos5(qos), retain, payload)
+                    .await
+                    .map_err(|e| e.to_string()),
+            },
         }
     }
 

@@ -45,12 +45,20 @@ pub struct Unit {
     pub payload: Vec<u8>,
     pub qos: u8,
     pub retain: bool,
+    /// The span that emitted it, for an MQTT 5 link to send on as the
+    /// `traceparent` user property. A batch has none: its messages came
+    /// from many spans.
+    pub trace: Option<crate::trace::TraceContext>,
 }
 
 impl Unit {
     pub fn single(row: OutboxRow) -> Unit {
         Unit {
             rows: vec![row.id],
+            trace: row
+                .trace
+                .as_deref()
+                .and_then(crate::trace::TraceContext::from_stored),
             topic: row.topic,
             payload: row.payload,
             qos: row.qos,
@@ -112,6 +120,7 @@ fn batch(rows: Vec<OutboxRow>, settings: &BatchSettings) -> Unit {
         payload,
         qos,
         retain: false,
+        trace: None,
     }
 }
 
@@ -235,6 +244,7 @@ mod tests {
             qos: 1,
             retain: false,
             function: "f".into(),
+            trace: None,
         }
     }
 

@@ -22,6 +22,7 @@ use crate::event::OwnedEvent;
 use crate::metrics::{inc, FunctionMetrics};
 use crate::runtime::{Function, KvRead};
 use crate::store::{Attempt, Commit, Cursor, NewDeadLetter, Seen, Store};
+use crate::trace::TraceContext;
 use crate::triggers::http::Answer;
 use crate::triggers::{ordering_key, Intake, Job, Settle};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -45,6 +46,8 @@ pub struct Sinks {
     pub request_ids: Arc<AtomicU64>,
     /// Log lines a second each function may keep (`logs.rate`; 0: all).
     pub log_rate: u32,
+    /// `[tracing]` is on: each invocation is a span.
+    pub tracing: bool,
 }
 
 impl Sinks {
@@ -194,7 +197,7 @@ impl Worker {
     /// the worker does not wait for that, so one fsync serves many
     /// invocations. An event that fails its last attempt is finished the same
     /// way once its dead letter commits.
-    fn handle(&mut self, job: Job) {
+    fn handle(&mut self, mut job: Job) {
         // `self.function` is the last event's version until the pick below:
         // the dedup check needs only its name, which every version shares.
         let settle = match job.settle {
@@ -221,6 +224,13 @@ impl Worker {
         let f = self.function.clone();
         let event = job.event.as_event();
         let topic = ordering_key(&job.event);
+        let mut span = self.sinks.tracing.then(|| {
+            let parent = job
+                .trace
+                .take()
+                .or_else(|| TraceContext::from_event(&job.event));
+            Traced::start(&self.sinks.store, &f, request_id, &job.event, parent)
+        });
         let mut attempts = Vec::new();
         let mut attempt = 1;
         loop {
@@ -237,7 +247,11 @@ impl Worker {
                     done.settle.tell(Answer::Ran {
                         request_id,
                         response: effects.response.take(),
+                        trace: span.as_ref().map(Traced::traceparent),
                     });
+                    if let Some(span) = &mut span {
+                        span.attempts = attempt;
+                    }
                     let posts = std::mem::take(&mut effects.posts);
                     // A client holding its connection for the answer.
                     let waited_for = matches!(done.settle, Settle::Http(_));
@@ -246,6 +260,7 @@ impl Worker {
                         effects,
                         dedup: job.dedup.into_iter().collect(),
                         cursors: settles.into_iter().collect(),
+                        trace: span.as_ref().map(Traced::stored),
                         done: self
                             .sinks
                             .posting(f.name(), posts, move |durable| done.finish(durable)),
@@ -300,11 +315,19 @@ impl Worker {
                     attempt,
                     "stopping between attempts; the message stays unacknowledged for redelivery"
                 );
+                // It runs again after the restart, as a span of its own.
+                if let Some(span) = span.take() {
+                    span.abandon();
+                }
                 done.finish(false);
                 return;
             }
             inc(&self.metrics.retries);
             attempt += 1;
+        }
+        if let Some(span) = &mut span {
+            span.attempts = attempt;
+            span.error = attempts.last().map(|a| format!("{}: {}", a.kind, a.error));
         }
         self.dead_letter(
             job.event.as_event(),
@@ -312,7 +335,7 @@ impl Worker {
             request_id,
             (job.dedup, settles),
             attempts,
-            done,
+            (done, span.as_ref().map(Traced::traceparent)),
         );
     }
 
@@ -443,6 +466,17 @@ impl Worker {
         let request_id = self.request_ids.fetch_add(1, Ordering::Relaxed);
         self.function = self.live.pick(request_id);
         let f = self.function.clone();
+        // One span for the batch, the child of its first item that brought
+        // a context (OTLP span links to the others are not made).
+        let mut span = self.sinks.tracing.then(|| {
+            let parent = items
+                .iter()
+                .find_map(|item| TraceContext::from_event(&item.event));
+            let batch = OwnedEvent::Batch(Vec::new());
+            let mut span = Traced::start(&self.sinks.store, &f, request_id, &batch, parent);
+            span.batch = items.len();
+            span
+        });
         // A change stream's cursor is one position, and the store keeps the
         // highest written: the cursor of an item that ran after one that
         // failed would skip the failed one across a crash. Such cursors wait
@@ -497,7 +531,8 @@ impl Worker {
                             "every item of the batch failed; its effects are dropped"
                         );
                     } else {
-                        self.commit_items(request_id, effects, good, settled);
+                        let trace = span.as_ref().map(Traced::stored);
+                        self.commit_items(request_id, effects, good, settled, trace);
                     }
                     if items.is_empty() {
                         return;
@@ -533,6 +568,10 @@ impl Worker {
                     attempts = attempt,
                     "batch items failed: {error}; each goes to the dead-letter queue"
                 );
+                if let Some(span) = &mut span {
+                    span.attempts = attempt;
+                    span.error = Some(format!("{}: {error}", failure.as_str()));
+                }
                 for item in items {
                     let topic = ordering_key(&item.event).to_owned();
                     self.dead_letter(
@@ -541,7 +580,7 @@ impl Worker {
                         request_id,
                         (item.dedup, item.cursor),
                         item.attempts,
-                        item.done,
+                        (item.done, span.as_ref().map(Traced::traceparent)),
                     );
                 }
                 if !deferred.is_empty() {
@@ -551,6 +590,7 @@ impl Worker {
                         effects: crate::runtime::Effects::default(),
                         dedup: Vec::new(),
                         cursors: deferred,
+                        trace: None,
                         done: Box::new(|_| {}),
                     });
                 }
@@ -584,6 +624,7 @@ impl Worker {
         mut effects: crate::runtime::Effects,
         items: Vec<Item>,
         settled: Vec<Cursor>,
+        trace: Option<String>,
     ) {
         self.metrics
             .emitted
@@ -600,6 +641,7 @@ impl Worker {
                 item.done.settle.tell(Answer::Ran {
                     request_id,
                     response: None,
+                    trace: None,
                 });
                 item.done
             })
@@ -610,6 +652,7 @@ impl Worker {
             effects,
             dedup,
             cursors,
+            trace,
             done: self
                 .sinks
                 .posting(self.function.name(), posts, move |durable| {
@@ -678,7 +721,7 @@ impl Worker {
         request_id: u64,
         (dedup, settles): (Option<String>, Option<Cursor>),
         attempts: Vec<Attempt>,
-        done: Done,
+        (done, trace): (Done, Option<String>),
     ) {
         let f = &self.function;
         let mut done = done;
@@ -687,6 +730,7 @@ impl Worker {
                 done.settle.tell(Answer::Failed {
                     request_id,
                     failure,
+                    trace,
                 });
             }
         }
@@ -774,5 +818,112 @@ fn log_guest_line(f: &Function, request_id: u64, trigger: &str, level: LogLevel,
         LogLevel::Info => line!(info),
         LogLevel::Debug => line!(debug),
         LogLevel::Trace => line!(trace),
+    }
+}
+
+/// An invocation's span while it runs. Dropped, it is finished and handed
+/// to the store for the exporter (if its trace is sampled); a span cut
+/// short by a shutdown is [`Traced::abandon`]ed, as its event runs again.
+struct Traced {
+    store: Store,
+    context: TraceContext,
+    parent: Option<[u8; 8]>,
+    kind: crate::trace::SpanKind,
+    start_ns: u64,
+    function: String,
+    version: String,
+    request_id: u64,
+    /// OpenTelemetry's `faas.trigger`: `pubsub`, `http`, `timer`, `datasource`, `other`.
+    trigger: &'static str,
+    /// What its event came on: a topic, a path, a schedule.
+    source: String,
+    attempts: u32,
+    /// Items, for a batch.
+    batch: usize,
+    error: Option<String>,
+}
+
+impl Traced {
+    fn start(
+        store: &Store,
+        f: &crate::runtime::Function,
+        request_id: u64,
+        event: &OwnedEvent,
+        parent: Option<TraceContext>,
+    ) -> Traced {
+        let (context, parent) = match parent {
+            Some(parent) => (parent.child(), Some(parent.span_id)),
+            None => (TraceContext::root(), None),
+        };
+        let trigger = match event {
+            OwnedEvent::Mqtt { .. } | OwnedEvent::Invoke { .. } | OwnedEvent::Batch(_) => "pubsub",
+            OwnedEvent::Http { .. } | OwnedEvent::WebSocket { .. } => "http",
+            OwnedEvent::Schedule { .. } => "timer",
+            OwnedEvent::File { .. } | OwnedEvent::KvChange { .. } => "datasource",
+        };
+        Traced {
+            store: store.clone(),
+            context,
+            parent,
+            kind: crate::trace::SpanKind::of(event),
+            start_ns: crate::trace::unix_nanos(),
+            function: f.name().to_owned(),
+            version: f.version().to_owned(),
+            request_id,
+            trigger,
+            source: ordering_key(event).to_owned(),
+            attempts: 1,
+            batch: 0,
+            error: None,
+        }
+    }
+
+    fn traceparent(&self) -> String {
+        self.context.traceparent()
+    }
+
+    fn stored(&self) -> String {
+        self.context.stored()
+    }
+
+    fn abandon(mut self) {
+        self.context.sampled = false;
+    }
+}
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        use crate::trace::{Span, Value};
+        if !self.context.sampled {
+            return;
+        }
+        let mut attributes = vec![
+            (
+                "faas.invocation_id",
+                Value::Str(self.request_id.to_string()),
+            ),
+            ("faas.trigger", Value::Str(self.trigger.to_owned())),
+            ("faas.name", Value::Str(self.function.clone())),
+            ("faas.version", Value::Str(self.version.clone())),
+            (
+                "wasmgate.source",
+                Value::Str(std::mem::take(&mut self.source)),
+            ),
+            ("wasmgate.attempts", Value::Int(i64::from(self.attempts))),
+        ];
+        if self.batch > 0 {
+            attributes.push(("wasmgate.batch.size", Value::Int(self.batch as i64)));
+        }
+        let span = Span {
+            context: self.context.clone(),
+            parent: self.parent,
+            name: self.function.clone(),
+            kind: self.kind,
+            start_ns: self.start_ns,
+            end_ns: crate::trace::unix_nanos(),
+            attributes,
+            error: self.error.take(),
+        };
+        self.store.span(span.encode());
     }
 }

@@ -11,6 +11,7 @@ mod log_gate;
 mod outbox;
 pub mod plan;
 mod retry;
+pub mod spans;
 mod unit;
 
 pub use crate::mqtt::{Backoff, Endpoint};
@@ -82,6 +83,8 @@ pub enum GatewayError {
     NoFunctions,
     #[error("api: {0}")]
     Api(String),
+    #[error("{0}")]
+    Tracing(String),
     #[error(transparent)]
     Registry(#[from] crate::registry::RegistryError),
     #[error(transparent)]
@@ -218,6 +221,8 @@ pub struct Gateway {
     /// What `/metrics` reads, and its own listener when configured.
     sources: Arc<crate::scrape::Sources>,
     metrics_listener: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
+    /// The OTLP span exporter, with `[tracing]`.
+    traces: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
     /// What the management API asks of the gateway itself (`apply`), for
     /// the run loop ([`Gateway::commands`]).
     commands: Option<tokio::sync::mpsc::Receiver<crate::control::Command>>,
@@ -269,6 +274,7 @@ impl Gateway {
         options.local_when_full = config.store.local_when_full;
         options.upstream_when_full = config.store.upstream_when_full;
         options.log_keep = config.logs.keep();
+        options.span_keep = config.tracing.as_ref().map_or(0, |t| t.keep());
         options.kv_streams = config
             .functions
             .iter()
@@ -374,6 +380,7 @@ impl Gateway {
             connections: connections.clone(),
             request_ids: request_ids.clone(),
             log_rate: config.logs.rate(),
+            tracing: config.tracing.is_some(),
         });
         let mut units = Vec::with_capacity(deployed.len());
         for ((f, _), live) in deployed.iter().zip(lives) {
@@ -450,6 +457,10 @@ impl Gateway {
         let metrics_listener = match &config.metrics.listen {
             None => None,
             Some(listen) => Some(start_metrics(listen, sources.clone()).await?),
+        };
+        let traces = match &config.tracing {
+            None => None,
+            Some(tracing) => Some(start_traces(config, tracing, &store, &sources)?),
         };
         forget_stale_consumers(&store, &units).await;
         let last_ticks = last_ticks(&store).await?;
@@ -549,6 +560,7 @@ impl Gateway {
             control,
             tcp_control,
             metrics_listener,
+            traces,
             sources,
             ready,
             commands: Some(commands),
@@ -672,6 +684,8 @@ impl Gateway {
     /// disconnects. Unfinished messages stay unacknowledged at the broker and
     /// undelivered emits stay in the outbox, both for the next start.
     pub async fn shutdown(self, grace: Duration) {
+        // (The span exporter stops with the listeners below: spans it has
+        // not sent stay in the database for the next start.)
         self.ready.store(false, Ordering::SeqCst);
         let totals = self.metrics();
         // Each function takes no more events, and a worker in a backoff
@@ -708,6 +722,7 @@ impl Gateway {
             .into_iter()
             .chain(self.tcp_control)
             .chain(self.metrics_listener)
+            .chain(self.traces)
         {
             let _ = stop.send(true);
             let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
@@ -1145,6 +1160,53 @@ fn start_embedded(
 
 /// `wasmgate run`: start, wait for `shutdown` (SIGINT/SIGTERM in the CLI),
 /// stop cleanly. Without a [`Source`], `apply` and SIGHUP are refused.
+/// Starts the OTLP span exporter for `[tracing]`.
+fn start_traces(
+    config: &Config,
+    tracing: &crate::config::TracingConfig,
+    store: &Store,
+    sources: &crate::scrape::Sources,
+) -> Result<(tokio::sync::watch::Sender<bool>, JoinHandle<()>), GatewayError> {
+    use crate::trace::Value;
+    // Validation has parsed it already.
+    let endpoint = spans::Endpoint::parse(&tracing.endpoint)
+        .map_err(|e| GatewayError::Tracing(format!("tracing.endpoint: {e}")))?;
+    #[cfg(feature = "tls")]
+    let tls = match endpoint.tls {
+        true => Some(
+            crate::tls::client_config(&tracing.tls.clone().unwrap_or_default())
+                .map_err(|e| GatewayError::Tracing(format!("tracing.tls: {e}")))?,
+        ),
+        false => None,
+    };
+    #[cfg(not(feature = "tls"))]
+    let tls = None;
+    let resource = vec![
+        (
+            "service.name",
+            Value::Str(tracing.service_name().to_owned()),
+        ),
+        ("service.instance.id", Value::Str(config.gateway_id.clone())),
+        (
+            "service.version",
+            Value::Str(env!("CARGO_PKG_VERSION").to_owned()),
+        ),
+    ];
+    let stats = Arc::new(spans::ExportStats::default());
+    sources.set_traces(stats.clone());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    ::tracing::info!(endpoint = %tracing.endpoint, "exporting spans over OTLP/HTTP");
+    let task = tokio::spawn(spans::run(
+        store.clone(),
+        endpoint,
+        resource,
+        tls,
+        stats,
+        stopped,
+    ));
+    Ok((stop, task))
+}
+
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
     let (_keep, hangups) = tokio::sync::mpsc::channel(1);
     run_from(config, None, shutdown, hangups).await

@@ -851,7 +851,13 @@ impl Drainer {
         let qos = u8::from(unit.qos != 0);
         flight.handed(unit.rows, qos);
         client
-            .publish(unit.topic, qos, unit.retain, unit.payload)
+            .publish(
+                unit.topic,
+                qos,
+                unit.retain,
+                unit.payload,
+                unit.trace.as_ref(),
+            )
             .await
     }
 

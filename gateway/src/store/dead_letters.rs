@@ -263,6 +263,7 @@ impl Store {
                 effects,
                 dedup: letter.dedup.clone().into_iter().collect(),
                 cursors: Vec::new(),
+                trace: None,
                 done: Box::new(move |result| {
                     let _ = tx.send(result);
                 }),

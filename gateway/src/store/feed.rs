@@ -116,6 +116,7 @@ mod tests {
             qos: 1,
             retain: false,
             function: "f".into(),
+            trace: None,
         }
     }
 

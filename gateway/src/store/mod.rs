@@ -14,6 +14,7 @@ mod feed;
 pub mod logs;
 mod overlay;
 mod schema;
+pub mod spans;
 pub mod usage;
 mod versions;
 
@@ -113,6 +114,8 @@ pub struct StoreOptions {
     pub kv_streams: Vec<String>,
     /// Functions' log lines kept ([`logs`]), the newest; 0 keeps none.
     pub log_keep: u32,
+    /// Spans kept for the OTLP exporter ([`spans`]); 0: tracing is off.
+    pub span_keep: u32,
 }
 
 impl StoreOptions {
@@ -130,6 +133,7 @@ impl StoreOptions {
             operator: false,
             kv_streams: Vec::new(),
             log_keep: DEFAULT_LOG_KEEP,
+            span_keep: 0,
         }
     }
 }
@@ -216,6 +220,9 @@ pub struct Commit {
     /// What the events' sources record in the same transaction (see
     /// [`Cursor`]).
     pub cursors: Vec<Cursor>,
+    /// The invocation's span ([`crate::trace::TraceContext::stored`]), kept
+    /// with its emits and invokes; `None` with tracing off.
+    pub trace: Option<String>,
     /// Called on the store thread once the transaction holding these effects
     /// is durable (`Ok`), or when the store gives up on it (`Err`, at shutdown).
     pub done: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
@@ -249,6 +256,10 @@ pub struct OutboxRow {
     pub qos: u8,
     pub retain: bool,
     pub function: String,
+    /// The span that produced it, as [`crate::trace::TraceContext::stored`]
+    /// writes it: passed on as `traceparent` (MQTT 5), or to the invoked
+    /// function as its parent.
+    pub trace: Option<String>,
 }
 
 /// Counters for the durability report and benchmarks.
@@ -272,6 +283,9 @@ pub struct StoreStats {
     /// buffer in front of it was full (the disk stalled).
     pub log_lines_written: AtomicU64,
     pub log_lines_dropped: AtomicU64,
+    /// Spans dropped before the collector had them: the buffer in front
+    /// of the table was full, or past `[tracing] keep`.
+    pub spans_dropped: AtomicU64,
     /// How long each transaction took, from its first statement to the
     /// end of its commit (the fsync).
     pub commit_seconds: crate::histogram::Histogram,
@@ -364,6 +378,9 @@ struct Inner {
     /// Log lines for the next transaction.
     logs: Mutex<logs::Buffer>,
     log_keep: u32,
+    /// Spans for the next transaction.
+    spans: Mutex<spans::Buffer>,
+    span_keep: u32,
 }
 
 impl Inner {
@@ -438,6 +455,8 @@ impl Store {
             kv_streams: std::sync::RwLock::new(options.kv_streams.clone()),
             logs: Mutex::new(logs::Buffer::default()),
             log_keep: options.log_keep,
+            spans: Mutex::new(spans::Buffer::default()),
+            span_keep: options.span_keep,
             readers: Mutex::new(Vec::new()),
             stats: StoreStats::default(),
             on_outbox: Mutex::new(Vec::new()),
@@ -682,7 +701,7 @@ impl Store {
             // (~85,000 instructions; the cause is not pinned down), so the
             // drainer keeps calls rare rather than relying on the cache.
             let mut stmt = conn.prepare_cached(
-                "SELECT id, topic, payload, qos, retain, function FROM outbox
+                "SELECT id, topic, payload, qos, retain, function, trace FROM outbox
                  WHERE destination = ?1 AND id > ?2 ORDER BY id",
             )?;
             let rows = stmt
@@ -695,6 +714,7 @@ impl Store {
                         qos: r.get::<_, i64>(3)? as u8,
                         retain: r.get(4)?,
                         function: r.get(5)?,
+                        trace: r.get(6)?,
                     })
                 })?
                 .take(limit)
@@ -832,6 +852,7 @@ impl Store {
             effects,
             dedup: Vec::new(),
             cursors: Vec::new(),
+            trace: None,
             done: Box::new(move |result| {
                 let _ = tx.send(result);
             }),
@@ -1114,14 +1135,16 @@ impl StoreThread {
     /// the broker holds the messages, and nothing is lost.
     fn commit_until_done(&mut self, batch: Vec<Request>) {
         let lines = std::mem::take(&mut lock(&self.inner.logs).lines);
+        let spans = std::mem::take(&mut *lock(&self.inner.spans));
         // A wake-up for lines an earlier transaction already took.
-        if lines.is_empty() && batch.iter().all(|r| matches!(r, Request::Logs)) {
+        if lines.is_empty() && spans.is_empty() && batch.iter().all(|r| matches!(r, Request::Logs))
+        {
             return;
         }
         let mut delay = Duration::from_millis(100);
         loop {
             let started = Instant::now();
-            match self.write(&batch, &lines) {
+            match self.write(&batch, &lines, &spans) {
                 Ok(written) => {
                     let stats = &self.inner.stats;
                     stats.commit_seconds.record(started.elapsed());
@@ -1135,6 +1158,9 @@ impl StoreThread {
                     stats
                         .log_lines_written
                         .fetch_add(lines.len() as u64, Ordering::Relaxed);
+                    stats
+                        .spans_dropped
+                        .fetch_add(written.spans_dropped, Ordering::Relaxed);
                     self.finish(batch, Ok(()), written);
                     return;
                 }
@@ -1158,6 +1184,7 @@ impl StoreThread {
         &mut self,
         batch: &[Request],
         lines: &[logs::NewLogLine],
+        spans: &spans::Buffer,
     ) -> rusqlite::Result<Written> {
         let now = now_ms();
         let mut written = Written::default();
@@ -1181,8 +1208,8 @@ impl StoreThread {
             let mut delete =
                 tx.prepare_cached("DELETE FROM kv WHERE namespace = ?1 AND key = ?2")?;
             let mut outbox = tx.prepare_cached(
-                "INSERT INTO outbox (destination, topic, payload, qos, retain, function, created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO outbox (destination, topic, payload, qos, retain, function, created_ms, trace)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
             // A delivered row's size, then its delete: two statements, not
             // one `DELETE ... RETURNING`. SQLite runs RETURNING as a trigger,
@@ -1253,7 +1280,8 @@ impl StoreThread {
                                payload: &[u8],
                                qos: u8,
                                retain: bool,
-                               function: &str| {
+                               function: &str,
+                               trace: Option<&str>| {
                 outbox.execute(params![
                     destination as i64,
                     topic,
@@ -1261,7 +1289,8 @@ impl StoreThread {
                     qos,
                     retain,
                     function,
-                    now
+                    now,
+                    trace
                 ])?;
                 // Kept whether or not the feed is on now: it may be started
                 // before this commit finishes, and must then get these rows.
@@ -1273,6 +1302,7 @@ impl StoreThread {
                     qos,
                     retain,
                     function: function.to_owned(),
+                    trace: trace.map(str::to_owned),
                 });
                 written.added[destination as usize] += (topic.len() + payload.len()) as u64;
                 if !written.destinations.contains(&destination) {
@@ -1333,6 +1363,7 @@ impl StoreThread {
                                 o.qos,
                                 o.retain,
                                 ns,
+                                commit.trace.as_deref(),
                             )?;
                         }
                         for invoke in &commit.effects.invokes {
@@ -1344,6 +1375,7 @@ impl StoreThread {
                                 1,
                                 invoke.whole_event,
                                 ns,
+                                commit.trace.as_deref(),
                             )?;
                         }
                     }
@@ -1355,7 +1387,15 @@ impl StoreThread {
                         }
                         let applied = dead_letters::apply(&tx, op)?;
                         if let Some((topic, payload, function)) = &applied.publish {
-                            add_row(OutboxDestination::Local, topic, payload, 1, false, function)?;
+                            add_row(
+                                OutboxDestination::Local,
+                                topic,
+                                payload,
+                                1,
+                                false,
+                                function,
+                                None,
+                            )?;
                         }
                         if matches!(op, dead_letters::DeadLetterOp::Insert(_)) {
                             written.dead_letters += 1;
@@ -1374,6 +1414,7 @@ impl StoreThread {
             }
         }
         logs::write(&tx, lines, self.options.log_keep)?;
+        written.spans_dropped = spans::write(&tx, spans, self.options.span_keep.max(1))?;
         drop_oldest_over_budget(&self.inner, &self.options, &tx, &mut written)?;
         if let Some(seq) = max_seq.filter(|_| !self.options.operator) {
             tx.execute(
@@ -1583,6 +1624,8 @@ struct Written {
     dead_letters_dropped: Vec<(i64, String)>,
     /// Per dead-letter request, in batch order: its id or rows changed.
     replies: Vec<i64>,
+    /// Spans dropped past `[tracing] keep`.
+    spans_dropped: u64,
     /// Rows added, per destination, for the feeds.
     fed: [Vec<OutboxRow>; 3],
 }

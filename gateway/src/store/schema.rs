@@ -174,6 +174,19 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (function, version, hour_ms)
     ) WITHOUT ROWID;
     "#,
+    // 9: trace context. An outbox row keeps the span that emitted it
+    // (traceparent, and tracestate on a second line); spans wait for the
+    // OTLP collector in a table of their own (store/spans.rs): encoded
+    // OTLP Span messages.
+    r#"
+    ALTER TABLE outbox ADD COLUMN trace TEXT;
+    CREATE TABLE spans (
+        -- AUTOINCREMENT: exported spans are deleted, the newest too, and
+        -- the exporter reads on from the last id it sent.
+        id   INTEGER PRIMARY KEY AUTOINCREMENT,
+        body BLOB NOT NULL
+    );
+    "#,
 ];
 
 /// The version this binary writes.

@@ -31,6 +31,7 @@ fn commit(store: &Store, function: &str, fx: Effects) {
         effects: fx,
         dedup: Vec::new(),
         cursors: Vec::new(),
+        trace: None,
         done: Box::new(move |r| tx.send(r.is_ok()).unwrap()),
     });
     assert!(
@@ -82,6 +83,7 @@ fn done_runs_only_once_the_data_is_on_disk() {
         effects: effects(&[("k", KvWrite::Put(b"v".to_vec()))], &[]),
         dedup: Vec::new(),
         cursors: Vec::new(),
+        trace: None,
         done: Box::new(move |r| {
             // A separate connection, as after a crash, sees the value.
             let conn = Connection::open(&path).unwrap();
@@ -113,6 +115,7 @@ fn reads_see_submitted_writes_before_they_commit() {
         effects: effects(&[("n", KvWrite::Add(5))], &[]),
         dedup: Vec::new(),
         cursors: Vec::new(),
+        trace: None,
         done: Box::new(move |_| tx.send(()).unwrap()),
     });
     // Still inside the 300 ms group-commit window.
@@ -139,6 +142,7 @@ fn increments_from_many_threads_all_count() {
                         effects: effects(&[("n", KvWrite::Add(1))], &[]),
                         dedup: Vec::new(),
                         cursors: Vec::new(),
+                        trace: None,
                         done: Box::new(|_| {}),
                     });
                 }
@@ -164,6 +168,7 @@ fn group_commit_puts_many_invocations_in_one_transaction() {
             effects: effects(&[(&format!("k{i}"), KvWrite::Put(vec![1]))], &[("t", "p")]),
             dedup: Vec::new(),
             cursors: Vec::new(),
+            trace: None,
             done: Box::new(|_| {}),
         });
     }
@@ -266,6 +271,7 @@ fn sequence_numbers_continue_after_a_reopen() {
         effects: effects(&[("n", KvWrite::Add(1))], &[]),
         dedup: Vec::new(),
         cursors: Vec::new(),
+        trace: None,
         done: Box::new(|_| {}),
     });
     assert_eq!(store.get("f", "n").unwrap(), counter(2));
@@ -282,6 +288,7 @@ fn submit_after_close_fails_the_commit_without_acking() {
         effects: Effects::default(),
         dedup: Vec::new(),
         cursors: Vec::new(),
+        trace: None,
         done: Box::new(move |r| tx.send(r.is_ok()).unwrap()),
     });
     assert!(!rx.recv().unwrap());
@@ -301,6 +308,7 @@ fn a_dedup_id_is_seen_from_submit_on_and_after_a_reopen() {
         effects: Effects::default(),
         dedup: vec!["msg-1".into()],
         cursors: Vec::new(),
+        trace: None,
         done: Box::new(move |r| tx.send(r.is_ok()).unwrap()),
     });
     let (copy_tx, copy) = channel();
@@ -352,6 +360,7 @@ fn a_copy_of_a_message_still_committing_is_settled_only_by_that_commit() {
         effects: effects(&[("n", KvWrite::Add(1))], &[]),
         dedup: vec!["msg-1".into()],
         cursors: Vec::new(),
+        trace: None,
         done: Box::new(|_| {}),
     });
     let (copy_tx, copy) = channel();
@@ -397,6 +406,7 @@ fn an_invocation_consumes_its_outbox_row_in_its_own_commit() {
         effects: effects(&[("done", KvWrite::Add(1))], &[]),
         dedup: Vec::new(),
         cursors: vec![Cursor::OutboxRow(rows[0].id)],
+        trace: None,
         done: Box::new(move |r| tx.send(r.is_ok()).unwrap()),
     });
     assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap());
@@ -617,6 +627,7 @@ fn an_operators_commit_beside_a_running_gateway_hides_none_of_its_pending_writes
         effects: effects(&[("n", KvWrite::Add(1))], &[]),
         dedup: Vec::new(),
         cursors: Vec::new(),
+        trace: None,
         done: Box::new(move |r| tx.send(r.is_ok()).unwrap()),
     });
     // Inside the gateway's 2 s window, `wasmgate kv put` commits through a
@@ -771,6 +782,7 @@ fn a_watched_namespace_keeps_its_changes_until_every_consumer_passed_them() {
                 namespace: "vending".into(),
                 seq,
             }],
+            trace: None,
             done: Box::new(move |r| tx.send(r.is_ok()).unwrap()),
         });
         assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap());

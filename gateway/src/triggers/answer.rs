@@ -20,11 +20,14 @@ pub enum Answer {
     Ran {
         request_id: u64,
         response: Option<Response>,
+        /// The invocation's span, as `traceparent`, with tracing on.
+        trace: Option<String>,
     },
     /// Failed every attempt; its dead letter is committed.
     Failed {
         request_id: u64,
         failure: FailureKind,
+        trace: Option<String>,
     },
     /// Not settled: the gateway is stopping, or could not commit.
     Unavailable,

@@ -113,6 +113,7 @@ pub(super) fn batch(items: Vec<Job>) -> Job {
         arrived: items[0].arrived,
         settle: Settle::Batch(items),
         dedup: None,
+        trace: None,
     }
 }
 
@@ -127,6 +128,7 @@ mod tests {
             arrived: std::time::Instant::now(),
             settle: Settle::Nothing,
             dedup: None,
+            trace: None,
         }
     }
 

@@ -233,6 +233,7 @@ async fn offer(
         // A rerun after a crash between the commit and the move skips the
         // effects it committed.
         dedup: Some(format!("file:{shown}:{size}:{modified_ms}")),
+        trace: None,
     };
     intake.send(job).await
 }

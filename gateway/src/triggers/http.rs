@@ -77,6 +77,7 @@ impl Queue {
                 effects,
                 dedup: Vec::new(),
                 cursors: Vec::new(),
+                trace: None,
                 done: Box::new(move |committed| {
                     let _ = told.send(committed.is_ok());
                 }),
@@ -432,6 +433,7 @@ async fn serve_route(
         arrived: Instant::now(),
         settle: Settle::Http(Pending::new(reply)),
         dedup: None,
+        trace: None,
     };
     match target.intake.try_send(job) {
         Ok(()) => {}
@@ -454,10 +456,12 @@ async fn serve_route(
         Answer::Ran {
             request_id,
             response,
-        } => with_request_id(from_function(response), request_id),
+            trace,
+        } => with_request_id(from_function(response), request_id, trace),
         Answer::Failed {
             request_id,
             failure,
+            trace,
         } => {
             let (status, text) = match failure {
                 FailureKind::Deadline => (
@@ -470,7 +474,7 @@ async fn serve_route(
                 "{text} (kind {}); its event is in the dead-letter queue",
                 failure.as_str()
             );
-            with_request_id(plain(status, &text), request_id)
+            with_request_id(plain(status, &text), request_id, trace)
         }
         Answer::Unavailable => plain(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -514,9 +518,19 @@ fn from_function(response: Option<Response>) -> HttpResponse {
     out
 }
 
-fn with_request_id(mut response: HttpResponse, request_id: u64) -> HttpResponse {
+/// Names the invocation in its answer: its request id (what `wasmgate
+/// logs --request` takes) and, with tracing on, its span, so that a client
+/// can follow its request on.
+fn with_request_id(
+    mut response: HttpResponse,
+    request_id: u64,
+    trace: Option<String>,
+) -> HttpResponse {
     if let Ok(value) = HeaderValue::from_str(&request_id.to_string()) {
         response.headers_mut().insert("x-request-id", value);
+    }
+    if let Some(value) = trace.and_then(|t| HeaderValue::from_str(&t).ok()) {
+        response.headers_mut().insert("traceparent", value);
     }
     response
 }

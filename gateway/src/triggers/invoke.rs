@@ -182,6 +182,11 @@ async fn offer(
         arrived: Instant::now(),
         settle: Settle::Outbox { id: row.id },
         dedup: None,
+        // The invoking function's span: this invocation is its child.
+        trace: row
+            .trace
+            .as_deref()
+            .and_then(crate::trace::TraceContext::from_stored),
     };
     intake.send(job).await
 }

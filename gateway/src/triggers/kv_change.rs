@@ -59,6 +59,7 @@ pub async fn run(spec: StreamSpec, store: Store, intake: Intake, draining: Arc<A
                 effects: Effects::default(),
                 dedup: Vec::new(),
                 cursors: vec![stream_cursor(&spec, newest)],
+                trace: None,
                 done: Box::new(|_| {}),
             });
             newest
@@ -178,6 +179,7 @@ async fn deliver_batch(
                 arrived: Instant::now(),
                 settle: Settle::Advance(advance),
                 dedup: None,
+                trace: None,
             }
         })
         .collect();
@@ -222,6 +224,7 @@ async fn deliver(
             arrived: Instant::now(),
             settle: Settle::Advance(advance),
             dedup: None,
+            trace: None,
         };
         (job, heard)
     };

@@ -49,6 +49,10 @@ pub struct Job {
     /// The device-provided message id, when the trigger has a `dedup_key`
     /// or a `dedup_property`.
     pub dedup: Option<String>,
+    /// The span it continues, where the source knows it (a fan-out invoke:
+    /// the invoking function's); otherwise read from the event itself
+    /// (`traceparent` in its user properties or headers).
+    pub trace: Option<crate::trace::TraceContext>,
 }
 
 /// How an event's source is told that the event's outcome (its effects, or
@@ -369,6 +373,7 @@ mod tests {
             arrived: Instant::now(),
             settle: Settle::Advance(tick),
             dedup: None,
+            trace: None,
         };
         let sent = tokio::runtime::Builder::new_current_thread()
             .build()

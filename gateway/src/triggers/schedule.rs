@@ -61,6 +61,7 @@ pub async fn run(
                 schedule: spec.name.clone(),
                 scheduled_ms: now,
             }],
+            trace: None,
             done: Box::new(|_| {}),
         });
         last = Some(now);
@@ -133,6 +134,7 @@ async fn fire(
             arrived: Instant::now(),
             settle: Settle::Advance(advance),
             dedup: None,
+            trace: None,
         };
         (job, heard)
     };

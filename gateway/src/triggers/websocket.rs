@@ -210,6 +210,7 @@ impl Connection {
             arrived: std::time::Instant::now(),
             settle,
             dedup: None,
+            trace: None,
         }
     }
 

@@ -409,6 +409,7 @@ impl Reader {
             arrived: Instant::now(),
             settle,
             dedup,
+            trace: None,
         };
         // QoS 0 promised at most once: past a queue's worth of backlog,
         // keeping memory bounded wins. QoS 1 is bounded by the broker's window.
