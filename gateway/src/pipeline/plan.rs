@@ -190,6 +190,7 @@ fn restart_needed(running: &Config, new: &Config) -> Vec<String> {
     section(&mut fields, "api", &running.api, &new.api);
     section(&mut fields, "metrics", &running.metrics, &new.metrics);
     section(&mut fields, "logs", &running.logs, &new.logs);
+    section(&mut fields, "tracing", &running.tracing, &new.tracing);
     fields
 }
 
@@ -334,5 +335,11 @@ mod tests {
         assert_eq!(plan.restart_needed, ["data_dir", "broker.listen"]);
         assert!(plan.changes.is_empty());
         assert!(plan.lines()[1].contains("broker.listen: cannot change while the gateway runs"));
+        // Tracing is started with the gateway too.
+        let traced = format!("{BASE}\n[tracing]\nendpoint = \"http://collector:4318/v1/traces\"\n");
+        assert_eq!(
+            diff(&config(BASE), &config(&traced)).restart_needed,
+            ["tracing"]
+        );
     }
 }
