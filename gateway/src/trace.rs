@@ -219,28 +219,29 @@ impl SpanKind {
     }
 }
 
-/// An attribute's value.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Value {
-    Str(String),
+/// An attribute's value, borrowed: a span is encoded as it ends, from
+/// what the invocation already holds, with no copies of its strings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value<'a> {
+    Str(&'a str),
     Int(i64),
 }
 
 /// One invocation's span, finished.
 #[derive(Debug, Clone)]
-pub struct Span {
-    pub context: TraceContext,
+pub struct Span<'a> {
+    pub context: &'a TraceContext,
     pub parent: Option<[u8; 8]>,
-    pub name: String,
+    pub name: &'a str,
     pub kind: SpanKind,
     pub start_ns: u64,
     pub end_ns: u64,
-    pub attributes: Vec<(&'static str, Value)>,
+    pub attributes: &'a [(&'static str, Value<'a>)],
     /// Why it failed; `None`: it succeeded.
     pub error: Option<String>,
 }
 
-impl Span {
+impl Span<'_> {
     /// Its OTLP `Span` message.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(192);
@@ -256,7 +257,7 @@ impl Span {
         varint_field(&mut out, 6, self.kind as u64);
         fixed64(&mut out, 7, self.start_ns);
         fixed64(&mut out, 8, self.end_ns);
-        for (key, value) in &self.attributes {
+        for (key, value) in self.attributes {
             bytes(&mut out, 9, &key_value(key, value));
         }
         let mut status = Vec::new();
@@ -277,11 +278,11 @@ impl Span {
 }
 
 /// An OTLP `ExportTraceServiceRequest` holding encoded spans, as one
-/// resource (this gateway) and one instrumentation scope.
-pub fn export_request(resource: &[(&'static str, Value)], spans: &[Vec<u8>]) -> Vec<u8> {
+/// resource (this gateway: string attributes) and one instrumentation scope.
+pub fn export_request(resource: &[(&'static str, String)], spans: &[Vec<u8>]) -> Vec<u8> {
     let mut resource_msg = Vec::new();
     for (key, value) in resource {
-        bytes(&mut resource_msg, 1, &key_value(key, value));
+        bytes(&mut resource_msg, 1, &key_value(key, &Value::Str(value)));
     }
     let mut scope = Vec::new();
     bytes(&mut scope, 1, b"wasmgate");
@@ -396,13 +397,13 @@ mod tests {
     #[test]
     fn spans_encode_as_protobuf() {
         let span = Span {
-            context: TraceContext::parse(PARENT, None).unwrap(),
+            context: &TraceContext::parse(PARENT, None).unwrap(),
             parent: None,
-            name: "f".into(),
+            name: "f",
             kind: SpanKind::Consumer,
             start_ns: 1,
             end_ns: 2,
-            attributes: vec![("n", Value::Int(300))],
+            attributes: &[("n", Value::Int(300))],
             error: None,
         };
         let encoded = span.encode();
@@ -410,7 +411,7 @@ mod tests {
         assert_eq!(&encoded[..2], &[0x0a, 16]);
         // The attribute's int 300 as a varint: ac 02.
         assert!(encoded.windows(3).any(|w| w == [0x18, 0xac, 0x02]));
-        let request = export_request(&[("service.name", Value::Str("g".into()))], &[encoded]);
+        let request = export_request(&[("service.name", "g".to_owned())], &[encoded]);
         assert_eq!(request[0], 0x0a);
     }
 }

@@ -830,8 +830,8 @@ struct Traced {
     parent: Option<[u8; 8]>,
     kind: crate::trace::SpanKind,
     start_ns: u64,
-    function: String,
-    version: String,
+    /// Its name and version, read when the span ends.
+    function: Arc<Function>,
     request_id: u64,
     /// OpenTelemetry's `faas.trigger`: `pubsub`, `http`, `timer`, `datasource`, `other`.
     trigger: &'static str,
@@ -846,7 +846,7 @@ struct Traced {
 impl Traced {
     fn start(
         store: &Store,
-        f: &crate::runtime::Function,
+        f: &Arc<Function>,
         request_id: u64,
         event: &OwnedEvent,
         parent: Option<TraceContext>,
@@ -867,8 +867,7 @@ impl Traced {
             parent,
             kind: crate::trace::SpanKind::of(event),
             start_ns: crate::trace::unix_nanos(),
-            function: f.name().to_owned(),
-            version: f.version().to_owned(),
+            function: f.clone(),
             request_id,
             trigger,
             source: ordering_key(event).to_owned(),
@@ -897,31 +896,27 @@ impl Drop for Traced {
         if !self.context.sampled {
             return;
         }
-        let mut attributes = vec![
-            (
-                "faas.invocation_id",
-                Value::Str(self.request_id.to_string()),
-            ),
-            ("faas.trigger", Value::Str(self.trigger.to_owned())),
-            ("faas.name", Value::Str(self.function.clone())),
-            ("faas.version", Value::Str(self.version.clone())),
-            (
-                "wasmgate.source",
-                Value::Str(std::mem::take(&mut self.source)),
-            ),
+        let request_id = self.request_id.to_string();
+        let f = &self.function;
+        let attributes = [
+            ("faas.invocation_id", Value::Str(&request_id)),
+            ("faas.trigger", Value::Str(self.trigger)),
+            ("faas.name", Value::Str(f.name())),
+            ("faas.version", Value::Str(f.version())),
+            ("wasmgate.source", Value::Str(&self.source)),
             ("wasmgate.attempts", Value::Int(i64::from(self.attempts))),
+            ("wasmgate.batch.size", Value::Int(self.batch as i64)),
         ];
-        if self.batch > 0 {
-            attributes.push(("wasmgate.batch.size", Value::Int(self.batch as i64)));
-        }
+        // The batch size only for a batch.
+        let kept = if self.batch > 0 { 7 } else { 6 };
         let span = Span {
-            context: self.context.clone(),
+            context: &self.context,
             parent: self.parent,
-            name: self.function.clone(),
+            name: f.name(),
             kind: self.kind,
             start_ns: self.start_ns,
             end_ns: crate::trace::unix_nanos(),
-            attributes,
+            attributes: &attributes[..kept],
             error: self.error.take(),
         };
         self.store.span(span.encode());

@@ -1167,7 +1167,6 @@ fn start_traces(
     store: &Store,
     sources: &crate::scrape::Sources,
 ) -> Result<(tokio::sync::watch::Sender<bool>, JoinHandle<()>), GatewayError> {
-    use crate::trace::Value;
     // Validation has parsed it already.
     let endpoint = spans::Endpoint::parse(&tracing.endpoint)
         .map_err(|e| GatewayError::Tracing(format!("tracing.endpoint: {e}")))?;
@@ -1182,15 +1181,9 @@ fn start_traces(
     #[cfg(not(feature = "tls"))]
     let tls = None;
     let resource = vec![
-        (
-            "service.name",
-            Value::Str(tracing.service_name().to_owned()),
-        ),
-        ("service.instance.id", Value::Str(config.gateway_id.clone())),
-        (
-            "service.version",
-            Value::Str(env!("CARGO_PKG_VERSION").to_owned()),
-        ),
+        ("service.name", tracing.service_name().to_owned()),
+        ("service.instance.id", config.gateway_id.clone()),
+        ("service.version", env!("CARGO_PKG_VERSION").to_owned()),
     ];
     let stats = Arc::new(spans::ExportStats::default());
     sources.set_traces(stats.clone());

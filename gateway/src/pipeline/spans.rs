@@ -12,7 +12,6 @@
 //! the rustls the MQTT links use.
 
 use crate::store::Store;
-use crate::trace::Value;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,7 +103,7 @@ pub struct ExportStats {
 pub async fn run(
     store: Store,
     endpoint: Endpoint,
-    resource: Vec<(&'static str, Value)>,
+    resource: Vec<(&'static str, String)>,
     tls: Option<Arc<rustls_config::Config>>,
     stats: Arc<ExportStats>,
     mut stop: watch::Receiver<bool>,

@@ -827,3 +827,34 @@ fn each_opening_starts_request_ids_past_every_earlier_one() {
     // A trillion ids apart: a run never reaches the next one's.
     assert!(b > a && b - a >= 1 << 40, "{a} then {b}");
 }
+
+#[test]
+fn spans_wait_in_order_keep_only_the_newest_and_go_once_exported() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = StoreOptions::new(dir.path().join("wasmgate.db"));
+    options.span_keep = 3;
+    let store = Store::open(options).expect("opens");
+    for i in 0..5u8 {
+        store.span(vec![i]);
+    }
+    // Written in the next transaction: the first commit after them.
+    commit(&store, "f", Effects::default());
+    let waiting = store.spans_after(0, 10).unwrap();
+    let bodies: Vec<Vec<u8>> = waiting.iter().map(|(_, b)| b.clone()).collect();
+    assert_eq!(bodies, [vec![2], vec![3], vec![4]], "the newest 3 of 5");
+    assert_eq!(store.spans_waiting().unwrap(), 3);
+    assert_eq!(store.stats().spans_dropped.load(Ordering::Relaxed), 2);
+    // Exported up to the second: only the third stays, and ids go on
+    // growing after everything is gone (the exporter reads on from its last).
+    store.spans_exported(waiting[1].0);
+    commit(&store, "f", Effects::default());
+    assert_eq!(store.spans_after(0, 10).unwrap(), [waiting[2].clone()]);
+    store.spans_exported(waiting[2].0);
+    store.span(vec![9]);
+    commit(&store, "f", Effects::default());
+    let after = store.spans_after(waiting[2].0, 10).unwrap();
+    assert_eq!(after.len(), 1);
+    assert!(after[0].0 > waiting[2].0);
+    assert_eq!(store.spans_waiting().unwrap(), 1);
+    store.close();
+}
