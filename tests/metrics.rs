@@ -385,3 +385,117 @@ fn functions_report_metrics_of_their_own_within_bounds() {
     // The bad name is named in the gateway's log.
     assert!(gateway.logs().contains("not a name!"), "{}", gateway.logs());
 }
+
+/// Spends a few tens of milliseconds of fuel on each event, so that a
+/// queue of one is full while the next messages arrive.
+fn slow_guest() -> Vec<u8> {
+    support::guest::mqtt_guest(
+        "",
+        "",
+        r#"(local.set $attempt (i32.const 2000000))
+    (loop $spin
+      (local.set $attempt (i32.sub (local.get $attempt) (i32.const 1)))
+      (br_if $spin (local.get $attempt)))
+    (i32.const 0)"#,
+    )
+}
+
+#[test]
+fn each_trigger_counts_its_own_events_drops_and_responses() {
+    let (broker, metrics, http) = (free_port(), free_port(), free_port());
+    let gateway = GatewayProcess::start_toml(|dir| {
+        std::fs::write(dir.join("slow.wasm"), slow_guest()).unwrap();
+        format!(
+            "data_dir = {data:?}\n[broker]\nlisten = \"127.0.0.1:{broker}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\
+             [http]\nlisten = \"127.0.0.1:{http}\"\n\
+             [[functions]]\nname = \"slow\"\nwasm = \"slow.wasm\"\n\
+             triggers = [{{ mqtt = \"fast/#\", qos = 0 }}, {{ mqtt = \"steady/#\" }}]\nlimits = {{ queue = 1 }}\n\
+             [[functions]]\nname = \"hello\"\nwasm = {hello:?}\n\
+             triggers = [{{ http = \"GET /hello\" }}, {{ http = \"GET /private\", auth = {{ api_keys = \"key-2f7c-99ab-e001\" }} }}]\n",
+            data = dir.join("data").display().to_string(),
+            hello = example_wasm("hello_http.wasm").display().to_string(),
+        )
+    });
+    for target in ["/hello", "/hello", "/private"] {
+        let (_, text) = support::http::request(http, "GET", target, "", "");
+        assert!(text.starts_with("HTTP/1.1 "), "{text}");
+    }
+    let device = MqttClient::connect(broker, &unique_id("vm-1"));
+    for seq in 0..40 {
+        device.publish("fast/vm-1", format!("{seq}"));
+    }
+    for seq in 0..3 {
+        device.publish("steady/vm-1", format!("{seq}"));
+    }
+    device.wait_acked(ONE);
+    let series = |body: &str, name: &str, function: &str, trigger: &str, rest: &str| {
+        sample(
+            body,
+            &format!("{name}{{function=\"{function}\",trigger=\"{trigger}\"{rest}}}"),
+        )
+    };
+    // Every message arrives at QoS 0 or 1: each is either run or dropped.
+    let settled = |body: &str| {
+        let ok = sample(
+            body,
+            "wasmgate_function_invocations_total{function=\"slow\",outcome=\"ok\"}",
+        );
+        let dropped = sample(body, "wasmgate_function_dropped_total{function=\"slow\"}");
+        ok.zip(dropped).map(|(ok, dropped)| ok + dropped) == Some(43.0)
+    };
+    assert!(
+        wait_until(ONE, || settled(&scrape(metrics).1)),
+        "{}\n{}",
+        scrape(metrics).1,
+        gateway.logs()
+    );
+    let (_, body) = scrape(metrics);
+    let events = |function, trigger| {
+        series(
+            &body,
+            "wasmgate_trigger_events_total",
+            function,
+            trigger,
+            "",
+        )
+    };
+    assert_eq!(events("slow", "mqtt:fast/#"), Some(40.0), "{body}");
+    assert_eq!(events("slow", "mqtt:steady/#"), Some(3.0), "{body}");
+    let dropped = |trigger| series(&body, "wasmgate_trigger_dropped_total", "slow", trigger, "");
+    // QoS 0 past a full queue is dropped; QoS 1 waits instead.
+    let fast_dropped = dropped("mqtt:fast/#").expect("the QoS 0 trigger's drops");
+    assert!(fast_dropped >= 1.0, "{body}");
+    assert_eq!(dropped("mqtt:steady/#"), Some(0.0), "{body}");
+    assert_eq!(
+        sample(&body, "wasmgate_function_dropped_total{function=\"slow\"}"),
+        Some(fast_dropped),
+        "{body}"
+    );
+    // A route's requests and answers are its own; a request refused at
+    // the door (401) is answered but never becomes an event.
+    assert_eq!(events("hello", "http:GET /hello"), Some(2.0), "{body}");
+    assert_eq!(events("hello", "http:GET /private"), Some(0.0), "{body}");
+    let responses = |trigger, class| {
+        series(
+            &body,
+            "wasmgate_trigger_http_responses_total",
+            "hello",
+            trigger,
+            &format!(",status=\"{class}\""),
+        )
+    };
+    assert_eq!(responses("http:GET /hello", "2xx"), Some(2.0), "{body}");
+    assert_eq!(responses("http:GET /private", "4xx"), Some(1.0), "{body}");
+    assert_eq!(responses("http:GET /private", "2xx"), Some(0.0), "{body}");
+    // No drops or responses for a kind that has none, and no fan-out
+    // invoke trigger while nothing invokes.
+    assert!(
+        !body.contains("wasmgate_trigger_dropped_total{function=\"hello\""),
+        "{body}"
+    );
+    assert!(
+        !body.contains("wasmgate_trigger_http_responses_total{function=\"slow\""),
+        "{body}"
+    );
+    assert!(!body.contains("trigger=\"invoke\""), "{body}");
+}

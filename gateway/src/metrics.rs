@@ -53,15 +53,79 @@ pub struct FunctionMetrics {
     pub log_lines_dropped: AtomicU64,
     /// What its invocations report themselves (`metric`).
     pub custom: crate::custom_metrics::CustomMetrics,
+    /// The same events by the trigger they came through.
+    pub triggers: Triggers,
     /// From arrival at the gateway to the end of the invocation.
     pub latency: Histogram,
+}
+
+/// An HTTP status's class, as an index of `http_responses`: 1xx is 0.
+fn status_class(status: u16) -> Option<usize> {
+    (status / 100)
+        .checked_sub(1)
+        .filter(|c| *c < 5)
+        .map(usize::from)
+}
+
+/// What came in through one trigger of a function. Kept beside the
+/// function's own totals (which every source counts) so that a function
+/// with a schedule and an MQTT filter shows which of them is busy.
+#[derive(Debug, Default)]
+pub struct TriggerMetrics {
+    /// Events taken through it (offered to the function's queues, or
+    /// dropped before).
+    pub events: AtomicU64,
+    /// QoS 0 messages dropped because the function's queue was full.
+    pub dropped: AtomicU64,
+    /// An HTTP or WebSocket route's responses by status class: 1xx to 5xx.
+    pub http_responses: [AtomicU64; 5],
+}
+
+impl TriggerMetrics {
+    pub fn count_http(&self, status: u16) {
+        if let Some(class) = status_class(status) {
+            inc(&self.http_responses[class]);
+        }
+    }
+}
+
+/// A function's triggers by label (`TriggerConfig::label`). Entries stay
+/// when `apply` takes a trigger away, so a scraper's counters never go
+/// back; a function has as many as its configs ever had, which is bounded
+/// by what an operator writes, not by traffic. Looked up once per source,
+/// never per event.
+#[derive(Debug, Default)]
+pub struct Triggers(std::sync::Mutex<Vec<(String, std::sync::Arc<TriggerMetrics>)>>);
+
+impl Triggers {
+    /// The counters of the trigger `label`, made on first use.
+    pub fn get(&self, label: &str) -> std::sync::Arc<TriggerMetrics> {
+        let mut all = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, m)) = all.iter().find(|(l, _)| l == label) {
+            return m.clone();
+        }
+        let m = std::sync::Arc::<TriggerMetrics>::default();
+        all.push((label.to_owned(), m.clone()));
+        m
+    }
+
+    /// Every trigger so far, in the order first used.
+    pub fn all(&self) -> Vec<(String, std::sync::Arc<TriggerMetrics>)> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 impl FunctionMetrics {
     /// Counts an HTTP response of one of its routes, by class.
     pub fn count_http(&self, status: u16) {
-        if let Some(class) = (status / 100).checked_sub(1).filter(|c| *c < 5) {
-            inc(&self.http_responses[class as usize]);
+        if let Some(class) = status_class(status) {
+            inc(&self.http_responses[class]);
         }
     }
 
@@ -132,6 +196,28 @@ mod failure_kind_tests {
             .map(|c| c.load(Ordering::Relaxed))
             .collect();
         assert_eq!(by, [1, 0, 0, 2, 0, 0, 0]);
+    }
+
+    #[test]
+    fn a_trigger_label_names_one_set_of_counters() {
+        let m = FunctionMetrics::default();
+        let a = m.triggers.get("mqtt:a/#");
+        inc(&a.events);
+        inc(&m.triggers.get("mqtt:a/#").events);
+        m.triggers.get("http:GET /x").count_http(404);
+        m.triggers.get("http:GET /x").count_http(99);
+        m.triggers.get("http:GET /x").count_http(600);
+        let all = m.triggers.all();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].0, "mqtt:a/#");
+        assert_eq!(all[0].1.events.load(Ordering::Relaxed), 2);
+        let classes: Vec<u64> = all[1]
+            .1
+            .http_responses
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(classes, [0, 0, 0, 1, 0]);
     }
 }
 

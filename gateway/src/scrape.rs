@@ -368,6 +368,66 @@ impl prometheus_client::collector::Collector for Collect {
                 })
                 .collect::<Vec<_>>(),
         )?;
+        // Per trigger: the same events by where they came from. The fan-out
+        // `invoke` pseudo-trigger of every function is left out until
+        // something invokes it.
+        let triggers: Vec<(&str, String, Arc<crate::metrics::TriggerMetrics>)> = functions
+            .iter()
+            .flat_map(|f| {
+                f.metrics
+                    .triggers
+                    .all()
+                    .into_iter()
+                    .map(|(label, m)| (f.name.as_str(), label, m))
+            })
+            .filter(|(_, label, m)| label != "invoke" || m.events.load(Ordering::Relaxed) > 0)
+            .collect();
+        fn by_trigger<'a>(
+            t: &'a (&'a str, String, Arc<crate::metrics::TriggerMetrics>),
+        ) -> Labels<'a> {
+            vec![("function", t.0), ("trigger", t.1.as_str())]
+        }
+        family(
+            &mut e,
+            "wasmgate_trigger_events",
+            "Events taken through the trigger (kind:what it listens to; invoke: other functions' invokes).",
+            MetricType::Counter,
+            triggers
+                .iter()
+                .map(|t| (by_trigger(t), counter(t.2.events.load(Ordering::Relaxed))))
+                .collect::<Vec<_>>(),
+        )?;
+        family(
+            &mut e,
+            "wasmgate_trigger_dropped",
+            "QoS 0 messages of the MQTT trigger dropped because the function's queue was full.",
+            MetricType::Counter,
+            triggers
+                .iter()
+                .filter(|t| t.1.starts_with("mqtt:"))
+                .map(|t| (by_trigger(t), counter(t.2.dropped.load(Ordering::Relaxed))))
+                .collect::<Vec<_>>(),
+        )?;
+        family(
+            &mut e,
+            "wasmgate_trigger_http_responses",
+            "Responses of the HTTP or WebSocket route, by status class.",
+            MetricType::Counter,
+            triggers
+                .iter()
+                .filter(|t| t.1.starts_with("http:") || t.1.starts_with("websocket:"))
+                .flat_map(|t| {
+                    classes
+                        .iter()
+                        .zip(&t.2.http_responses)
+                        .map(move |(class, n)| {
+                            let mut labels = by_trigger(t);
+                            labels.push(("status", *class));
+                            (labels, counter(n.load(Ordering::Relaxed)))
+                        })
+                })
+                .collect::<Vec<_>>(),
+        )?;
         family(
             &mut e,
             "wasmgate_function_in_flight",

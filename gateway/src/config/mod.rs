@@ -1084,6 +1084,23 @@ pub struct TriggerConfig {
 }
 
 impl TriggerConfig {
+    /// How `/metrics` names it: its kind and what it listens to,
+    /// `mqtt:vending/+/telemetry`, `http:GET /state`, `schedule:rate(5 minutes)`.
+    pub fn label(&self) -> String {
+        let kinds = [
+            ("mqtt", &self.mqtt),
+            ("http", &self.http),
+            ("websocket", &self.websocket),
+            ("schedule", &self.schedule),
+            ("file", &self.file),
+            ("kv_change", &self.kv_change),
+        ];
+        kinds
+            .iter()
+            .find_map(|(kind, what)| what.as_ref().map(|what| format!("{kind}:{what}")))
+            .unwrap_or_else(|| "unknown".to_owned())
+    }
+
     /// The HTTP route this trigger serves, as a route is written: its
     /// `http`, or `GET <path>` for a `websocket` (the upgrade request).
     pub fn route(&self) -> Option<String> {

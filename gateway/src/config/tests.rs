@@ -915,3 +915,34 @@ fn the_api_listener_needs_its_token_file_and_keep_versions_is_bounded() {
     let found = api("[api]\nlisten = \"nowhere\"\ntoken_file = \"token\"");
     assert!(found.iter().any(|e| e.contains("api.listen")), "{found:?}");
 }
+
+#[test]
+fn a_trigger_is_labelled_by_its_kind_and_what_it_listens_to() {
+    let config = valid(
+        r#"
+[[functions]]
+name = "f"
+wasm = "f.wasm"
+triggers = [
+    { mqtt = "vending/+/telemetry" },
+    { http = "GET /state/{id}" },
+    { websocket = "/live" },
+    { schedule = "rate(5 minutes)" },
+]
+"#,
+    );
+    let labels: Vec<String> = config.functions[0]
+        .triggers
+        .iter()
+        .map(|t| t.label())
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "mqtt:vending/+/telemetry",
+            "http:GET /state/{id}",
+            "websocket:/live",
+            "schedule:rate(5 minutes)"
+        ]
+    );
+}

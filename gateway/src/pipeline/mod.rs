@@ -875,7 +875,12 @@ async fn start_metrics(
 fn intakes_of(units: &[Unit]) -> HashMap<String, crate::triggers::Intake> {
     units
         .iter()
-        .map(|u| (u.name().to_owned(), u.dispatcher.intake.clone()))
+        .map(|u| {
+            (
+                u.name().to_owned(),
+                u.dispatcher.intake.for_trigger("invoke"),
+            )
+        })
         .collect()
 }
 

@@ -184,7 +184,7 @@ impl Unit {
             spec,
             last,
             wiring.store.clone(),
-            self.dispatcher.intake.clone(),
+            self.dispatcher.intake.for_trigger(&t.label()),
             self.draining.clone(),
         )))
     }
@@ -205,13 +205,12 @@ impl Unit {
                 .into(),
             keep: f.dead_letters.keep,
         };
+        let intake = self.dispatcher.intake.for_trigger(&t.label());
         let intake = match t.batch {
-            Some(window) => crate::triggers::batch::batched(
-                &self.dispatcher.intake,
-                window.into(),
-                self.draining.clone(),
-            ),
-            None => self.dispatcher.intake.clone(),
+            Some(window) => {
+                crate::triggers::batch::batched(&intake, window.into(), self.draining.clone())
+            }
+            None => intake,
         };
         Some(tokio::spawn(file::run(
             spec,
@@ -234,7 +233,7 @@ impl Unit {
         Some(tokio::spawn(kv_change::run(
             spec,
             store.clone(),
-            self.dispatcher.intake.clone(),
+            self.dispatcher.intake.for_trigger(&t.label()),
             self.draining.clone(),
         )))
     }
@@ -271,7 +270,7 @@ impl Unit {
                     })
                 });
                 let target = Target {
-                    intake: self.dispatcher.intake.clone(),
+                    intake: self.dispatcher.intake.for_trigger(&t.label()),
                     api_keys: t.auth.as_ref().map(crate::config::RouteAuth::keys),
                     queue: (t.invocation == Some(Invocation::Event)).then(|| Queue {
                         store: store.clone(),

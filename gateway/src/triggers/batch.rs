@@ -68,7 +68,10 @@ pub fn batched(intake: &Intake, window: Window, draining: Arc<AtomicBool>) -> In
             tx
         })
         .collect();
-    Intake::new(shards, intake.in_flight.clone(), intake.metrics.clone())
+    Intake {
+        shards,
+        ..intake.clone()
+    }
 }
 
 /// Gathers batches until every sender of `rx` is gone.

@@ -352,10 +352,11 @@ async fn handle(
     };
     let target = &table.targets[index];
     let response = serve_route(state, target, method, path, params, request, stopping).await;
-    target
-        .intake
-        .metrics()
-        .count_http(response.status().as_u16());
+    let status = response.status().as_u16();
+    target.intake.metrics().count_http(status);
+    if let Some(trigger) = target.intake.trigger() {
+        trigger.count_http(status);
+    }
     response
 }
 
@@ -425,7 +426,17 @@ async fn serve_route(
         params: OwnedEvent::encode_pairs(&params),
     };
     if let Some(queue) = &target.queue {
-        return queue.accept(event).await;
+        let response = queue.accept(event).await;
+        // Counted here: the invoke drain that runs it later counts it for
+        // the function only.
+        if let Some(trigger) = target
+            .intake
+            .trigger()
+            .filter(|_| response.status().is_success())
+        {
+            crate::metrics::inc(&trigger.events);
+        }
+        return response;
     }
     let (reply, answer) = oneshot::channel();
     let job = Job {

@@ -162,9 +162,10 @@ async fn offer(
     };
     // A whole event (an HTTP request taken with `invocation = "event"`), or
     // the payload of an invoke.
-    let event = if row.retain {
+    let (event, intake) = if row.retain {
         match crate::dlq::decode_event(&row.payload) {
-            Ok(event) => OwnedEvent::from_abi(&event),
+            // Its HTTP trigger counted it when it was queued.
+            Ok(event) => (OwnedEvent::from_abi(&event), intake.untriggered()),
             Err(e) => {
                 tracing::error!(target = %row.topic, error = %e, "a queued event does not decode (written by another version of wasmgate?); dropped");
                 store.delete_outbox(vec![row.id]);
@@ -172,10 +173,11 @@ async fn offer(
             }
         }
     } else {
-        OwnedEvent::Invoke {
+        let event = OwnedEvent::Invoke {
             from: row.function,
             payload: row.payload,
-        }
+        };
+        (event, intake)
     };
     let job = Job {
         event,

@@ -30,7 +30,7 @@ pub mod schedule;
 pub mod websocket;
 
 use crate::event::OwnedEvent;
-use crate::metrics::{inc, FunctionMetrics};
+use crate::metrics::{inc, FunctionMetrics, TriggerMetrics};
 use crate::store::Cursor;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -229,12 +229,24 @@ pub struct Intake {
     pub in_flight: Arc<AtomicUsize>,
     /// Where a full queue is counted (`throttled`).
     metrics: Arc<FunctionMetrics>,
+    /// The trigger whose events this intake takes, counted by it too: a
+    /// source takes its intake through [`Intake::for_trigger`].
+    trigger: Option<Arc<TriggerMetrics>>,
 }
 
 impl Intake {
     /// The function's counters.
     pub fn metrics(&self) -> &FunctionMetrics {
         &self.metrics
+    }
+
+    /// Its trigger's counters, if it is one trigger's way in.
+    pub fn trigger(&self) -> Option<&TriggerMetrics> {
+        self.trigger.as_deref()
+    }
+
+    pub(crate) fn trigger_arc(&self) -> Option<Arc<TriggerMetrics>> {
+        self.trigger.clone()
     }
 
     pub fn new(
@@ -246,6 +258,32 @@ impl Intake {
             shards,
             in_flight,
             metrics,
+            trigger: None,
+        }
+    }
+
+    /// The same way in, for the trigger `label` (`TriggerConfig::label`):
+    /// what it takes is counted for that trigger as well.
+    pub fn for_trigger(&self, label: &str) -> Intake {
+        Intake {
+            trigger: Some(self.metrics.triggers.get(label)),
+            ..self.clone()
+        }
+    }
+
+    /// The same way in, counted for no trigger (an event whose trigger
+    /// counted it already: an HTTP request queued with `invocation = "event"`).
+    pub fn untriggered(self) -> Intake {
+        Intake {
+            trigger: None,
+            ..self
+        }
+    }
+
+    fn count_in(&self, n: u64) {
+        self.metrics.received.fetch_add(n, Ordering::Relaxed);
+        if let Some(trigger) = &self.trigger {
+            trigger.events.fetch_add(n, Ordering::Relaxed);
         }
     }
 
@@ -258,7 +296,7 @@ impl Intake {
     /// counted as throttled. `false` if the workers are gone.
     #[must_use]
     pub async fn send(&self, job: Job) -> bool {
-        inc(&self.metrics.received);
+        self.count_in(1);
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.metrics.queued.fetch_add(1, Ordering::Relaxed);
         let shard = self.shard(&job.event).clone();
@@ -280,7 +318,7 @@ impl Intake {
     /// with its source).
     pub async fn send_batch(&self, key: &str, items: Vec<Job>) -> bool {
         let n = items.len();
-        self.metrics.received.fetch_add(n as u64, Ordering::Relaxed);
+        self.count_in(n as u64);
         self.in_flight.fetch_add(n, Ordering::SeqCst);
         self.metrics.queued.fetch_add(n as i64, Ordering::Relaxed);
         let shard = self.shards[shard_for(key, self.shards.len())].clone();
@@ -299,7 +337,7 @@ impl Intake {
     /// caller can hold the event and come back (an HTTP client gets 429).
     pub fn try_send(&self, job: Job) -> Result<(), Refused> {
         let shard = self.shard(&job.event).clone();
-        inc(&self.metrics.received);
+        self.count_in(1);
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.metrics.queued.fetch_add(1, Ordering::Relaxed);
         match shard.try_send(job) {

@@ -31,7 +31,7 @@ mod acks;
 
 use super::{Intake, Job, Settle};
 use crate::event::OwnedEvent;
-use crate::metrics::{inc, FunctionMetrics};
+use crate::metrics::{inc, FunctionMetrics, TriggerMetrics};
 use crate::mqtt::{self, Backoff, Client, Endpoint, EventLoop, Message, PollError, Polled};
 use crate::router::Router;
 use acks::AckQueue;
@@ -209,14 +209,18 @@ pub fn start(
         acks: Mutex::new(AckQueue::default()),
     });
     // Each trigger's way in: the function's intake, or a batching one.
-    let intakes = spec
+    let intakes: Vec<Intake> = spec
         .triggers
         .iter()
-        .map(|trigger| match trigger.batch {
-            Some(window) => super::batch::batched(&intake, window, draining.clone()),
-            None => intake.clone(),
+        .map(|trigger| {
+            let intake = intake.for_trigger(&format!("mqtt:{}", trigger.filter));
+            match trigger.batch {
+                Some(window) => super::batch::batched(&intake, window, draining.clone()),
+                None => intake,
+            }
         })
         .collect();
+    let triggers = intakes.iter().map(|intake| intake.trigger_arc()).collect();
     let (jobs_tx, jobs_rx) = mpsc::channel(spec.queue.max(1) + FORWARD_SLACK);
     let (subscribed_tx, subscribed) = watch::channel(None);
     let backlog = Arc::new(Backlog::default());
@@ -224,6 +228,7 @@ pub fn start(
         session: session.clone(),
         spec,
         metrics,
+        triggers,
         draining: draining.clone(),
         jobs: jobs_tx,
         backlog: backlog.clone(),
@@ -264,6 +269,8 @@ struct Reader {
     session: Arc<Session>,
     spec: IngressSpec,
     metrics: Arc<FunctionMetrics>,
+    /// Each trigger's counters, by its index in `spec.triggers`.
+    triggers: Vec<Option<Arc<TriggerMetrics>>>,
     draining: Arc<AtomicBool>,
     jobs: mpsc::Sender<(usize, Job)>,
     /// Jobs read but not yet in the queue.
@@ -418,6 +425,10 @@ impl Reader {
             // (which counts the rest).
             inc(&self.metrics.received);
             inc(&self.metrics.dropped);
+            if let Some(Some(t)) = self.triggers.get(trigger) {
+                inc(&t.events);
+                inc(&t.dropped);
+            }
             return;
         }
         if let Some(permit) = room.take() {
