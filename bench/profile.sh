@@ -16,7 +16,8 @@
 # below, so Cargo.toml stays as it is. Reports go to bench/results/profile-<stamp>-*.
 #
 # Needs: cargo, mosquitto, perf or valgrind, python3. Settings (environment):
-# TOOL (perf), WORKLOAD (vending or enrich), COUNT (20000 for perf, 2000 for callgrind), RATE (0: flat out),
+# TOOL (perf), WORKLOAD (vending or enrich), TRACING (1: [tracing] on, spans
+# to tests/support/otlp_receiver.py, which needs opentelemetry-proto), COUNT (20000 for perf, 2000 for callgrind), RATE (0: flat out),
 # QOS (1), CONCURRENCY (the function's, default 1), SYNCHRONOUS (store's, default
 # full), KEEP (a path to copy perf.data or the callgrind dump to), CARGO_TARGET_DIR (/var/tmp/wg-bench-target), WASMGATE (a prebuilt
 # binary with symbols: skips the build).
@@ -31,6 +32,7 @@ CONCURRENCY=${CONCURRENCY:-1}
 SYNCHRONOUS=${SYNCHRONOUS:-full}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/wg-bench-target}
 WORKLOAD=${WORKLOAD:-vending}
+TRACING=${TRACING:-0}
 case "$WORKLOAD" in
     vending) WASM="$ROOT/functions/examples/wasm/vending_telemetry.wasm" ;;
     enrich) WASM="$ROOT/functions/examples/wasm/telemetry_enrich.wasm" ;;
@@ -86,6 +88,13 @@ limits = { concurrency = $CONCURRENCY }
 local = ["vending/+/alert"]
 upstream = ["telemetry/#"]
 TOML
+if [ "$TRACING" = 1 ]; then
+    OTLP_PORT=$(free_port)
+    python3 "$ROOT/tests/support/otlp_receiver.py" "$OTLP_PORT" > "$WORK/spans.jsonl" &
+    PIDS+=("$!")
+    wait_for "$WORK/spans.jsonl" "listening"
+    printf '[tracing]\nendpoint = "http://127.0.0.1:%s/v1/traces"\n' "$OTLP_PORT" >> "$WORK/gateway.toml"
+fi
 "$WG" config check "$WORK/gateway.toml" >&2
 
 mkdir -p "$RESULTS"

@@ -387,3 +387,75 @@ triggers = [{{ http = "ANY /hello" }}]
         .log_lines_with(&["cannot reach the trace collector"])
         .is_empty());
 }
+
+/// A collector that refuses for good (a 4xx other than 429 and 408: here
+/// a 404, a wrong path) gets each batch once: the spans are dropped and
+/// counted, not retried forever. An unsampled parent is carried on, and
+/// its invocation's span is not exported.
+#[test]
+fn a_collector_that_refuses_for_good_drops_the_batch_and_unsampled_traces_are_passed_on_only() {
+    let (broker, metrics, http, otlp) = (free_port(), free_port(), free_port(), free_port());
+    let receiver = Receiver::start(otlp);
+    let gateway = GatewayProcess::start_toml(|dir| {
+        format!(
+            "data_dir = {data:?}\n[broker]\nlisten = \"127.0.0.1:{broker}\"\n\
+             [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n\
+             [tracing]\nendpoint = \"http://127.0.0.1:{otlp}/v1/nowhere\"\n\
+             [[functions]]\nname = \"hello\"\nwasm = {hello:?}\ntriggers = [{{ http = \"GET /hello\" }}]\n",
+            data = dir.join("data").display().to_string(),
+            hello = example_wasm("hello_http.wasm").display().to_string(),
+        )
+    });
+    let (status, answer) = support::http::request(
+        http,
+        "GET",
+        "/hello?name=unsampled",
+        &format!("traceparent: 00-{HTTP_TRACE}-{HTTP_SPAN}-00\r\n"),
+        "",
+    );
+    assert_eq!(status, 200, "{answer}");
+    let back = header(&answer, "traceparent").unwrap_or_else(|| panic!("{answer}"));
+    assert!(
+        back.starts_with(&format!("00-{HTTP_TRACE}-")) && back.ends_with("-00"),
+        "the trace goes on, unsampled: {back}"
+    );
+    let (status, answer) = support::http::request(http, "GET", "/hello?name=root", "", "");
+    assert_eq!(status, 200, "{answer}");
+    let root = header(&answer, "traceparent").unwrap_or_else(|| panic!("{answer}"));
+    assert!(
+        root.ends_with("-01") && !root.contains(HTTP_TRACE),
+        "{root}"
+    );
+    // Only the sampled span is sent, refused once, and gone.
+    assert!(
+        wait_until(WAIT, || scrape(
+            metrics,
+            "wasmgate_trace_spans_refused_total"
+        ) == Some(1.0)
+            && scrape(metrics, "wasmgate_trace_spans_waiting") == Some(0.0)),
+        "{:?}\n{}",
+        scrape(metrics, "wasmgate_trace_spans_refused_total"),
+        gateway.logs()
+    );
+    assert_eq!(
+        scrape(metrics, "wasmgate_trace_spans_exported_total"),
+        Some(0.0)
+    );
+    assert!(
+        gateway
+            .logs()
+            .contains("the trace collector refused a batch of spans for good"),
+        "{}",
+        gateway.logs()
+    );
+    // Not sent again.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        scrape(metrics, "wasmgate_trace_spans_refused_total"),
+        Some(1.0)
+    );
+    assert!(
+        receiver.spans.try_recv().is_err(),
+        "a 404 path decodes nothing"
+    );
+}

@@ -152,22 +152,49 @@ impl TraceContext {
     }
 }
 
-/// An id that is not all zeros (which W3C reserves for "none").
+/// An id that is not all zeros (which W3C reserves for "none"), from a
+/// per-thread generator seeded once from the OS. Ids need to be unique and
+/// unguessable enough to spread over a collector's shards, not secret (they
+/// travel in clear headers): a `getrandom` system call per span cost more
+/// than the rest of the span's id work.
 fn random_id<const N: usize>() -> [u8; N] {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(seed());
+    }
     let mut id = [0u8; N];
     while id == [0u8; N] {
-        if getrandom::getrandom(&mut id).is_err() {
-            // No entropy source (never seen on Linux): time and a counter
-            // still make ids unique on this gateway.
-            use std::sync::atomic::{AtomicU64, Ordering};
-            static NEXT: AtomicU64 = AtomicU64::new(1);
-            let n = NEXT.fetch_add(1, Ordering::Relaxed) ^ unix_nanos();
-            for (i, b) in id.iter_mut().enumerate() {
-                *b = (n.rotate_left(8 * i as u32) & 0xff) as u8;
+        STATE.with(|state| {
+            for chunk in id.chunks_mut(8) {
+                let (next, word) = splitmix64(state.get());
+                state.set(next);
+                chunk.copy_from_slice(&word.to_le_bytes()[..chunk.len()]);
             }
-        }
+        });
     }
     id
+}
+
+/// SplitMix64 (Steele, Lea and Flood): the next state, and its output.
+fn splitmix64(state: u64) -> (u64, u64) {
+    let next = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = next;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (next, z ^ (z >> 31))
+}
+
+/// A thread's starting state: the OS's randomness, or (with no entropy
+/// source, never seen on Linux) the time and a counter, which still keep
+/// ids unique on this gateway.
+fn seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::getrandom(&mut bytes).is_ok() {
+        return u64::from_le_bytes(bytes);
+    }
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1 << 40, Ordering::Relaxed) ^ unix_nanos()
 }
 
 pub fn unix_nanos() -> u64 {
@@ -193,7 +220,13 @@ fn hex_bytes<const N: usize>(s: &str) -> Option<[u8; N]> {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 /// OTLP's `Span.SpanKind`.
@@ -258,17 +291,23 @@ impl Span<'_> {
         fixed64(&mut out, 7, self.start_ns);
         fixed64(&mut out, 8, self.end_ns);
         for (key, value) in self.attributes {
-            bytes(&mut out, 9, &key_value(key, value));
+            key_value(&mut out, 9, key, value);
         }
-        let mut status = Vec::new();
+        // Status { message = 2, code = 3 }.
         match &self.error {
             Some(message) => {
-                bytes(&mut status, 2, message.as_bytes());
-                varint_field(&mut status, 3, 2); // STATUS_CODE_ERROR
+                let len = 1 + varint_len(message.len() as u64) + message.len() + 2;
+                varint(&mut out, 15 << 3 | 2);
+                varint(&mut out, len as u64);
+                bytes(&mut out, 2, message.as_bytes());
+                varint_field(&mut out, 3, 2); // STATUS_CODE_ERROR
             }
-            None => varint_field(&mut status, 3, 1), // STATUS_CODE_OK
+            None => {
+                varint(&mut out, 15 << 3 | 2);
+                varint(&mut out, 2);
+                varint_field(&mut out, 3, 1); // STATUS_CODE_OK
+            }
         }
-        bytes(&mut out, 15, &status);
         // flags (fixed32): the W3C trace flags in the low byte. Field 16's
         // tag is two bytes of varint.
         varint(&mut out, 16 << 3 | 5);
@@ -277,21 +316,26 @@ impl Span<'_> {
     }
 }
 
-/// An OTLP `ExportTraceServiceRequest` holding encoded spans, as one
-/// resource (this gateway: string attributes) and one instrumentation scope.
-pub fn export_request(resource: &[(&'static str, String)], spans: &[Vec<u8>]) -> Vec<u8> {
+/// Appends an encoded `Span` as a `ScopeSpans.spans` field (2): how the
+/// store keeps spans, so that a batch is sent as it was kept.
+pub fn frame_span(out: &mut Vec<u8>, span: &[u8]) {
+    bytes(out, 2, span);
+}
+
+/// An OTLP `ExportTraceServiceRequest` holding spans framed by
+/// [`frame_span`], as one resource (this gateway: string attributes) and
+/// one instrumentation scope.
+pub fn export_request(resource: &[(&'static str, String)], framed: &[u8]) -> Vec<u8> {
     let mut resource_msg = Vec::new();
     for (key, value) in resource {
-        bytes(&mut resource_msg, 1, &key_value(key, &Value::Str(value)));
+        key_value(&mut resource_msg, 1, key, &Value::Str(value));
     }
     let mut scope = Vec::new();
     bytes(&mut scope, 1, b"wasmgate");
     bytes(&mut scope, 2, env!("CARGO_PKG_VERSION").as_bytes());
-    let mut scope_spans = Vec::new();
+    let mut scope_spans = Vec::with_capacity(scope.len() + framed.len() + 8);
     bytes(&mut scope_spans, 1, &scope);
-    for span in spans {
-        bytes(&mut scope_spans, 2, span);
-    }
+    scope_spans.extend_from_slice(framed);
     let mut resource_spans = Vec::new();
     bytes(&mut resource_spans, 1, &resource_msg);
     bytes(&mut resource_spans, 2, &scope_spans);
@@ -300,17 +344,29 @@ pub fn export_request(resource: &[(&'static str, String)], spans: &[Vec<u8>]) ->
     request
 }
 
-/// OTLP's `KeyValue { key, value: AnyValue }`.
-fn key_value(key: &str, value: &Value) -> Vec<u8> {
-    let mut any = Vec::new();
+/// OTLP's `KeyValue { key, value: AnyValue }` as field `field` of `out`,
+/// written in place: the nested lengths are known before the bytes.
+fn key_value(out: &mut Vec<u8>, field: u64, key: &str, value: &Value) {
+    let any_len = match value {
+        Value::Str(s) => 1 + varint_len(s.len() as u64) + s.len(),
+        Value::Int(n) => 1 + varint_len(*n as u64),
+    };
+    let kv_len =
+        1 + varint_len(key.len() as u64) + key.len() + 1 + varint_len(any_len as u64) + any_len;
+    varint(out, field << 3 | 2);
+    varint(out, kv_len as u64);
+    bytes(out, 1, key.as_bytes());
+    varint(out, 2 << 3 | 2);
+    varint(out, any_len as u64);
     match value {
-        Value::Str(s) => bytes(&mut any, 1, s.as_bytes()),
-        Value::Int(n) => varint_field(&mut any, 3, *n as u64),
+        Value::Str(s) => bytes(out, 1, s.as_bytes()),
+        Value::Int(n) => varint_field(out, 3, *n as u64),
     }
-    let mut kv = Vec::new();
-    bytes(&mut kv, 1, key.as_bytes());
-    bytes(&mut kv, 2, &any);
-    kv
+}
+
+/// The bytes `varint` writes for `n`.
+fn varint_len(n: u64) -> usize {
+    (64 - (n | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 fn varint(out: &mut Vec<u8>, mut n: u64) {
@@ -357,6 +413,25 @@ mod tests {
     }
 
     #[test]
+    fn new_ids_are_never_zero_and_do_not_repeat() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10_000 {
+            let root = TraceContext::root();
+            assert_ne!(root.trace_id, [0; 16]);
+            assert_ne!(root.span_id, [0; 8]);
+            // The two halves of a trace id are not one word twice.
+            assert_ne!(root.trace_id[..8], root.trace_id[8..]);
+            assert!(seen.insert(root.span_id));
+        }
+        // Another thread starts from a seed of its own.
+        let there = std::thread::spawn(|| TraceContext::root().trace_id)
+            .join()
+            .unwrap();
+        assert_ne!(there, TraceContext::root().trace_id);
+        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+    }
+
+    #[test]
     fn what_is_not_a_traceparent_is_ignored() {
         for bad in [
             "",
@@ -395,6 +470,25 @@ mod tests {
     }
 
     #[test]
+    fn a_varints_length_is_known_before_it_is_written() {
+        for n in [
+            0,
+            1,
+            127,
+            128,
+            300,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let mut out = Vec::new();
+            varint(&mut out, n);
+            assert_eq!(varint_len(n), out.len(), "{n}");
+        }
+    }
+
+    #[test]
     fn spans_encode_as_protobuf() {
         let span = Span {
             context: &TraceContext::parse(PARENT, None).unwrap(),
@@ -411,7 +505,9 @@ mod tests {
         assert_eq!(&encoded[..2], &[0x0a, 16]);
         // The attribute's int 300 as a varint: ac 02.
         assert!(encoded.windows(3).any(|w| w == [0x18, 0xac, 0x02]));
-        let request = export_request(&[("service.name", "g".to_owned())], &[encoded]);
+        let mut framed = Vec::new();
+        frame_span(&mut framed, &encoded);
+        let request = export_request(&[("service.name", "g".to_owned())], &framed);
         assert_eq!(request[0], 0x0a);
     }
 }

@@ -117,28 +117,26 @@ pub async fn run(
         }
         let reader = store.clone();
         let batch = tokio::task::spawn_blocking(move || reader.spans_after(after, BATCH)).await;
-        let spans = match batch {
-            Ok(Ok(spans)) => spans,
+        let waiting = match batch {
+            Ok(Ok(waiting)) => waiting,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "cannot read the spans waiting for the collector; trying again");
-                Vec::new()
+                None
             }
             Err(_) => return,
         };
-        let Some(&(last, _)) = spans.last() else {
+        let Some(waiting) = waiting else {
             if sleep_or_stop(&mut stop, IDLE).await {
                 return;
             }
             continue;
         };
-        let bodies: Vec<Vec<u8>> = spans.into_iter().map(|(_, body)| body).collect();
-        let request = crate::trace::export_request(&resource, &bodies);
+        let (last, count) = (waiting.last, waiting.count);
+        let request = crate::trace::export_request(&resource, &waiting.framed);
         let outcome = post(&endpoint, tls.as_deref(), request).await;
         match outcome {
             Ok(status) if (200..300).contains(&status) => {
-                stats
-                    .exported
-                    .fetch_add(bodies.len() as u64, Ordering::Relaxed);
+                stats.exported.fetch_add(count, Ordering::Relaxed);
                 stats.reachable.store(true, Ordering::Relaxed);
                 if let Some(since) = down_since.take() {
                     tracing::info!(after = ?since.elapsed(), "the trace collector takes spans again");
@@ -149,13 +147,11 @@ pub async fn run(
                 continue;
             }
             Ok(status) if (400..500).contains(&status) && status != 429 && status != 408 => {
-                stats
-                    .refused
-                    .fetch_add(bodies.len() as u64, Ordering::Relaxed);
+                stats.refused.fetch_add(count, Ordering::Relaxed);
                 stats.reachable.store(true, Ordering::Relaxed);
                 tracing::warn!(
                     status,
-                    spans = bodies.len(),
+                    spans = count,
                     "the trace collector refused a batch of spans for good; they are dropped"
                 );
                 after = last;

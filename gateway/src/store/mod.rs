@@ -1101,6 +1101,9 @@ struct StoreThread {
     /// The last outbox id this store inserted, to notice rows another
     /// process (`wasmgate dlq replay`) inserted in between.
     last_outbox_id: Option<i64>,
+    /// Spans in the table as of the last commit; read in the first
+    /// transaction that writes spans.
+    spans_waiting: Option<u64>,
 }
 
 impl StoreThread {
@@ -1112,6 +1115,7 @@ impl StoreThread {
             // Prune on the first commit after a start.
             last_dedup_prune: Instant::now() - Duration::from_secs(3_600),
             last_outbox_id: None,
+            spans_waiting: None,
         }
     }
 
@@ -1161,6 +1165,9 @@ impl StoreThread {
                     stats
                         .spans_dropped
                         .fetch_add(written.spans_dropped, Ordering::Relaxed);
+                    if written.spans_waiting.is_some() {
+                        self.spans_waiting = written.spans_waiting;
+                    }
                     self.finish(batch, Ok(()), written);
                     return;
                 }
@@ -1414,7 +1421,12 @@ impl StoreThread {
             }
         }
         logs::write(&tx, lines, self.options.log_keep)?;
-        written.spans_dropped = spans::write(&tx, spans, self.options.span_keep.max(1))?;
+        if !spans.is_empty() {
+            let (dropped, waiting) =
+                spans::write(&tx, spans, self.options.span_keep, self.spans_waiting)?;
+            written.spans_dropped = dropped;
+            written.spans_waiting = Some(waiting);
+        }
         drop_oldest_over_budget(&self.inner, &self.options, &tx, &mut written)?;
         if let Some(seq) = max_seq.filter(|_| !self.options.operator) {
             tx.execute(
@@ -1626,6 +1638,8 @@ struct Written {
     replies: Vec<i64>,
     /// Spans dropped past `[tracing] keep`.
     spans_dropped: u64,
+    /// Spans in the table after it, if it wrote or deleted any.
+    spans_waiting: Option<u64>,
     /// Rows added, per destination, for the feeds.
     fed: [Vec<OutboxRow>; 3],
 }

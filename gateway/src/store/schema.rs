@@ -187,6 +187,19 @@ const MIGRATIONS: &[&str] = &[
         body BLOB NOT NULL
     );
     "#,
+    // 10: spans in one row per transaction (store/spans.rs), framed as
+    // OTLP ScopeSpans.spans fields; `count` spans each. The rows of 9 come
+    // along with `count` 0: one span, unframed. AUTOINCREMENT carries on
+    // past their ids, so an exporter's place stays meaningful.
+    r#"
+    CREATE TABLE span_batches (
+        id    INTEGER PRIMARY KEY AUTOINCREMENT,
+        count INTEGER NOT NULL,
+        body  BLOB NOT NULL
+    );
+    INSERT INTO span_batches (id, count, body) SELECT id, 0, body FROM spans;
+    DROP TABLE spans;
+    "#,
 ];
 
 /// The version this binary writes.
@@ -250,6 +263,43 @@ mod tests {
             )
             .unwrap();
         assert_eq!(seq, 0);
+    }
+
+    #[test]
+    fn spans_kept_one_per_row_come_along_to_the_batched_table() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
+        )
+        .unwrap();
+        for (i, sql) in MIGRATIONS[..9].iter().enumerate() {
+            conn.execute_batch(sql).unwrap();
+            conn.execute(
+                "INSERT INTO schema_migrations VALUES (?1, 0)",
+                [i as i64 + 1],
+            )
+            .unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO spans (body) VALUES (x'01'), (x'0203'); DELETE FROM spans WHERE id = 1;",
+        )
+        .unwrap();
+        assert_eq!(migrate(&mut conn).unwrap(), 9);
+        let rows: Vec<(i64, i64, Vec<u8>)> = conn
+            .prepare("SELECT id, count, body FROM span_batches")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows, [(2, 0, vec![2, 3])]);
+        // Ids go on past the old ones.
+        conn.execute(
+            "INSERT INTO span_batches (count, body) VALUES (1, x'00')",
+            [],
+        )
+        .unwrap();
+        assert_eq!(conn.last_insert_rowid(), 3);
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! Spans waiting for the OTLP collector (`[tracing]`): a queue in the
 //! database, so that traces survive the collector, the link or the power
-//! going. Spans are written as log lines are: buffered (bounded) and put in
-//! the store's next group commit, with no fsync of their own; the exporter
-//! (`pipeline/spans.rs`) reads them in id order and, once the collector has
-//! them, says up to which id they may go. Only the newest `keep` are held.
+//! going. Spans are buffered (bounded) as log lines are and written in the
+//! store's next group commit, with no fsync of their own: one row per
+//! transaction, holding its spans already framed as OTLP `ScopeSpans.spans`
+//! fields, so the exporter (`pipeline/spans.rs`) sends a row's bytes as they
+//! are. A row per span cost SQLite more than the rest of tracing did.
+//! The exporter reads rows in id order and, once the collector has them,
+//! says up to which id they may go. Only the newest `keep` spans are held.
 //!
 //! Not rows of the message outbox: that one's budget and `when_full`
 //! policies are for devices' messages, which spans must never push out.
@@ -69,26 +72,40 @@ impl Store {
         }
     }
 
-    /// Up to `limit` spans after id `after`, oldest first.
-    pub fn spans_after(&self, after: i64, limit: usize) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+    /// Whole rows after id `after`, oldest first, until they hold `limit`
+    /// spans (or one row, if it holds more); `None` when nothing waits.
+    pub fn spans_after(&self, after: i64, limit: usize) -> Result<Option<Waiting>, StoreError> {
         self.with_reader(|conn| {
-            let mut select = conn
-                .prepare_cached("SELECT id, body FROM spans WHERE id > ?1 ORDER BY id LIMIT ?2")?;
-            let rows = select
-                .query_map(params![after, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows)
+            let mut select = conn.prepare_cached(
+                "SELECT id, count, body FROM span_batches WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let mut rows = select.query(params![after, limit as i64])?;
+            let mut waiting: Option<Waiting> = None;
+            while let Some(row) = rows.next()? {
+                let (id, count, body): (i64, i64, Vec<u8>) =
+                    (row.get(0)?, row.get(1)?, row.get(2)?);
+                let w = waiting.get_or_insert_with(Waiting::default);
+                w.last = id;
+                if count == 0 {
+                    // A row of schema 9: one span, not framed.
+                    crate::trace::frame_span(&mut w.framed, &body);
+                    w.count += 1;
+                } else {
+                    w.framed.extend_from_slice(&body);
+                    w.count += count as u64;
+                }
+                if w.count >= limit as u64 {
+                    break;
+                }
+            }
+            Ok(waiting)
         })
     }
 
     /// Spans waiting for the collector.
     pub fn spans_waiting(&self) -> Result<u64, StoreError> {
         self.with_reader(|conn| {
-            let n: i64 = conn.query_row(
-                "SELECT COALESCE(MAX(id) - MIN(id) + 1, 0) FROM spans",
-                [],
-                |r| r.get(0),
-            )?;
+            let n: i64 = conn.query_row(SUM_WAITING, [], |r| r.get(0))?;
             Ok(n as u64)
         })
     }
@@ -100,25 +117,80 @@ impl Store {
     }
 }
 
-/// Writes the buffered spans, deletes the exported, and drops the oldest
-/// past `keep` (counted). Returns how many were dropped.
-pub(super) fn write(tx: &Transaction<'_>, buffer: &Buffer, keep: u32) -> rusqlite::Result<u64> {
+/// Spans ready for the collector, as [`Store::spans_after`] reads them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Waiting {
+    /// The newest row's id: once exported, every row up to it goes.
+    pub last: i64,
+    pub count: u64,
+    /// The spans, each framed as a `ScopeSpans.spans` field.
+    pub framed: Vec<u8>,
+}
+
+/// Spans in the table (a schema 9 row, `count` 0, is one). `count` comes
+/// before `body` in a row, so this reads no blob pages.
+const SUM_WAITING: &str = "SELECT COALESCE(SUM(MAX(count, 1)), 0) FROM span_batches";
+
+/// Writes the buffered spans as one row, deletes the exported, and drops
+/// the oldest past `keep` (whole rows; of a buffer larger than `keep`, only
+/// its newest go in). `waiting`: the spans in the table before, if the
+/// store thread knows (it reads them once). Returns the spans dropped and
+/// the spans waiting after.
+pub(super) fn write(
+    tx: &Transaction<'_>,
+    buffer: &Buffer,
+    keep: u32,
+    waiting: Option<u64>,
+) -> rusqlite::Result<(u64, u64)> {
+    let keep = u64::from(keep.max(1));
+    let mut waiting = match waiting {
+        Some(n) => n,
+        None => tx.query_row(SUM_WAITING, [], |r| r.get::<_, i64>(0))? as u64,
+    };
     if let Some(id) = buffer.exported {
-        tx.execute("DELETE FROM spans WHERE id <= ?1", [id])?;
+        let gone: i64 = tx.query_row(
+            "SELECT COALESCE(SUM(MAX(count, 1)), 0) FROM span_batches WHERE id <= ?1",
+            [id],
+            |r| r.get(0),
+        )?;
+        tx.execute("DELETE FROM span_batches WHERE id <= ?1", [id])?;
+        waiting = waiting.saturating_sub(gone as u64);
     }
-    if buffer.spans.is_empty() {
-        return Ok(0);
+    let mut dropped = 0;
+    if !buffer.spans.is_empty() {
+        let skip = buffer.spans.len().saturating_sub(keep as usize);
+        let kept = &buffer.spans[skip..];
+        let mut body = Vec::with_capacity(kept.iter().map(|s| s.len() + 3).sum());
+        for span in kept {
+            crate::trace::frame_span(&mut body, span);
+        }
+        tx.prepare_cached("INSERT INTO span_batches (count, body) VALUES (?1, ?2)")?
+            .execute(params![kept.len() as i64, body])?;
+        dropped += skip as u64;
+        waiting += kept.len() as u64;
     }
-    let mut insert = tx.prepare_cached("INSERT INTO spans (body) VALUES (?1)")?;
-    for span in &buffer.spans {
-        insert.execute([span])?;
+    // Past `keep`: the oldest rows go, never the one just written (it holds
+    // `keep` at most).
+    while waiting > keep {
+        let oldest: Vec<(i64, u64)> = tx
+            .prepare_cached("SELECT id, MAX(count, 1) FROM span_batches ORDER BY id LIMIT 64")?
+            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut upto = None;
+        for (id, n) in oldest {
+            if waiting <= keep {
+                break;
+            }
+            waiting -= n;
+            dropped += n;
+            upto = Some(id);
+        }
+        match upto {
+            Some(id) => {
+                tx.execute("DELETE FROM span_batches WHERE id <= ?1", [id])?;
+            }
+            None => break,
+        }
     }
-    // Ids only grow and the newest is never deleted, so the ring is the
-    // last `keep` ids (the exported are gone already).
-    let newest = tx.last_insert_rowid();
-    let dropped = tx.execute(
-        "DELETE FROM spans WHERE id <= ?1",
-        [newest - i64::from(keep)],
-    )?;
-    Ok(dropped as u64)
+    Ok((dropped, waiting))
 }

@@ -831,30 +831,66 @@ fn each_opening_starts_request_ids_past_every_earlier_one() {
 #[test]
 fn spans_wait_in_order_keep_only_the_newest_and_go_once_exported() {
     let dir = tempfile::tempdir().unwrap();
-    let mut options = StoreOptions::new(dir.path().join("wasmgate.db"));
+    let path = dir.path().join("wasmgate.db");
+    let mut options = StoreOptions::new(path.clone());
     options.span_keep = 3;
-    let store = Store::open(options).expect("opens");
+    let store = Store::open(options.clone()).expect("opens");
     for i in 0..5u8 {
         store.span(vec![i]);
     }
-    // Written in the next transaction: the first commit after them.
+    // Written in the next transaction, as one row of what `keep` allows:
+    // each span framed as ScopeSpans.spans (field 2).
     commit(&store, "f", Effects::default());
-    let waiting = store.spans_after(0, 10).unwrap();
-    let bodies: Vec<Vec<u8>> = waiting.iter().map(|(_, b)| b.clone()).collect();
-    assert_eq!(bodies, [vec![2], vec![3], vec![4]], "the newest 3 of 5");
+    let first = store.spans_after(0, 10).unwrap().expect("spans wait");
+    assert_eq!(first.count, 3, "the newest 3 of 5");
+    assert_eq!(first.framed, [0x12, 1, 2, 0x12, 1, 3, 0x12, 1, 4]);
     assert_eq!(store.spans_waiting().unwrap(), 3);
     assert_eq!(store.stats().spans_dropped.load(Ordering::Relaxed), 2);
-    // Exported up to the second: only the third stays, and ids go on
-    // growing after everything is gone (the exporter reads on from its last).
-    store.spans_exported(waiting[1].0);
+    // One more is past `keep`: the oldest row goes whole.
+    store.span(vec![5]);
     commit(&store, "f", Effects::default());
-    assert_eq!(store.spans_after(0, 10).unwrap(), [waiting[2].clone()]);
-    store.spans_exported(waiting[2].0);
+    let second = store.spans_after(0, 10).unwrap().expect("spans wait");
+    assert_eq!(
+        (second.count, second.framed.as_slice()),
+        (1, &[0x12, 1, 5][..])
+    );
+    assert!(second.last > first.last);
+    assert_eq!(store.spans_waiting().unwrap(), 1);
+    assert_eq!(store.stats().spans_dropped.load(Ordering::Relaxed), 5);
+    // Rows are read whole until the limit is reached.
+    store.span(vec![6]);
+    store.span(vec![7]);
+    commit(&store, "f", Effects::default());
+    assert_eq!(store.spans_after(0, 1).unwrap().unwrap(), second);
+    let both = store.spans_after(0, 2).unwrap().unwrap();
+    assert_eq!((both.count, both.framed.len()), (3, 9));
+    // Exported: gone, and ids go on growing after everything is gone
+    // (the exporter reads on from its last).
+    store.spans_exported(both.last);
+    commit(&store, "f", Effects::default());
+    assert_eq!(store.spans_after(0, 10).unwrap(), None);
+    assert_eq!(store.spans_waiting().unwrap(), 0);
     store.span(vec![9]);
     commit(&store, "f", Effects::default());
-    let after = store.spans_after(waiting[2].0, 10).unwrap();
-    assert_eq!(after.len(), 1);
-    assert!(after[0].0 > waiting[2].0);
-    assert_eq!(store.spans_waiting().unwrap(), 1);
+    let after = store.spans_after(both.last, 10).unwrap().unwrap();
+    assert!(after.last > both.last);
+    store.close();
+    drop(store);
+    // A span kept by schema 9 (one per row, unframed: count 0) is sent
+    // framed like the rest.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "INSERT INTO span_batches (count, body) VALUES (0, x'0708')",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let store = Store::open(options).expect("opens again");
+    let old = store.spans_after(after.last, 10).unwrap().unwrap();
+    assert_eq!(
+        (old.count, old.framed.as_slice()),
+        (1, &[0x12, 2, 7, 8][..])
+    );
+    assert_eq!(store.spans_waiting().unwrap(), 2);
     store.close();
 }
