@@ -127,6 +127,7 @@ mkdir -p "$RESULTS"
 python3 - "$WORK" "$RESULTS/tracing-$STAMP.json" "$COUNT" "$RATE" "${runs[@]}" <<'PY'
 import json, statistics, sys
 work, out, count, rate, *names = sys.argv[1:]
+count, rate = int(count), int(rate)
 runs = {r: json.load(open(f"{work}/{r}.json")) for r in names}
 
 def cpu_per_message(report):

@@ -400,18 +400,32 @@ fn slow_guest() -> Vec<u8> {
     )
 }
 
+/// Invokes `slow` with each message's payload.
+fn fan_out_guest() -> Vec<u8> {
+    support::guest::mqtt_guest(
+        r#"(import "wasmgate" "invoke" (func $invoke (param i32 i32 i32 i32) (result i32)))"#,
+        r#"(data (i32.const 65000) "slow")"#,
+        r#"(drop (call $invoke (i32.const 65000) (i32.const 4) (local.get $payload) (local.get $payload_len)))
+    (i32.const 0)"#,
+    )
+}
+
 #[test]
 fn each_trigger_counts_its_own_events_drops_and_responses() {
     let (broker, metrics, http) = (free_port(), free_port(), free_port());
     let gateway = GatewayProcess::start_toml(|dir| {
         std::fs::write(dir.join("slow.wasm"), slow_guest()).unwrap();
+        std::fs::write(dir.join("fan.wasm"), fan_out_guest()).unwrap();
         format!(
             "data_dir = {data:?}\n[broker]\nlisten = \"127.0.0.1:{broker}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\
              [http]\nlisten = \"127.0.0.1:{http}\"\n\
              [[functions]]\nname = \"slow\"\nwasm = \"slow.wasm\"\n\
              triggers = [{{ mqtt = \"fast/#\", qos = 0 }}, {{ mqtt = \"steady/#\" }}]\nlimits = {{ queue = 1 }}\n\
              [[functions]]\nname = \"hello\"\nwasm = {hello:?}\n\
-             triggers = [{{ http = \"GET /hello\" }}, {{ http = \"GET /private\", auth = {{ api_keys = \"key-2f7c-99ab-e001\" }} }}]\n",
+             triggers = [{{ http = \"GET /hello\" }}, {{ http = \"GET /private\", auth = {{ api_keys = \"key-2f7c-99ab-e001\" }} }}, \
+             {{ http = \"POST /queued\", invocation = \"event\" }}]\n\
+             [[functions]]\nname = \"fanout\"\nwasm = \"fan.wasm\"\ntriggers = [{{ mqtt = \"fan/#\" }}]\n\
+             [functions.grants]\ninvoke = [\"slow\"]\n",
             data = dir.join("data").display().to_string(),
             hello = example_wasm("hello_http.wasm").display().to_string(),
         )
@@ -420,7 +434,12 @@ fn each_trigger_counts_its_own_events_drops_and_responses() {
         let (_, text) = support::http::request(http, "GET", target, "", "");
         assert!(text.starts_with("HTTP/1.1 "), "{text}");
     }
+    let (status, text) = support::http::request(http, "POST", "/queued", "", "{}");
+    assert_eq!(status, 202, "{text}");
     let device = MqttClient::connect(broker, &unique_id("vm-1"));
+    for seq in 0..2 {
+        device.publish("fan/vm-1", format!("{seq}"));
+    }
     for seq in 0..40 {
         device.publish("fast/vm-1", format!("{seq}"));
     }
@@ -441,7 +460,11 @@ fn each_trigger_counts_its_own_events_drops_and_responses() {
             "wasmgate_function_invocations_total{function=\"slow\",outcome=\"ok\"}",
         );
         let dropped = sample(body, "wasmgate_function_dropped_total{function=\"slow\"}");
-        ok.zip(dropped).map(|(ok, dropped)| ok + dropped) == Some(43.0)
+        let queued_ran = sample(
+            body,
+            "wasmgate_function_invocations_total{function=\"hello\",outcome=\"ok\"}",
+        ) == Some(3.0);
+        queued_ran && ok.zip(dropped).map(|(ok, dropped)| ok + dropped) == Some(45.0)
     };
     assert!(
         wait_until(ONE, || settled(&scrape(metrics).1)),
@@ -487,8 +510,7 @@ fn each_trigger_counts_its_own_events_drops_and_responses() {
     assert_eq!(responses("http:GET /hello", "2xx"), Some(2.0), "{body}");
     assert_eq!(responses("http:GET /private", "4xx"), Some(1.0), "{body}");
     assert_eq!(responses("http:GET /private", "2xx"), Some(0.0), "{body}");
-    // No drops or responses for a kind that has none, and no fan-out
-    // invoke trigger while nothing invokes.
+    // No drops or responses for a kind that has none.
     assert!(
         !body.contains("wasmgate_trigger_dropped_total{function=\"hello\""),
         "{body}"
@@ -497,5 +519,13 @@ fn each_trigger_counts_its_own_events_drops_and_responses() {
         !body.contains("wasmgate_trigger_http_responses_total{function=\"slow\""),
         "{body}"
     );
-    assert!(!body.contains("trigger=\"invoke\""), "{body}");
+    // Another function's invokes come through the `invoke` trigger; a
+    // request queued by its route is that route's event, not an invoke.
+    assert_eq!(events("slow", "invoke"), Some(2.0), "{body}");
+    assert_eq!(events("hello", "http:POST /queued"), Some(1.0), "{body}");
+    assert_eq!(responses("http:POST /queued", "2xx"), Some(1.0), "{body}");
+    assert!(
+        !body.contains("function=\"hello\",trigger=\"invoke\""),
+        "{body}"
+    );
 }
