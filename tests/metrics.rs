@@ -308,8 +308,12 @@ fn functions_report_metrics_of_their_own_within_bounds() {
     for i in 0..300 {
         device.publish("seen/x", format!("seen{{device=\"vm-{i}\"}}"));
     }
-    // Not a metric name: the guest gets INVALID_ARGUMENT, nothing is kept.
-    device.publish("seen/x", "not a name!");
+    // Not a metric name: the guest gets INVALID_ARGUMENT, nothing is
+    // kept, each is counted, and the gateway's log says so at most once a
+    // second, not once an invocation.
+    for _ in 0..20 {
+        device.publish("seen/x", "not a name!");
+    }
     // `per_device`'s `seen_total` counter is exported under the name of
     // `per-device`'s `seen` (the encoder adds `_total`): left out, or the
     // scrape would hold one family twice and a scraper would refuse it all.
@@ -360,6 +364,16 @@ fn functions_report_metrics_of_their_own_within_bounds() {
         sample(&body, "wasmgate_fn_per_device_seen_total{device=\"vm-7\"}"),
         Some(1.0)
     );
+    assert_eq!(
+        sample(
+            &body,
+            "wasmgate_function_refused_effects_total{function=\"per-device\"}"
+        ),
+        Some(20.0),
+        "{body}"
+    );
+    let logged = gateway.log_lines_with(&["not a name!"]).len();
+    assert!((1..20).contains(&logged), "{logged}\n{}", gateway.logs());
     // Refusals are warned of once, then only counted.
     assert_eq!(
         gateway.log_lines_with(&["custom metrics refused"]).len(),

@@ -398,6 +398,23 @@ impl Worker {
                 "log lines dropped: the function logs faster than logs.rate allows"
             );
         }
+        let unlogged = match report.refused_count {
+            0 => None,
+            _ => self.log_gate.refusals(),
+        };
+        let Some(unlogged) = unlogged else {
+            self.metrics
+                .refused
+                .fetch_add(report.refused_count as u64, Ordering::Relaxed);
+            return;
+        };
+        if unlogged > 0 {
+            tracing::warn!(
+                function = f.name(),
+                invocations = unlogged,
+                "invocations with refused emits, invokes or metric names since the last logged (counted, not logged: at most one a second)"
+            );
+        }
         for reason in &report.refused {
             tracing::error!(
                 function = f.name(),

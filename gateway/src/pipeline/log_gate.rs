@@ -11,6 +11,12 @@ use std::time::{Duration, Instant};
 /// How often the "lines dropped" warning may repeat.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
+/// How often a function's refused effects and metric names are logged:
+/// a function that emits outside its grants (or names a metric wrongly)
+/// on every message would otherwise write an error line per message. All
+/// are counted in `/metrics` regardless.
+const REFUSALS_EVERY: Duration = Duration::from_secs(1);
+
 /// A token bucket shared by a function's workers.
 #[derive(Debug)]
 pub struct LogGate {
@@ -26,6 +32,9 @@ struct State {
     /// Dropped since the last warning.
     dropped: u64,
     warned: Option<Instant>,
+    /// Invocations whose refusals were not logged since the last that were.
+    refusals_unlogged: u64,
+    refusals_logged: Option<Instant>,
 }
 
 /// What [`LogGate::admit`] decided for an invocation's lines.
@@ -51,6 +60,8 @@ impl LogGate {
                 refilled: now,
                 dropped: 0,
                 warned: None,
+                refusals_unlogged: 0,
+                refusals_logged: None,
             }),
         }
     }
@@ -83,6 +94,25 @@ impl LogGate {
         });
         Admitted { lines, warn }
     }
+
+    /// Whether an invocation's refusals may be logged now: `Some(n)`, with
+    /// the invocations whose refusals were only counted since the last
+    /// logged; `None`: count them, say nothing.
+    pub fn refusals(&self) -> Option<u64> {
+        self.refusals_at(Instant::now())
+    }
+
+    fn refusals_at(&self, now: Instant) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.refusals_logged
+            .is_some_and(|at| now.saturating_duration_since(at) < REFUSALS_EVERY)
+        {
+            s.refusals_unlogged += 1;
+            return None;
+        }
+        s.refusals_logged = Some(now);
+        Some(std::mem::take(&mut s.refusals_unlogged))
+    }
 }
 
 #[cfg(test)]
@@ -106,6 +136,17 @@ mod tests {
         let quiet = gate.admit_at(100, t0 + Duration::from_secs(11));
         assert_eq!(quiet.lines, 10);
         assert_eq!(quiet.warn, Some(3 + 90));
+    }
+
+    #[test]
+    fn refusals_are_logged_at_most_once_a_second_with_what_was_not() {
+        let t0 = Instant::now();
+        let gate = LogGate::at(0, t0);
+        assert_eq!(gate.refusals_at(t0), Some(0));
+        assert_eq!(gate.refusals_at(t0 + Duration::from_millis(10)), None);
+        assert_eq!(gate.refusals_at(t0 + Duration::from_millis(900)), None);
+        assert_eq!(gate.refusals_at(t0 + Duration::from_millis(1_000)), Some(2));
+        assert_eq!(gate.refusals_at(t0 + Duration::from_millis(3_000)), Some(0));
     }
 
     #[test]
