@@ -238,18 +238,33 @@ pub(super) fn write(tx: &Transaction<'_>, lines: &[NewLogLine], keep: u32) -> ru
     Ok(())
 }
 
+/// The query for `q`'s filters. A filter is in the text only when it is
+/// set: `(?1 IS NULL OR function = ?1)` would keep SQLite from using the
+/// indexes by function and by request id, and `logs --request` would read
+/// the whole ring. Every parameter stays bound either way.
+fn query_sql(q: &LogQuery) -> String {
+    let function = match q.function {
+        Some(_) => "function = ?1",
+        None => "?1 IS NULL",
+    };
+    let request = match q.request_id {
+        Some(_) => "request_id = ?4",
+        None => "?4 IS NULL",
+    };
+    format!(
+        "SELECT id, at_ms, function, version, request_id, level, trigger, message FROM logs
+         WHERE {function} AND {request}
+           AND id > ?2
+           AND at_ms >= ?3
+           AND level <= ?5
+         ORDER BY id DESC LIMIT ?6"
+    )
+}
+
 fn read(conn: &rusqlite::Connection, q: &LogQuery) -> rusqlite::Result<Vec<LogEntry>> {
     let limit = q.limit.clamp(1, MAX_QUERY_LINES);
     // The newest `limit` that match, turned oldest first below.
-    let mut statement = conn.prepare_cached(
-        "SELECT id, at_ms, function, version, request_id, level, trigger, message FROM logs
-         WHERE (?1 IS NULL OR function = ?1)
-           AND id > ?2
-           AND at_ms >= ?3
-           AND (?4 IS NULL OR request_id = ?4)
-           AND level <= ?5
-         ORDER BY id DESC LIMIT ?6",
-    )?;
+    let mut statement = conn.prepare_cached(&query_sql(q))?;
     let rows = statement.query_map(
         params![
             q.function,
@@ -327,6 +342,43 @@ mod tests {
             limit: MAX_QUERY_LINES,
             ..LogQuery::default()
         }
+    }
+
+    /// SQLite's plan for `q`, one line per step.
+    fn plan(conn: &rusqlite::Connection, q: &LogQuery) -> String {
+        let mut explain = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", query_sql(q)))
+            .unwrap();
+        let rows = explain
+            .query_map(params![None::<String>, 0, 0, None::<i64>, 0, 1], |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap();
+        rows.map(Result::unwrap).collect::<Vec<_>>().join("\n")
+    }
+
+    #[test]
+    fn a_query_by_request_or_function_uses_its_index() {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        crate::store::schema::migrate(&mut conn).unwrap();
+        let by_request = LogQuery {
+            request_id: Some(7),
+            ..all()
+        };
+        assert!(
+            plan(&conn, &by_request).contains("logs_by_request"),
+            "{}",
+            plan(&conn, &by_request)
+        );
+        let by_function = LogQuery {
+            function: Some("f".into()),
+            ..all()
+        };
+        assert!(
+            plan(&conn, &by_function).contains("logs_by_function"),
+            "{}",
+            plan(&conn, &by_function)
+        );
     }
 
     #[test]

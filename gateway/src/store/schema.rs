@@ -200,6 +200,9 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO span_batches (id, count, body) SELECT id, 0, body FROM spans;
     DROP TABLE spans;
     "#,
+    // 11: `wasmgate logs --request ID` finds its lines without reading the
+    // whole ring.
+    "CREATE INDEX logs_by_request ON logs (request_id);",
 ];
 
 /// The version this binary writes.
