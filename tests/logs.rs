@@ -221,3 +221,89 @@ fn a_flood_of_log_lines_is_rate_limited_counted_and_the_ring_keeps_its_size() {
         "{ring:?}"
     );
 }
+
+/// Logs its MQTT payload 100 times (the most one invocation may), at info.
+fn chatty() -> Vec<u8> {
+    support::guest::mqtt_guest(
+        r#"(import "wasmgate" "log" (func $log (param i32 i32 i32)))"#,
+        "",
+        r#"(local.set $attempt (i32.const 100))
+    (loop $again
+      (call $log (i32.const 2) (local.get $payload) (local.get $payload_len))
+      (local.set $attempt (i32.sub (local.get $attempt) (i32.const 1)))
+      (br_if $again (local.get $attempt)))
+    (i32.const 0)"#,
+    )
+}
+
+#[test]
+fn follow_prints_every_line_of_a_burst_larger_than_one_read() {
+    let broker = free_port();
+    let gateway = GatewayProcess::start_toml(move |dir| {
+        std::fs::write(dir.join("chatty.wasm"), chatty()).unwrap();
+        format!(
+            "data_dir = {data:?}\n[broker]\nlisten = \"127.0.0.1:{broker}\"\n[logs]\nrate = 0\nkeep = 100000\n\
+             [[functions]]\nname = \"chatty\"\nwasm = \"chatty.wasm\"\ntriggers = [{{ mqtt = \"chat/#\" }}]\n",
+            data = dir.join("data").display().to_string(),
+        )
+    });
+    let config = gateway.config_path().display().to_string();
+    let device = MqttClient::connect(broker, &unique_id("d"));
+    device.publish("chat/d", "first");
+    device.wait_acked(ONE);
+    let mut follow = Command::new(WASMGATE)
+        .args([
+            "logs", "chatty", "--config", &config, "--follow", "--json", "-n", "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    let stdout = follow.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let first = rx.recv_timeout(ONE).expect("the newest line");
+    assert!(first.contains("first"), "{first}");
+    // 15,000 lines in a quarter of a second: more than one read of the
+    // ring takes (10,000) between two of the follower's. In waves, so that
+    // the store's buffer (4,096 lines between commits) keeps them all.
+    for wave in 0..5 {
+        for i in 0..30 {
+            device.publish("chat/d", format!("burst {:03}", wave * 30 + i));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    device.wait_acked(ONE);
+    let mut got = Vec::new();
+    while got.len() < 15_000 {
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(line) => got.push(serde_json::from_str::<Value>(&line).expect("a JSON line")),
+            Err(_) => break,
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    // Every line after the follower's first, in order, none skipped (ids
+    // are the ring's, one per line kept).
+    let first_id = serde_json::from_str::<Value>(&first).unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let ids: Vec<i64> = got
+        .iter()
+        .map(|l| l["id"].as_i64().expect("an id"))
+        .collect();
+    assert_eq!(ids.first(), Some(&(first_id + 1)), "{}", gateway.logs());
+    assert!(
+        ids.windows(2).all(|w| w[1] == w[0] + 1),
+        "in order, none skipped"
+    );
+    assert_eq!(got.len(), 15_000, "{}", gateway.logs());
+    assert_eq!(got[0]["message"], "burst 000");
+    assert_eq!(got[14_999]["message"], "burst 149");
+}

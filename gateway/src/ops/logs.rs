@@ -134,6 +134,7 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
         request_id: args.request,
         level: args.level,
         limit: args.limit.max(1),
+        oldest_first: false,
     };
     let result = (|| -> anyhow::Result<ExitCode> {
         loop {
@@ -147,9 +148,15 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
             if !args.follow {
                 return Ok(ExitCode::SUCCESS);
             }
-            // Following: everything new, not the newest `limit` of it.
+            // Following: everything new in order, not the newest `limit`
+            // of it; a full page means more are waiting, read at once.
+            let full =
+                query.oldest_first && lines.len() as u32 >= wasmgate::store::logs::MAX_QUERY_LINES;
             query.limit = wasmgate::store::logs::MAX_QUERY_LINES;
-            std::thread::sleep(Duration::from_millis(500));
+            query.oldest_first = query.after.is_some();
+            if !full {
+                std::thread::sleep(Duration::from_millis(500));
+            }
         }
     })();
     if let Source::Database(store) = &source {

@@ -62,6 +62,10 @@ pub struct LogQuery {
     pub level: Option<LogLevel>,
     /// The newest this many of the lines that match (returned oldest first).
     pub limit: u32,
+    /// The *oldest* `limit` instead: a follower reading on from `after`
+    /// takes every line in order, however many came since (the newest
+    /// would skip the rest of a burst). `order=oldest` in the API.
+    pub oldest_first: bool,
 }
 
 impl LogQuery {
@@ -92,6 +96,9 @@ impl LogQuery {
         if let Some(level) = self.level {
             parts.push(format!("level={}", level_name(level)));
         }
+        if self.oldest_first {
+            parts.push("order=oldest".to_owned());
+        }
         parts.join("&")
     }
 
@@ -113,14 +120,21 @@ impl LogQuery {
                 .transpose()
         }
         for name in params.keys() {
-            if !["function", "after", "since_ms", "request", "level", "limit"]
-                .contains(&name.as_str())
+            if ![
+                "function", "after", "since_ms", "request", "level", "limit", "order",
+            ]
+            .contains(&name.as_str())
             {
                 return Err(format!(
-                    "unknown parameter {name:?} (function, after, since_ms, request, level, limit)"
+                    "unknown parameter {name:?} (function, after, since_ms, request, level, limit, order)"
                 ));
             }
         }
+        let oldest_first = match params.get("order").map(String::as_str) {
+            None | Some("newest") => false,
+            Some("oldest") => true,
+            Some(other) => return Err(format!("order={other:?}: expected newest or oldest")),
+        };
         let level = params
             .get("level")
             .map(|l| {
@@ -136,6 +150,7 @@ impl LogQuery {
             request_id: number(params, "request")?,
             level,
             limit: number(params, "limit")?.unwrap_or(DEFAULT_QUERY_LINES),
+            oldest_first,
         })
     }
 }
@@ -257,7 +272,8 @@ fn query_sql(q: &LogQuery) -> String {
            AND id > ?2
            AND at_ms >= ?3
            AND level <= ?5
-         ORDER BY id DESC LIMIT ?6"
+         ORDER BY id {order} LIMIT ?6",
+        order = if q.oldest_first { "ASC" } else { "DESC" }
     )
 }
 
@@ -291,7 +307,9 @@ fn read(conn: &rusqlite::Connection, q: &LogQuery) -> rusqlite::Result<Vec<LogEn
         },
     )?;
     let mut lines = rows.collect::<rusqlite::Result<Vec<_>>>()?;
-    lines.reverse();
+    if !q.oldest_first {
+        lines.reverse();
+    }
     Ok(lines)
 }
 
@@ -458,8 +476,16 @@ mod tests {
             }),
             ["b debug"]
         );
-        // The newest `limit`, oldest first.
+        // The newest `limit`, oldest first; or the oldest `limit`.
         assert_eq!(ask(LogQuery { limit: 2, ..all() }), ["b warn", "b debug"]);
+        assert_eq!(
+            ask(LogQuery {
+                limit: 2,
+                oldest_first: true,
+                ..all()
+            }),
+            ["a info", "a error"]
+        );
         assert_eq!(lines[1].level, "error");
         assert_eq!(
             (lines[2].version.as_str(), lines[2].trigger.as_str()),
@@ -487,6 +513,7 @@ mod tests {
             request_id: Some(42),
             level: Some(LogLevel::Warn),
             limit: 20,
+            oldest_first: true,
         };
         let params: std::collections::HashMap<String, String> = q
             .to_query_string()
@@ -497,6 +524,9 @@ mod tests {
             })
             .collect();
         assert_eq!(LogQuery::from_params(&params), Ok(q));
+        let bad: std::collections::HashMap<String, String> =
+            [("order".to_owned(), "random".to_owned())].into();
+        assert!(LogQuery::from_params(&bad).unwrap_err().contains("order"));
         let bad: std::collections::HashMap<String, String> =
             [("level".to_owned(), "loud".to_owned())].into();
         assert!(LogQuery::from_params(&bad).unwrap_err().contains("level"));
