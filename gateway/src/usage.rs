@@ -93,7 +93,7 @@ impl UsageFlusher {
             let version = f.version();
             let now = Flushed::of(f);
             if now.invocations > before.invocations {
-                let u = f.usage();
+                let peaks = f.usage().take_window();
                 rows.push(UsageRow {
                     function: name.clone(),
                     version: version.to_owned(),
@@ -101,10 +101,10 @@ impl UsageFlusher {
                     invocations: now.invocations - before.invocations,
                     failed: now.failed.saturating_sub(before.failed),
                     duration_us: now.duration_us.saturating_sub(before.duration_us),
-                    max_duration_us: u.max_duration_us.load(Ordering::Relaxed),
+                    max_duration_us: peaks.duration_us,
                     fuel: now.fuel.saturating_sub(before.fuel),
-                    max_fuel: u.max_fuel.load(Ordering::Relaxed),
-                    peak_memory_bytes: u.peak_memory_bytes.load(Ordering::Relaxed),
+                    max_fuel: peaks.fuel,
+                    peak_memory_bytes: peaks.memory_bytes,
                     memory_limit_bytes: f.limits().memory_bytes as u64,
                     fuel_limit: f.limits().fuel,
                     duration_buckets: now
