@@ -239,7 +239,7 @@ impl Worker {
             let error = match report.outcome {
                 Ok(mut effects) => {
                     inc(&self.metrics.succeeded);
-                    self.apply_custom_metrics(&report.metrics);
+                    let custom = self.custom_updates(report.metrics);
                     self.metrics
                         .emitted
                         .fetch_add(effects.emits.len() as u64, Ordering::Relaxed);
@@ -261,9 +261,10 @@ impl Worker {
                         dedup: job.dedup.into_iter().collect(),
                         cursors: settles.into_iter().collect(),
                         trace: span.as_ref().map(Traced::stored),
-                        done: self
-                            .sinks
-                            .posting(f.name(), posts, move |durable| done.finish(durable)),
+                        done: self.sinks.posting(f.name(), posts, move |durable| {
+                            custom(durable);
+                            done.finish(durable);
+                        }),
                     };
                     if waited_for {
                         self.sinks.store.submit_urgent(commit);
@@ -349,19 +350,30 @@ impl Worker {
         }
     }
 
-    /// A successful invocation's own metrics (`metric`). The first time
-    /// the function's bounds refuse some, a warning says so; after that
-    /// they are counted in `/metrics` only.
-    fn apply_custom_metrics(&self, updates: &[crate::custom_metrics::MetricUpdate]) {
-        let (refused, before) = self.metrics.custom.apply(updates);
-        if refused > 0 && before == 0 {
-            tracing::warn!(
-                function = self.function.name(),
-                refused,
-                max_names = crate::custom_metrics::MAX_NAMES,
-                max_series = crate::custom_metrics::MAX_SERIES,
-                "custom metrics refused: the function has as many names or label sets as it may (a device id in a label?); further refusals are only counted"
-            );
+    /// A successful invocation's own metrics (`metric`), applied once its
+    /// commit is durable: an invocation whose transaction is lost runs
+    /// again on redelivery, and would count twice. The first time the
+    /// function's bounds refuse some, a warning says so; after that they
+    /// are counted in `/metrics` only.
+    fn custom_updates(
+        &self,
+        updates: Vec<crate::custom_metrics::MetricUpdate>,
+    ) -> impl FnOnce(bool) + Send + 'static {
+        let (metrics, function) = (self.metrics.clone(), self.function.name().to_owned());
+        move |durable| {
+            if !durable || updates.is_empty() {
+                return;
+            }
+            let (refused, before) = metrics.custom.apply(&updates);
+            if refused > 0 && before == 0 {
+                tracing::warn!(
+                    function,
+                    refused,
+                    max_names = crate::custom_metrics::MAX_NAMES,
+                    max_series = crate::custom_metrics::MAX_SERIES,
+                    "custom metrics refused: the function has as many names or label sets as it may (a device id in a label?); further refusals are only counted"
+                );
+            }
         }
     }
 
@@ -515,7 +527,7 @@ impl Worker {
             let (failure, error) = match report.outcome {
                 Ok(mut effects) => {
                     inc(&self.metrics.succeeded);
-                    self.apply_custom_metrics(&report.metrics);
+                    let custom = self.custom_updates(report.metrics);
                     let failed = std::mem::take(&mut effects.failed_items);
                     let (bad, good): (Vec<_>, Vec<_>) = items
                         .into_iter()
@@ -549,7 +561,7 @@ impl Worker {
                         );
                     } else {
                         let trace = span.as_ref().map(Traced::stored);
-                        self.commit_items(request_id, effects, good, settled, trace);
+                        self.commit_items(request_id, effects, good, settled, trace, custom);
                     }
                     if items.is_empty() {
                         return;
@@ -642,6 +654,7 @@ impl Worker {
         items: Vec<Item>,
         settled: Vec<Cursor>,
         trace: Option<String>,
+        custom: impl FnOnce(bool) + Send + 'static,
     ) {
         self.metrics
             .emitted
@@ -673,6 +686,7 @@ impl Worker {
             done: self
                 .sinks
                 .posting(self.function.name(), posts, move |durable| {
+                    custom(durable);
                     for done in dones {
                         done.finish(durable);
                     }
