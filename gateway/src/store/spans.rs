@@ -18,6 +18,11 @@ use rusqlite::{params, Transaction};
 /// they are dropped and counted.
 const MAX_BUFFERED: usize = 4_096;
 
+/// Spans in one row, at most: a transaction with more writes several, so
+/// that one export request (which reads whole rows) stays near the
+/// exporter's batch and below a collector's request size limit.
+pub const ROW_SPANS: usize = 512;
+
 /// What the store thread takes in its next transaction.
 #[derive(Debug, Default)]
 pub(super) struct Buffer {
@@ -72,8 +77,9 @@ impl Store {
         }
     }
 
-    /// Whole rows after id `after`, oldest first, until they hold `limit`
-    /// spans (or one row, if it holds more); `None` when nothing waits.
+    /// Whole rows after id `after`, oldest first, as many as hold at most
+    /// `limit` spans (always the first row, even a larger one); `None` when
+    /// nothing waits.
     pub fn spans_after(&self, after: i64, limit: usize) -> Result<Option<Waiting>, StoreError> {
         self.with_reader(|conn| {
             let mut select = conn.prepare_cached(
@@ -84,6 +90,13 @@ impl Store {
             while let Some(row) = rows.next()? {
                 let (id, count, body): (i64, i64, Vec<u8>) =
                     (row.get(0)?, row.get(1)?, row.get(2)?);
+                let spans = count.max(1) as u64;
+                if waiting
+                    .as_ref()
+                    .is_some_and(|w| w.count + spans > limit as u64)
+                {
+                    break;
+                }
                 let w = waiting.get_or_insert_with(Waiting::default);
                 w.last = id;
                 if count == 0 {
@@ -131,8 +144,9 @@ pub struct Waiting {
 /// before `body` in a row, so this reads no blob pages.
 const SUM_WAITING: &str = "SELECT COALESCE(SUM(MAX(count, 1)), 0) FROM span_batches";
 
-/// Writes the buffered spans as one row, deletes the exported, and drops
-/// the oldest past `keep` (whole rows; of a buffer larger than `keep`, only
+/// Writes the buffered spans as rows of at most [`ROW_SPANS`], deletes the
+/// exported, and drops the oldest past `keep` (whole rows, so the table may
+/// hold up to a row fewer than `keep`; of a buffer larger than `keep`, only
 /// its newest go in). `waiting`: the spans in the table before, if the
 /// store thread knows (it reads them once). Returns the spans dropped and
 /// the spans waiting after.
@@ -160,17 +174,20 @@ pub(super) fn write(
     if !buffer.spans.is_empty() {
         let skip = buffer.spans.len().saturating_sub(keep as usize);
         let kept = &buffer.spans[skip..];
-        let mut body = Vec::with_capacity(kept.iter().map(|s| s.len() + 3).sum());
-        for span in kept {
-            crate::trace::frame_span(&mut body, span);
+        let mut insert =
+            tx.prepare_cached("INSERT INTO span_batches (count, body) VALUES (?1, ?2)")?;
+        for row in kept.chunks(ROW_SPANS) {
+            let mut body = Vec::with_capacity(row.iter().map(|s| s.len() + 3).sum());
+            for span in row {
+                crate::trace::frame_span(&mut body, span);
+            }
+            insert.execute(params![row.len() as i64, body])?;
         }
-        tx.prepare_cached("INSERT INTO span_batches (count, body) VALUES (?1, ?2)")?
-            .execute(params![kept.len() as i64, body])?;
         dropped += skip as u64;
         waiting += kept.len() as u64;
     }
-    // Past `keep`: the oldest rows go, never the one just written (it holds
-    // `keep` at most).
+    // Past `keep`: the oldest rows go (those just written hold `keep` at
+    // most, so some row older than the newest always goes first).
     while waiting > keep {
         let oldest: Vec<(i64, u64)> = tx
             .prepare_cached("SELECT id, MAX(count, 1) FROM span_batches ORDER BY id LIMIT 64")?

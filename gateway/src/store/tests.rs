@@ -829,6 +829,30 @@ fn each_opening_starts_request_ids_past_every_earlier_one() {
 }
 
 #[test]
+fn a_large_transaction_of_spans_is_written_as_rows_an_export_can_take() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = StoreOptions::new(dir.path().join("wasmgate.db"));
+    options.span_keep = 10_000;
+    let store = Store::open(options).expect("opens");
+    let n = super::spans::ROW_SPANS * 2 + 76;
+    for i in 0..n {
+        store.span(vec![i as u8]);
+    }
+    commit(&store, "f", Effects::default());
+    assert_eq!(store.spans_waiting().unwrap(), n as u64);
+    let mut after = 0;
+    let mut counts = Vec::new();
+    while let Some(w) = store.spans_after(after, super::spans::ROW_SPANS).unwrap() {
+        assert_eq!(w.framed.len() as u64, w.count * 3);
+        counts.push(w.count);
+        after = w.last;
+    }
+    let row = super::spans::ROW_SPANS as u64;
+    assert_eq!(counts, [row, row, 76]);
+    store.close();
+}
+
+#[test]
 fn spans_wait_in_order_keep_only_the_newest_and_go_once_exported() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("wasmgate.db");
@@ -857,12 +881,13 @@ fn spans_wait_in_order_keep_only_the_newest_and_go_once_exported() {
     assert!(second.last > first.last);
     assert_eq!(store.spans_waiting().unwrap(), 1);
     assert_eq!(store.stats().spans_dropped.load(Ordering::Relaxed), 5);
-    // Rows are read whole until the limit is reached.
+    // Rows are read whole while they fit the limit.
     store.span(vec![6]);
     store.span(vec![7]);
     commit(&store, "f", Effects::default());
     assert_eq!(store.spans_after(0, 1).unwrap().unwrap(), second);
-    let both = store.spans_after(0, 2).unwrap().unwrap();
+    assert_eq!(store.spans_after(0, 2).unwrap().unwrap(), second);
+    let both = store.spans_after(0, 3).unwrap().unwrap();
     assert_eq!((both.count, both.framed.len()), (3, 9));
     // Exported: gone, and ids go on growing after everything is gone
     // (the exporter reads on from its last).
