@@ -96,6 +96,22 @@ impl Source {
                 Ok(answer) if answer.status == 200 => {
                     return Ok(serde_json::from_value(answer.body["lines"].clone())?)
                 }
+                // A daemon older than this command (the package was
+                // upgraded, the daemon not yet restarted) knows no `order`:
+                // it reads newest first, as `--follow` did before.
+                Ok(answer)
+                    if answer.status == 400
+                        && q.oldest_first
+                        && answer.body["error"]
+                            .as_str()
+                            .is_some_and(|e| e.contains("\"order\"")) =>
+                {
+                    let older = LogQuery {
+                        oldest_first: false,
+                        ..q.clone()
+                    };
+                    return self.read(config, &older);
+                }
                 Ok(answer) => anyhow::bail!(
                     "the gateway refused ({}): {}",
                     answer.status,
@@ -153,7 +169,9 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
             let full =
                 query.oldest_first && lines.len() as u32 >= wasmgate::store::logs::MAX_QUERY_LINES;
             query.limit = wasmgate::store::logs::MAX_QUERY_LINES;
-            query.oldest_first = query.after.is_some();
+            // Oldest first even after an empty first read: nothing matched
+            // then, so whatever matches now is new.
+            query.oldest_first = true;
             if !full {
                 std::thread::sleep(Duration::from_millis(500));
             }
