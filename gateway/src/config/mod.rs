@@ -1085,7 +1085,8 @@ pub struct TriggerConfig {
 
 impl TriggerConfig {
     /// How `/metrics` names it: its kind and what it listens to,
-    /// `mqtt:vending/+/telemetry`, `http:GET /state`, `schedule:rate(5 minutes)`.
+    /// `mqtt:vending/+/telemetry`, `http:GET /state`, `schedule:rate(5 minutes)`,
+    /// `kv_change:stock/vm-*` (a namespace, and its `keys` if set).
     pub fn label(&self) -> String {
         let kinds = [
             ("mqtt", &self.mqtt),
@@ -1095,10 +1096,15 @@ impl TriggerConfig {
             ("file", &self.file),
             ("kv_change", &self.kv_change),
         ];
-        kinds
+        let label = kinds
             .iter()
             .find_map(|(kind, what)| what.as_ref().map(|what| format!("{kind}:{what}")))
-            .unwrap_or_else(|| "unknown".to_owned())
+            .unwrap_or_else(|| "unknown".to_owned());
+        // Two streams of one namespace differ by their keys.
+        match (&self.kv_change, &self.keys) {
+            (Some(_), Some(keys)) => format!("{label}/{keys}"),
+            _ => label,
+        }
     }
 
     /// The HTTP route this trigger serves, as a route is written: its

@@ -928,7 +928,14 @@ triggers = [
     { http = "GET /state/{id}" },
     { websocket = "/live" },
     { schedule = "rate(5 minutes)" },
+    { kv_change = "stock", keys = "vm-*" },
+    { kv_change = "stock" },
 ]
+
+[[functions]]
+name = "stock"
+wasm = "stock.wasm"
+triggers = [{ mqtt = "stock/#" }]
 "#,
     );
     let labels: Vec<String> = config.functions[0]
@@ -942,7 +949,9 @@ triggers = [
             "mqtt:vending/+/telemetry",
             "http:GET /state/{id}",
             "websocket:/live",
-            "schedule:rate(5 minutes)"
+            "schedule:rate(5 minutes)",
+            "kv_change:stock/vm-*",
+            "kv_change:stock",
         ]
     );
 }

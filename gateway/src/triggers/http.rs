@@ -427,13 +427,10 @@ async fn serve_route(
     };
     if let Some(queue) = &target.queue {
         let response = queue.accept(event).await;
-        // Counted here: the invoke drain that runs it later counts it for
-        // the function only.
-        if let Some(trigger) = target
-            .intake
-            .trigger()
-            .filter(|_| response.status().is_success())
-        {
+        // Counted here, queued or refused (503) as a request-response
+        // route counts what its queue refuses: the invoke drain that runs
+        // it later counts it for the function only.
+        if let Some(trigger) = target.intake.trigger() {
             crate::metrics::inc(&trigger.events);
         }
         return response;
