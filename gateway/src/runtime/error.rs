@@ -22,7 +22,7 @@ pub enum LoadError {
         export: &'static str,
         kind: &'static str,
     },
-    #[error("function {function} (version {version}): imports `{module}::{name}`, which wasmgate does not provide (only `wasmgate::*` host functions exist)")]
+    #[error("function {function} (version {version}): imports `{module}::{name}`, which wasmgate does not provide (only `wasmgate::*` host functions and WASI preview 1's `wasi_snapshot_preview1::*` exist)")]
     UnknownImport {
         function: String,
         version: String,
@@ -123,6 +123,12 @@ pub enum InvokeError {
         version: String,
         code: i32,
     },
+    #[error("function {function} (version {version}) exited with code {code} (WASI proc_exit)")]
+    Exited {
+        function: String,
+        version: String,
+        code: i32,
+    },
 }
 
 impl InvokeError {
@@ -140,7 +146,7 @@ impl InvokeError {
             InvokeError::Deadline { .. } => FailureKind::Deadline,
             InvokeError::Abi { .. } => FailureKind::Abi,
             InvokeError::Host { .. } => FailureKind::Host,
-            InvokeError::Failed { .. } => FailureKind::Failed,
+            InvokeError::Failed { .. } | InvokeError::Exited { .. } => FailureKind::Failed,
         }
     }
 }

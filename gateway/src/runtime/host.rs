@@ -73,6 +73,42 @@ pub(crate) struct CallState {
     pub stop: Option<Stop>,
     /// How many events the invocation's batch holds; `None`: not a batch.
     pub batch_len: Option<u32>,
+    /// The module's `_initialize` (a WASI reactor's constructors) is
+    /// running: WASI calls work, the gateway's do not (no event yet).
+    pub initializing: bool,
+    /// What the guest wrote to stdout and stderr (WASI `fd_write`) since
+    /// its last full line: each line becomes a log line.
+    pub stdio: [Vec<u8>; 2],
+    /// The code the guest passed to WASI `proc_exit`: 0 ends the
+    /// invocation as a success, anything else as a failure.
+    pub exit: Option<i32>,
+}
+
+impl CallState {
+    /// One log line of the guest's, kept unless the invocation has written
+    /// [`MAX_LOG_LINES`] already (then counted). Cut to
+    /// [`MAX_LOG_LINE_BYTES`], escaped and redacted once, here, for every
+    /// place a line is shown: the gateway's log, `invoke`, dead letters.
+    pub fn push_log(&mut self, env: &FunctionEnv, level: LogLevel, bytes: &[u8]) {
+        if self.logs.len() >= MAX_LOG_LINES {
+            self.logs_dropped += 1;
+            return;
+        }
+        let bytes = &bytes[..bytes.len().min(MAX_LOG_LINE_BYTES)];
+        let message = env.secrets.redact(crate::text::escape_bytes(bytes));
+        self.logs.push(LogLine { level, message });
+    }
+
+    /// Writes out what stdout and stderr hold short of a newline: an
+    /// invocation's last `printf("done")` is a line too.
+    pub fn flush_stdio(&mut self, env: &FunctionEnv) {
+        for (fd, level) in [(0, LogLevel::Info), (1, LogLevel::Warn)] {
+            let rest = std::mem::take(&mut self.stdio[fd]);
+            if !rest.is_empty() {
+                self.push_log(env, level, &rest);
+            }
+        }
+    }
 }
 
 /// What host calls charge against: the invocation's deadline and fuel.
@@ -181,9 +217,14 @@ impl std::fmt::Display for Abort {
 
 impl wasmi::errors::HostError for Abort {}
 
-type HostResult<T> = Result<T, wasmi::Error>;
+/// Unwinds the guest; the caller has recorded why in [`CallState`].
+pub(super) fn abort() -> wasmi::Error {
+    wasmi::Error::host(Abort)
+}
 
-fn violation(caller: &mut Caller<'_, HostState>, v: AbiViolation) -> wasmi::Error {
+pub(super) type HostResult<T> = Result<T, wasmi::Error>;
+
+pub(super) fn violation(caller: &mut Caller<'_, HostState>, v: AbiViolation) -> wasmi::Error {
     caller.data_mut().call.violation.get_or_insert(v);
     wasmi::Error::host(Abort)
 }
@@ -197,6 +238,15 @@ fn stop(caller: &mut Caller<'_, HostState>, why: Stop) -> wasmi::Error {
 /// (the instance's exports, memory included, are not the host's to use yet),
 /// none past the deadline, and [`HOST_CALL_FUEL`] for the call.
 fn enter(caller: &mut Caller<'_, HostState>, call: &'static str) -> HostResult<()> {
+    if caller.data().call.initializing {
+        return Err(violation(caller, AbiViolation::HostCallInStart { call }));
+    }
+    enter_wasi(caller, call)
+}
+
+/// [`enter`] for the WASI functions (`wasi.rs`), which a reactor's
+/// `_initialize` may call too: they need only the instance's memory.
+pub(super) fn enter_wasi(caller: &mut Caller<'_, HostState>, call: &'static str) -> HostResult<()> {
     if caller.data().memory.is_none() {
         return Err(violation(caller, AbiViolation::HostCallInStart { call }));
     }
@@ -209,7 +259,7 @@ fn enter(caller: &mut Caller<'_, HostState>, call: &'static str) -> HostResult<(
 }
 
 /// Charges for moving `bytes` bytes ([`HOST_BYTES_PER_FUEL`]).
-fn charge_bytes(caller: &mut Caller<'_, HostState>, bytes: usize) -> HostResult<()> {
+pub(super) fn charge_bytes(caller: &mut Caller<'_, HostState>, bytes: usize) -> HostResult<()> {
     charge_fuel(caller, (bytes as u64).div_ceil(HOST_BYTES_PER_FUEL))
 }
 
@@ -239,7 +289,7 @@ fn host_failure(caller: &mut Caller<'_, HostState>, message: String) -> wasmi::E
 
 /// Copies `len` bytes at `ptr` out of guest memory. Pointers are `i32` on the
 /// wire but unsigned in meaning; a negative length is simply very large.
-fn read(
+pub(super) fn read(
     caller: &mut Caller<'_, HostState>,
     call: &'static str,
     ptr: i32,
@@ -302,7 +352,7 @@ fn copy_out(
     Ok(i32::try_from(value.len()).unwrap_or(i32::MAX))
 }
 
-fn region(memory_len: usize, ptr: i32, len: i32) -> Option<std::ops::Range<usize>> {
+pub(super) fn region(memory_len: usize, ptr: i32, len: i32) -> Option<std::ops::Range<usize>> {
     let start = ptr as u32 as usize;
     let end = start.checked_add(len as u32 as usize)?;
     (end <= memory_len).then_some(start..end)
@@ -596,14 +646,8 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors
             let len = (msg_len as u32 as usize).min(MAX_LOG_LINE_BYTES);
             let bytes = read(&mut caller, imports::LOG, msg, len as i32)?;
             let level = LogLevel::from_code(level).unwrap_or(LogLevel::Info);
-            // Escaped and redacted once, here, for every place a line is
-            // shown: the gateway's log, `invoke`, dead letters.
-            let message = caller
-                .data()
-                .env
-                .secrets
-                .redact(crate::text::escape_bytes(&bytes));
-            caller.data_mut().call.logs.push(LogLine { level, message });
+            let state = caller.data_mut();
+            state.call.push_log(&state.env, level, &bytes);
             Ok(())
         },
     )?;

@@ -13,6 +13,7 @@ pub use usage::VersionUsage;
 mod effects;
 mod error;
 mod host;
+mod wasi;
 
 pub use check::{MAX_CONST_EXPR_DEPTH, MAX_MODULE_BYTES};
 pub use effects::{
@@ -409,6 +410,7 @@ impl Runtime {
         // Defining a fixed set of host functions into a fresh linker only
         // fails on a duplicate name, which would be a bug in `host::define`.
         host::define(&mut linker).expect("host functions have unique names");
+        wasi::define(&mut linker).expect("WASI functions have unique names");
         let compiled = Compiled {
             module,
             engine,
@@ -420,9 +422,12 @@ impl Runtime {
 
 fn check_imports(function: &str, version: &str, module: &Module) -> Result<(), LoadError> {
     for import in module.imports() {
-        let known = import.module() == wasmgate_abi::IMPORT_MODULE
-            && imports::ALL.contains(&import.name())
-            && matches!(import.ty(), ExternType::Func(_));
+        let names: &[&str] = match import.module() {
+            wasmgate_abi::IMPORT_MODULE => &imports::ALL,
+            wasi::MODULE => wasi::NAMES,
+            _ => &[],
+        };
+        let known = names.contains(&import.name()) && matches!(import.ty(), ExternType::Func(_));
         if !known {
             return Err(LoadError::UnknownImport {
                 function: function.to_owned(),
@@ -460,10 +465,23 @@ fn check_exports(function: &str, version: &str, module: &Module) -> Result<(), L
     }
     match func_type(exports::HANDLE) {
         Some(f) if f.params() == [ValType::I32] && f.results() == [ValType::I32] => {}
+        // A WASI command: its `main` runs once and ends the instance.
+        _ if func_type(WASI_START).is_some() => {
+            return Err(missing(
+                exports::HANDLE,
+                "function (i32) -> i32; this module is a WASI command (it exports `_start`): build it as a reactor, clang's `-mexec-model=reactor`, exporting `wasmgate_handle`",
+            ))
+        }
         _ => return Err(missing(exports::HANDLE, "function (i32) -> i32")),
     }
     Ok(())
 }
+
+/// A WASI command's entry point, which a function has no use for.
+const WASI_START: &str = "_start";
+/// A WASI reactor's constructors (wasi-libc's `__wasm_call_ctors`), run
+/// once per instance after its start function.
+const WASI_INITIALIZE: &str = "_initialize";
 
 /// One instance with its store, ready for an invocation.
 struct Instance {
@@ -610,9 +628,14 @@ impl Function {
             .memory
             .map(|m| m.data_size(&instance.store))
             .unwrap_or(0);
-        let call = std::mem::take(&mut instance.store.data_mut().call);
+        let state = instance.store.data_mut();
+        state.call.flush_stdio(&state.env);
+        let call = std::mem::take(&mut state.call);
+        // After `proc_exit` the guest's libc has run its exit handlers: the
+        // instance is not used again.
+        let reusable = call.exit.is_none();
         let outcome = outcome.map(|()| call.effects);
-        if outcome.is_ok() {
+        if outcome.is_ok() && reusable {
             self.release(instance);
         }
         let duration = started.elapsed();
@@ -653,7 +676,7 @@ impl Function {
             .and_then(|()| instance.handle.call_resumable(&mut *store, len));
         let outcome = match result {
             Ok(call) => self.resume_until_done(store, call, deadline, &mut granted),
-            Err(e) => Err(self.classify(store, Some(e))),
+            Err(e) => self.exit_or_failure(store, Some(e)),
         };
         let meter = std::mem::take(&mut store.data_mut().call.meter);
         let used = granted
@@ -684,7 +707,7 @@ impl Function {
                     })
                 }
                 // A host function aborted; the reason is in the call state.
-                TypedResumableCall::HostTrap(_) => return Err(self.classify(store, None)),
+                TypedResumableCall::HostTrap(_) => return self.exit_or_failure(store, None),
                 TypedResumableCall::OutOfFuel(resumable) => {
                     if Instant::now() >= deadline {
                         return Err(self.deadline());
@@ -725,6 +748,25 @@ impl Function {
             function: self.env.name.clone(),
             version: self.version.clone(),
             fuel: self.env.limits.fuel,
+        }
+    }
+
+    /// How a call that a host function ended came out: WASI `proc_exit(0)`
+    /// is the handler's success, another code its failure, anything else
+    /// as [`Function::classify`] names it.
+    fn exit_or_failure(
+        &self,
+        store: &mut Store<HostState>,
+        error: Option<wasmi::Error>,
+    ) -> Result<(), InvokeError> {
+        match store.data().call.exit {
+            Some(0) => Ok(()),
+            Some(code) => Err(InvokeError::Exited {
+                function: self.env.name.clone(),
+                version: self.version.clone(),
+                code,
+            }),
+            None => Err(self.classify(store, error)),
         }
     }
 
@@ -797,6 +839,26 @@ impl Function {
             .get_memory(&store, exports::MEMORY)
             .ok_or_else(|| abi(AbiViolation::NoMemory))?;
         store.data_mut().memory = Some(memory);
+        if let Ok(initialize) = instance.get_typed_func::<(), ()>(&store, WASI_INITIALIZE) {
+            store.data_mut().call.initializing = true;
+            let result = initialize.call(&mut store, ());
+            let call = std::mem::take(&mut store.data_mut().call);
+            // Lines printed by constructors are not an invocation's: dropped.
+            match (result, call.exit) {
+                (_, Some(code)) => {
+                    return Err(InvokeError::Exited {
+                        function: self.env.name.clone(),
+                        version: self.version.clone(),
+                        code,
+                    })
+                }
+                (Err(e), None) => {
+                    store.data_mut().call = call;
+                    return Err(self.classify(&mut store, Some(e)));
+                }
+                (Ok(()), None) => {}
+            }
+        }
         let handle = instance
             .get_typed_func::<i32, i32>(&store, exports::HANDLE)
             .map_err(|e| InvokeError::Trap {
