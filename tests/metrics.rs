@@ -424,6 +424,47 @@ fn fan_out_guest() -> Vec<u8> {
     )
 }
 
+/// QoS 0 past a full queue waits by default, as QoS 1 does: the gateway
+/// stops reading the session and the broker holds the rest, so a burst
+/// far beyond the queue all runs and nothing is dropped in the gateway.
+#[test]
+fn a_qos0_burst_past_a_full_queue_all_runs_unless_the_trigger_drops() {
+    const BURST: u64 = 100;
+    let (broker, metrics) = (free_port(), free_port());
+    let gateway = GatewayProcess::start_toml(|dir| {
+        std::fs::write(dir.join("slow.wasm"), slow_guest()).unwrap();
+        format!(
+            "data_dir = {data:?}\n[broker]\nlisten = \"127.0.0.1:{broker}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\
+             [[functions]]\nname = \"slow\"\nwasm = \"slow.wasm\"\n\
+             triggers = [{{ mqtt = \"fast/#\", qos = 0 }}]\nlimits = {{ queue = 1 }}\n",
+            data = dir.join("data").display().to_string(),
+        )
+    });
+    let device = MqttClient::connect(broker, &unique_id("vm-2"));
+    for seq in 0..BURST {
+        device.publish("fast/vm-2", format!("{seq}"));
+    }
+    device.wait_acked(ONE);
+    let ok = |body: &str| {
+        sample(
+            body,
+            "wasmgate_function_invocations_total{function=\"slow\",outcome=\"ok\"}",
+        )
+    };
+    assert!(
+        wait_until(ONE, || ok(&scrape(metrics).1) == Some(BURST as f64)),
+        "{}\n{}",
+        scrape(metrics).1,
+        gateway.logs()
+    );
+    let (_, body) = scrape(metrics);
+    assert_eq!(
+        sample(&body, "wasmgate_function_dropped_total{function=\"slow\"}"),
+        Some(0.0),
+        "{body}"
+    );
+}
+
 #[test]
 fn each_trigger_counts_its_own_events_drops_and_responses() {
     let (broker, metrics, http) = (free_port(), free_port(), free_port());
@@ -434,7 +475,7 @@ fn each_trigger_counts_its_own_events_drops_and_responses() {
             "data_dir = {data:?}\n[broker]\nlisten = \"127.0.0.1:{broker}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\
              [http]\nlisten = \"127.0.0.1:{http}\"\n\
              [[functions]]\nname = \"slow\"\nwasm = \"slow.wasm\"\n\
-             triggers = [{{ mqtt = \"fast/#\", qos = 0 }}, {{ mqtt = \"steady/#\" }}]\nlimits = {{ queue = 1 }}\n\
+             triggers = [{{ mqtt = \"fast/#\", qos = 0, qos0_when_full = \"drop\" }}, {{ mqtt = \"steady/#\" }}]\nlimits = {{ queue = 1 }}\n\
              [[functions]]\nname = \"hello\"\nwasm = {hello:?}\n\
              triggers = [{{ http = \"GET /hello\" }}, {{ http = \"GET /private\", auth = {{ api_keys = \"key-2f7c-99ab-e001\" }} }}, \
              {{ http = \"POST /queued\", invocation = \"event\" }}]\n\

@@ -1069,6 +1069,14 @@ pub struct TriggerConfig {
     /// what makes delivery at-least-once.
     #[serde(default = "default_qos")]
     pub qos: u8,
+    /// mqtt only: what a QoS 0 message meets when the function's queue is
+    /// full. `"wait"` (default): the gateway stops reading the session, as
+    /// at QoS 1, and the broker holds or drops by its own policy (its
+    /// queue limits); nothing is lost in the gateway. `"drop"`: the gateway
+    /// drops it and counts it (`wasmgate_trigger_dropped_total`), for
+    /// telemetry where only the newest matters and reading must not slow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos0_when_full: Option<Qos0WhenFull>,
     /// Exactly-once effects for devices that stamp their messages with an id:
     /// the JSON field holding it (`"msg_id"`, or `"meta.id"` for a nested
     /// one). A message whose id this function has already processed is
@@ -1116,6 +1124,15 @@ impl TriggerConfig {
             (None, None) => None,
         }
     }
+}
+
+/// [`TriggerConfig::qos0_when_full`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Qos0WhenFull {
+    #[default]
+    Wait,
+    Drop,
 }
 
 /// Defaults of a websocket trigger's limits.

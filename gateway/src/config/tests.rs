@@ -955,3 +955,21 @@ triggers = [{ mqtt = "stock/#" }]
         ]
     );
 }
+
+#[test]
+fn qos0_when_full_is_for_mqtt_triggers() {
+    let config = valid(
+        "[[functions]]\nname = \"f\"\nwasm = \"f.wasm\"\ntriggers = [{ mqtt = \"a/#\", qos = 0, qos0_when_full = \"drop\" }]\n",
+    );
+    assert_eq!(
+        config.functions[0].triggers[0].qos0_when_full,
+        Some(crate::config::Qos0WhenFull::Drop)
+    );
+    let found = errors(
+        "[[functions]]\nname = \"f\"\nwasm = \"f.wasm\"\ntriggers = [{ schedule = \"rate(1 minute)\", qos0_when_full = \"wait\" }]\n",
+    );
+    assert!(
+        found.iter().any(|e| e.contains("qos0_when_full")),
+        "{found:?}"
+    );
+}

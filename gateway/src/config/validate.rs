@@ -433,6 +433,13 @@ fn trigger_kind(c: &mut Checker, path: &FieldPath, trigger: &TriggerConfig, prot
             "without `http`",
         );
     }
+    if trigger.mqtt.is_none() {
+        unused(
+            c,
+            &[("qos0_when_full", trigger.qos0_when_full.is_some())],
+            "without `mqtt`",
+        );
+    }
     if trigger.kv_change.is_none() {
         unused(
             c,

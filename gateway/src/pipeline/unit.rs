@@ -135,6 +135,7 @@ impl Unit {
                         (None, None) => None,
                     },
                     batch: t.batch.map(Into::into),
+                    drop_qos0: t.qos0_when_full == Some(crate::config::Qos0WhenFull::Drop),
                 })
             })
             .collect();

@@ -49,6 +49,10 @@ pub struct Trigger {
     pub dedup: Option<Dedup>,
     /// Its batching window, if it hands the function batches.
     pub batch: Option<super::batch::Window>,
+    /// `qos0_when_full = "drop"`: a QoS 0 message that finds a queue's
+    /// worth waiting is dropped (and counted). Otherwise it waits like a
+    /// QoS 1 one, and the session is not read meanwhile.
+    pub drop_qos0: bool,
 }
 
 /// Where a trigger finds a message's id.
@@ -418,9 +422,14 @@ impl Reader {
             dedup,
             trace: None,
         };
-        // QoS 0 promised at most once: past a queue's worth of backlog,
-        // keeping memory bounded wins. QoS 1 is bounded by the broker's window.
-        if qos0 && self.backlog.messages.load(Ordering::SeqCst) >= self.spec.queue {
+        // QoS 0 promised at most once: a trigger that says so drops past a
+        // queue's worth of backlog rather than slow its reading. Otherwise
+        // a QoS 0 message takes its room as a QoS 1 one does, and while
+        // there is none the session is not read: the broker holds the rest.
+        if qos0
+            && self.spec.triggers[trigger].drop_qos0
+            && self.backlog.messages.load(Ordering::SeqCst) >= self.spec.queue
+        {
             // Received, but not to be offered to the function's intake
             // (which counts the rest).
             inc(&self.metrics.received);
