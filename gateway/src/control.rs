@@ -65,13 +65,40 @@ fn refused(error: &RegistryError) -> Response {
         }
         RegistryError::NothingToRollBack(_) => StatusCode::CONFLICT,
         RegistryError::Weight(_) => StatusCode::BAD_REQUEST,
-        RegistryError::MovedMeanwhile(_) => StatusCode::CONFLICT,
+        RegistryError::MovedMeanwhile(_)
+        | RegistryError::RolloutUnderWay(_)
+        | RegistryError::SameVersion { .. } => StatusCode::CONFLICT,
         RegistryError::Load(_) | RegistryError::Start(_) | RegistryError::OldGuest { .. } => {
             StatusCode::UNPROCESSABLE_ENTITY
         }
         RegistryError::Store(_) | RegistryError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     };
     json(status, &serde_json::json!({ "error": error.to_string() }))
+}
+
+/// A deploy's `?strategy=..&max_error_rate=..&max_p99_ms=..`.
+fn rollout_of(
+    strategy: &str,
+    asked: &std::collections::HashMap<String, String>,
+) -> Result<(crate::rollout::Strategy, crate::rollout::Alarms), String> {
+    let strategy = crate::rollout::Strategy::parse(strategy)?;
+    let mut alarms = crate::rollout::Alarms::default();
+    if let Some(rate) = asked.get("max_error_rate") {
+        alarms.max_error_rate = rate
+            .parse::<f64>()
+            .ok()
+            .filter(|r| (0.0..1.0).contains(r))
+            .ok_or_else(|| {
+                format!("max_error_rate={rate:?}: expected a share from 0 to 1, as 0.05")
+            })?;
+    }
+    if let Some(ms) = asked.get("max_p99_ms") {
+        let ms: u64 = ms
+            .parse()
+            .map_err(|_| format!("max_p99_ms={ms:?}: expected whole milliseconds"))?;
+        alarms.max_p99 = Some(std::time::Duration::from_millis(ms));
+    }
+    Ok((strategy, alarms))
 }
 
 /// Runs a registry operation off the reactor (it compiles modules and
@@ -288,9 +315,47 @@ fn endpoints() -> Vec<(&'static str, MethodRouter<Api>)> {
                  Path(name): Path<String>,
                  who: Option<axum::Extension<Caller>>,
                  headers: HeaderMap,
+                 axum::extract::Query(asked): axum::extract::Query<
+                    std::collections::HashMap<String, String>,
+                >,
                  body: Bytes| async move {
                     let (source, by) = (source(&headers), caller(who));
-                    blocking(StatusCode::OK, move || r.deploy(&name, &body, &source, &by)).await
+                    let Some(strategy) = asked.get("strategy") else {
+                        return blocking(StatusCode::OK, move || {
+                            r.deploy(&name, &body, &source, &by)
+                        })
+                        .await;
+                    };
+                    let (strategy, alarms) = match rollout_of(strategy, &asked) {
+                        Ok(rollout) => rollout,
+                        Err(error) => {
+                            return json(
+                                StatusCode::BAD_REQUEST,
+                                &serde_json::json!({ "error": error }),
+                            )
+                        }
+                    };
+                    blocking(StatusCode::OK, move || {
+                        crate::rollout::start(&r, &name, &body, (&source, &by), strategy, alarms)
+                    })
+                    .await
+                },
+            ),
+        ),
+        (
+            "/v1/deployments",
+            get(
+                |State(r): State<Arc<Registry>>,
+                 axum::extract::Query(asked): axum::extract::Query<
+                    std::collections::HashMap<String, String>,
+                >| async move {
+                    blocking(StatusCode::OK, move || {
+                        let rows = r
+                            .store()
+                            .deployments(asked.get("function").map(String::as_str), 100)?;
+                        Ok::<_, RegistryError>(serde_json::json!({ "deployments": rows }))
+                    })
+                    .await
                 },
             ),
         ),

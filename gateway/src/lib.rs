@@ -29,6 +29,7 @@ pub mod mqtt;
 pub mod passwords;
 pub mod pipeline;
 pub mod registry;
+pub mod rollout;
 pub mod router;
 pub mod runtime;
 pub mod scaffold;

@@ -90,9 +90,14 @@ enum Command {
     /// Deploy a module as a function's new live version on the running
     /// gateway: checked, kept under data_dir/modules, warmed, then the next
     /// events run on it (no restart, no device disconnected). `rollback`
-    /// moves it back.
+    /// moves it back. With `--strategy`, a canary or linear rollout that
+    /// rolls itself back when the new version fails.
     #[cfg(unix)]
     Deploy(ops::deploy::DeployArgs),
+    /// Rollouts on the running gateway, newest first: a function's, or
+    /// all; their state, the new version's share, why one rolled back.
+    #[cfg(unix)]
+    Deployments(ops::deploy::DeploymentsArgs),
     /// A function's versions on the running gateway: which is live, which
     /// was before, where each came from.
     #[cfg(unix)]
@@ -260,6 +265,8 @@ fn main() -> ExitCode {
         Command::Cost(args) => ops::cost::cost(args),
         #[cfg(unix)]
         Command::Deploy(args) => ops::deploy::deploy(args),
+        #[cfg(unix)]
+        Command::Deployments(args) => ops::deploy::deployments(args),
         #[cfg(unix)]
         Command::Versions(args) => ops::deploy::versions(args),
         #[cfg(unix)]

@@ -143,6 +143,12 @@ pub enum RegistryError {
     Load(#[from] LoadError),
     #[error("the new version does not start: {0}")]
     Start(String),
+    #[error(
+        "function {0:?} has a rollout under way (`wasmgate deployments {0}`); wait for its end"
+    )]
+    RolloutUnderWay(String),
+    #[error("function {function:?} runs version {version} already")]
+    SameVersion { function: String, version: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot keep the module in {path}: {error}")]
@@ -264,6 +270,8 @@ pub struct Registry {
     moving: std::sync::Mutex<()>,
     /// The gateway's request ids, shared with the workers.
     request_ids: Arc<std::sync::atomic::AtomicU64>,
+    /// Functions with a rollout under way (`rollout.rs`).
+    rollouts: crate::rollout::Running,
 }
 
 /// An invocation on the running gateway, through the management API.
@@ -317,7 +325,18 @@ impl Registry {
             functions: RwLock::new(BTreeMap::new()),
             moving: std::sync::Mutex::new(()),
             request_ids,
+            rollouts: Default::default(),
         }
+    }
+
+    /// Functions with a rollout under way.
+    pub fn rollouts(&self) -> &crate::rollout::Running {
+        &self.rollouts
+    }
+
+    /// A function's `live` alias, as its workers read it.
+    pub fn live_of(&self, name: &str) -> Result<Arc<Live>, RegistryError> {
+        self.entry(name, |e| e.live.clone())
     }
 
     /// Runs a function's live version once on `event`, with its grants,

@@ -25,6 +25,36 @@ pub struct DeployArgs {
     name: String,
     /// The module to run as its new live version.
     wasm: PathBuf,
+    /// How it takes the events: `all-at-once` (the default), `canary<P>-<M>m`
+    /// (P% of the events for M minutes, then all: `canary10-5m`),
+    /// `linear<P>-every-<M>m` (P% more every M minutes); seconds as `30s`.
+    /// CodeDeploy's names work too: `Canary10Percent5Minutes`,
+    /// `Linear10PercentEvery1Minute`. During the rollout the new version is
+    /// rolled back when its failure rate is over --max-error-rate (and over
+    /// the old version's), or its p99 over --max-p99-ms.
+    #[arg(long, value_name = "STRATEGY")]
+    strategy: Option<String>,
+    /// With --strategy: the failed share of the new version's invocations
+    /// that rolls it back (judged once it ran 5 times).
+    #[arg(
+        long,
+        value_name = "SHARE",
+        default_value_t = 0.05,
+        requires = "strategy"
+    )]
+    max_error_rate: f64,
+    /// With --strategy: the p99 invocation time, in milliseconds, that
+    /// rolls the new version back. None by default.
+    #[arg(long, value_name = "MS", requires = "strategy")]
+    max_p99_ms: Option<u64>,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Debug, Args)]
+pub struct DeploymentsArgs {
+    /// One function's rollouts only.
+    name: Option<String>,
     #[command(flatten)]
     target: Target,
 }
@@ -121,17 +151,80 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         wasmgate::files::read_limited(&args.wasm, wasmgate::files::MAX_MODULE_BYTES, "module")
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.wasm.display()))?;
     let source = args.wasm.display().to_string();
+    let mut path = format!("/v1/functions/{}/deploy", args.name);
+    if let Some(strategy) = &args.strategy {
+        if let Err(e) = wasmgate::rollout::Strategy::parse(strategy) {
+            eprintln!("--strategy: {e}");
+            return Ok(ExitCode::from(2));
+        }
+        path += &format!(
+            "?strategy={strategy}&max_error_rate={}",
+            args.max_error_rate
+        );
+        if let Some(ms) = args.max_p99_ms {
+            path += &format!("&max_p99_ms={ms}");
+        }
+    }
+    let rollout = args.strategy.is_some();
     let answer = request(
         &dir,
         "POST",
-        &format!("/v1/functions/{}/deploy", args.name),
+        &path,
         &[
             ("x-wasmgate-source", &source),
             ("content-type", "application/wasm"),
         ],
         &wasm,
     )?;
+    if rollout {
+        return Ok(finish(answer, args.target.json, started));
+    }
     Ok(finish(answer, args.target.json, moved))
+}
+
+fn started(body: &serde_json::Value) -> String {
+    format!(
+        "{}: rollout {} of {} -> {} started ({} of the events to the new version); `wasmgate deployments {}` follows it\n",
+        body["function"].as_str().unwrap_or("?"),
+        body["strategy"].as_str().unwrap_or("?"),
+        body["from"].as_str().unwrap_or("?"),
+        body["to"].as_str().unwrap_or("?"),
+        body["share"].as_f64().unwrap_or(0.0),
+        body["function"].as_str().unwrap_or("?"),
+    )
+}
+
+pub fn deployments(args: DeploymentsArgs) -> anyhow::Result<ExitCode> {
+    let dir = match data_dir(&args.target) {
+        Ok(dir) => dir,
+        Err(code) => return Ok(code),
+    };
+    let path = match &args.name {
+        Some(name) => format!("/v1/deployments?function={name}"),
+        None => "/v1/deployments".to_owned(),
+    };
+    let answer = request(&dir, "GET", &path, &[], b"")?;
+    Ok(finish(answer, args.target.json, |body| {
+        let mut out = format!(
+            "{:<4} {:<16} {:<14} {:<14} {:<22} {:<12} {:>5}  {:<20} REASON\n",
+            "ID", "FUNCTION", "FROM", "TO", "STRATEGY", "STATE", "SHARE", "STARTED (UTC)"
+        );
+        for d in body["deployments"].as_array().into_iter().flatten() {
+            out += &format!(
+                "{:<4} {:<16} {:<14} {:<14} {:<22} {:<12} {:>5.2}  {:<20} {}\n",
+                d["id"].as_i64().unwrap_or(0),
+                d["function"].as_str().unwrap_or("?"),
+                d["from_version"].as_str().unwrap_or("?"),
+                d["to_version"].as_str().unwrap_or("?"),
+                d["strategy"].as_str().unwrap_or("?"),
+                d["state"].as_str().unwrap_or("?"),
+                d["share"].as_f64().unwrap_or(0.0),
+                wasmgate::dlq::utc(d["started_ms"].as_i64().unwrap_or(0)),
+                d["reason"].as_str().unwrap_or(""),
+            );
+        }
+        out
+    }))
 }
 
 pub fn versions(args: VersionsArgs) -> anyhow::Result<ExitCode> {

@@ -374,6 +374,9 @@ impl Gateway {
             *function = live.current();
             lives.push(live);
         }
+        // A rollout this gateway's last run left under way is rolled back:
+        // its window was not seen whole.
+        crate::rollout::recover(&registry);
         let connections = Arc::new(crate::triggers::websocket::Connections::default());
         let sinks = Arc::new(Sinks {
             store: store.clone(),

@@ -10,6 +10,7 @@
 //! through the [`overlay::Overlay`].
 
 mod dead_letters;
+pub mod deployments;
 mod feed;
 pub mod logs;
 mod overlay;

@@ -203,6 +203,23 @@ const MIGRATIONS: &[&str] = &[
     // 11: `wasmgate logs --request ID` finds its lines without reading the
     // whole ring.
     "CREATE INDEX logs_by_request ON logs (request_id);",
+    // 12: rollouts (rollout.rs): a canary's or linear deploy's state, so a
+    // restart during its window rolls it back instead of leaving it split.
+    r#"
+    CREATE TABLE deployments (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        function     TEXT NOT NULL,
+        from_version TEXT NOT NULL,
+        to_version   TEXT NOT NULL,
+        strategy     TEXT NOT NULL,
+        started_ms   INTEGER NOT NULL,
+        ended_ms     INTEGER,
+        state        TEXT NOT NULL,
+        share        REAL NOT NULL,
+        reason       TEXT,
+        figures      TEXT
+    );
+    "#,
 ];
 
 /// The version this binary writes.

@@ -37,7 +37,7 @@ pub struct AliasRow {
 }
 
 impl Store {
-    fn with_writer<T>(
+    pub(super) fn with_writer<T>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T, StoreError> {

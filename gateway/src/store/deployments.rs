@@ -1,0 +1,112 @@
+//! Rollouts' records (`rollout.rs`): one row per deploy with a strategy,
+//! updated at each step and at its end. Written on a connection of their
+//! own, as the registry's records are (`versions.rs`).
+
+use super::{Store, StoreError};
+use rusqlite::params;
+
+/// A rollout as kept.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DeploymentRow {
+    pub id: i64,
+    pub function: String,
+    pub from_version: String,
+    pub to_version: String,
+    pub strategy: String,
+    pub started_ms: i64,
+    pub ended_ms: Option<i64>,
+    /// `running`, `succeeded`, `rolled_back` or `superseded`.
+    pub state: String,
+    /// The new version's share of the events now (1 once it succeeded).
+    pub share: f64,
+    /// Why it rolled back or stopped.
+    pub reason: Option<String>,
+    /// The figures it was judged on, as JSON.
+    pub figures: Option<String>,
+}
+
+const COLUMNS: &str = "id, function, from_version, to_version, strategy, started_ms, ended_ms, state, share, reason, figures";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeploymentRow> {
+    Ok(DeploymentRow {
+        id: r.get(0)?,
+        function: r.get(1)?,
+        from_version: r.get(2)?,
+        to_version: r.get(3)?,
+        strategy: r.get(4)?,
+        started_ms: r.get(5)?,
+        ended_ms: r.get(6)?,
+        state: r.get(7)?,
+        share: r.get(8)?,
+        reason: r.get(9)?,
+        figures: r.get(10)?,
+    })
+}
+
+impl Store {
+    /// Records a rollout that starts now; returns its id.
+    pub fn start_deployment(
+        &self,
+        function: &str,
+        from: &str,
+        to: &str,
+        strategy: &str,
+        share: f64,
+    ) -> Result<i64, StoreError> {
+        self.with_writer(|conn| {
+            conn.execute(
+                "INSERT INTO deployments (function, from_version, to_version, strategy, started_ms, state, share)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6)",
+                params![function, from, to, strategy, super::now_ms(), share],
+            )?;
+            Ok(conn.last_insert_rowid())
+        })
+    }
+
+    /// A step, or the end (`state` other than `running`).
+    pub fn update_deployment(
+        &self,
+        id: i64,
+        state: &str,
+        share: f64,
+        reason: Option<&str>,
+        figures: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let ended = (state != "running").then(super::now_ms);
+        self.with_writer(|conn| {
+            conn.execute(
+                "UPDATE deployments SET state = ?2, share = ?3, reason = COALESCE(?4, reason),
+                 figures = COALESCE(?5, figures), ended_ms = ?6 WHERE id = ?1",
+                params![id, state, share, reason, figures, ended],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Rollouts, newest first: a function's, or all; at most `limit`.
+    pub fn deployments(
+        &self,
+        function: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DeploymentRow>, StoreError> {
+        self.with_writer(|conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM deployments WHERE ?1 IS NULL OR function = ?1
+                 ORDER BY id DESC LIMIT ?2"
+            ))?
+            .query_map(params![function, limit], row)?
+            .collect()
+        })
+    }
+
+    /// Rollouts a stop interrupted.
+    pub fn running_deployments(&self) -> Result<Vec<DeploymentRow>, StoreError> {
+        self.with_writer(|conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM deployments WHERE state = 'running' ORDER BY id"
+            ))?
+            .query_map([], row)?
+            .collect()
+        })
+    }
+}
