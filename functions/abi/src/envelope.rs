@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 /// What `event_read` copies into the guest: who is being invoked and why.
 ///
 /// Field order is the wire order (postcard encodes a struct as its fields in
-/// sequence); new fields only ever come with a new [`crate::ABI_VERSION`].
+/// sequence); new fields come only at the ends of structs, for guests that
+/// declare the ABI revision knowing them (`wasmgate_abi_revision`, see the
+/// ABI README's "Trigger kinds"), or with a new [`crate::ABI_VERSION`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope<'a> {
     #[serde(borrow)]

@@ -7,7 +7,9 @@ use wasmgate_abi::{
 };
 use wasmi::{Caller, Engine, ExternType, Linker, Module, Store, ValType};
 
-const MODULES: [&str; 9] = [
+/// The Rust examples, then those written in C, Zig and AssemblyScript
+/// (`build-languages.sh`).
+const MODULES: [&str; 12] = [
     "vending_telemetry",
     "robot_telemetry",
     "hello_http",
@@ -17,6 +19,9 @@ const MODULES: [&str; 9] = [
     "kv_audit",
     "vending_ledger",
     "vending_live",
+    "c_vending_alert",
+    "zig_downsampler",
+    "as_enrich",
 ];
 
 #[track_caller]
@@ -31,7 +36,7 @@ fn abi_signature(name: &str) -> Option<(Vec<ValType>, Vec<ValType>)> {
     Some(match name {
         "event_read" => (vec![I32; 2], vec![I32]),
         "emit" => (vec![I32; 5], vec![I32]),
-        "kv_get" | "kv_put" | "config_get" | "invoke" => (vec![I32; 4], vec![I32]),
+        "kv_get" | "kv_put" | "config_get" | "secret_get" | "invoke" => (vec![I32; 4], vec![I32]),
         "kv_delete" => (vec![I32; 2], vec![I32]),
         "kv_increment" => (vec![I32, I32, I64, I32], vec![I32]),
         "log" => (vec![I32; 3], vec![]),
