@@ -666,3 +666,103 @@ site = "plant-7"
         rig.gateway.logs()
     );
 }
+
+/// `functions/js/js_runtime.wasm`: QuickJS compiled to a WASI reactor,
+/// running a Node-RED style `handle(msg)` (here the bundled
+/// `examples/enrich.js`, the telemetry-enrich port).
+fn js_module() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../functions/js/js_runtime.wasm")
+        .canonicalize()
+        .expect("functions/js/js_runtime.wasm (functions/js/build.sh)")
+}
+
+#[test]
+fn js_module_under_invoke_enriches_like_the_rust_one() {
+    let event = example("as-enrich/event.json");
+    let before = now_ms();
+    let report = invoke(&js_module(), &event, &["--set", "site=plant-7"]);
+    let after = now_ms();
+    let out = emits(&report);
+    assert_eq!(out.len(), 1, "{report:#}");
+    assert_eq!(
+        (out[0].0.as_str(), out[0].1.as_str()),
+        ("upstream", "telemetry/vending/vm-17")
+    );
+    // Re-encoded by JSON.stringify (5.50 is 5.5), so compared as JSON.
+    let ours: Value = serde_json::from_str(&out[0].2).unwrap();
+    let received = ours["received_ms"].as_u64().expect("received_ms");
+    assert!((before..=after).contains(&received), "{ours}");
+    assert_eq!(ours["site"], "plant-7");
+    assert_eq!(ours["temp_f"], 44.2);
+    assert_eq!(ours["machine"], "vm-17");
+    let rust = invoke(
+        &example_wasm("telemetry_enrich.wasm"),
+        &event,
+        &["--set", "site=plant-7"],
+    );
+    let mut theirs: Value = serde_json::from_str(&emits(&rust)[0].2).unwrap();
+    theirs["received_ms"] = ours["received_ms"].clone();
+    assert_eq!(ours, theirs);
+
+    // A function that throws fails the invocation, with its message logged.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("event.json");
+    std::fs::write(
+        &file,
+        json!({"mqtt": {"topic": "not/a/telemetry/topic", "payload": "{}"}}).to_string(),
+    )
+    .unwrap();
+    let report = invoke(&js_module(), &file, &[]);
+    let invocation = &report["invocations"][0];
+    assert_eq!(invocation["outcome"]["ok"], false, "{report:#}");
+    assert!(
+        invocation["logs"]
+            .to_string()
+            .contains("not a <kind>/<device>/telemetry topic"),
+        "{report:#}"
+    );
+}
+
+#[test]
+fn js_module_on_a_gateway_runs_a_pasted_node_red_function_body() {
+    let rig = Rig::start(
+        &format!(
+            r#"[[functions]]
+name = "js"
+wasm = {wasm:?}
+triggers = [{{ mqtt = "sensors/+/telemetry", qos = 1 }}]
+[functions.grants]
+upstream = ["alerts/#"]
+[functions.config]
+function_body = 'if (msg.payload.temp_c > 8) {{ return {{ topic: "alerts/" + msg.topic.split("/")[1], payload: {{ hot: msg.payload.temp_c }}, upstream: true }}; }} return null;'
+"#,
+            wasm = path(&js_module()),
+        ),
+        &[],
+        &["alerts/#"],
+    );
+    let device = rig.device();
+    rig.wait_until_flowing(
+        &device,
+        |n| {
+            (
+                "sensors/probe/telemetry".into(),
+                format!(r#"{{"temp_c":9,"n":{n}}}"#),
+            )
+        },
+        |_| "alerts/probe".into(),
+    );
+    device.publish("sensors/s-1/telemetry", r#"{"temp_c": 4}"#);
+    device.publish("sensors/s-2/telemetry", r#"{"temp_c": 12.5}"#);
+    // The cold one sends nothing (`return null`): the hot one's alert
+    // comes with none for s-1 before it (one session: in order).
+    let out = loop {
+        let m = rig.cloud.next_message(ONE).expect("the hot alert");
+        assert_ne!(m.topic, "alerts/s-1", "the cold reading sent an alert");
+        if m.topic == "alerts/s-2" {
+            break m;
+        }
+    };
+    assert_eq!(text(&out), r#"{"hot":12.5}"#);
+}
