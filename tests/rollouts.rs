@@ -131,6 +131,14 @@ fn a_canary_that_fails_its_share_is_rolled_back_and_kept() {
         "{}",
         again.stderr
     );
+    // So is a move by hand: the rollout's next step would undo it.
+    let by_hand = wasmgate(&["rollback", "f", "--config", &config], ONE);
+    assert_eq!(by_hand.code, Some(1), "{by_hand:?}");
+    assert!(
+        by_hand.stderr.contains("rollout under way"),
+        "{}",
+        by_hand.stderr
+    );
     let rolled_back = publish_until(&device, || newest(&config)["state"] == "rolled_back");
     let row = newest(&config);
     assert!(rolled_back, "{row:#}\n{}", gateway.logs());

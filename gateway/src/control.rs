@@ -95,7 +95,11 @@ fn rollout_of(
     if let Some(ms) = asked.get("max_p99_ms") {
         let ms: u64 = ms
             .parse()
-            .map_err(|_| format!("max_p99_ms={ms:?}: expected whole milliseconds"))?;
+            .ok()
+            .filter(|ms| (1..=3_600_000).contains(ms))
+            .ok_or_else(|| {
+                format!("max_p99_ms={ms:?}: expected whole milliseconds, 1 to 3,600,000")
+            })?;
         alarms.max_p99 = Some(std::time::Duration::from_millis(ms));
     }
     Ok((strategy, alarms))
@@ -383,6 +387,7 @@ fn endpoints() -> Vec<(&'static str, MethodRouter<Api>)> {
                         );
                     };
                     blocking(StatusCode::OK, move || {
+                        r.no_rollout(&name)?;
                         r.route(
                             &name,
                             &version,

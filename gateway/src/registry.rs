@@ -791,13 +791,24 @@ impl Registry {
         source: &str,
         by: &str,
     ) -> Result<Moved, RegistryError> {
+        self.no_rollout(name)?;
         let row = self.publish(name, wasm, source, by)?;
         self.point(name, &row.version)
+    }
+
+    /// Refuses a move by hand while a rollout of the function is under
+    /// way: the rollout's next step would undo it.
+    pub fn no_rollout(&self, name: &str) -> Result<(), RegistryError> {
+        if self.rollouts.is_running(name) {
+            return Err(RegistryError::RolloutUnderWay(name.to_owned()));
+        }
+        Ok(())
     }
 
     /// Moves `live` back to where it pointed before its last move.
     pub fn rollback(&self, name: &str) -> Result<Moved, RegistryError> {
         self.entry(name, |_| ())?;
+        self.no_rollout(name)?;
         let previous = self
             .store
             .alias(name, LIVE)?

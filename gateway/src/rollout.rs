@@ -133,13 +133,10 @@ impl Strategy {
 }
 
 fn parse_duration(text: &str) -> Option<Duration> {
-    let (n, unit) = text.split_at(text.len().checked_sub(1)?);
-    let n: u64 = n.parse().ok()?;
-    match unit {
-        "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
-        "s" => Some(Duration::from_secs(n)),
-        _ => None,
+    if let Some(n) = text.strip_suffix('m') {
+        return Some(Duration::from_secs(n.parse::<u64>().ok()?.checked_mul(60)?));
     }
+    Some(Duration::from_secs(text.strip_suffix('s')?.parse().ok()?))
 }
 
 /// When a rollout rolls back.
@@ -172,8 +169,11 @@ pub struct Figures {
     pub new_failed: u64,
     pub old_ok: u64,
     pub old_failed: u64,
-    /// The new version's p99 in the current step, microseconds.
+    /// The new version's p99 in the current step, microseconds: the lower
+    /// bound of its histogram bucket (buckets are powers of two, so the
+    /// real value is at most twice this), and how many runs it is of.
     pub new_p99_us: Option<u64>,
+    pub new_step_runs: u64,
 }
 
 impl Figures {
@@ -199,6 +199,7 @@ impl Figures {
         self.old_ok += other.old_ok;
         self.old_failed += other.old_failed;
         self.new_p99_us = other.new_p99_us.or(self.new_p99_us);
+        self.new_step_runs = other.new_step_runs;
     }
 }
 
@@ -218,9 +219,9 @@ pub fn judge(figures: &Figures, alarms: &Alarms) -> Option<String> {
         ));
     }
     if let (Some(bound), Some(p99)) = (alarms.max_p99, figures.new_p99_us) {
-        if runs >= MIN_INVOCATIONS && p99 > bound.as_micros() as u64 {
+        if figures.new_step_runs >= MIN_INVOCATIONS && p99 > bound.as_micros() as u64 {
             return Some(format!(
-                "the new version's p99 duration is {:.1} ms, over the {:.1} ms allowed",
+                "the new version's p99 duration is over {:.1} ms, above the {:.1} ms allowed",
                 p99 as f64 / 1000.0,
                 bound.as_secs_f64() * 1000.0
             ));
@@ -239,6 +240,15 @@ impl Running {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(function.to_owned())
+    }
+
+    /// Whether `function` has a rollout under way: a move by hand is
+    /// refused meanwhile (the rollout would undo it).
+    pub fn is_running(&self, function: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(function)
     }
 
     fn release(&self, function: &str) {
@@ -337,13 +347,23 @@ pub fn start(
         steps,
         alarms,
     };
-    std::thread::Builder::new()
+    let watcher = registry.clone();
+    let spawned = std::thread::Builder::new()
         .name(format!("rollout-{name}"))
         .spawn(move || {
-            rollout.run(&registry);
-            registry.rollouts().release(&rollout.function);
-        })
-        .map_err(|e| RegistryError::Start(format!("cannot start the rollout's thread: {e}")))?;
+            rollout.run(&watcher);
+            watcher.rollouts().release(&rollout.function);
+        });
+    if let Err(e) = spawned {
+        // Nothing would judge the split: back to the old version alone.
+        let reason = format!("cannot start the rollout's thread: {e}");
+        let _ = registry.point(name, &started.from);
+        let _ = registry
+            .store()
+            .update_deployment(id, "rolled_back", 0.0, Some(&reason), None);
+        registry.rollouts().release(name);
+        return Err(RegistryError::Start(reason));
+    }
     Ok(started)
 }
 
@@ -434,15 +454,28 @@ impl Rollout {
                 .duration
                 .snapshot()
                 .quantile(0.99)
-                .map(|d| d.as_micros() as u64),
+                .map(|upper| upper.as_micros() as u64 / 2),
+            new_step_runs: new_ok + new_failed,
         })
     }
 
     fn roll_back(&self, registry: &Registry, reason: &str, figures: &Figures) {
         tracing::warn!(function = %self.function, from = %self.to, to = %self.from, ?figures, "rollout rolled back: {reason}");
-        let reason = match registry.point(&self.function, &self.from) {
+        // The bad version keeps its share while live is not moved back:
+        // tried again a few times before giving up, saying so.
+        let mut moved = registry.point(&self.function, &self.from);
+        for _ in 0..5 {
+            if moved.is_ok() {
+                break;
+            }
+            std::thread::sleep(CHECK_EVERY);
+            moved = registry.point(&self.function, &self.from);
+        }
+        let reason = match moved {
             Ok(_) => reason.to_owned(),
-            Err(e) => format!("{reason}; and moving live back failed: {e}"),
+            Err(e) => format!(
+                "{reason}; and moving live back failed: {e} (move it with `wasmgate alias`)"
+            ),
         };
         self.record(registry, "rolled_back", 0.0, Some(&reason), figures);
     }
@@ -476,20 +509,41 @@ pub fn recover(registry: &Registry) {
         }
     };
     for row in running {
-        let reason = "the gateway stopped during the rollout, so its window cannot be judged: rolled back at the next start";
-        let outcome = if registry.knows(&row.function) {
-            registry.point(&row.function, &row.from_version).map(|_| ())
-        } else {
-            Ok(())
+        let split = vec![row.from_version.clone(), row.to_version.clone()];
+        let (state, share, reason) = match registry.live_versions(&row.function) {
+            // Live is as the rollout left it mid-window: back to the old one.
+            Some(live) if live == split => {
+                let reason = "the gateway stopped during the rollout, so its window cannot be judged: rolled back at the next start";
+                match registry.point(&row.function, &row.from_version) {
+                    Ok(_) => ("rolled_back", 0.0, reason.to_owned()),
+                    Err(e) => (
+                        "rolled_back",
+                        0.0,
+                        format!("{reason}; moving live back failed: {e} (move it with `wasmgate alias`)"),
+                    ),
+                }
+            }
+            // Promoted, and stopped before recording it.
+            Some(live) if live == [row.to_version.clone()] => (
+                "succeeded",
+                1.0,
+                "the new version took every event before the stop".to_owned(),
+            ),
+            Some(_) => (
+                "superseded",
+                row.share,
+                "at the next start live was neither the rollout's split nor its end (the config file names another module?); left as the start made it".to_owned(),
+            ),
+            None => (
+                "superseded",
+                row.share,
+                "the function is no longer configured".to_owned(),
+            ),
         };
-        let reason = match outcome {
-            Ok(()) => reason.to_owned(),
-            Err(e) => format!("{reason}; moving live back failed: {e}"),
-        };
-        tracing::warn!(function = %row.function, from = %row.to_version, to = %row.from_version, "rollout rolled back: {reason}");
+        tracing::warn!(function = %row.function, from = %row.from_version, to = %row.to_version, state, "rollout interrupted by a stop: {reason}");
         let _ = registry
             .store()
-            .update_deployment(row.id, "rolled_back", 0.0, Some(&reason), None);
+            .update_deployment(row.id, state, share, Some(&reason), None);
     }
 }
 
@@ -552,6 +606,7 @@ mod tests {
             old_ok,
             old_failed,
             new_p99_us: None,
+            new_step_runs: 0,
         };
         assert!(judge(&figures(0, 0, 100, 0), &alarms).is_none());
         // Too few runs to call it a rate.
@@ -567,6 +622,8 @@ mod tests {
         };
         let mut f = figures(10, 0, 10, 0);
         f.new_p99_us = Some(40_000);
+        assert!(judge(&f, &slow).is_none(), "too few runs in the step");
+        f.new_step_runs = 5;
         assert!(judge(&f, &slow).expect("too slow").contains("p99"));
     }
 }

@@ -63,7 +63,8 @@ impl Store {
         })
     }
 
-    /// A step, or the end (`state` other than `running`).
+    /// A step, or the end (`state` other than `running`); a rollout that
+    /// has ended is not changed again.
     pub fn update_deployment(
         &self,
         id: i64,
@@ -76,7 +77,7 @@ impl Store {
         self.with_writer(|conn| {
             conn.execute(
                 "UPDATE deployments SET state = ?2, share = ?3, reason = COALESCE(?4, reason),
-                 figures = COALESCE(?5, figures), ended_ms = ?6 WHERE id = ?1",
+                 figures = COALESCE(?5, figures), ended_ms = ?6 WHERE id = ?1 AND state = 'running'",
                 params![id, state, share, reason, figures, ended],
             )?;
             Ok(())
