@@ -266,7 +266,7 @@ pub(super) fn charge_bytes(caller: &mut Caller<'_, HostState>, bytes: usize) -> 
 /// Takes `fuel` from the store's current slice; what the slice cannot cover
 /// becomes a debt the run loop settles (see [`Meter`]). Ends the invocation
 /// when the whole budget is spent.
-fn charge_fuel(caller: &mut Caller<'_, HostState>, fuel: u64) -> HostResult<()> {
+pub(super) fn charge_fuel(caller: &mut Caller<'_, HostState>, fuel: u64) -> HostResult<()> {
     // Fuel metering is always on (`Runtime::new`); without it there is
     // nothing to charge.
     let Ok(left) = caller.get_fuel() else {
