@@ -582,6 +582,9 @@ mod tests {
             "linear10-5m",
             "blue-green",
             "canary10-0s",
+            "canary10-5é",
+            "canary10-é",
+            "Canary10Percent5Minutesé",
         ] {
             assert!(Strategy::parse(bad).is_err(), "{bad}");
         }
