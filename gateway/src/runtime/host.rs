@@ -287,20 +287,21 @@ fn host_failure(caller: &mut Caller<'_, HostState>, message: String) -> wasmi::E
     wasmi::Error::host(Abort)
 }
 
-/// Copies `len` bytes at `ptr` out of guest memory. Pointers are `i32` on the
-/// wire but unsigned in meaning; a negative length is simply very large.
-pub(super) fn read(
+/// Where `len` bytes at `ptr` are in guest memory, or the contract
+/// violation that ends the invocation. Pointers are `i32` on the wire but
+/// unsigned in meaning; a negative length is simply very large.
+pub(super) fn guest_region(
     caller: &mut Caller<'_, HostState>,
     call: &'static str,
     ptr: i32,
     len: i32,
-) -> HostResult<Vec<u8>> {
+) -> HostResult<std::ops::Range<usize>> {
     let Some(memory) = caller.data().memory else {
         return Err(violation(caller, AbiViolation::HostCallInStart { call }));
     };
     let memory_len = memory.data(&*caller).len();
-    let Some(range) = region(memory_len, ptr, len) else {
-        return Err(violation(
+    region(memory_len, ptr, len).ok_or_else(|| {
+        violation(
             caller,
             AbiViolation::OutOfBounds {
                 call,
@@ -308,7 +309,20 @@ pub(super) fn read(
                 len: len as u32,
                 memory_len,
             },
-        ));
+        )
+    })
+}
+
+/// Copies `len` bytes at `ptr` out of guest memory.
+pub(super) fn read(
+    caller: &mut Caller<'_, HostState>,
+    call: &'static str,
+    ptr: i32,
+    len: i32,
+) -> HostResult<Vec<u8>> {
+    let range = guest_region(caller, call, ptr, len)?;
+    let Some(memory) = caller.data().memory else {
+        return Err(violation(caller, AbiViolation::HostCallInStart { call }));
     };
     // Paid for before the copy, so that a spent budget stops it.
     charge_bytes(caller, range.len())?;

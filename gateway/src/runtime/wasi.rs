@@ -20,9 +20,8 @@
 //! make here.
 
 use super::host::{
-    abort, charge_bytes, charge_fuel, enter_wasi, read, region, violation, HostResult, HostState,
+    abort, charge_bytes, charge_fuel, enter_wasi, guest_region, read, HostResult, HostState,
 };
-use super::AbiViolation;
 use wasmgate_abi::LogLevel;
 use wasmi::{Caller, Linker};
 
@@ -520,20 +519,5 @@ fn check_region(
     ptr: i32,
     len: usize,
 ) -> HostResult<std::ops::Range<usize>> {
-    let Some(memory) = caller.data().memory else {
-        return Err(violation(caller, AbiViolation::HostCallInStart { call }));
-    };
-    let memory_len = memory.data(&*caller).len();
-    match region(memory_len, ptr, len as i32) {
-        Some(range) => Ok(range),
-        None => Err(violation(
-            caller,
-            AbiViolation::OutOfBounds {
-                call,
-                ptr: ptr as u32,
-                len: len as u32,
-                memory_len,
-            },
-        )),
-    }
+    guest_region(caller, call, ptr, len as i32)
 }
