@@ -271,7 +271,37 @@ pub struct Registry {
     /// The gateway's request ids, shared with the workers.
     request_ids: Arc<std::sync::atomic::AtomicU64>,
     /// Functions with a rollout under way (`rollout.rs`).
-    rollouts: crate::rollout::Running,
+    rollouts: Running,
+}
+
+/// The functions with a rollout under way (`rollout.rs`): one at a time
+/// each, and no move by hand meanwhile.
+#[derive(Debug, Default)]
+pub struct Running(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl Running {
+    pub(crate) fn claim(&self, function: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(function.to_owned())
+    }
+
+    /// Whether `function` has a rollout under way: a move by hand is
+    /// refused meanwhile (the rollout would undo it).
+    pub fn is_running(&self, function: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(function)
+    }
+
+    pub(crate) fn release(&self, function: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(function);
+    }
 }
 
 /// An invocation on the running gateway, through the management API.
@@ -330,7 +360,7 @@ impl Registry {
     }
 
     /// Functions with a rollout under way.
-    pub fn rollouts(&self) -> &crate::rollout::Running {
+    pub fn rollouts(&self) -> &Running {
         &self.rollouts
     }
 

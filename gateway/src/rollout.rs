@@ -20,8 +20,7 @@
 
 use crate::registry::{Registry, RegistryError};
 use crate::runtime::Function;
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How a new version takes the events.
@@ -228,35 +227,6 @@ pub fn judge(figures: &Figures, alarms: &Alarms) -> Option<String> {
         }
     }
     None
-}
-
-/// The functions with a rollout under way: one at a time each.
-#[derive(Debug, Default)]
-pub struct Running(Mutex<HashSet<String>>);
-
-impl Running {
-    fn claim(&self, function: &str) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(function.to_owned())
-    }
-
-    /// Whether `function` has a rollout under way: a move by hand is
-    /// refused meanwhile (the rollout would undo it).
-    pub fn is_running(&self, function: &str) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains(function)
-    }
-
-    fn release(&self, function: &str) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(function);
-    }
 }
 
 /// What a started rollout answers.
