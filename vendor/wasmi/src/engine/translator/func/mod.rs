@@ -1258,6 +1258,21 @@ impl FuncTranslator {
         self.reachable |= frame.is_branched_to();
         if self.reachable && self.stack.is_control_empty() {
             self.encode_return()?;
+        } else if frame.is_branched_to() && self.reachable {
+            // wasmgate patch: a branch target starts a fuel region, so the
+            // code after it is charged when reached, not up front.
+            let fuel_pos = self.instrs.encode_consume_fuel_op()?;
+            self.stack.start_fuel_region(fuel_pos);
+        }
+        Ok(())
+    }
+
+    /// Starts a fuel region for the code after a `br_if` (wasmgate patch):
+    /// a taken branch skips it, so it is charged only when reached.
+    fn start_fuel_region_after_br_if(&mut self) -> Result<(), Error> {
+        let fuel_pos = self.instrs.encode_consume_fuel_op()?;
+        if fuel_pos.is_some() {
+            self.stack.start_fuel_region(fuel_pos);
         }
         Ok(())
     }

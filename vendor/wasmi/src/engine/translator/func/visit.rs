@@ -286,23 +286,18 @@ impl<'a> VisitOperator<'a> for FuncTranslator {
         frame.branch_to();
         let label = frame.label();
         let branch_params = frame.branch_params();
-        if branch_params.is_empty() {
+        if branch_params.is_empty() || !self.requires_branch_param_copies(depth) {
             // Case: no branch values are required to be copied
             self.encode_br_nez(condition, label)?;
-            return Ok(());
+            return self.start_fuel_region_after_br_if();
         };
-        if !self.requires_branch_param_copies(depth) {
-            // Case: no branch values are required to be copied
-            self.encode_br_nez(condition, label)?;
-            return Ok(());
-        }
         // Case: fallback to copy branch parameters conditionally
         let skip_label = self.instrs.new_label();
         self.encode_br_eqz(condition, skip_label)?;
         self.copy_branch_params(branch_params)?;
         self.encode_br(label)?;
         self.instrs.pin_label(skip_label)?;
-        Ok(())
+        self.start_fuel_region_after_br_if()
     }
 
     #[inline(never)]

@@ -298,6 +298,30 @@ impl ControlStack {
         self.fuel_pos
     }
 
+    /// Starts a new fuel region in the top-most control frame at `fuel_pos`:
+    /// what is translated from here until the frame's end is charged to it.
+    ///
+    /// # Note (wasmgate patch)
+    ///
+    /// Used after a branch target that is not the start of a frame of its
+    /// own (the `end` of a `block` that is branched to, the fall-through of
+    /// a `br_if`): without a region there, the code after it was charged
+    /// to the enclosing region up front, also when a branch skipped it
+    /// (see docs/upstream-wasmi-fuel.md in the wasmgate repository).
+    pub fn start_fuel_region(&mut self, fuel_pos: Option<Pos<ir::BlockFuel>>) {
+        let Some(frame) = self.frames.last_mut() else {
+            return;
+        };
+        match frame {
+            ControlFrame::Block(frame) => frame.fuel_pos = fuel_pos,
+            ControlFrame::Loop(frame) => frame.fuel_pos = fuel_pos,
+            ControlFrame::If(frame) => frame.fuel_pos = fuel_pos,
+            ControlFrame::Else(frame) => frame.fuel_pos = fuel_pos,
+            ControlFrame::Unreachable(_) => return,
+        }
+        self.fuel_pos = fuel_pos;
+    }
+
     /// Returns `true` if `self` is empty.
     pub fn is_empty(&self) -> bool {
         self.height() == 0

@@ -703,4 +703,9 @@ impl Stack {
     pub fn fuel_pos(&self) -> Option<Pos<ir::BlockFuel>> {
         self.controls.fuel_pos()
     }
+
+    /// See [`ControlStack::start_fuel_region`] (a wasmgate patch).
+    pub fn start_fuel_region(&mut self, fuel_pos: Option<Pos<ir::BlockFuel>>) {
+        self.controls.start_fuel_region(fuel_pos)
+    }
 }
