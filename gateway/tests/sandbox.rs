@@ -1283,3 +1283,44 @@ fn a_long_chain_of_indirect_tail_calls_completes() {
     assert!(report.outcome.is_ok(), "{:?}", report.outcome.err());
     gw.assert_still_serving();
 }
+
+/// A guest is charged for the code it runs, not for code a branch skips:
+/// the cases of a C `switch` (code after the `end` of a block a `br_table`
+/// jumps past) and the rest of a frame after a taken `br_if`. wasmi charged
+/// both up front; the vendored copy starts a fuel region at each such
+/// branch target (docs/upstream-wasmi-fuel.md).
+#[test]
+fn fuel_is_charged_for_the_code_run_not_the_code_skipped() {
+    let gw = Gateway::new();
+    let work = "(local.set $j (i32.add (local.get $j) (i32.const 1)))\n".repeat(1_000);
+    // `$k` is 0 or 1, from the event's length: 0 skips the work, 1 runs it.
+    let shapes = [
+        format!(
+            "(block $done (block $c1 (block $c0 (br_table $c0 $c1 (local.get $k))) (br $done)) {work})"
+        ),
+        format!("(block $done (br_if $done (i32.eqz (local.get $k))) {work})"),
+    ];
+    for shape in &shapes {
+        let wasm = wat(&format!(
+            r#"(module
+              (memory (export "memory") 1)
+              (func (export "wasmgate_abi_version") (result i32) i32.const 1)
+              (func (export "wasmgate_handle") (param $len i32) (result i32) (local $j i32) (local $k i32)
+                (local.set $k (i32.gt_u (local.get $len) (i32.const 100)))
+                {shape}
+                (i32.const 0)))"#
+        ));
+        let f = gw.deploy(&wasm);
+        let fuel = |payload: &[u8]| {
+            let report = f.invoke(1, 1, &event_of(payload), None);
+            assert!(report.outcome.is_ok(), "{:?}", report.outcome.err());
+            report.cost.fuel
+        };
+        let (skipped, run) = (fuel(b"{}"), fuel(&[b' '; 200]));
+        assert!(run >= 1_000, "the work costs its instructions: {run}");
+        assert!(
+            skipped * 10 < run,
+            "skipped {skipped} fuel against {run} run, in {shape:.60}"
+        );
+    }
+}
