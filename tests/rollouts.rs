@@ -32,15 +32,21 @@ fn bad() -> Vec<u8> {
     support::guest::mqtt_guest("", "", "(i32.const 1)")
 }
 
+/// `f` (v1) on `in/#`, and two functions for traffic hooks: `check-ok`
+/// succeeds, `check-fails` fails.
 fn gateway(broker: u16) -> GatewayProcess {
     GatewayProcess::start_toml(|dir| {
         std::fs::write(dir.join("v1.wasm"), good("v1")).unwrap();
         std::fs::write(dir.join("v2.wasm"), good("v2")).unwrap();
         std::fs::write(dir.join("bad.wasm"), bad()).unwrap();
+        std::fs::write(dir.join("hook.wasm"), good("hook")).unwrap();
         format!(
             "data_dir = {data:?}\n[broker]\nlisten = \"127.0.0.1:{broker}\"\n\
              [[functions]]\nname = \"f\"\nwasm = \"v1.wasm\"\ntriggers = [{{ mqtt = \"in/#\" }}]\n\
-             [functions.grants]\nlocal = [\"out/#\"]\n",
+             [functions.grants]\nlocal = [\"out/#\"]\n\
+             [[functions]]\nname = \"check-ok\"\nwasm = \"hook.wasm\"\ntriggers = [{{ mqtt = \"hooks/ok\" }}]\n\
+             [functions.grants]\nlocal = [\"out/#\"]\n\
+             [[functions]]\nname = \"check-fails\"\nwasm = \"bad.wasm\"\ntriggers = [{{ mqtt = \"hooks/fails\" }}]\n",
             data = dir.join("data").display().to_string(),
         )
     })
@@ -258,4 +264,94 @@ fn a_gateway_killed_during_a_canary_rolls_it_back_at_its_next_start() {
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(out.stderr.contains("canary<P>-<M>m"), "{}", out.stderr);
     assert_eq!(live_version(&config), v1);
+}
+
+#[test]
+fn traffic_hooks_run_before_and_after_and_a_failing_one_rolls_back() {
+    let broker = free_port();
+    let gateway = gateway(broker);
+    let config = gateway.config_path().display().to_string();
+    let v1 = live_version(&config);
+    let v2 = module(&gateway, "v2.wasm");
+    // A failing pre-traffic hook: refused before the new version takes any
+    // event.
+    let out = wasmgate(
+        &[
+            "deploy",
+            "f",
+            &v2,
+            "--strategy",
+            "canary50-1m",
+            "--pre-traffic-hook",
+            "check-fails",
+            "--config",
+            &config,
+        ],
+        ONE,
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("pre-traffic hook check-fails failed"),
+        "{}",
+        out.stderr
+    );
+    let row = newest(&config);
+    assert_eq!(row["state"], "rolled_back", "{row:#}");
+    assert_eq!(live_version(&config), v1);
+    // Passing hooks both: the rollout goes through to the end.
+    let outputs = MqttClient::connect(broker, &unique_id("outputs"));
+    outputs.subscribe("out/hook");
+    let out = wasmgate(
+        &[
+            "deploy",
+            "f",
+            &v2,
+            "--strategy",
+            "canary50-2s",
+            "--pre-traffic-hook",
+            "check-ok",
+            "--post-traffic-hook",
+            "check-ok",
+            "--config",
+            &config,
+        ],
+        ONE,
+    );
+    assert_eq!(out.code, Some(0), "{out:?}\n{}", gateway.logs());
+    let device = MqttClient::connect(broker, &unique_id("vm-1"));
+    assert!(publish_until(&device, || newest(&config)["state"] == "succeeded"));
+    let v2_version = newest(&config)["to_version"].as_str().unwrap().to_owned();
+    // Each hook ran once, told which rollout and stage.
+    let mut stages = Vec::new();
+    outputs.collect_until(Duration::from_secs(5), |m| {
+        let told: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(told["function"], "f");
+        stages.push(told["stage"].as_str().unwrap().to_owned());
+        stages.len() == 2
+    });
+    assert_eq!(stages, ["pre-traffic", "post-traffic"]);
+    // A failing post-traffic hook moves live back once the new version
+    // had every event.
+    let out = wasmgate(
+        &[
+            "deploy",
+            "f",
+            &module(&gateway, "bad.wasm"),
+            "--strategy",
+            "all-at-once",
+            "--post-traffic-hook",
+            "check-fails",
+            "--config",
+            &config,
+        ],
+        ONE,
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("post-traffic hook check-fails failed"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(newest(&config)["state"], "rolled_back");
+    assert_eq!(live_version(&config), v2_version, "live is back on v2");
 }

@@ -68,9 +68,10 @@ fn refused(error: &RegistryError) -> Response {
         RegistryError::MovedMeanwhile(_)
         | RegistryError::RolloutUnderWay(_)
         | RegistryError::SameVersion { .. } => StatusCode::CONFLICT,
-        RegistryError::Load(_) | RegistryError::Start(_) | RegistryError::OldGuest { .. } => {
-            StatusCode::UNPROCESSABLE_ENTITY
-        }
+        RegistryError::Load(_)
+        | RegistryError::Start(_)
+        | RegistryError::OldGuest { .. }
+        | RegistryError::HookFailed(_) => StatusCode::UNPROCESSABLE_ENTITY,
         RegistryError::Store(_) | RegistryError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     };
     json(status, &serde_json::json!({ "error": error.to_string() }))
@@ -102,6 +103,8 @@ fn rollout_of(
             })?;
         alarms.max_p99 = Some(std::time::Duration::from_millis(ms));
     }
+    alarms.pre_traffic_hook = asked.get("pre_traffic_hook").cloned();
+    alarms.post_traffic_hook = asked.get("post_traffic_hook").cloned();
     Ok((strategy, alarms))
 }
 

@@ -149,6 +149,8 @@ pub enum RegistryError {
     RolloutUnderWay(String),
     #[error("function {function:?} runs version {version} already")]
     SameVersion { function: String, version: String },
+    #[error("{0}; the rollout is rolled back")]
+    HookFailed(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot keep the module in {path}: {error}")]

@@ -139,13 +139,18 @@ fn parse_duration(text: &str) -> Option<Duration> {
 }
 
 /// When a rollout rolls back.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Alarms {
     /// The new version's failed share of its invocations, above which (and
     /// above the old version's) it is rolled back.
     pub max_error_rate: f64,
     /// Its p99 invocation time, above which it is rolled back.
     pub max_p99: Option<Duration>,
+    /// Functions invoked with a test event before the new version takes
+    /// any event, and after it took them all (CodeDeploy's BeforeAllowTraffic
+    /// and AfterAllowTraffic hooks): a failure rolls back.
+    pub pre_traffic_hook: Option<String>,
+    pub post_traffic_hook: Option<String>,
 }
 
 impl Default for Alarms {
@@ -153,6 +158,8 @@ impl Default for Alarms {
         Alarms {
             max_error_rate: 0.05,
             max_p99: None,
+            pre_traffic_hook: None,
+            post_traffic_hook: None,
         }
     }
 }
@@ -173,6 +180,9 @@ pub struct Figures {
     /// real value is at most twice this), and how many runs it is of.
     pub new_p99_us: Option<u64>,
     pub new_step_runs: u64,
+    /// Events each version sent to the dead-letter queue.
+    pub new_dead_letters: u64,
+    pub old_dead_letters: u64,
 }
 
 impl Figures {
@@ -199,6 +209,8 @@ impl Figures {
         self.old_failed += other.old_failed;
         self.new_p99_us = other.new_p99_us.or(self.new_p99_us);
         self.new_step_runs = other.new_step_runs;
+        self.new_dead_letters += other.new_dead_letters;
+        self.old_dead_letters += other.old_dead_letters;
     }
 }
 
@@ -215,6 +227,12 @@ pub fn judge(figures: &Figures, alarms: &Alarms) -> Option<String> {
             old * 100.0,
             figures.old_failed,
             figures.old_ok + figures.old_failed,
+        ));
+    }
+    if figures.new_dead_letters > 0 && figures.old_dead_letters == 0 {
+        return Some(format!(
+            "the new version is dead-lettering: {} event(s) to the dead-letter queue, the old version none",
+            figures.new_dead_letters
         ));
     }
     if let (Some(bound), Some(p99)) = (alarms.max_p99, figures.new_p99_us) {
@@ -255,6 +273,14 @@ pub fn start(
     alarms: Alarms,
 ) -> Result<Started, RegistryError> {
     let live = registry.live_of(name)?;
+    for hook in [&alarms.pre_traffic_hook, &alarms.post_traffic_hook]
+        .into_iter()
+        .flatten()
+    {
+        if !registry.knows(hook) {
+            return Err(RegistryError::UnknownFunction(hook.clone()));
+        }
+    }
     if !registry.rollouts().claim(name) {
         return Err(RegistryError::RolloutUnderWay(name.to_owned()));
     }
@@ -278,6 +304,25 @@ pub fn start(
         .store()
         .start_deployment(name, &from, &to, &strategy.name(), first)
         .map_err(|e| release(e.into()))?;
+    let stage = Stage {
+        id,
+        function: name,
+        from: &from,
+        to: &to,
+    };
+    if let Some(hook) = &alarms.pre_traffic_hook {
+        if let Err(reason) = stage.hook(registry, hook, "pre-traffic") {
+            let _ = registry
+                .store()
+                .update_deployment(id, "rolled_back", 0.0, Some(&reason), None);
+            tracing::warn!(
+                function = name,
+                to,
+                "rollout stopped before any traffic: {reason}"
+            );
+            return Err(release(RegistryError::HookFailed(reason)));
+        }
+    }
     let moved = match steps.first() {
         None => registry.point(name, &to),
         Some((share, _)) => registry.route(name, &from, Some((&to, *share))),
@@ -301,6 +346,17 @@ pub fn start(
         share: first,
     };
     if steps.is_empty() {
+        if let Some(hook) = &alarms.post_traffic_hook {
+            if let Err(reason) = stage.hook(registry, hook, "post-traffic") {
+                let _ = registry.point(name, &started.from);
+                let _ =
+                    registry
+                        .store()
+                        .update_deployment(id, "rolled_back", 0.0, Some(&reason), None);
+                tracing::warn!(function = name, to, "rollout rolled back: {reason}");
+                return Err(release(RegistryError::HookFailed(reason)));
+            }
+        }
         let _ = registry
             .store()
             .update_deployment(id, "succeeded", 1.0, None, None);
@@ -335,6 +391,41 @@ pub fn start(
         return Err(RegistryError::Start(reason));
     }
     Ok(started)
+}
+
+/// Who a hook is told about.
+struct Stage<'a> {
+    id: i64,
+    function: &'a str,
+    from: &'a str,
+    to: &'a str,
+}
+
+impl Stage<'_> {
+    /// Runs `hook` (a configured function, its live version, its effects
+    /// committed) on an `invoke` event whose payload says which rollout
+    /// and stage: `{"deployment":7,"function":"vending","from":..,"to":..,
+    /// "stage":"pre-traffic"}`. Its failure is the reason to stop.
+    fn hook(&self, registry: &Registry, hook: &str, stage: &str) -> Result<(), String> {
+        let payload = serde_json::json!({
+            "deployment": self.id,
+            "function": self.function,
+            "from": self.from,
+            "to": self.to,
+            "stage": stage,
+        });
+        let event = crate::event::OwnedEvent::Invoke {
+            from: format!("rollout:{}", self.function),
+            payload: payload.to_string().into_bytes(),
+        };
+        match registry.invoke(hook, &event, false) {
+            Ok(invoked) => match invoked.report.outcome {
+                Ok(_) => Ok(()),
+                Err(e) => Err(format!("the {stage} hook {hook} failed: {e}")),
+            },
+            Err(e) => Err(format!("the {stage} hook {hook} could not run: {e}")),
+        }
+    }
 }
 
 struct Rollout {
@@ -388,6 +479,22 @@ impl Rollout {
             total.add(&step);
         }
         match registry.point(&self.function, &self.to) {
+            Ok(_) if self.alarms.post_traffic_hook.is_some() => {
+                let stage = Stage {
+                    id: self.id,
+                    function: &self.function,
+                    from: &self.from,
+                    to: &self.to,
+                };
+                let hook = self.alarms.post_traffic_hook.as_deref().unwrap_or_default();
+                match stage.hook(registry, hook, "post-traffic") {
+                    Ok(()) => {
+                        tracing::info!(function = %self.function, to = %self.to, figures = ?total, "rollout succeeded: the new version takes every event");
+                        self.record(registry, "succeeded", 1.0, None, &total);
+                    }
+                    Err(reason) => self.roll_back(registry, &reason, &total),
+                }
+            }
             Ok(_) => {
                 tracing::info!(function = %self.function, to = %self.to, figures = ?total, "rollout succeeded: the new version takes every event");
                 self.record(registry, "succeeded", 1.0, None, &total);
@@ -414,6 +521,11 @@ impl Rollout {
         };
         let (new_ok, new_failed) = counts(new);
         let (old_ok, old_failed) = counts(old);
+        let dead = |f: &Arc<Function>| {
+            f.usage()
+                .dead_letters
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
         Some(Figures {
             new_ok,
             new_failed,
@@ -426,6 +538,8 @@ impl Rollout {
                 .quantile(0.99)
                 .map(|upper| upper.as_micros() as u64 / 2),
             new_step_runs: new_ok + new_failed,
+            new_dead_letters: dead(new),
+            old_dead_letters: dead(old),
         })
     }
 
@@ -580,6 +694,8 @@ mod tests {
             old_failed,
             new_p99_us: None,
             new_step_runs: 0,
+            new_dead_letters: 0,
+            old_dead_letters: 0,
         };
         assert!(judge(&figures(0, 0, 100, 0), &alarms).is_none());
         // Too few runs to call it a rate.
@@ -591,12 +707,19 @@ mod tests {
         assert!(judge(&figures(99, 1, 100, 0), &alarms).is_none());
         let slow = Alarms {
             max_p99: Some(Duration::from_millis(10)),
-            ..alarms
+            ..alarms.clone()
         };
         let mut f = figures(10, 0, 10, 0);
         f.new_p99_us = Some(40_000);
         assert!(judge(&f, &slow).is_none(), "too few runs in the step");
         f.new_step_runs = 5;
+        let mut dead = figures(100, 1, 100, 0);
+        dead.new_dead_letters = 1;
+        let reason = judge(&dead, &alarms).expect("dead-lettering");
+        assert!(reason.contains("dead-lettering"), "{reason}");
+        // Poison messages both versions dead-letter are not the version's.
+        dead.old_dead_letters = 2;
+        assert!(judge(&dead, &alarms).is_none());
         assert!(judge(&f, &slow).expect("too slow").contains("p99"));
     }
 }

@@ -47,6 +47,16 @@ pub struct DeployArgs {
     /// rolls the new version back. None by default.
     #[arg(long, value_name = "MS", requires = "strategy")]
     max_p99_ms: Option<u64>,
+    /// With --strategy: a configured function run (live, committed) with
+    /// an `invoke` event naming the rollout before the new version takes
+    /// any event; its failure stops the rollout (CodeDeploy's
+    /// BeforeAllowTraffic).
+    #[arg(long, value_name = "FUNCTION", requires = "strategy")]
+    pre_traffic_hook: Option<String>,
+    /// With --strategy: the same once the new version takes every event;
+    /// its failure rolls back (AfterAllowTraffic).
+    #[arg(long, value_name = "FUNCTION", requires = "strategy")]
+    post_traffic_hook: Option<String>,
     #[command(flatten)]
     target: Target,
 }
@@ -163,6 +173,14 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         );
         if let Some(ms) = args.max_p99_ms {
             path += &format!("&max_p99_ms={ms}");
+        }
+        for (key, hook) in [
+            ("pre_traffic_hook", &args.pre_traffic_hook),
+            ("post_traffic_hook", &args.post_traffic_hook),
+        ] {
+            if let Some(hook) = hook {
+                path += &format!("&{key}={hook}");
+            }
         }
     }
     let rollout = args.strategy.is_some();

@@ -755,6 +755,7 @@ impl Worker {
         (done, trace): (Done, Option<String>),
     ) {
         let f = &self.function;
+        f.usage().dead_letters.fetch_add(1, Ordering::Relaxed);
         let mut done = done;
         if let Some(last) = attempts.last() {
             if let Some(failure) = crate::runtime::FailureKind::parse(&last.kind) {

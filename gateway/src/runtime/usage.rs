@@ -20,6 +20,9 @@ pub struct VersionUsage {
     /// The most fuel, and the longest run, of one invocation.
     pub max_fuel: AtomicU64,
     pub max_duration_us: AtomicU64,
+    /// Events whose last attempt ran on this version and went to the
+    /// dead-letter queue: what a rollout's dead-letter alarm reads.
+    pub dead_letters: AtomicU64,
     /// The same three peaks since the last [`VersionUsage::take_window`]:
     /// an hourly usage row holds the peaks of its own hour, not of every
     /// hour before it.
