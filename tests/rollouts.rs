@@ -60,6 +60,14 @@ fn module(gateway: &GatewayProcess, file: &str) -> String {
         .to_string()
 }
 
+/// `wasmgate deploy f MODULE ARGS... --config CONFIG`.
+fn deploy(config: &str, module: &str, args: &[&str]) -> support::gateway::CommandOutput {
+    let mut all = vec!["deploy", "f", module];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--config", config]);
+    wasmgate(&all, ONE)
+}
+
 /// The newest rollout of `f`, as `wasmgate deployments --json` shows it.
 fn newest(config: &str) -> serde_json::Value {
     let out = wasmgate(&["deployments", "f", "--config", config, "--json"], ONE);
@@ -104,32 +112,18 @@ fn a_canary_that_fails_its_share_is_rolled_back_and_kept() {
     let config = gateway.config_path().display().to_string();
     let v1 = live_version(&config);
     let device = MqttClient::connect(broker, &unique_id("vm-1"));
-    let out = wasmgate(
-        &[
-            "deploy",
-            "f",
-            &module(&gateway, "bad.wasm"),
-            "--strategy",
-            "canary50-5m",
-            "--config",
-            &config,
-        ],
-        ONE,
+    let out = deploy(
+        &config,
+        &module(&gateway, "bad.wasm"),
+        &["--strategy", "canary50-5m"],
     );
     assert_eq!(out.code, Some(0), "{out:?}\n{}", gateway.logs());
     assert!(out.stdout.contains("rollout canary50-5m"), "{}", out.stdout);
     // A second rollout of the function waits for this one's end.
-    let again = wasmgate(
-        &[
-            "deploy",
-            "f",
-            &module(&gateway, "v2.wasm"),
-            "--strategy",
-            "canary10-1m",
-            "--config",
-            &config,
-        ],
-        ONE,
+    let again = deploy(
+        &config,
+        &module(&gateway, "v2.wasm"),
+        &["--strategy", "canary10-1m"],
     );
     assert_eq!(again.code, Some(1), "{again:?}");
     assert!(
@@ -184,17 +178,10 @@ fn a_healthy_canary_takes_every_event_at_the_end_of_its_window() {
     let outputs = MqttClient::connect(broker, &unique_id("outputs"));
     outputs.subscribe("out/#");
     let device = MqttClient::connect(broker, &unique_id("vm-1"));
-    let out = wasmgate(
-        &[
-            "deploy",
-            "f",
-            &module(&gateway, "v2.wasm"),
-            "--strategy",
-            "Canary50Percent3Seconds",
-            "--config",
-            &config,
-        ],
-        ONE,
+    let out = deploy(
+        &config,
+        &module(&gateway, "v2.wasm"),
+        &["--strategy", "Canary50Percent3Seconds"],
     );
     assert_eq!(out.code, Some(0), "{out:?}\n{}", gateway.logs());
     let succeeded = publish_until(&device, || newest(&config)["state"] == "succeeded");
@@ -221,17 +208,10 @@ fn a_gateway_killed_during_a_canary_rolls_it_back_at_its_next_start() {
     let mut gateway = gateway(broker);
     let config = gateway.config_path().display().to_string();
     let v1 = live_version(&config);
-    let out = wasmgate(
-        &[
-            "deploy",
-            "f",
-            &module(&gateway, "v2.wasm"),
-            "--strategy",
-            "linear20-every-10m",
-            "--config",
-            &config,
-        ],
-        ONE,
+    let out = deploy(
+        &config,
+        &module(&gateway, "v2.wasm"),
+        &["--strategy", "linear20-every-10m"],
     );
     assert_eq!(out.code, Some(0), "{out:?}\n{}", gateway.logs());
     assert_eq!(newest(&config)["state"], "running");
@@ -249,17 +229,10 @@ fn a_gateway_killed_during_a_canary_rolls_it_back_at_its_next_start() {
     );
     assert_eq!(live_version(&config), v1);
     // And a strategy that does not parse is refused before anything moves.
-    let out = wasmgate(
-        &[
-            "deploy",
-            "f",
-            &module(&gateway, "v2.wasm"),
-            "--strategy",
-            "blue-green",
-            "--config",
-            &config,
-        ],
-        ONE,
+    let out = deploy(
+        &config,
+        &module(&gateway, "v2.wasm"),
+        &["--strategy", "blue-green"],
     );
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(out.stderr.contains("canary<P>-<M>m"), "{}", out.stderr);
@@ -275,19 +248,15 @@ fn traffic_hooks_run_before_and_after_and_a_failing_one_rolls_back() {
     let v2 = module(&gateway, "v2.wasm");
     // A failing pre-traffic hook: refused before the new version takes any
     // event.
-    let out = wasmgate(
+    let out = deploy(
+        &config,
+        &v2,
         &[
-            "deploy",
-            "f",
-            &v2,
             "--strategy",
             "canary50-1m",
             "--pre-traffic-hook",
             "check-fails",
-            "--config",
-            &config,
         ],
-        ONE,
     );
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(
@@ -301,21 +270,17 @@ fn traffic_hooks_run_before_and_after_and_a_failing_one_rolls_back() {
     // Passing hooks both: the rollout goes through to the end.
     let outputs = MqttClient::connect(broker, &unique_id("outputs"));
     outputs.subscribe("out/hook");
-    let out = wasmgate(
+    let out = deploy(
+        &config,
+        &v2,
         &[
-            "deploy",
-            "f",
-            &v2,
             "--strategy",
             "canary50-2s",
             "--pre-traffic-hook",
             "check-ok",
             "--post-traffic-hook",
             "check-ok",
-            "--config",
-            &config,
         ],
-        ONE,
     );
     assert_eq!(out.code, Some(0), "{out:?}\n{}", gateway.logs());
     let device = MqttClient::connect(broker, &unique_id("vm-1"));
@@ -332,19 +297,15 @@ fn traffic_hooks_run_before_and_after_and_a_failing_one_rolls_back() {
     assert_eq!(stages, ["pre-traffic", "post-traffic"]);
     // A failing post-traffic hook moves live back once the new version
     // had every event.
-    let out = wasmgate(
+    let out = deploy(
+        &config,
+        &module(&gateway, "bad.wasm"),
         &[
-            "deploy",
-            "f",
-            &module(&gateway, "bad.wasm"),
             "--strategy",
             "all-at-once",
             "--post-traffic-hook",
             "check-fails",
-            "--config",
-            &config,
         ],
-        ONE,
     );
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(
