@@ -132,21 +132,8 @@ fn log_lines_are_kept_with_their_request_and_read_while_running_and_after() {
     assert!(bad.stderr.contains("unit"), "{}", bad.stderr);
 
     // --follow prints the lines that come after it started.
-    let mut follow = Command::new(WASMGATE)
-        .args(["logs", "talker", "--config", &config, "--follow", "-n", "1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starts");
-    let stdout = follow.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let (mut follow, rx) =
+        following(&["logs", "talker", "--config", &config, "--follow", "-n", "1"]);
     let first = rx.recv_timeout(ONE).expect("the newest line");
     assert!(first.contains("hello 4"), "{first}");
     device.publish("talk/d", "3 later on");
@@ -251,23 +238,9 @@ fn follow_prints_every_line_of_a_burst_larger_than_one_read() {
     let device = MqttClient::connect(broker, &unique_id("d"));
     device.publish("chat/d", "first");
     device.wait_acked(ONE);
-    let mut follow = Command::new(WASMGATE)
-        .args([
-            "logs", "chatty", "--config", &config, "--follow", "--json", "-n", "1",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starts");
-    let stdout = follow.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let (mut follow, rx) = following(&[
+        "logs", "chatty", "--config", &config, "--follow", "--json", "-n", "1",
+    ]);
     let first = rx.recv_timeout(ONE).expect("the newest line");
     assert!(first.contains("first"), "{first}");
     // 15,000 lines in a quarter of a second: more than one read of the
@@ -306,4 +279,24 @@ fn follow_prints_every_line_of_a_burst_larger_than_one_read() {
     assert_eq!(got.len(), 15_000, "{}", gateway.logs());
     assert_eq!(got[0]["message"], "burst 000");
     assert_eq!(got[14_999]["message"], "burst 149");
+}
+
+/// `wasmgate ARGS` (a `logs --follow`) running, and its lines as they come.
+fn following(args: &[&str]) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let mut follow = Command::new(WASMGATE)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    let stdout = follow.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (follow, rx)
 }

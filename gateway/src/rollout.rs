@@ -288,6 +288,14 @@ pub fn start(
         registry.rollouts().release(name);
         e
     };
+    // Ends a rollout that did not get going: recorded rolled back, the
+    // function free for the next.
+    let stop = |id: i64, reason: &str, e: RegistryError| {
+        let _ = registry
+            .store()
+            .update_deployment(id, "rolled_back", 0.0, Some(reason), None);
+        release(e)
+    };
     let row = registry.publish(name, wasm, source, by).map_err(release)?;
     let from = live.current().version().to_owned();
     let to = row.version.clone();
@@ -312,15 +320,12 @@ pub fn start(
     };
     if let Some(hook) = &alarms.pre_traffic_hook {
         if let Err(reason) = stage.hook(registry, hook, "pre-traffic") {
-            let _ = registry
-                .store()
-                .update_deployment(id, "rolled_back", 0.0, Some(&reason), None);
             tracing::warn!(
                 function = name,
                 to,
                 "rollout stopped before any traffic: {reason}"
             );
-            return Err(release(RegistryError::HookFailed(reason)));
+            return Err(stop(id, &reason, RegistryError::HookFailed(reason.clone())));
         }
     }
     let moved = match steps.first() {
@@ -328,14 +333,7 @@ pub fn start(
         Some((share, _)) => registry.route(name, &from, Some((&to, *share))),
     };
     if let Err(e) = moved {
-        let _ = registry.store().update_deployment(
-            id,
-            "rolled_back",
-            0.0,
-            Some(&format!("the new version did not start: {e}")),
-            None,
-        );
-        return Err(release(e));
+        return Err(stop(id, &format!("the new version did not start: {e}"), e));
     }
     let started = Started {
         deployment: id,
@@ -349,12 +347,8 @@ pub fn start(
         if let Some(hook) = &alarms.post_traffic_hook {
             if let Err(reason) = stage.hook(registry, hook, "post-traffic") {
                 let _ = registry.point(name, &started.from);
-                let _ =
-                    registry
-                        .store()
-                        .update_deployment(id, "rolled_back", 0.0, Some(&reason), None);
                 tracing::warn!(function = name, to, "rollout rolled back: {reason}");
-                return Err(release(RegistryError::HookFailed(reason)));
+                return Err(stop(id, &reason, RegistryError::HookFailed(reason.clone())));
             }
         }
         let _ = registry
@@ -364,7 +358,6 @@ pub fn start(
         return Ok(started);
     }
     tracing::info!(function = name, from, to, strategy = %strategy.name(), "rollout started");
-    let registry = registry.clone();
     let rollout = Rollout {
         id,
         function: name.to_owned(),
@@ -384,11 +377,7 @@ pub fn start(
         // Nothing would judge the split: back to the old version alone.
         let reason = format!("cannot start the rollout's thread: {e}");
         let _ = registry.point(name, &started.from);
-        let _ = registry
-            .store()
-            .update_deployment(id, "rolled_back", 0.0, Some(&reason), None);
-        registry.rollouts().release(name);
-        return Err(RegistryError::Start(reason));
+        return Err(stop(id, &reason, RegistryError::Start(reason.clone())));
     }
     Ok(started)
 }
@@ -478,28 +467,27 @@ impl Rollout {
             }
             total.add(&step);
         }
-        match registry.point(&self.function, &self.to) {
-            Ok(_) if self.alarms.post_traffic_hook.is_some() => {
-                let stage = Stage {
-                    id: self.id,
-                    function: &self.function,
-                    from: &self.from,
-                    to: &self.to,
-                };
-                let hook = self.alarms.post_traffic_hook.as_deref().unwrap_or_default();
-                match stage.hook(registry, hook, "post-traffic") {
-                    Ok(()) => {
-                        tracing::info!(function = %self.function, to = %self.to, figures = ?total, "rollout succeeded: the new version takes every event");
-                        self.record(registry, "succeeded", 1.0, None, &total);
-                    }
-                    Err(reason) => self.roll_back(registry, &reason, &total),
+        let ended = registry
+            .point(&self.function, &self.to)
+            .map_err(|e| format!("the last step failed: {e}"))
+            .and_then(|_| match &self.alarms.post_traffic_hook {
+                Some(hook) => {
+                    let stage = Stage {
+                        id: self.id,
+                        function: &self.function,
+                        from: &self.from,
+                        to: &self.to,
+                    };
+                    stage.hook(registry, hook, "post-traffic")
                 }
-            }
-            Ok(_) => {
+                None => Ok(()),
+            });
+        match ended {
+            Ok(()) => {
                 tracing::info!(function = %self.function, to = %self.to, figures = ?total, "rollout succeeded: the new version takes every event");
                 self.record(registry, "succeeded", 1.0, None, &total);
             }
-            Err(e) => self.roll_back(registry, &format!("the last step failed: {e}"), &total),
+            Err(reason) => self.roll_back(registry, &reason, &total),
         }
     }
 

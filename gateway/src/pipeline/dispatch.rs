@@ -359,11 +359,18 @@ impl Worker {
         &self,
         updates: Vec<crate::custom_metrics::MetricUpdate>,
     ) -> impl FnOnce(bool) + Send + 'static {
-        let (metrics, function) = (self.metrics.clone(), self.function.name().to_owned());
+        // Most invocations report none: then nothing is taken along.
+        let pending = (!updates.is_empty()).then(|| {
+            (
+                self.metrics.clone(),
+                self.function.name().to_owned(),
+                updates,
+            )
+        });
         move |durable| {
-            if !durable || updates.is_empty() {
+            let Some((metrics, function, updates)) = pending.filter(|_| durable) else {
                 return;
-            }
+            };
             let (refused, before) = metrics.custom.apply(&updates);
             if refused > 0 && before == 0 {
                 tracing::warn!(
