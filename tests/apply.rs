@@ -86,13 +86,25 @@ fn get(port: u16, target: &str) -> u16 {
 }
 
 /// The seqs (`ts`) of the enriched messages on `topic` until `want` of
-/// them came or nothing came for a while; panics on one seen twice.
-fn seqs_on(outputs: &MqttClient, topic: &str, want: usize) -> BTreeSet<u64> {
+/// them came or nothing came for a while; panics on one seen twice, with
+/// the gateway's log (which says whether a session or the outbox
+/// reconnected).
+fn seqs_on(
+    gateway: &GatewayProcess,
+    outputs: &MqttClient,
+    topic: &str,
+    want: usize,
+) -> BTreeSet<u64> {
     let mut seen = BTreeSet::new();
     outputs.collect_until(Duration::from_secs(10), |m| {
         if m.topic == topic {
             let ts = m.json()["ts"].as_u64().expect("a seq");
-            assert!(seen.insert(ts), "seq {ts} on {topic} ran twice");
+            assert!(
+                seen.insert(ts),
+                "seq {ts} on {topic} ran twice (after {} seqs)\n{}",
+                seen.len(),
+                gateway.logs()
+            );
         }
         seen.len() >= want
     });
@@ -119,7 +131,10 @@ fn apply_changes_functions_live_under_load_and_leaves_alone_what_it_refuses() {
     outputs.subscribe("telemetry/#");
     let robot = MqttClient::connect(broker, &unique_id("r-1"));
     robot.publish("robot/r-1/telemetry", telemetry(1, 5.0));
-    assert_eq!(seqs_on(&outputs, "telemetry/robot/r-1", 1).len(), 1);
+    assert_eq!(
+        seqs_on(&gateway, &outputs, "telemetry/robot/r-1", 1).len(),
+        1
+    );
 
     // Under a stream of QoS 1 messages: enrich gets a second trigger and a
     // new queue (its triggers and workers restart), robots goes, hello
@@ -152,7 +167,7 @@ fn apply_changes_functions_live_under_load_and_leaves_alone_what_it_refuses() {
     assert!(plan.contains("- function robots"), "{plan}");
     assert!(plan.contains("+ function hello"), "{plan}");
     assert_eq!(publisher.join().unwrap(), 1, "the device was disconnected");
-    let seqs = seqs_on(&outputs, "telemetry/vending/vm-1", N as usize);
+    let seqs = seqs_on(&gateway, &outputs, "telemetry/vending/vm-1", N as usize);
     assert_eq!(
         seqs,
         (0..N).collect::<BTreeSet<_>>(),
@@ -162,13 +177,16 @@ fn apply_changes_functions_live_under_load_and_leaves_alone_what_it_refuses() {
     assert_eq!(get(http, "/hello"), 200, "{}", gateway.logs());
     let kiosk = MqttClient::connect(broker, &unique_id("k-1"));
     kiosk.publish("kiosk/k-1/telemetry", telemetry(7, 5.0));
-    assert_eq!(seqs_on(&outputs, "telemetry/kiosk/k-1", 1).len(), 1);
+    assert_eq!(
+        seqs_on(&gateway, &outputs, "telemetry/kiosk/k-1", 1).len(),
+        1
+    );
 
     // A removed function's messages wait at the broker under its session,
     // and run once it is back.
     robot.publish("robot/r-1/telemetry", telemetry(2, 5.0));
     robot.wait_acked(ONE);
-    assert!(seqs_on(&outputs, "telemetry/robot/r-1", 1).is_empty());
+    assert!(seqs_on(&gateway, &outputs, "telemetry/robot/r-1", 1).is_empty());
     let back = Shape {
         robots: true,
         ..changed.clone()
@@ -181,7 +199,7 @@ fn apply_changes_functions_live_under_load_and_leaves_alone_what_it_refuses() {
         applied.stdout
     );
     assert_eq!(
-        seqs_on(&outputs, "telemetry/robot/r-1", 1),
+        seqs_on(&gateway, &outputs, "telemetry/robot/r-1", 1),
         BTreeSet::from([2]),
         "{}",
         gateway.logs()

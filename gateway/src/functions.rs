@@ -62,7 +62,15 @@ fn render_function(out: &mut String, f: &FunctionConfig) {
         .iter()
         .map(|t| {
             let mut s = match (&t.mqtt, &t.schedule) {
-                (Some(filter), _) => format!("mqtt {} qos{}", escape(filter), t.qos),
+                (Some(filter), _) => match &t.share {
+                    Some(group) => format!(
+                        "mqtt {} qos{} share {}",
+                        escape(filter),
+                        t.qos,
+                        escape(group)
+                    ),
+                    None => format!("mqtt {} qos{}", escape(filter), t.qos),
+                },
                 (None, Some(schedule)) => format!(
                     "schedule {} missed {}",
                     escape(schedule),
@@ -191,7 +199,7 @@ data_dir = "data"
 [[functions]]
 name = "vending"
 wasm = "vending.wasm"
-triggers = [{ mqtt = "vending/+/telemetry", dedup_key = "msg_id" }]
+triggers = [{ mqtt = "vending/+/telemetry", dedup_key = "msg_id" }, { mqtt = "kiosk/#", share = "site-a" }]
 
 [functions.limits]
 fuel = 1234
@@ -226,7 +234,7 @@ cred = { credential = "cred-name" }
             "{text}"
         );
         assert!(
-            text.contains("  triggers  mqtt vending/+/telemetry qos1 dedup_key msg_id\n"),
+            text.contains("  triggers  mqtt vending/+/telemetry qos1 dedup_key msg_id, mqtt kiosk/# qos1 share site-a\n"),
             "{text}"
         );
         assert!(

@@ -1077,6 +1077,13 @@ pub struct TriggerConfig {
     /// telemetry where only the newest matters and reading must not slow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qos0_when_full: Option<Qos0WhenFull>,
+    /// mqtt only: take this trigger's messages through the MQTT shared
+    /// subscription `$share/<share>/<filter>`, so that several gateways on
+    /// one broker split its load, each message going to one of them
+    /// (mosquitto, EMQX, HiveMQ, AWS IoT Core; MQTT 3.1.1 or 5). Each
+    /// gateway keeps its own KV and dedup ids: see docs/scale-out.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<String>,
     /// Exactly-once effects for devices that stamp their messages with an id:
     /// the JSON field holding it (`"msg_id"`, or `"meta.id"` for a nested
     /// one). A message whose id this function has already processed is
@@ -1092,6 +1099,16 @@ pub struct TriggerConfig {
 }
 
 impl TriggerConfig {
+    /// What the broker is asked for: the `mqtt` filter, or the shared
+    /// subscription `$share/<share>/<filter>`.
+    pub fn subscription(&self) -> Option<String> {
+        let filter = self.mqtt.as_ref()?;
+        Some(match &self.share {
+            Some(group) => format!("$share/{group}/{filter}"),
+            None => filter.clone(),
+        })
+    }
+
     /// How `/metrics` names it: its kind and what it listens to,
     /// `mqtt:vending/+/telemetry`, `http:GET /state`, `schedule:rate(5 minutes)`,
     /// `kv_change:stock/vm-*` (a namespace, and its `keys` if set).

@@ -973,3 +973,40 @@ fn qos0_when_full_is_for_mqtt_triggers() {
         "{found:?}"
     );
 }
+
+#[test]
+fn a_shared_trigger_subscribes_its_group_and_names_bad_ones() {
+    let config = valid(
+        "[[functions]]\nname = \"f\"\nwasm = \"f.wasm\"\ntriggers = [{ mqtt = \"vending/+/telemetry\", share = \"site-a\" }, { mqtt = \"robot/#\" }]\n",
+    );
+    let subscriptions: Vec<_> = config.functions[0]
+        .triggers
+        .iter()
+        .filter_map(TriggerConfig::subscription)
+        .collect();
+    assert_eq!(
+        subscriptions,
+        ["$share/site-a/vending/+/telemetry", "robot/#"]
+    );
+    // Every mistake at once: a group with a slash, one written into the
+    // filter, one on a schedule.
+    let found = errors(
+        "[[functions]]\nname = \"f\"\nwasm = \"f.wasm\"\ntriggers = [\
+         { mqtt = \"a/#\", share = \"site/a\" }, { mqtt = \"$share/g/b/#\" }, \
+         { schedule = \"rate(1 minute)\", share = \"g\" }, { mqtt = \"c/#\", share = \"\" }]\n",
+    );
+    assert_eq!(found.len(), 4, "{found:?}");
+    assert!(
+        found[0].contains("triggers[0].share") && found[0].contains("without '/'"),
+        "{found:?}"
+    );
+    assert!(
+        found[1].contains("triggers[1].mqtt") && found[1].contains("share = "),
+        "{found:?}"
+    );
+    assert!(
+        found[2].contains("triggers[2].share") && found[2].contains("without `mqtt`"),
+        "{found:?}"
+    );
+    assert!(found[3].contains("triggers[3].share"), "{found:?}");
+}

@@ -82,6 +82,15 @@ impl Checker {
     }
 }
 
+/// An MQTT shared subscription's ShareName: no `/`, `+` or `#` (MQTT 5,
+/// 4.8.2), and nothing a broker's log or ACL would trip over.
+fn is_share_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && !name
+            .chars()
+            .any(|ch| matches!(ch, '/' | '+' | '#') || ch.is_whitespace() || ch.is_control())
+}
+
 pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
     let mut c = Checker { errors: Vec::new() };
     let root = FieldPath::root();
@@ -301,7 +310,29 @@ fn trigger_kind(c: &mut Checker, path: &FieldPath, trigger: &TriggerConfig, prot
         }
     };
     if let Some(filter) = &trigger.mqtt {
-        c.filter(path.key("mqtt"), filter);
+        if filter.starts_with("$share/") {
+            c.push(
+                path.key("mqtt"),
+                Kind::InvalidValue {
+                    value: filter.clone(),
+                    expected: "the topic filter alone, with the group in `share` beside it: `{ mqtt = \"vending/+/telemetry\", share = \"site-a\" }`",
+                },
+            );
+        } else {
+            c.filter(path.key("mqtt"), filter);
+        }
+        if let Some(share) = &trigger.share {
+            if !is_share_name(share) {
+                c.push(
+                    path.key("share"),
+                    Kind::InvalidValue {
+                        value: share.clone(),
+                        expected:
+                            "a group name of 1 to 64 characters, without '/', '+', '#' or spaces",
+                    },
+                );
+            }
+        }
         // QoS 2's exactly-once handshake is not supported: delivery is
         // at-least-once end to end, and functions see duplicates anyway.
         c.range(path.key("qos"), trigger.qos.into(), 0, 1);
@@ -436,7 +467,10 @@ fn trigger_kind(c: &mut Checker, path: &FieldPath, trigger: &TriggerConfig, prot
     if trigger.mqtt.is_none() {
         unused(
             c,
-            &[("qos0_when_full", trigger.qos0_when_full.is_some())],
+            &[
+                ("qos0_when_full", trigger.qos0_when_full.is_some()),
+                ("share", trigger.share.is_some()),
+            ],
             "without `mqtt`",
         );
     }

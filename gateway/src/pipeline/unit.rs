@@ -116,7 +116,7 @@ impl Unit {
         config
             .triggers
             .iter()
-            .filter_map(|t| t.mqtt.clone())
+            .filter_map(TriggerConfig::subscription)
             .collect()
     }
 
@@ -136,6 +136,7 @@ impl Unit {
                     },
                     batch: t.batch.map(Into::into),
                     drop_qos0: t.qos0_when_full == Some(crate::config::Qos0WhenFull::Drop),
+                    share: t.share.clone(),
                 })
             })
             .collect();

@@ -53,6 +53,21 @@ pub struct Trigger {
     /// worth waiting is dropped (and counted). Otherwise it waits like a
     /// QoS 1 one, and the session is not read meanwhile.
     pub drop_qos0: bool,
+    /// The shared subscription group (`share`), if several gateways split
+    /// this trigger's messages.
+    pub share: Option<String>,
+}
+
+impl Trigger {
+    /// The filter as subscribed: a shared subscription's is
+    /// `$share/<group>/<filter>`, though the messages come with their own
+    /// topics, which the plain filter matches.
+    pub fn subscription(&self) -> String {
+        match &self.share {
+            Some(group) => format!("$share/{group}/{}", self.filter),
+            None => self.filter.clone(),
+        }
+    }
 }
 
 /// Where a trigger finds a message's id.
@@ -306,7 +321,7 @@ impl Reader {
             .spec
             .triggers
             .iter()
-            .map(|t| (t.filter.clone(), t.qos))
+            .map(|t| (t.subscription(), t.qos))
             .collect();
         // Room for the next message in the buffer to the queue, taken
         // before reading it: while there is none, nothing is read.
