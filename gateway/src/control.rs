@@ -45,8 +45,9 @@ use tokio::sync::watch;
 /// The socket's name in `data_dir`.
 pub const SOCKET: &str = "control.sock";
 
-/// The largest module a publish takes (the runtime refuses larger anyway).
-const MAX_UPLOAD: usize = crate::files::MAX_MODULE_BYTES as usize;
+/// The largest module a publish takes (the runtime refuses larger anyway),
+/// or a bundle of one (its manifest is a few KB).
+const MAX_UPLOAD: usize = crate::files::MAX_MODULE_BYTES as usize + (1 << 20);
 
 fn json(status: StatusCode, value: &serde_json::Value) -> Response {
     let mut response = Response::new(Body::from(format!("{value}\n")));
@@ -106,6 +107,151 @@ fn rollout_of(
     alarms.pre_traffic_hook = asked.get("pre_traffic_hook").cloned();
     alarms.post_traffic_hook = asked.get("post_traffic_hook").cloned();
     Ok((strategy, alarms))
+}
+
+/// Deploys `wasm` as `name`'s new version: at once, or as the query's
+/// `strategy` rolls it out.
+async fn deploy(
+    r: Arc<Registry>,
+    name: String,
+    asked: std::collections::HashMap<String, String>,
+    (source, by): (String, String),
+    wasm: Vec<u8>,
+) -> Response {
+    let Some(strategy) = asked.get("strategy") else {
+        return blocking(StatusCode::OK, move || r.deploy(&name, &wasm, &source, &by)).await;
+    };
+    let (strategy, alarms) = match rollout_of(strategy, &asked) {
+        Ok(rollout) => rollout,
+        Err(error) => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({ "error": error }),
+            )
+        }
+    };
+    blocking(StatusCode::OK, move || {
+        crate::rollout::start(&r, &name, &wasm, (&source, &by), strategy, alarms)
+    })
+    .await
+}
+
+/// A signed bundle: checked against the running config (its signer, its
+/// function's spec), then against the newest bundle taken for the function
+/// (a replay is refused, the same one again changes nothing), then
+/// deployed as its rollout says (the query's `strategy` wins, for a
+/// deploy by hand) and recorded. Every refusal is logged with its reason.
+async fn deploy_bundle(
+    api: &Api,
+    name: String,
+    mut asked: std::collections::HashMap<String, String>,
+    from: (String, String),
+    bytes: &[u8],
+) -> Response {
+    use crate::bundle::{Bundle, BundleError, Freshness};
+    let refuse = |signer: Option<String>, error: BundleError| {
+        let status = match &error {
+            BundleError::Malformed(_) | BundleError::ModuleMismatch => StatusCode::BAD_REQUEST,
+            BundleError::Unsigned
+            | BundleError::BadSignature
+            | BundleError::UntrustedKey(_)
+            | BundleError::NoTrustedKeys => StatusCode::FORBIDDEN,
+            BundleError::Older { .. }
+            | BundleError::SequenceReused { .. }
+            | BundleError::SpecDiffers { .. } => StatusCode::CONFLICT,
+            BundleError::OtherFunction { .. }
+            | BundleError::UnknownFunction(_)
+            | BundleError::Rollout(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        tracing::warn!(function = %name, signer = signer.as_deref().unwrap_or("none"), reason = %error, "bundle refused");
+        json(
+            status,
+            &serde_json::json!({ "error": format!("bundle refused: {error}") }),
+        )
+    };
+    let bundle = match Bundle::parse(bytes) {
+        Ok(bundle) => bundle,
+        Err(error) => return refuse(None, error),
+    };
+    let signer = bundle.signer();
+    let (reply, checked) = tokio::sync::oneshot::channel();
+    let asked_check = Command::CheckBundle {
+        function: name.clone(),
+        bundle: Box::new(bundle.clone()),
+        reply,
+    };
+    if api.commands.send(asked_check).await.is_err() {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "error": "the gateway is stopping" }),
+        );
+    }
+    match checked.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => return refuse(signer, error),
+        Err(_) => {
+            return json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({ "error": "the gateway is stopping" }),
+            )
+        }
+    }
+    let store = api.registry.store().clone();
+    let last = {
+        let (store, name) = (store.clone(), name.clone());
+        tokio::task::spawn_blocking(move || store.last_bundle(&name)).await
+    };
+    let last = match last {
+        Ok(Ok(last)) => last,
+        Ok(Err(e)) => return refused(&RegistryError::Store(e)),
+        Err(_) => {
+            return json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &serde_json::json!({ "error": "the operation panicked" }),
+            )
+        }
+    };
+    match crate::bundle::replay(&bundle, last.as_ref()) {
+        Ok(Freshness::New) => {}
+        Ok(Freshness::Again) => {
+            let version = crate::runtime::module_version(&bundle.module);
+            tracing::info!(function = %name, sequence = bundle.manifest.sequence, "bundle taken already; nothing to do");
+            return json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "function": name, "to": version, "again": true,
+                    "bundle": { "sequence": bundle.manifest.sequence, "signer": signer },
+                }),
+            );
+        }
+        Err(error) => return refuse(signer, error),
+    }
+    if !asked.contains_key("strategy") {
+        if let Some(rollout) = &bundle.manifest.rollout {
+            asked.extend(rollout.query());
+        }
+    }
+    let (sequence, digest) = (bundle.manifest.sequence, bundle.digest());
+    let version = crate::runtime::module_version(&bundle.module);
+    let response = deploy(
+        api.registry.clone(),
+        name.clone(),
+        asked,
+        from,
+        bundle.module,
+    )
+    .await;
+    if response.status().is_success() {
+        let signer = signer.unwrap_or_default();
+        let recorded = tokio::task::spawn_blocking(move || {
+            store.record_bundle(&name, sequence, &digest, &signer, &version)
+        })
+        .await;
+        if !matches!(recorded, Ok(Ok(()))) {
+            tracing::warn!("a bundle deployed, but its sequence is not recorded: the same bundle would deploy again");
+        }
+    }
+    response
 }
 
 /// Runs a registry operation off the reactor (it compiles modules and
@@ -168,6 +314,13 @@ pub enum Command {
     /// Every function as it runs: versions, alias, limits, triggers, counters.
     Functions {
         reply: tokio::sync::oneshot::Sender<Reply>,
+    },
+    /// Whether a signed bundle may deploy, judged by the running config
+    /// (`bundle::check`).
+    CheckBundle {
+        function: String,
+        bundle: Box<crate::bundle::Bundle>,
+        reply: tokio::sync::oneshot::Sender<Result<(), crate::bundle::BundleError>>,
     },
 }
 
@@ -318,7 +471,7 @@ fn endpoints() -> Vec<(&'static str, MethodRouter<Api>)> {
         (
             "/v1/functions/:name/deploy",
             post(
-                |State(r): State<Arc<Registry>>,
+                |State(api): State<Api>,
                  Path(name): Path<String>,
                  who: Option<axum::Extension<Caller>>,
                  headers: HeaderMap,
@@ -326,26 +479,11 @@ fn endpoints() -> Vec<(&'static str, MethodRouter<Api>)> {
                     std::collections::HashMap<String, String>,
                 >,
                  body: Bytes| async move {
-                    let (source, by) = (source(&headers), caller(who));
-                    let Some(strategy) = asked.get("strategy") else {
-                        return blocking(StatusCode::OK, move || {
-                            r.deploy(&name, &body, &source, &by)
-                        })
-                        .await;
-                    };
-                    let (strategy, alarms) = match rollout_of(strategy, &asked) {
-                        Ok(rollout) => rollout,
-                        Err(error) => {
-                            return json(
-                                StatusCode::BAD_REQUEST,
-                                &serde_json::json!({ "error": error }),
-                            )
-                        }
-                    };
-                    blocking(StatusCode::OK, move || {
-                        crate::rollout::start(&r, &name, &body, (&source, &by), strategy, alarms)
-                    })
-                    .await
+                    let from = (source(&headers), caller(who));
+                    if crate::bundle::is_bundle(&body) {
+                        return deploy_bundle(&api, name, asked, from, &body).await;
+                    }
+                    deploy(api.registry.clone(), name, asked, from, body.to_vec()).await
                 },
             ),
         ),

@@ -10,6 +10,7 @@ pub mod bench;
 pub mod board;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
+pub mod bundle;
 pub mod config;
 pub mod control;
 pub mod cost;

@@ -94,6 +94,13 @@ enum Command {
     /// rolls itself back when the new version fails.
     #[cfg(unix)]
     Deploy(ops::deploy::DeployArgs),
+    /// Signed bundles: a function's module, the spec it runs with and its
+    /// rollout in one file, signed with Ed25519; a gateway deploys one only
+    /// if a key in its [bundles] trusted_keys signed it.
+    #[command(
+        after_help = "Example:\n  wasmgate bundle keygen ci            # ci.key (secret) and ci.pub\n  wasmgate bundle create enrich -c gateway.toml --wasm new.wasm --strategy canary10-5m\n  wasmgate bundle sign enrich.wgb --key ci.key\n  wasmgate deploy enrich enrich.wgb    # or a fleet job carries it"
+    )]
+    Bundle(ops::bundle::BundleArgs),
     /// Rollouts on the running gateway, newest first: a function's, or
     /// all; their state, the new version's share, why one rolled back.
     #[cfg(unix)]
@@ -274,6 +281,7 @@ fn main() -> ExitCode {
         #[cfg(unix)]
         Command::Rollback(args) => ops::deploy::rollback(args),
         Command::Apply(args) => ops::deploy::apply(args),
+        Command::Bundle(args) => ops::bundle::bundle(args),
         Command::New(args) => ops::new::new(args),
         Command::Simulate(args) => simulate(*args),
         Command::Bench(args) => bench(*args),

@@ -142,6 +142,10 @@ pub struct Config {
     /// Spans of invocations, exported over OTLP; off by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<TracingConfig>,
+    /// Signed bundles (`wasmgate bundle`): whose signatures a deploy of
+    /// one is checked against.
+    #[serde(default)]
+    pub bundles: BundlesConfig,
     /// The functions this gateway runs; a function's index here is its
     /// [`FunctionId`] in [`Config::router`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -164,6 +168,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             logs: LogsConfig::default(),
             tracing: None,
+            bundles: BundlesConfig::default(),
             functions: Vec::new(),
             origin: Origin::default(),
         }
@@ -239,6 +244,17 @@ pub struct MetricsConfig {
     /// The `ip:port` to serve `/metrics` on; none by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
+}
+
+/// Signed bundles: a deploy of one is taken only if a key here signed it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundlesConfig {
+    /// Public keys, `"ed25519:<64 hex digits>"` as `wasmgate bundle keygen`
+    /// writes them in its `.pub` file. None by default: every bundle is
+    /// refused (bare modules still deploy over the management socket).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_keys: Vec<String>,
 }
 
 /// Functions' log lines (the `log` host call) go to the gateway's own log

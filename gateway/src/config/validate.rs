@@ -114,6 +114,17 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
         );
     }
     broker(&mut c, &root.key("broker"), &config.broker);
+    for (i, key) in config.bundles.trusted_keys.iter().enumerate() {
+        if crate::bundle::parse_public_key(key).is_err() {
+            c.push(
+                root.key("bundles").key("trusted_keys").index(i),
+                Kind::InvalidValue {
+                    value: key.clone(),
+                    expected: "an Ed25519 public key, ed25519: and 64 hex digits, as `wasmgate bundle keygen` writes",
+                },
+            );
+        }
+    }
     if let Some(upstream) = &config.upstream {
         self::upstream(&mut c, &root.key("upstream"), upstream);
     }

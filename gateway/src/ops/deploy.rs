@@ -23,7 +23,9 @@ pub struct Target {
 pub struct DeployArgs {
     /// The function, as configured.
     name: String,
-    /// The module to run as its new live version.
+    /// The module to run as its new live version, or a signed bundle of
+    /// it (`wasmgate bundle`), which rolls out as it says unless
+    /// --strategy is given.
     wasm: PathBuf,
     /// How it takes the events: `all-at-once` (the default), `canary<P>-<M>m`
     /// (P% of the events for M minutes, then all: `canary10-5m`),
@@ -135,6 +137,14 @@ fn finish(
 }
 
 fn moved(body: &serde_json::Value) -> String {
+    if body["again"].as_bool() == Some(true) {
+        return format!(
+            "{}: bundle {} taken already (live {}); nothing changed\n",
+            body["function"].as_str().unwrap_or("?"),
+            body["bundle"]["sequence"].as_u64().unwrap_or(0),
+            body["to"].as_str().unwrap_or("?"),
+        );
+    }
     let canary = match body["other"].as_array().map(Vec::as_slice) {
         Some([other, share]) => format!(
             ", {} of the events to {}",
@@ -157,9 +167,15 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         Ok(dir) => dir,
         Err(code) => return Ok(code),
     };
-    let wasm =
-        wasmgate::files::read_limited(&args.wasm, wasmgate::files::MAX_MODULE_BYTES, "module")
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.wasm.display()))?;
+    // A bundle is its module and a manifest of a few KB.
+    let wasm = wasmgate::files::read_limited(
+        &args.wasm,
+        wasmgate::files::MAX_MODULE_BYTES + (1 << 20),
+        "module",
+    )
+    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.wasm.display()))?;
+    let bundled_rollout = wasmgate::bundle::is_bundle(&wasm)
+        && wasmgate::bundle::Bundle::parse(&wasm).is_ok_and(|b| b.manifest.rollout.is_some());
     let source = args.wasm.display().to_string();
     let mut path = format!("/v1/functions/{}/deploy", args.name);
     if let Some(strategy) = &args.strategy {
@@ -183,7 +199,7 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let rollout = args.strategy.is_some();
+    let rollout = args.strategy.is_some() || bundled_rollout;
     let answer = request(
         &dir,
         "POST",
@@ -201,6 +217,9 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn started(body: &serde_json::Value) -> String {
+    if body["again"].as_bool() == Some(true) {
+        return moved(body);
+    }
     format!(
         "{}: rollout {} of {} -> {} started ({} of the events to the new version); `wasmgate deployments {}` follows it\n",
         body["function"].as_str().unwrap_or("?"),

@@ -1,9 +1,10 @@
 //! The operator's and developer's commands: `kv`, `dlq`, `invoke`,
-//! `functions`, `schedules`, `logs`, `cost`, `new`, and `deploy`, `versions`, `alias`,
+//! `functions`, `schedules`, `logs`, `cost`, `new`, `bundle`, and `deploy`, `versions`, `alias`,
 //! `rollback`, `apply` (through the running gateway's management socket;
 //! `kv`, `dlq` and `functions` too whenever a gateway runs).
 //! Binary-private: each parses its arguments, calls the library, and prints.
 
+pub mod bundle;
 pub mod cost;
 pub mod deploy;
 pub mod dlq;

@@ -1275,6 +1275,9 @@ pub async fn run_from(
                 crate::control::Command::Functions { reply } => {
                     let _ = reply.send(gateway.describe().await);
                 }
+                crate::control::Command::CheckBundle { function, bundle, reply } => {
+                    let _ = reply.send(crate::bundle::check(&bundle, &function, gateway.config()));
+                }
             },
         }
     }

@@ -191,6 +191,7 @@ fn restart_needed(running: &Config, new: &Config) -> Vec<String> {
     section(&mut fields, "metrics", &running.metrics, &new.metrics);
     section(&mut fields, "logs", &running.logs, &new.logs);
     section(&mut fields, "tracing", &running.tracing, &new.tracing);
+    section(&mut fields, "bundles", &running.bundles, &new.bundles);
     fields
 }
 

@@ -1,6 +1,7 @@
 //! Rollouts' records (`rollout.rs`): one row per deploy with a strategy,
-//! updated at each step and at its end. Written on a connection of their
-//! own, as the registry's records are (`versions.rs`).
+//! updated at each step and at its end; and the newest signed bundle taken
+//! per function (`bundle.rs`). Written on a connection of their own, as the
+//! registry's records are (`versions.rs`).
 
 use super::{Store, StoreError};
 use rusqlite::params;
@@ -108,6 +109,47 @@ impl Store {
             ))?
             .query_map([], row)?
             .collect()
+        })
+    }
+
+    /// The newest bundle taken for `function`: its sequence and digest.
+    pub fn last_bundle(&self, function: &str) -> Result<Option<(u64, String)>, StoreError> {
+        self.with_writer(|conn| {
+            use rusqlite::OptionalExtension;
+            conn.query_row(
+                "SELECT sequence, digest FROM bundles WHERE function = ?1",
+                params![function],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+            )
+            .optional()
+        })
+    }
+
+    /// Records a bundle taken: the newest for its function from now on.
+    pub fn record_bundle(
+        &self,
+        function: &str,
+        sequence: u64,
+        digest: &str,
+        signer: &str,
+        version: &str,
+    ) -> Result<(), StoreError> {
+        self.with_writer(|conn| {
+            conn.execute(
+                "INSERT INTO bundles (function, sequence, digest, signer, version, accepted_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (function) DO UPDATE SET sequence = ?2, digest = ?3, signer = ?4,
+                 version = ?5, accepted_ms = ?6",
+                params![
+                    function,
+                    sequence as i64,
+                    digest,
+                    signer,
+                    version,
+                    super::now_ms()
+                ],
+            )?;
+            Ok(())
         })
     }
 }

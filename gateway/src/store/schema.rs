@@ -220,6 +220,18 @@ const MIGRATIONS: &[&str] = &[
         figures      TEXT
     );
     "#,
+    // 13: signed bundles taken (bundle.rs), the newest per function: an
+    // older one, or another with the same sequence, is a replay.
+    r#"
+    CREATE TABLE bundles (
+        function    TEXT PRIMARY KEY,
+        sequence    INTEGER NOT NULL,
+        digest      TEXT NOT NULL,
+        signer      TEXT NOT NULL,
+        version     TEXT NOT NULL,
+        accepted_ms INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The version this binary writes.
