@@ -127,6 +127,8 @@ pub enum BundleError {
     },
     #[error("bundle {sequence} of {function} was taken already with other contents: refused as a replay")]
     SequenceReused { function: String, sequence: u64 },
+    #[error("bundle {sequence} of {function} was taken already and is not live now (rolled back or replaced); make a new one (a new sequence) to deploy it again")]
+    NoLongerLive { function: String, sequence: u64 },
     #[error("the bundle is for function {bundle:?}, not {asked:?}")]
     OtherFunction { bundle: String, asked: String },
     #[error("the bundle was built for other {fields} than {function} runs with; change the config (wasmgate apply) or build the bundle from it")]

@@ -59,7 +59,11 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Response {
     response
 }
 
-fn refused(error: &RegistryError) -> Response {
+/// An endpoint's answer before it is a response: what the fleet's jobs
+/// (`fleet.rs`) get from a deploy, as a client of the API would.
+pub type Answer = (StatusCode, serde_json::Value);
+
+fn refused_value(error: &RegistryError) -> Answer {
     let status = match error {
         RegistryError::UnknownFunction(_) | RegistryError::UnknownVersion { .. } => {
             StatusCode::NOT_FOUND
@@ -75,7 +79,7 @@ fn refused(error: &RegistryError) -> Response {
         | RegistryError::HookFailed(_) => StatusCode::UNPROCESSABLE_ENTITY,
         RegistryError::Store(_) | RegistryError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    json(status, &serde_json::json!({ "error": error.to_string() }))
+    (status, serde_json::json!({ "error": error.to_string() }))
 }
 
 /// A deploy's `?strategy=..&max_error_rate=..&max_p99_ms=..`.
@@ -117,20 +121,20 @@ async fn deploy(
     asked: std::collections::HashMap<String, String>,
     (source, by): (String, String),
     wasm: Vec<u8>,
-) -> Response {
+) -> Answer {
     let Some(strategy) = asked.get("strategy") else {
-        return blocking(StatusCode::OK, move || r.deploy(&name, &wasm, &source, &by)).await;
+        return blocking_value(StatusCode::OK, move || r.deploy(&name, &wasm, &source, &by)).await;
     };
     let (strategy, alarms) = match rollout_of(strategy, &asked) {
         Ok(rollout) => rollout,
         Err(error) => {
-            return json(
+            return (
                 StatusCode::BAD_REQUEST,
-                &serde_json::json!({ "error": error }),
+                serde_json::json!({ "error": error }),
             )
         }
     };
-    blocking(StatusCode::OK, move || {
+    blocking_value(StatusCode::OK, move || {
         crate::rollout::start(&r, &name, &wasm, (&source, &by), strategy, alarms)
     })
     .await
@@ -141,13 +145,14 @@ async fn deploy(
 /// (a replay is refused, the same one again changes nothing), then
 /// deployed as its rollout says (the query's `strategy` wins, for a
 /// deploy by hand) and recorded. Every refusal is logged with its reason.
-async fn deploy_bundle(
-    api: &Api,
+pub(crate) async fn deploy_bundle(
+    registry: &Arc<Registry>,
+    commands: &tokio::sync::mpsc::Sender<Command>,
     name: String,
     mut asked: std::collections::HashMap<String, String>,
     from: (String, String),
     bytes: &[u8],
-) -> Response {
+) -> Answer {
     use crate::bundle::{Bundle, BundleError, Freshness};
     let refuse = |signer: Option<String>, error: BundleError| {
         let status = match &error {
@@ -158,15 +163,16 @@ async fn deploy_bundle(
             | BundleError::NoTrustedKeys => StatusCode::FORBIDDEN,
             BundleError::Older { .. }
             | BundleError::SequenceReused { .. }
+            | BundleError::NoLongerLive { .. }
             | BundleError::SpecDiffers { .. } => StatusCode::CONFLICT,
             BundleError::OtherFunction { .. }
             | BundleError::UnknownFunction(_)
             | BundleError::Rollout(_) => StatusCode::UNPROCESSABLE_ENTITY,
         };
         tracing::warn!(function = %name, signer = signer.as_deref().unwrap_or("none"), reason = %error, "bundle refused");
-        json(
+        (
             status,
-            &serde_json::json!({ "error": format!("bundle refused: {error}") }),
+            serde_json::json!({ "error": format!("bundle refused: {error}") }),
         )
     };
     let bundle = match Bundle::parse(bytes) {
@@ -180,34 +186,34 @@ async fn deploy_bundle(
         bundle: Box::new(bundle.clone()),
         reply,
     };
-    if api.commands.send(asked_check).await.is_err() {
-        return json(
+    if commands.send(asked_check).await.is_err() {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({ "error": "the gateway is stopping" }),
+            serde_json::json!({ "error": "the gateway is stopping" }),
         );
     }
     match checked.await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => return refuse(signer, error),
         Err(_) => {
-            return json(
+            return (
                 StatusCode::SERVICE_UNAVAILABLE,
-                &serde_json::json!({ "error": "the gateway is stopping" }),
+                serde_json::json!({ "error": "the gateway is stopping" }),
             )
         }
     }
-    let store = api.registry.store().clone();
+    let store = registry.store().clone();
     let last = {
         let (store, name) = (store.clone(), name.clone());
         tokio::task::spawn_blocking(move || store.last_bundle(&name)).await
     };
     let last = match last {
         Ok(Ok(last)) => last,
-        Ok(Err(e)) => return refused(&RegistryError::Store(e)),
+        Ok(Err(e)) => return refused_value(&RegistryError::Store(e)),
         Err(_) => {
-            return json(
+            return (
                 StatusCode::INTERNAL_SERVER_ERROR,
-                &serde_json::json!({ "error": "the operation panicked" }),
+                serde_json::json!({ "error": "the operation panicked" }),
             )
         }
     };
@@ -215,10 +221,21 @@ async fn deploy_bundle(
         Ok(Freshness::New) => {}
         Ok(Freshness::Again) => {
             let version = crate::runtime::module_version(&bundle.module);
+            let live = registry
+                .live_of(&name)
+                .map(|l| l.current().version().to_owned());
+            if live.as_deref().ok() != Some(version.as_str()) {
+                // Taken, then rolled back (or replaced): judged already.
+                let error = BundleError::NoLongerLive {
+                    function: name.clone(),
+                    sequence: bundle.manifest.sequence,
+                };
+                return refuse(signer, error);
+            }
             tracing::info!(function = %name, sequence = bundle.manifest.sequence, "bundle taken already; nothing to do");
-            return json(
+            return (
                 StatusCode::OK,
-                &serde_json::json!({
+                serde_json::json!({
                     "function": name, "to": version, "again": true,
                     "bundle": { "sequence": bundle.manifest.sequence, "signer": signer },
                 }),
@@ -233,15 +250,8 @@ async fn deploy_bundle(
     }
     let (sequence, digest) = (bundle.manifest.sequence, bundle.digest());
     let version = crate::runtime::module_version(&bundle.module);
-    let response = deploy(
-        api.registry.clone(),
-        name.clone(),
-        asked,
-        from,
-        bundle.module,
-    )
-    .await;
-    if response.status().is_success() {
+    let response = deploy(registry.clone(), name.clone(), asked, from, bundle.module).await;
+    if response.0.is_success() {
         let signer = signer.unwrap_or_default();
         let recorded = tokio::task::spawn_blocking(move || {
             store.record_bundle(&name, sequence, &digest, &signer, &version)
@@ -260,12 +270,20 @@ async fn blocking<T: serde::Serialize + Send + 'static>(
     ok: StatusCode,
     f: impl FnOnce() -> Result<T, RegistryError> + Send + 'static,
 ) -> Response {
+    let (status, body) = blocking_value(ok, f).await;
+    json(status, &body)
+}
+
+async fn blocking_value<T: serde::Serialize + Send + 'static>(
+    ok: StatusCode,
+    f: impl FnOnce() -> Result<T, RegistryError> + Send + 'static,
+) -> Answer {
     match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(value)) => json(ok, &serde_json::to_value(value).unwrap_or_default()),
-        Ok(Err(error)) => refused(&error),
-        Err(_) => json(
+        Ok(Ok(value)) => (ok, serde_json::to_value(value).unwrap_or_default()),
+        Ok(Err(error)) => refused_value(&error),
+        Err(_) => (
             StatusCode::INTERNAL_SERVER_ERROR,
-            &serde_json::json!({ "error": "the operation panicked" }),
+            serde_json::json!({ "error": "the operation panicked" }),
         ),
     }
 }
@@ -480,10 +498,12 @@ fn endpoints() -> Vec<(&'static str, MethodRouter<Api>)> {
                 >,
                  body: Bytes| async move {
                     let from = (source(&headers), caller(who));
-                    if crate::bundle::is_bundle(&body) {
-                        return deploy_bundle(&api, name, asked, from, &body).await;
-                    }
-                    deploy(api.registry.clone(), name, asked, from, body.to_vec()).await
+                    let (status, body) = if crate::bundle::is_bundle(&body) {
+                        deploy_bundle(&api.registry, &api.commands, name, asked, from, &body).await
+                    } else {
+                        deploy(api.registry.clone(), name, asked, from, body.to_vec()).await
+                    };
+                    json(status, &body)
                 },
             ),
         ),
@@ -1208,11 +1228,17 @@ mod tests {
         // The run loop's part: every command answered.
         tokio::spawn(async move {
             while let Some(command) = asked.recv().await {
-                let (Command::Apply { reply, .. } | Command::Functions { reply }) = command;
-                let _ = reply.send(Reply {
-                    status: 200,
-                    body: serde_json::Value::Null,
-                });
+                match command {
+                    Command::Apply { reply, .. } | Command::Functions { reply } => {
+                        let _ = reply.send(Reply {
+                            status: 200,
+                            body: serde_json::Value::Null,
+                        });
+                    }
+                    Command::CheckBundle { reply, .. } => {
+                        let _ = reply.send(Err(crate::bundle::BundleError::NoTrustedKeys));
+                    }
+                }
             }
         });
         let control = Control::bind(dir.path()).unwrap();

@@ -21,6 +21,7 @@ pub mod dlq;
 pub mod event;
 pub mod examples;
 pub mod files;
+pub mod fleet;
 pub mod functions;
 pub mod histogram;
 pub mod local;

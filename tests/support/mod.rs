@@ -6,6 +6,7 @@
 pub mod gateway;
 pub mod guest;
 pub mod http;
+pub mod iot_jobs;
 pub mod mosquitto;
 pub mod mqtt;
 pub mod rig;

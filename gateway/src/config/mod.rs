@@ -146,6 +146,9 @@ pub struct Config {
     /// one is checked against.
     #[serde(default)]
     pub bundles: BundlesConfig,
+    /// Deployments from the cloud: AWS IoT Jobs on the upstream link.
+    #[serde(default)]
+    pub fleet: FleetConfig,
     /// The functions this gateway runs; a function's index here is its
     /// [`FunctionId`] in [`Config::router`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -169,6 +172,7 @@ impl Default for Config {
             logs: LogsConfig::default(),
             tracing: None,
             bundles: BundlesConfig::default(),
+            fleet: FleetConfig::default(),
             functions: Vec::new(),
             origin: Origin::default(),
         }
@@ -255,6 +259,27 @@ pub struct BundlesConfig {
     /// refused (bare modules still deploy over the management socket).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_keys: Vec<String>,
+}
+
+/// Fleet deployments: the gateway as an AWS IoT Jobs device (`fleet.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// Take jobs from the AWS IoT Jobs MQTT API on the upstream broker (the
+    /// local one without `[upstream]`): `$aws/things/<thing>/jobs/...`.
+    /// Off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub jobs: bool,
+    /// The thing name the jobs are for; the gateway_id by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thing_name: Option<String>,
+}
+
+impl FleetConfig {
+    /// The thing name jobs are addressed to.
+    pub fn thing<'a>(&'a self, gateway_id: &'a str) -> &'a str {
+        self.thing_name.as_deref().unwrap_or(gateway_id)
+    }
 }
 
 /// Functions' log lines (the `log` host call) go to the gateway's own log

@@ -114,6 +114,31 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
         );
     }
     broker(&mut c, &root.key("broker"), &config.broker);
+    if let Some(thing) = &config.fleet.thing_name {
+        // AWS IoT's thing names: 1 to 128 of these.
+        let valid = (1..=128).contains(&thing.len())
+            && thing
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, ':' | '_' | '-'));
+        if !valid {
+            c.push(
+                root.key("fleet").key("thing_name"),
+                Kind::InvalidValue {
+                    value: thing.clone(),
+                    expected: "an AWS IoT thing name: 1 to 128 of a-z, A-Z, 0-9, ':', '_' and '-'",
+                },
+            );
+        }
+    }
+    if config.fleet.jobs && config.bundles.trusted_keys.is_empty() {
+        c.push(
+            root.key("fleet").key("jobs"),
+            Kind::InvalidValue {
+                value: "true".into(),
+                expected: "[bundles] trusted_keys as well: a job deploys signed bundles only",
+            },
+        );
+    }
     for (i, key) in config.bundles.trusted_keys.iter().enumerate() {
         if crate::bundle::parse_public_key(key).is_err() {
             c.push(

@@ -38,6 +38,20 @@ enum BundleCommand {
         #[arg(long)]
         key: PathBuf,
     },
+    /// Print the AWS IoT Jobs job document that deploys a bundle to a
+    /// fleet (`[fleet] jobs = true`): the bundle deflated and base64'd
+    /// inline, or, with --stream, naming an AWS IoT stream whose file 0 is
+    /// --stream-file (for a bundle past the 32 KB document limit: create
+    /// the stream with that file, then the job with this document).
+    JobDocument {
+        bundle: PathBuf,
+        /// The AWS IoT stream id the bundle is delivered by.
+        #[arg(long, requires = "stream_file")]
+        stream: Option<String>,
+        /// Where to write the stream's file (the bundle, deflated).
+        #[arg(long, requires = "stream")]
+        stream_file: Option<PathBuf>,
+    },
     /// Show what a bundle holds and who signed it; with --trusted, whether
     /// a gateway trusting that key would take it (exit 1 if not).
     Inspect {
@@ -91,6 +105,11 @@ pub fn bundle(args: BundleArgs) -> anyhow::Result<ExitCode> {
         BundleCommand::Create(args) => create(args),
         BundleCommand::Sign { bundle, key } => sign(&bundle, &key),
         BundleCommand::Inspect { bundle, trusted } => inspect(&bundle, trusted.as_deref()),
+        BundleCommand::JobDocument {
+            bundle,
+            stream,
+            stream_file,
+        } => job_document(&bundle, stream.as_deref().zip(stream_file.as_deref())),
     }
 }
 
@@ -277,4 +296,43 @@ fn inspect(path: &Path, trusted: Option<&str>) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// The largest job document AWS IoT Jobs takes (its quota when this was
+/// written); a larger one is still printed, with a warning.
+const AWS_DOCUMENT_LIMIT: usize = 32 * 1024;
+
+fn job_document(path: &Path, stream: Option<(&str, &Path)>) -> anyhow::Result<ExitCode> {
+    let made = read_bundle(path)?;
+    if made.signer().is_none() {
+        eprintln!(
+            "warning: {} is not signed; every gateway will refuse it",
+            path.display()
+        );
+    }
+    let bytes = made.to_bytes();
+    let document = match stream {
+        None => wasmgate::fleet::document(&made.manifest.function, &bytes),
+        Some((id, file)) => {
+            let (contents, document) =
+                wasmgate::fleet::stream_document(&made.manifest.function, &bytes, id);
+            std::fs::write(file, &contents)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", file.display()))?;
+            eprintln!(
+                "{}: the stream's file 0, {} bytes",
+                file.display(),
+                contents.len()
+            );
+            document
+        }
+    };
+    let text = document.to_string();
+    println!("{text}");
+    eprintln!("{} bytes (bundle {} bytes)", text.len(), bytes.len());
+    if text.len() > AWS_DOCUMENT_LIMIT {
+        eprintln!(
+            "warning: over AWS IoT Jobs' {AWS_DOCUMENT_LIMIT}-byte job document limit; a smaller module (wasm-opt -Oz, strip) fits"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -223,6 +223,8 @@ pub struct Gateway {
     metrics_listener: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
     /// The OTLP span exporter, with `[tracing]`.
     traces: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
+    /// The fleet's jobs (`fleet.rs`), with `[fleet] jobs`.
+    fleet: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
     /// What the management API asks of the gateway itself (`apply`), for
     /// the run loop ([`Gateway::commands`]).
     commands: Option<tokio::sync::mpsc::Receiver<crate::control::Command>>,
@@ -465,6 +467,19 @@ impl Gateway {
             None => None,
             Some(tracing) => Some(start_traces(config, tracing, &store, &sources)?),
         };
+        // Jobs run once the functions do: a job's deploy needs them.
+        let fleet = config.fleet.jobs.then(|| {
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let fleet = crate::fleet::Fleet {
+                thing: config.fleet.thing(&config.gateway_id).to_owned(),
+                endpoint: upstream.clone().unwrap_or_else(|| endpoint.clone()),
+                client_id: format!("{}-jobs", config.broker_client_id()),
+                store: store.clone(),
+                registry: registry.clone(),
+                commands: commands_tx.clone(),
+            };
+            (stop, stopped, fleet)
+        });
         forget_stale_consumers(&store, &units).await;
         let last_ticks = last_ticks(&store).await?;
         let wiring = Wiring {
@@ -542,6 +557,7 @@ impl Gateway {
                 }
             }
         });
+        let fleet = fleet.map(|(stop, stopped, fleet)| (stop, tokio::spawn(fleet.run(stopped))));
         Ok(Gateway {
             config: config.clone(),
             units,
@@ -564,6 +580,7 @@ impl Gateway {
             tcp_control,
             metrics_listener,
             traces,
+            fleet,
             sources,
             ready,
             commands: Some(commands),
@@ -726,6 +743,7 @@ impl Gateway {
             .chain(self.tcp_control)
             .chain(self.metrics_listener)
             .chain(self.traces)
+            .chain(self.fleet)
         {
             let _ = stop.send(true);
             let _ = tokio::time::timeout(Duration::from_secs(2), task).await;

@@ -192,6 +192,7 @@ fn restart_needed(running: &Config, new: &Config) -> Vec<String> {
     section(&mut fields, "logs", &running.logs, &new.logs);
     section(&mut fields, "tracing", &running.tracing, &new.tracing);
     section(&mut fields, "bundles", &running.bundles, &new.bundles);
+    section(&mut fields, "fleet", &running.fleet, &new.fleet);
     fields
 }
 

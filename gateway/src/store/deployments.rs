@@ -152,4 +152,99 @@ impl Store {
             Ok(())
         })
     }
+
+    /// Records a job taken from the fleet's job service, unless it is known
+    /// (a redelivery keeps what was done of it).
+    pub fn record_job(&self, job_id: &str, document: &str) -> Result<(), StoreError> {
+        self.with_writer(|conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO fleet_jobs (job_id, document, state, updated_ms)
+                 VALUES (?1, ?2, 'received', ?3)",
+                params![job_id, document, super::now_ms()],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// A job's new state, to be reported (again).
+    pub fn update_job(
+        &self,
+        job_id: &str,
+        state: &str,
+        deployment: Option<i64>,
+        details: &str,
+    ) -> Result<(), StoreError> {
+        self.with_writer(|conn| {
+            conn.execute(
+                "UPDATE fleet_jobs SET state = ?2, deployment = COALESCE(?3, deployment),
+                 details = ?4, reported = 0, updated_ms = ?5 WHERE job_id = ?1",
+                params![job_id, state, deployment, details, super::now_ms()],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The job service took the report of `state`.
+    pub fn job_reported(&self, job_id: &str, state: &str) -> Result<(), StoreError> {
+        self.with_writer(|conn| {
+            conn.execute(
+                "UPDATE fleet_jobs SET reported = 1 WHERE job_id = ?1 AND state = ?2",
+                params![job_id, state],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// One job, if known.
+    pub fn job(&self, job_id: &str) -> Result<Option<JobRow>, StoreError> {
+        self.with_writer(|conn| {
+            use rusqlite::OptionalExtension;
+            conn.query_row(
+                &format!("SELECT {JOB_COLUMNS} FROM fleet_jobs WHERE job_id = ?1"),
+                params![job_id],
+                job_row,
+            )
+            .optional()
+        })
+    }
+
+    /// Jobs not finished, or finished and not yet reported: what a start
+    /// (or a reconnect) takes up again, oldest first.
+    pub fn open_jobs(&self) -> Result<Vec<JobRow>, StoreError> {
+        self.with_writer(|conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {JOB_COLUMNS} FROM fleet_jobs
+                 WHERE state NOT IN ('succeeded', 'failed') OR reported = 0 ORDER BY updated_ms"
+            ))?
+            .query_map([], job_row)?
+            .collect()
+        })
+    }
+}
+
+/// A fleet job as kept.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct JobRow {
+    pub job_id: String,
+    pub document: String,
+    /// `received`, `deploying`, `rolling_out`, `succeeded` or `failed`.
+    pub state: String,
+    /// The rollout it started, if any.
+    pub deployment: Option<i64>,
+    /// The status details last reported, JSON.
+    pub details: String,
+    pub reported: bool,
+}
+
+const JOB_COLUMNS: &str = "job_id, document, state, deployment, details, reported";
+
+fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
+    Ok(JobRow {
+        job_id: r.get(0)?,
+        document: r.get(1)?,
+        state: r.get(2)?,
+        deployment: r.get(3)?,
+        details: r.get(4)?,
+        reported: r.get::<_, i64>(5)? != 0,
+    })
 }

@@ -221,7 +221,8 @@ const MIGRATIONS: &[&str] = &[
     );
     "#,
     // 13: signed bundles taken (bundle.rs), the newest per function: an
-    // older one, or another with the same sequence, is a replay.
+    // older one, or another with the same sequence, is a replay; and the
+    // fleet's jobs (fleet.rs).
     r#"
     CREATE TABLE bundles (
         function    TEXT PRIMARY KEY,
@@ -230,6 +231,17 @@ const MIGRATIONS: &[&str] = &[
         signer      TEXT NOT NULL,
         version     TEXT NOT NULL,
         accepted_ms INTEGER NOT NULL
+    );
+    -- Fleet jobs (fleet.rs): recorded before the job service hears of
+    -- them, so a job survives a kill -9 and is reported once back.
+    CREATE TABLE fleet_jobs (
+        job_id     TEXT PRIMARY KEY,
+        document   TEXT NOT NULL,
+        state      TEXT NOT NULL,
+        deployment INTEGER,
+        details    TEXT NOT NULL DEFAULT '{}',
+        reported   INTEGER NOT NULL DEFAULT 0,
+        updated_ms INTEGER NOT NULL
     );
     "#,
 ];
