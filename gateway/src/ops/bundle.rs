@@ -33,6 +33,7 @@ enum BundleCommand {
     /// Sign a bundle (in place, replacing any signature) with a key from
     /// `bundle keygen`.
     Sign {
+        /// The bundle file (signed in place).
         bundle: PathBuf,
         /// The signing key file (NAME.key).
         #[arg(long)]
@@ -44,6 +45,7 @@ enum BundleCommand {
     /// --stream-file (for a bundle past the 32 KB document limit: create
     /// the stream with that file, then the job with this document).
     JobDocument {
+        /// The signed bundle file.
         bundle: PathBuf,
         /// The AWS IoT stream id the bundle is delivered by.
         #[arg(long, requires = "stream_file")]
@@ -55,6 +57,7 @@ enum BundleCommand {
     /// Show what a bundle holds and who signed it; with --trusted, whether
     /// a gateway trusting that key would take it (exit 1 if not).
     Inspect {
+        /// The bundle file.
         bundle: PathBuf,
         /// A public key (`ed25519:...`, or a NAME.pub file) to check the
         /// signature against.
